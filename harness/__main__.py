@@ -1,0 +1,118 @@
+"""Command line of the harness: `python3 -m harness run|validate|accel`.
+
+meson calls `run` for every test (and `validate` for every declaration at `meson setup`);
+both take the declaration as options, so a test can also be rerun by hand exactly as
+meson runs it (the command is in meson-logs/testlog.txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from harness.accel import detect
+from harness.declaration import TestDeclaration
+from harness.errors import HarnessError
+from harness.results import EXIT_ERROR
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"'{text}' is not true or false")
+
+
+def add_declaration_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", required=True)
+    p.add_argument("--test-dir", required=True, help="the test's source directory")
+    p.add_argument("--timeout", type=int, default=300, help="seconds, with KVM")
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--slow", type=_bool, default=False)
+    p.add_argument("--enabled", type=_bool, default=True)
+    p.add_argument("--firmware", default="linux")
+    p.add_argument("--storage", default="volatile")
+    p.add_argument("--exit-code", type=int, default=123)
+    p.add_argument("--cmdline", action="append", default=[])
+    p.add_argument("--credential", action="append", default=[])
+    p.add_argument("--qemu-arg", action="append", default=[])
+    p.add_argument("--requires", action="append", default=[])
+    p.add_argument("--unit-command", default="")
+    p.add_argument("--unit-wants", action="append", default=[])
+    p.add_argument("--unit-after", action="append", default=[])
+    p.add_argument("--unit-env", action="append", default=[])
+    p.add_argument("--unit-extra", action="append", default=[], help="a line for the [Unit] section")
+    p.add_argument("--service-extra", action="append", default=[], help="a line for the [Service] section")
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def cmd_run(o) -> int:
+    from harness.qemu import QemuBackend
+    from harness.wrapper import describe, run_test
+
+    decl = TestDeclaration.from_options(o)
+    interactive = (os.environ.get("HARNESS_INTERACTIVE") == "1"
+                   or (os.environ.get("HARNESS_INTERACTIVE") != "0" and sys.stdin.isatty() and sys.stdout.isatty()))
+    log_dir = Path(o.log_dir or Path(o.build_dir or ".") / "integration-tests" / decl.name)
+    try:
+        outcome, journal = run_test(decl, Path(o.image), log_dir, QemuBackend(), dict(os.environ),
+                                    interactive=interactive, timeout_factor=o.timeout_factor)
+    except Interrupted as e:
+        print(f"{decl.name}: interrupted by {e}; the VM was stopped. Logs: {log_dir}", flush=True)
+        return 130
+    print(describe(decl, outcome, log_dir, journal, Path(o.build_dir) if o.build_dir else None), flush=True)
+    return outcome.exit_code
+
+
+def cmd_validate(o) -> int:
+    TestDeclaration.from_options(o)
+    return 0
+
+
+def cmd_accel(o) -> int:
+    accel = detect()
+    print(accel.kind, accel.timeout_factor, accel.reason)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m harness")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one test")
+    add_declaration_options(run)
+    run.add_argument("--image", required=True, help="the disk image mkosi built (NAME.raw)")
+    run.add_argument("--build-dir", help="meson's build directory, for the hints printed on failure")
+    run.add_argument("--log-dir", help="where console log and journal go (default BUILD/integration-tests/NAME)")
+    run.add_argument("--timeout-factor", type=int, help="multiply the timeout (default: 1 with KVM, more with TCG)")
+    run.set_defaults(func=cmd_run)
+    validate = sub.add_parser("validate", help="check a declaration, as meson setup does")
+    add_declaration_options(validate)
+    validate.set_defaults(func=cmd_validate)
+    sub.add_parser("accel", help="print the acceleration this host gives, and the timeout factor").set_defaults(func=cmd_accel)
+
+    o = parser.parse_args(argv)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_interrupted)
+    try:
+        return o.func(o)
+    except KeyboardInterrupt:
+        print("interrupted by SIGINT; the VM was stopped.", flush=True)
+        return 130
+    except HarnessError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

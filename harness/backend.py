@@ -1,0 +1,64 @@
+"""What every way of running a test provides: boot a plan, wait for the end, power off,
+and hand over the console log and what the guest reported.
+
+The QEMU backend implements it for VMs; a hardware backend implements the same for
+boards, so the wrapper's flow (declare -> boot -> collect -> classify -> report) is one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ContextManager, Protocol
+
+import attrs
+
+from harness.accel import Acceleration
+from harness.declaration import Credential, TestDeclaration
+from harness.image import Image
+from harness.notify import GuestReport
+
+
+@attrs.frozen
+class BootPlan:
+    """One boot of one test, independent of what runs it."""
+
+    decl: TestDeclaration
+    image: Image
+    firmware: str  # resolved: linux, linux-noinitrd or uefi
+    cmdline: tuple[str, ...]  # what the harness and the test add to the kernel command line
+    credentials: tuple[Credential, ...]
+    accel: Acceleration
+    timeout: float | None  # None: wait for as long as the person at the console likes
+    interactive: bool
+
+
+@attrs.frozen
+class Ending:
+    """How a run stopped, before anyone interprets what the guest said."""
+
+    kind: str  # "exited" (the machine stopped by itself), "timeout" or "panic"
+    machine_status: int | None = None  # e.g. QEMU's exit status; negative: killed by that signal
+    detail: str = ""
+
+
+class Machine(Protocol):
+    console_log: Path
+
+    def wait(self, timeout: float | None) -> Ending:
+        """Block until the machine stops by itself, panics, or `timeout` seconds pass."""
+
+    def power_off(self, orderly: bool) -> None:
+        """Stop the machine: asked nicely first when `orderly`, forced when that fails."""
+
+    def collect(self) -> GuestReport:
+        """What the guest reported; call once the machine has stopped."""
+
+    def failure_detail(self) -> str:
+        """What the machine itself said about a crash (e.g. QEMU's stderr), for errors."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def boot(self, plan: BootPlan, log_dir: Path) -> ContextManager[Machine]:
+        """Start the machine; on leaving the context nothing it started is left running."""

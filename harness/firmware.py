@@ -1,0 +1,89 @@
+"""Choosing how the image boots: the firmware kind, and OVMF for UEFI.
+
+UEFI firmware is found the way QEMU's management tools find it: through the JSON
+descriptors in the firmware directories (interface "uefi", a target for our
+architecture and machine type, a flash mapping with an NVRAM template).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import shutil
+from pathlib import Path
+
+import attrs
+
+from harness.errors import HarnessError
+from harness.image import Image
+
+DESCRIPTOR_DIRS = (Path("/etc/qemu/firmware"), Path("/usr/share/qemu/firmware"))
+
+
+@attrs.frozen
+class Ovmf:
+    code: Path
+    vars_template: Path
+    secure_boot: bool
+    description: str
+
+
+def resolve_firmware(declared: str, image: Image) -> str:
+    """`auto` boots the split-out kernel directly when there is one (no firmware to
+    emulate: the fastest boot), and through UEFI otherwise."""
+    if declared == "auto":
+        return "linux" if image.kernel else "uefi"
+    if declared.startswith("linux") and image.kernel is None:
+        raise HarnessError(f"firmware '{declared}' needs the kernel beside {image.path}, and there is none",
+                           "use firmware 'uefi', or build with SplitArtifacts=kernel,initrd,uki")
+    if declared == "uefi" and not image.has_esp:
+        raise HarnessError(f"firmware 'uefi' needs an EFI system partition in {image.path}, and there is none",
+                           "build the image with Bootable=yes, or use firmware 'linux'")
+    return declared
+
+
+def select_ovmf(descriptors: list[tuple[Path, dict]], arch: str, machine: str,
+                secure_boot: bool = False) -> Ovmf | None:
+    """The first descriptor (in file-name order, as QEMU's tools read them) that fits."""
+    for path, d in sorted(descriptors, key=lambda pd: pd[0].name):
+        if "uefi" not in d.get("interface-types", []):
+            continue
+        mapping = d.get("mapping", {})
+        if mapping.get("device") != "flash" or "nvram-template" not in mapping:
+            continue
+        features = d.get("features", [])
+        if ("secure-boot" in features) != secure_boot or "enrolled-keys" in features and not secure_boot:
+            continue
+        if not any(t.get("architecture") == arch and any(fnmatch.fnmatch(machine, m) for m in t.get("machines", []))
+                   for t in d.get("targets", [])):
+            continue
+        return Ovmf(Path(mapping["executable"]["filename"]), Path(mapping["nvram-template"]["filename"]),
+                    secure_boot, d.get("description", path.name))
+    return None
+
+
+def read_descriptors(dirs=DESCRIPTOR_DIRS) -> list[tuple[Path, dict]]:
+    found: dict[str, tuple[Path, dict]] = {}
+    for directory in dirs:  # an /etc file shadows a /usr/share file of the same name
+        for path in sorted(directory.glob("*.json")) if directory.is_dir() else ():
+            if path.name not in found:
+                try:
+                    found[path.name] = (path, json.loads(path.read_text()))
+                except (OSError, ValueError):
+                    continue
+    return list(found.values())
+
+
+def find_ovmf(arch: str, machine: str) -> Ovmf:
+    ovmf = select_ovmf(read_descriptors(), arch, machine)
+    if ovmf is None:
+        raise HarnessError(f"no UEFI firmware for {arch} ({machine}) in {', '.join(map(str, DESCRIPTOR_DIRS))}",
+                           "install OVMF (Debian: apt-get install ovmf), or use firmware 'linux'")
+    return ovmf
+
+
+def copy_nvram(ovmf: Ovmf, directory: Path) -> Path:
+    """Every VM gets its own copy of the variable store: it writes to it."""
+    target = directory / "OVMF_VARS.fd"
+    shutil.copyfile(ovmf.vars_template, target)
+    return target

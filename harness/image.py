@@ -1,0 +1,149 @@
+"""The shared image and what the harness must know about it before booting it.
+
+mkosi writes `NAME.raw` (the GPT disk) and, beside it, the split-out `NAME.vmlinuz`,
+`NAME.initrd` and `NAME.efi` (the UKI). The root partition (for direct kernel boot's
+`root=`) comes from the GPT; the architecture comes from the ELF binaries in the initrd,
+because the image itself is an ext4 root the host cannot read without mounting it.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import uuid
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import attrs
+from elftools.elf.elffile import ELFFile
+
+from harness.errors import HarnessError
+
+# Discoverable Partitions Specification: root partition type per architecture.
+ROOT_PARTITION_TYPES = {
+    "x86_64": uuid.UUID("4f68bce3-e8cd-4db1-96e7-fbcaf984b709"),
+    "aarch64": uuid.UUID("b921b045-1df0-41c3-af44-4c6f280d3fae"),
+    "riscv64": uuid.UUID("72ec70a6-cf74-40e6-bd49-4bda08e8f224"),
+    "i386": uuid.UUID("44479540-f297-41b2-9af7-d131d5f0458a"),
+}
+ESP_TYPE = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
+ELF_MACHINES = {"EM_X86_64": "x86_64", "EM_AARCH64": "aarch64", "EM_RISCV": "riscv64", "EM_386": "i386"}
+
+
+@attrs.frozen
+class Partition:
+    type_uuid: uuid.UUID
+    part_uuid: uuid.UUID
+    first_lba: int
+    last_lba: int
+    label: str
+
+
+def read_gpt(f: BinaryIO) -> list[Partition]:
+    """The used entries of a GUID partition table, for 512- or 4096-byte sectors."""
+    for sector in (512, 4096):
+        f.seek(sector)
+        header = f.read(92)
+        if header[:8] == b"EFI PART":
+            break
+    else:
+        raise ValueError("no GPT header (neither at 512 nor at 4096 bytes)")
+    entries_lba, count, entry_size = struct.unpack_from("<QII", header, 72)
+    f.seek(entries_lba * sector)
+    table = f.read(count * entry_size)
+    partitions = []
+    for i in range(count):
+        e = table[i * entry_size:(i + 1) * entry_size]
+        if len(e) < 128 or e[:16] == bytes(16):
+            continue
+        first, last = struct.unpack_from("<QQ", e, 32)
+        label = e[56:128].decode("utf-16-le", "replace").rstrip("\0")
+        partitions.append(Partition(uuid.UUID(bytes_le=e[:16]), uuid.UUID(bytes_le=e[16:32]), first, last, label))
+    return partitions
+
+
+def _decompress(data: bytes) -> bytes:
+    if data[:4] == b"\x28\xb5\x2f\xfd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    if data[:6] == b"\xfd7zXZ\x00":
+        import lzma
+
+        return lzma.LZMADecompressor().decompress(data)
+    if data[:2] == b"\x1f\x8b":
+        import gzip
+
+        return gzip.GzipFile(fileobj=io.BytesIO(data)).read()
+    return data
+
+
+def cpio_files(archive: bytes) -> Iterator[tuple[str, bytes]]:
+    """(name, content) of the regular files of a newc cpio archive, up to its trailer."""
+    pos = 0
+    while archive[pos:pos + 6] in (b"070701", b"070702"):
+        fields = [int(archive[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, namesize = fields[1], fields[6], fields[11]
+        name_start = pos + 110
+        name = archive[name_start:name_start + namesize - 1].decode(errors="replace")
+        data_start = (name_start + namesize + 3) & ~3
+        if name == "TRAILER!!!":
+            return
+        if mode & 0o170000 == 0o100000:
+            yield name, archive[data_start:data_start + size]
+        pos = (data_start + size + 3) & ~3
+
+
+def elf_architecture(blob: bytes) -> str | None:
+    if blob[:4] != b"\x7fELF":
+        return None
+    return ELF_MACHINES.get(ELFFile(io.BytesIO(blob)).header["e_machine"])
+
+
+def initrd_architecture(initrd: Path) -> str:
+    """The architecture of the first ELF binary in the initrd's first cpio archive."""
+    archive = _decompress(initrd.read_bytes())
+    for _, content in cpio_files(archive):
+        arch = elf_architecture(content)
+        if arch:
+            return arch
+    raise HarnessError(f"found no ELF binary in {initrd} to tell the image's architecture",
+                       "rebuild the image: meson compile -C build mkosi")
+
+
+@attrs.frozen
+class Image:
+    path: Path
+    kernel: Path | None
+    initrd: Path | None
+    uki: Path | None
+    architecture: str
+    root_partuuid: uuid.UUID | None
+    has_esp: bool
+
+    @classmethod
+    def open(cls, path: Path) -> "Image":
+        path = path.resolve() if path.exists() else path
+        if not path.is_file():
+            raise HarnessError(f"no image at {path}",
+                               "build it first: meson compile -C build mkosi")
+        stem = path.with_suffix("")
+        kernel, initrd, uki = (p if p.is_file() else None for p in
+                               (stem.with_suffix(".vmlinuz"), stem.with_suffix(".initrd"), stem.with_suffix(".efi")))
+        try:
+            with path.open("rb") as f:
+                partitions = read_gpt(f)
+        except (OSError, ValueError) as e:
+            raise HarnessError(f"{path} is not a GPT disk image ({e})",
+                               "point the harness at the .raw disk mkosi built (Format=disk)") from None
+        if initrd is None:
+            raise HarnessError(f"{path} has no initrd beside it ({stem.with_suffix('.initrd').name})",
+                               "build with mkosi's default SplitArtifacts (kernel, initrd, uki)")
+        arch = initrd_architecture(initrd)
+        roots = [p for p in partitions if p.type_uuid == ROOT_PARTITION_TYPES.get(arch)]
+        foreign = [a for a, t in ROOT_PARTITION_TYPES.items() if a != arch and any(p.type_uuid == t for p in partitions)]
+        if not roots and foreign:
+            raise HarnessError(f"{path}: the initrd is {arch} but the root partition is for {foreign[0]}",
+                               "the image's architecture is inconsistent: rebuild it with one Architecture=")
+        return cls(path, kernel, initrd, uki, arch, roots[0].part_uuid if roots else None,
+                   any(p.type_uuid == ESP_TYPE for p in partitions))

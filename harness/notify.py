@@ -1,0 +1,138 @@
+"""What the guest tells the host, in the systemd notify protocol (KEY=VALUE lines).
+
+Two channels carry it. With vsock, PID 1 reports READY=1 and EXIT_STATUS= itself
+(credential `vmm.notify_socket=vsock-stream:2:PORT`, one connection per message). The
+virtio-serial port works everywhere: the test unit writes READY=1 when it starts and the
+unit's result when it ends, from which `GuestReport.exit_status` derives what PID 1's
+SuccessAction=/FailureAction=exit would report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import random
+import socket
+import struct
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import attrs
+
+VHOST_VSOCK_SET_GUEST_CID = 0x4008AF60  # _IOW(VHOST_VIRTIO, 0x60, __u64)
+VMADDR_CID_HOST = 2
+
+
+def parse_notify(data: bytes) -> list[tuple[str, str]]:
+    """The KEY=VALUE assignments in a notify message or stream, in order; junk skipped."""
+    pairs = []
+    for raw in data.split(b"\n"):
+        line = raw.decode("utf-8", "replace").strip("\r\0 ")
+        key, sep, value = line.partition("=")
+        if sep and key and key.replace("_", "").isalnum() and key.upper() == key:
+            pairs.append((key, value))
+    return pairs
+
+
+def derive_exit_status(service_result: str, exit_code: str, exit_status: str, success_status: int) -> int:
+    """The status PID 1 exits with after the test unit ends, as systemd computes it:
+    SuccessActionExitStatus= on success, else the main process's own exit status."""
+    if service_result == "success":
+        return success_status
+    if exit_code == "exited" and exit_status.isdigit():
+        return int(exit_status)
+    return 1  # killed by a signal, dumped core, timed out in the guest
+
+
+@attrs.define
+class GuestReport:
+    """Everything the guest said, from either channel."""
+
+    pairs: list[tuple[str, str]] = attrs.Factory(list)
+
+    def add(self, data: bytes) -> None:
+        self.pairs.extend(parse_notify(data))
+
+    def last(self, key: str) -> str | None:
+        for k, v in reversed(self.pairs):
+            if k == key:
+                return v
+        return None
+
+    @property
+    def test_started(self) -> bool:
+        return self.last("READY") == "1"
+
+    @property
+    def entered_emergency(self) -> bool:
+        return self.last("X_HARNESS_EMERGENCY") == "1"
+
+    def exit_status(self, success_status: int) -> int | None:
+        status = self.last("EXIT_STATUS")  # PID 1's own word wins where it arrived
+        if status is not None and status.isdigit():
+            return int(status)
+        result = self.last("X_HARNESS_SERVICE_RESULT")
+        if result is None:
+            return None
+        return derive_exit_status(result, self.last("X_HARNESS_EXIT_CODE") or "",
+                                  self.last("X_HARNESS_EXIT_STATUS") or "", success_status)
+
+
+def vsock_available() -> bool:
+    return hasattr(socket, "AF_VSOCK") and os.access("/dev/vhost-vsock", os.R_OK | os.W_OK)
+
+
+def reserve_cid(vhost_fd: int, attempts: int = 64) -> int:
+    """Claim a guest CID no other VM on this host uses (the kernel says EADDRINUSE)."""
+    for _ in range(attempts):
+        cid = random.randint(3, 0xFFFFFFFE)
+        try:
+            fcntl.ioctl(vhost_fd, VHOST_VSOCK_SET_GUEST_CID, struct.pack("Q", cid))
+            return cid
+        except OSError:
+            continue
+    raise OSError("no free vsock CID found")
+
+
+@contextlib.contextmanager
+def vsock_listener(report: GuestReport) -> Iterator[int]:
+    """Listen for PID 1's notify connections; yields the port for `vmm.notify_socket`."""
+    server = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    server.bind((socket.VMADDR_CID_ANY, socket.VMADDR_PORT_ANY))
+    server.listen(8)
+    server.settimeout(0.2)
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                chunks = []
+                with contextlib.suppress(OSError):
+                    while chunk := conn.recv(4096):
+                        chunks.append(chunk)
+                with lock:
+                    report.add(b"".join(chunks))
+
+    thread = threading.Thread(target=serve, name="vsock-notify", daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        server.close()
+
+
+def read_port_file(path: Path, report: GuestReport) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        report.add(path.read_bytes())

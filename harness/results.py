@@ -1,0 +1,47 @@
+"""From how a run ended and what the guest said, to one verdict and meson's exit code."""
+
+from __future__ import annotations
+
+import attrs
+
+from harness.backend import Ending
+from harness.declaration import SKIP_EXIT
+from harness.notify import GuestReport
+
+# meson's meaning of a test's exit status.
+EXIT_PASS, EXIT_FAIL, EXIT_SKIP, EXIT_ERROR = 0, 1, 77, 99
+
+
+@attrs.frozen
+class Outcome:
+    status: str  # "pass", "fail", "skip" or "error"
+    reason: str
+
+    @property
+    def exit_code(self) -> int:
+        return {"pass": EXIT_PASS, "fail": EXIT_FAIL, "skip": EXIT_SKIP, "error": EXIT_ERROR}[self.status]
+
+
+def classify(name: str, expected: int, timeout: float | None, ending: Ending, report: GuestReport,
+             machine_detail: str = "") -> Outcome:
+    started = "while the test was running" if report.test_started else "before the test unit started"
+    if ending.kind == "timeout":
+        return Outcome("fail", f"timed out after {timeout:.0f} s {started}")
+    if ending.kind == "panic":
+        return Outcome("fail", f"kernel panic {started}: {ending.detail}")
+    status = report.exit_status(expected)
+    if status is None:
+        if ending.machine_status not in (0, None):
+            how = (f"was killed by signal {-ending.machine_status}" if ending.machine_status < 0
+                   else f"exited with status {ending.machine_status}")
+            return Outcome("error", f"the VM {how} {started}" + (f": {machine_detail}" if machine_detail else ""))
+        if report.entered_emergency:
+            return Outcome("fail", "boot failed: the guest fell into emergency mode")
+        return Outcome("fail", f"the VM powered off without reporting an exit status ({started})")
+    if status == expected:
+        return Outcome("pass", f"{name} exited with the expected status {expected}")
+    if status == SKIP_EXIT:
+        return Outcome("skip", f"{name} skipped itself (exit status 77)")
+    if status == 0:
+        return Outcome("fail", "the guest shut down with status 0: the test never reported success")
+    return Outcome("fail", f"{name} failed with exit status {status} (expected {expected})")

@@ -1,0 +1,107 @@
+"""The systemd units that turn a booted guest into a test run.
+
+The test unit is not baked into the image: the harness sends it, and the drop-ins that
+end the VM with the test's status, as credentials (`systemd.extra-unit.*`,
+`systemd.unit-dropin.*`, systemd >= 256). Any image with a recent systemd and the test
+payload can therefore be tested, and a test's meson.build is the whole truth about it.
+
+The guest side reports through the virtio-serial port NOTIFY_PORT in the notify
+protocol's KEY=VALUE lines. Where vsock works, PID 1 itself also reports READY=1 and
+EXIT_STATUS= to the host (`vmm.notify_socket`); the port is what works everywhere,
+because PID 1's own message is sent too late for any guest process to relay it.
+"""
+
+from __future__ import annotations
+
+from harness.declaration import Credential, TestDeclaration
+
+NOTIFY_PORT = "io.harness.notify"
+JOURNAL_PORT = "io.harness.journal"
+EMERGENCY_UNIT = "harness-emergency-exit.service"
+
+_PORT = f"/dev/virtio-ports/{NOTIFY_PORT}"
+
+# Runs before the test: tells the host the guest got as far as the test unit.
+_REPORT_START = f"-/bin/sh -c 'test -c {_PORT} && echo READY=1 >{_PORT} || :'"
+# Runs after the test, with systemd's SERVICE_RESULT/EXIT_CODE/EXIT_STATUS in the
+# environment: the host turns these into the status PID 1 exits with. Then the journal
+# goes out on its own port, so it is there even when the disk is thrown away.
+_REPORT_END = (
+    "-/bin/sh -c '"
+    f"test -c {_PORT} && printf \"X_HARNESS_SERVICE_RESULT=%%s\\nX_HARNESS_EXIT_CODE=%%s\\nX_HARNESS_EXIT_STATUS=%%s\\n\""
+    f" \"$SERVICE_RESULT\" \"$EXIT_CODE\" \"$EXIT_STATUS\" >{_PORT};"
+    f" test -c /dev/virtio-ports/{JOURNAL_PORT} && journalctl --sync && journalctl -o export >/dev/virtio-ports/{JOURNAL_PORT};"
+    " :'"
+)
+
+
+def test_unit(decl: TestDeclaration, interactive: bool) -> str:
+    u = decl.unit
+    lines = ["[Unit]", f"Description={decl.name} ({decl.source})"]
+    lines += [f"Wants={w}" for w in u.wants]
+    lines += [f"After={a}" for a in u.after]
+    lines += [
+        "SuccessAction=exit",
+        f"SuccessActionExitStatus={decl.exit_code}",
+    ]
+    if not interactive:
+        # Interactively, a failing test leaves the VM up for the person at the console.
+        lines.append("FailureAction=exit")
+    lines += list(u.unit_lines)
+    lines += [
+        "",
+        "[Service]",
+        "Type=oneshot",
+        # The host enforces the timeout; the guest must not give up first.
+        "TimeoutStartSec=infinity",
+        f"ExecStartPre={_REPORT_START}",
+        f"ExecStart={u.command}",
+        f"ExecStopPost={_REPORT_END}",
+    ]
+    if interactive:
+        lines += ["StandardInput=tty", "StandardOutput=tty", "StandardError=tty", "TTYPath=/dev/console"]
+    else:
+        lines += ["StandardOutput=journal+console"]
+    lines += [f"Environment={_quote(f'{k}={v}')}" for k, v in u.env]
+    lines += [f"ImportCredential={c.name}" for c in decl.credentials]
+    lines += list(u.service_lines)
+    return "\n".join(lines) + "\n"
+
+
+# Ends the VM as soon as the boot falls into emergency or rescue mode, instead of
+# leaving it to sit at a root prompt until the timeout.
+_EMERGENCY_EXIT = f"""\
+[Unit]
+Description=End the test VM: the boot failed
+DefaultDependencies=no
+Conflicts=shutdown.target
+Before=shutdown.target
+FailureAction=exit
+
+[Service]
+Type=oneshot
+ExecStartPre=-/bin/sh -c 'test -c {_PORT} && echo X_HARNESS_EMERGENCY=1 >{_PORT} || :'
+ExecStart=false
+"""
+
+_EMERGENCY_DROPIN = f"""\
+[Unit]
+Wants={EMERGENCY_UNIT}
+"""
+
+
+def guest_credentials(decl: TestDeclaration, interactive: bool) -> list[Credential]:
+    """The credentials that shape the guest's boot, ahead of the test's own."""
+    creds = [Credential(f"systemd.extra-unit.{decl.unit_name}", test_unit(decl, interactive).encode())]
+    if not interactive:
+        creds += [
+            Credential(f"systemd.extra-unit.{EMERGENCY_UNIT}", _EMERGENCY_EXIT.encode()),
+            Credential("systemd.unit-dropin.emergency.target~harness", _EMERGENCY_DROPIN.encode()),
+            Credential("systemd.unit-dropin.rescue.target~harness", _EMERGENCY_DROPIN.encode()),
+        ]
+    return creds
+
+
+def _quote(value: str) -> str:
+    """Quote one Environment= assignment the way systemd unquotes it."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

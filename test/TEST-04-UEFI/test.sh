@@ -1,0 +1,8 @@
+#!/bin/bash
+# The image boots through OVMF, systemd-boot and its UKI; the harness's command line
+# arrives through SMBIOS (we are running, so systemd.unit= did).
+set -eux
+
+test -d /sys/firmware/efi
+test -e /sys/firmware/efi/efivars/LoaderDevicePartUUID-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
+grep -qw harness.marker=uefi /proc/cmdline

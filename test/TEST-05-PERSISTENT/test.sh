@@ -1,0 +1,18 @@
+#!/bin/bash
+# With storage 'persistent' the test's disk survives a reboot inside the test: the
+# journal of the first boot is still there in the second.
+set -eux
+
+marker=/var/lib/harness-persistent-test
+if [ ! -e "$marker" ]; then
+    echo "first boot, rebooting" | systemd-cat -t harness-persistent -p notice
+    touch "$marker"
+    journalctl --sync
+    sync
+    # --force: the test unit is not stopped, so it neither succeeds nor fails here.
+    systemctl reboot --force
+    sleep infinity
+fi
+
+test "$(journalctl --list-boots --no-legend | wc -l)" -ge 2
+journalctl --boot=-1 --identifier=harness-persistent --grep="first boot, rebooting" --no-pager
