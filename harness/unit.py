@@ -35,7 +35,7 @@ _REPORT_END = (
 )
 
 
-def test_unit(decl: TestDeclaration, interactive: bool) -> str:
+def render_test_unit(decl: TestDeclaration, interactive: bool) -> str:
     u = decl.unit
     lines = ["[Unit]", f"Description={decl.name} ({decl.source})"]
     lines += [f"Wants={w}" for w in u.wants]
@@ -92,7 +92,7 @@ Wants={EMERGENCY_UNIT}
 
 def guest_credentials(decl: TestDeclaration, interactive: bool) -> list[Credential]:
     """The credentials that shape the guest's boot, ahead of the test's own."""
-    creds = [Credential(f"systemd.extra-unit.{decl.unit_name}", test_unit(decl, interactive).encode())]
+    creds = [Credential(f"systemd.extra-unit.{decl.unit_name}", render_test_unit(decl, interactive).encode())]
     if not interactive:
         creds += [
             Credential(f"systemd.extra-unit.{EMERGENCY_UNIT}", _EMERGENCY_EXIT.encode()),

@@ -1,0 +1,55 @@
+import base64
+import stat
+
+from harness.credentials import cmdline_extra_strings, fw_cfg_args, smbios_args, smbios_credential
+from harness.declaration import Credential
+from harness.unit import guest_credentials, render_test_unit
+from helpers import declaration
+
+
+def test_smbios_credential_is_base64_of_exact_bytes():
+    s = smbios_credential(Credential("blob", b"\0\n,=\xff"))
+    prefix, _, b64 = s.partition("=")
+    assert prefix == "io.systemd.credential.binary:blob"
+    assert base64.b64decode(b64) == b"\0\n,=\xff"
+
+
+def test_credentials_go_through_private_files_not_the_command_line(tmp_path):
+    args = smbios_args([smbios_credential(Credential("secret", b"hunter2"))], tmp_path)
+    assert args[0] == "-smbios" and args[1].startswith("type=11,path=")
+    assert "hunter2" not in " ".join(args) and base64.b64encode(b"hunter2").decode() not in " ".join(args)
+    path = tmp_path / "smbios-0"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_fw_cfg_fallback(tmp_path):
+    args = fw_cfg_args([Credential("x", b"1")], tmp_path)
+    assert args == ["-fw_cfg", f"name=opt/io.systemd.credentials/x,file={tmp_path / 'fw_cfg-0'}"]
+
+
+def test_cmdline_extras_for_stub_and_boot_loader():
+    assert cmdline_extra_strings(["a=1", "b"]) == [
+        "io.systemd.stub.kernel-cmdline-extra=a=1 b", "io.systemd.boot.kernel-cmdline-extra=a=1 b"]
+    assert cmdline_extra_strings([]) == []
+
+
+def test_unit_ends_the_vm_with_the_declared_status():
+    d = declaration("--exit-code=42", "--unit-wants=foo.service", "--unit-env=A=b c", "--credential=k=v",
+                    "--service-extra=MemoryMax=1G")
+    text = render_test_unit(d, interactive=False)
+    assert "SuccessActionExitStatus=42" in text and "FailureAction=exit" in text
+    assert "Wants=foo.service" in text and 'Environment="A=b c"' in text
+    assert "ImportCredential=k" in text and "MemoryMax=1G" in text
+    assert "StandardOutput=journal+console" in text
+
+
+def test_interactive_unit_keeps_the_vm_up_on_failure():
+    text = render_test_unit(declaration(), interactive=True)
+    assert "FailureAction" not in text and "StandardInput=tty" in text
+
+
+def test_guest_credentials_include_emergency_guard_only_when_unattended():
+    names = [c.name for c in guest_credentials(declaration(), interactive=False)]
+    assert names[0] == "systemd.extra-unit.TEST-99-UNIT.service"
+    assert "systemd.unit-dropin.emergency.target~harness" in names
+    assert [c.name for c in guest_credentials(declaration(), interactive=True)] == names[:1]

@@ -1,0 +1,36 @@
+from pathlib import Path
+
+from harness.accel import cpu_flags, kvm_usable
+from harness.firmware import select_ovmf
+from harness.qemu import resolve_machine_alias
+
+
+def descriptor(features, arch="x86_64", machines=("pc-q35-*",), interfaces=("uefi",), code="/c.fd"):
+    return {"interface-types": list(interfaces), "features": list(features),
+            "mapping": {"device": "flash", "executable": {"filename": code}, "nvram-template": {"filename": "/v.fd"}},
+            "targets": [{"architecture": arch, "machines": list(machines)}]}
+
+
+def test_ovmf_selection_skips_secure_boot_and_foreign_targets():
+    ds = [
+        (Path("40-secure-enrolled.json"), descriptor(["secure-boot", "enrolled-keys"], code="/sb.fd")),
+        (Path("45-arm.json"), descriptor([], arch="aarch64", code="/arm.fd")),
+        (Path("50-bios.json"), descriptor([], interfaces=("bios",), code="/bios.fd")),
+        (Path("60-plain.json"), descriptor(["acpi-s3"], code="/plain.fd")),
+    ]
+    assert select_ovmf(ds, "x86_64", "pc-q35-7.2").code == Path("/plain.fd")
+    assert select_ovmf(ds, "x86_64", "pc-q35-7.2", secure_boot=True).code == Path("/sb.fd")
+    assert select_ovmf(ds, "x86_64", "microvm") is None
+
+
+def test_machine_alias():
+    help_text = "q35                  Standard PC (Q35 + ICH9, 2009) (alias of pc-q35-7.2)\npc-q35-7.2  Standard PC\n"
+    assert resolve_machine_alias(help_text, "q35") == "pc-q35-7.2"
+    assert resolve_machine_alias(help_text, "virt") == "virt"
+
+
+def test_kvm_needs_cpu_virtualisation_not_just_the_device():
+    flags = cpu_flags("processor : 0\nflags : fpu sse2 hypervisor\n")
+    assert kvm_usable(flags, True, "x86_64")[0] is False
+    assert kvm_usable(flags | {"vmx"}, True, "x86_64")[0] is True
+    assert kvm_usable(flags | {"svm"}, False, "x86_64")[0] is False

@@ -1,0 +1,59 @@
+import uuid
+from pathlib import Path
+
+from harness.accel import Acceleration
+from harness.backend import BootPlan
+from harness.firmware import Ovmf
+from harness.image import Image
+from harness.qemu import RunFiles, kernel_cmdline, qemu_command
+from harness.wrapper import harness_cmdline
+from helpers import declaration
+
+ROOT = uuid.UUID("8ce23b7e-642d-4dbe-827e-8b2ffc70816e")
+
+
+def plan(firmware="linux", accel="tcg", *args):
+    d = declaration(*args)
+    image = Image(Path("/img/image.raw"), Path("/img/image.vmlinuz"), Path("/img/image.initrd"), Path("/img/image.efi"),
+                  "x86_64", ROOT, True)
+    return BootPlan(d, image, firmware, tuple(harness_cmdline(d, False)), (), Acceleration(accel, "test"), 60, False)
+
+
+FILES = RunFiles(Path("/tmp/h"), Path("/logs"))
+
+
+def test_direct_kernel_boot():
+    p = plan("linux", "tcg", "--cmdline=quiet", "--qemu-arg=-device", "--qemu-arg=virtio-balloon")
+    cmd = qemu_command(p, FILES, None, None, None, None, ["-smbios", "type=11,path=/tmp/h/smbios-0"])
+    assert cmd[0] == "qemu-system-x86_64"
+    assert cmd[cmd.index("-accel") + 1] == "tcg" and cmd[cmd.index("-cpu") + 1] == "max"
+    assert cmd[cmd.index("-kernel") + 1] == "/img/image.vmlinuz"
+    assert cmd[cmd.index("-initrd") + 1] == "/img/image.initrd"
+    append = cmd[cmd.index("-append") + 1].split()
+    assert append[:2] == [f"root=PARTUUID={ROOT}", "rw"]
+    assert "systemd.unit=TEST-99-UNIT.service" in append and append[-1] == "quiet"
+    assert "systemd.volatile=overlay" in append
+    assert "file=/tmp/h/overlay.qcow2" in " ".join(cmd)  # never the shared image itself
+    assert "/img/image.raw" not in cmd
+    assert cmd[-4:] == ["-smbios", "type=11,path=/tmp/h/smbios-0", "-device", "virtio-balloon"]
+
+
+def test_linux_noinitrd_and_persistent_storage():
+    p = plan("linux-noinitrd", "kvm", "--storage=persistent")
+    cmd = qemu_command(p, FILES, None, None, None, None, [])
+    assert "-initrd" not in cmd and cmd[cmd.index("-cpu") + 1] == "host"
+    assert "systemd.volatile=overlay" not in kernel_cmdline(p)
+
+
+def test_uefi_boot_uses_firmware_and_no_kernel():
+    ovmf = Ovmf(Path("/ovmf/CODE.fd"), Path("/ovmf/VARS.fd"), False, "test")
+    cmd = qemu_command(plan("uefi"), FILES, ovmf, Path("/tmp/h/OVMF_VARS.fd"), None, None, [])
+    assert "-kernel" not in cmd and "-append" not in cmd
+    assert "if=pflash,format=raw,readonly=on,file=/ovmf/CODE.fd" in cmd
+    assert "if=pflash,format=raw,file=/tmp/h/OVMF_VARS.fd" in cmd
+
+
+def test_vsock_device_when_available():
+    cmd = qemu_command(plan(), FILES, None, None, 1234, 7, [])
+    assert "vhost-vsock-pci,guest-cid=1234,vhostfd=7" in cmd
+    assert not any("vhost-vsock" in a for a in qemu_command(plan(), FILES, None, None, None, None, []))

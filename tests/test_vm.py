@@ -1,0 +1,125 @@
+"""End to end: the wrapper boots the real image under QEMU and reports what users see.
+
+Needs the image from `meson compile -C build mkosi` (or HARNESS_IMAGE=path/image.raw).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = Path(os.environ.get("HARNESS_IMAGE", ROOT / "build" / "mkosi.output" / "image.raw"))
+
+pytestmark = pytest.mark.vm
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def image():
+    if not IMAGE.is_file():
+        pytest.fail(f"no image at {IMAGE}: build it with 'meson compile -C build mkosi' (or set HARNESS_IMAGE)")
+    before = sha256(IMAGE)
+    yield IMAGE
+    assert sha256(IMAGE) == before, "a test run wrote to the shared image"
+
+
+def wrapper_cmd(image: Path, tmp_path: Path, name: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "harness", "run", f"--name={name}", f"--test-dir={tmp_path}",
+            f"--image={image}", f"--log-dir={tmp_path / 'logs'}", *args]
+
+
+def wrapper_env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HARNESS_INTERACTIVE="0")
+    env.pop("HARNESS_SKIP", None)
+    return env
+
+
+def run_wrapper(image: Path, tmp_path: Path, name: str, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(wrapper_cmd(image, tmp_path, name, *args), cwd=ROOT, env=wrapper_env(),
+                            capture_output=True, text=True, timeout=900)
+    print(result.stdout, result.stderr)
+    return result
+
+
+def harness_leftovers(name: str) -> tuple[list[str], list[Path]]:
+    procs = subprocess.run(["pgrep", "-af", f"harness-{name}-"], capture_output=True, text=True).stdout
+    procs = [p for p in procs.splitlines() if "pgrep" not in p]
+    return procs, list(Path("/tmp").glob(f"harness-{name}-*"))
+
+
+def test_failing_guest_fails_with_its_status_and_keeps_the_journal(image, tmp_path):
+    r = run_wrapper(image, tmp_path, "TEST-90-FAILS", "--unit-command=/bin/sh -c 'echo about to fail; exit 3'")
+    assert r.returncode == 1
+    assert "TEST-90-FAILS: FAIL: TEST-90-FAILS failed with exit status 3 (expected 123)" in r.stdout
+    assert "meson test -C" in r.stdout and "--interactive TEST-90-FAILS" in r.stdout
+    journal = tmp_path / "logs" / "journal.journal"
+    assert f"journalctl --file {journal} -u TEST-90-FAILS.service" in r.stdout
+    text = subprocess.run(["journalctl", "--file", str(journal), "-u", "TEST-90-FAILS.service", "--no-pager"],
+                          capture_output=True, text=True).stdout
+    assert "about to fail" in text
+    assert "about to fail" in (tmp_path / "logs" / "console.log").read_text(errors="replace")
+    assert harness_leftovers("TEST-90-FAILS") == ([], [])
+
+
+def test_hanging_guest_fails_at_its_timeout(image, tmp_path):
+    r = run_wrapper(image, tmp_path, "TEST-91-HANGS", "--unit-command=sleep infinity",
+                    "--timeout=150", "--timeout-factor=1")
+    assert r.returncode == 1
+    assert "TEST-91-HANGS: FAIL: timed out after 150 s" in r.stdout
+    assert harness_leftovers("TEST-91-HANGS") == ([], [])
+
+
+def test_kernel_panic_fails_without_waiting_for_the_timeout(image, tmp_path):
+    r = run_wrapper(image, tmp_path, "TEST-92-PANICS", "--unit-command=/bin/sh -c 'echo c >/proc/sysrq-trigger'",
+                    "--timeout=1000", "--timeout-factor=1")
+    assert r.returncode == 1
+    assert "TEST-92-PANICS: FAIL: kernel panic while the test was running: Kernel panic - not syncing" in r.stdout
+    assert harness_leftovers("TEST-92-PANICS") == ([], [])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_run_leaves_no_process_or_file(image, tmp_path, signum):
+    name = f"TEST-93-INTERRUPTED{signum}"
+    proc = subprocess.Popen(wrapper_cmd(image, tmp_path, name, "--unit-command=sleep infinity"), cwd=ROOT,
+                            env=wrapper_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not harness_leftovers(name)[0] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert harness_leftovers(name)[0], "QEMU never started"
+        time.sleep(3)
+        proc.send_signal(signum)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    print(out)
+    assert proc.returncode == 130
+    assert "interrupted" in out
+    assert harness_leftovers(name) == ([], [])
+
+
+def test_missing_image_is_an_infrastructure_error(tmp_path):
+    r = run_wrapper(tmp_path / "nope.raw", tmp_path, "TEST-94-NOIMAGE")
+    assert r.returncode == 99
+    assert "no image at" in r.stderr and "meson compile -C build mkosi" in r.stderr
+
+
+def test_bad_declaration_is_an_infrastructure_error(image, tmp_path):
+    r = run_wrapper(image, tmp_path, "TEST-95-BAD", "--firmware=bios")
+    assert r.returncode == 99
+    assert f"{tmp_path}/meson.build: 'firmware': unknown firmware 'bios'" in r.stderr
