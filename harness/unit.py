@@ -18,6 +18,7 @@ from harness.declaration import Credential, TestDeclaration
 NOTIFY_PORT = "io.harness.notify"
 JOURNAL_PORT = "io.harness.journal"
 EMERGENCY_UNIT = "harness-emergency-exit.service"
+DEBUG_SHELL_UNIT = "harness-debug-shell.service"
 
 _PORT = f"/dev/virtio-ports/{NOTIFY_PORT}"
 
@@ -44,8 +45,10 @@ def render_test_unit(decl: TestDeclaration, interactive: bool) -> str:
         "SuccessAction=exit",
         f"SuccessActionExitStatus={decl.exit_code}",
     ]
-    if not interactive:
-        # Interactively, a failing test leaves the VM up for the person at the console.
+    if interactive:
+        # A failing test leaves the VM up, with a shell for the person at the console.
+        lines.append(f"OnFailure={DEBUG_SHELL_UNIT}")
+    else:
         lines.append("FailureAction=exit")
     lines += list(u.unit_lines)
     lines += [
@@ -90,10 +93,30 @@ Wants={EMERGENCY_UNIT}
 """
 
 
+# Interactive runs only: the test failed, and the person at the console gets a root
+# shell in the state it left; leaving the shell ends the VM with a failing status.
+_DEBUG_SHELL = """\
+[Unit]
+Description=Root shell after a failed test
+DefaultDependencies=no
+
+[Service]
+ExecStartPre=-/bin/sh -c 'echo; echo "The test failed. Root shell; exit it to end the VM (Ctrl-a x quits QEMU)."'
+ExecStart=-/bin/bash -l
+ExecStopPost=/usr/bin/systemctl exit 1
+StandardInput=tty-force
+StandardOutput=inherit
+StandardError=inherit
+TTYPath=/dev/console
+"""
+
+
 def guest_credentials(decl: TestDeclaration, interactive: bool) -> list[Credential]:
     """The credentials that shape the guest's boot, ahead of the test's own."""
     creds = [Credential(f"systemd.extra-unit.{decl.unit_name}", render_test_unit(decl, interactive).encode())]
-    if not interactive:
+    if interactive:
+        creds.append(Credential(f"systemd.extra-unit.{DEBUG_SHELL_UNIT}", _DEBUG_SHELL.encode()))
+    else:
         creds += [
             Credential(f"systemd.extra-unit.{EMERGENCY_UNIT}", _EMERGENCY_EXIT.encode()),
             Credential("systemd.unit-dropin.emergency.target~harness", _EMERGENCY_DROPIN.encode()),

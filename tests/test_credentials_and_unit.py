@@ -46,10 +46,12 @@ def test_unit_ends_the_vm_with_the_declared_status():
 def test_interactive_unit_keeps_the_vm_up_on_failure():
     text = render_test_unit(declaration(), interactive=True)
     assert "FailureAction" not in text and "StandardInput=tty" in text
+    assert "OnFailure=harness-debug-shell.service" in text
 
 
 def test_guest_credentials_include_emergency_guard_only_when_unattended():
     names = [c.name for c in guest_credentials(declaration(), interactive=False)]
     assert names[0] == "systemd.extra-unit.TEST-99-UNIT.service"
     assert "systemd.unit-dropin.emergency.target~harness" in names
-    assert [c.name for c in guest_credentials(declaration(), interactive=True)] == names[:1]
+    assert [c.name for c in guest_credentials(declaration(), interactive=True)] == [
+        names[0], "systemd.extra-unit.harness-debug-shell.service"]
