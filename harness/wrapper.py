@@ -60,6 +60,8 @@ def run_test(decl: TestDeclaration, image_path: Path, log_dir: Path, backend: Ba
         (log_dir / name).unlink(missing_ok=True)
     print(f"{decl.name}: booting {image.path.name} ({plan.firmware}, {plan.accel.kind}: {plan.accel.reason}; "
           f"timeout {plan.timeout or 'none'}{' s' if plan.timeout else ''}) on {backend.name}", flush=True)
+    if interactive:
+        print("The console is attached: the test's output follows. Ctrl-a x quits QEMU.", flush=True)
 
     with backend.boot(plan, log_dir) as machine:
         ending = machine.wait(plan.timeout)

@@ -123,3 +123,25 @@ def test_bad_declaration_is_an_infrastructure_error(image, tmp_path):
     r = run_wrapper(image, tmp_path, "TEST-95-BAD", "--firmware=bios")
     assert r.returncode == 99
     assert f"{tmp_path}/meson.build: 'firmware': unknown firmware 'bios'" in r.stderr
+
+
+def test_interactive_run_shows_the_console_and_a_shell_after_failure(image, tmp_path):
+    import pexpect
+
+    cmd = wrapper_cmd(image, tmp_path, "TEST-96-INTERACTIVE", "--unit-command=/bin/sh -c 'echo interactive-marker; exit 4'")
+    env = wrapper_env()
+    env.pop("HARNESS_INTERACTIVE")  # decided by the terminal, as under meson test -i
+    child = pexpect.spawn(cmd[0], cmd[1:], cwd=str(ROOT), env=env, timeout=600, encoding="utf-8", codec_errors="replace")
+    try:
+        child.expect("interactive-marker")
+        child.expect("Root shell")
+        child.expect("root@")  # the prompt: typing earlier would be lost when bash takes the tty
+        child.sendline("echo shell-alive-$((6*7))")
+        child.expect("shell-alive-42")
+        child.sendline("exit")
+        child.expect("TEST-96-INTERACTIVE: FAIL: TEST-96-INTERACTIVE failed with exit status 4")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 1
+    assert harness_leftovers("TEST-96-INTERACTIVE") == ([], [])
