@@ -17,7 +17,6 @@ import socket
 import struct
 import threading
 from pathlib import Path
-from typing import Iterator
 
 import attrs
 
@@ -96,21 +95,42 @@ def reserve_cid(vhost_fd: int, attempts: int = 64) -> int:
     raise OSError("no free vsock CID found")
 
 
-@contextlib.contextmanager
-def vsock_listener(report: GuestReport) -> Iterator[int]:
-    """Listen for PID 1's notify connections; yields the port for `vmm.notify_socket`."""
-    server = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
-    server.bind((socket.VMADDR_CID_ANY, socket.VMADDR_PORT_ANY))
-    server.listen(8)
-    server.settimeout(0.2)
-    stop = threading.Event()
-    lock = threading.Lock()
+class VsockNotifyListener:
+    """Receives PID 1's notify connections over vsock (`vmm.notify_socket`).
 
-    def serve() -> None:
-        while not stop.is_set():
+    The socket is bound on entry, so its port can go into the guest's credentials; the
+    accepting thread starts only with `start()`, after QEMU is spawned, so no thread
+    runs while the wrapper forks."""
+
+    def __init__(self, report: GuestReport) -> None:
+        self.report = report
+        self._server = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "VsockNotifyListener":
+        self._server.bind((socket.VMADDR_CID_ANY, socket.VMADDR_PORT_ANY))
+        self._server.listen(8)
+        self._server.settimeout(0.2)
+        return self
+
+    @property
+    def port(self) -> int:
+        return self._server.getsockname()[1]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._serve, name="vsock-notify", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        # After stop, keep accepting until nothing is pending: PID 1's last message may
+        # still be queued when QEMU exits.
+        while True:
             try:
-                conn, _ = server.accept()
+                conn, _ = self._server.accept()
             except (TimeoutError, socket.timeout):
+                if self._stop.is_set():
+                    return
                 continue
             except OSError:
                 return
@@ -120,17 +140,13 @@ def vsock_listener(report: GuestReport) -> Iterator[int]:
                 with contextlib.suppress(OSError):
                     while chunk := conn.recv(4096):
                         chunks.append(chunk)
-                with lock:
-                    report.add(b"".join(chunks))
+                self.report.add(b"".join(chunks))
 
-    thread = threading.Thread(target=serve, name="vsock-notify", daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(timeout=2)
-        server.close()
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        self._server.close()
 
 
 def read_port_file(path: Path, report: GuestReport) -> None:

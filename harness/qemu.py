@@ -16,10 +16,11 @@ from typing import Iterator
 import attrs
 
 from harness.backend import BootPlan, Ending
+from harness.declaration import Credential
 from harness.credentials import cmdline_extra_strings, fw_cfg_args, smbios_args, smbios_credential
 from harness.errors import HarnessError
 from harness.firmware import Ovmf, copy_nvram, find_ovmf
-from harness.notify import GuestReport, read_port_file, reserve_cid, vsock_available, vsock_listener
+from harness.notify import GuestReport, VsockNotifyListener, VMADDR_CID_HOST, read_port_file, reserve_cid, vsock_available
 from harness.unit import JOURNAL_PORT, NOTIFY_PORT
 
 QEMU_BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64",
@@ -122,9 +123,14 @@ def qemu_command(plan: BootPlan, files: RunFiles, ovmf: Ovmf | None, nvram: Path
     return cmd + guest_args + list(plan.decl.qemu_args)
 
 
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
-    # QEMU must not outlive the wrapper, even when the wrapper is SIGKILLed.
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    # Runs in the child between fork and exec: QEMU must not outlive the wrapper,
+    # even when the wrapper is SIGKILLed.
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class QemuMachine:
@@ -258,15 +264,13 @@ class QemuBackend:
                 nvram = copy_nvram(ovmf, tmp)
 
             credentials = list(plan.credentials)
-            vsock_cid = vhost_fd = None
+            vsock_cid = vhost_fd = listener = None
             if vsock_available():
                 vhost_fd = os.open("/dev/vhost-vsock", os.O_RDWR | os.O_CLOEXEC)
                 stack.callback(os.close, vhost_fd)
                 vsock_cid = reserve_cid(vhost_fd)
-                port = stack.enter_context(vsock_listener(report))
-                from harness.declaration import Credential
-
-                credentials.append(Credential("vmm.notify_socket", f"vsock-stream:2:{port}".encode()))
+                listener = stack.enter_context(VsockNotifyListener(report))
+                credentials.append(Credential("vmm.notify_socket", f"vsock-stream:{VMADDR_CID_HOST}:{listener.port}".encode()))
 
             if smbios_supported(plan.image.architecture, plan.firmware):
                 strings = [smbios_credential(c) for c in credentials]
@@ -290,4 +294,6 @@ class QemuBackend:
                 )
             machine = QemuMachine(proc, files, stderr, report)
             stack.callback(machine.kill)
+            if listener is not None:
+                listener.start()
             yield machine

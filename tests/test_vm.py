@@ -92,6 +92,15 @@ def test_kernel_panic_fails_without_waiting_for_the_timeout(image, tmp_path):
     assert harness_leftovers("TEST-92-PANICS") == ([], [])
 
 
+def test_broken_boot_ends_at_once_instead_of_at_the_timeout(image, tmp_path):
+    # The last systemd.unit= wins: the guest boots into emergency mode, as a broken boot does.
+    r = run_wrapper(image, tmp_path, "TEST-97-EMERGENCY", "--cmdline=systemd.unit=emergency.target",
+                    "--timeout=1000", "--timeout-factor=1")
+    assert r.returncode == 1
+    assert "TEST-97-EMERGENCY: FAIL: boot failed: the guest fell into emergency mode" in r.stdout
+    assert harness_leftovers("TEST-97-EMERGENCY") == ([], [])
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_interrupted_run_leaves_no_process_or_file(image, tmp_path, signum):
     name = f"TEST-93-INTERRUPTED{signum}"
