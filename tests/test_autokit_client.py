@@ -1,0 +1,186 @@
+"""The worker client against a scripted stub worker on loopback, endpoint by endpoint."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import random
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from harness.autokit import Retry, WorkerClient, WorkerError
+
+
+class StubWorker:
+    """Answers from `script[(method, path)]`: a list of (status, body) used in turn
+    (the last one repeats). Records every request."""
+
+    def __init__(self, script):
+        self.script = {k: list(v) for k, v in script.items()}
+        self.requests = []  # (method, path, headers, body)
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def handle_any(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                stub.requests.append((self.command, self.path, self.headers, body))
+                answers = stub.script.get((self.command, self.path), [(404, b"no such endpoint")])
+                status, reply = answers.pop(0) if len(answers) > 1 else answers[0]
+                reply = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            do_GET = do_POST = handle_any
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def paths(self, method=None):
+        return [p for m, p, _, _ in self.requests if method in (None, m)]
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def client(stub, **kw):
+    return WorkerClient(stub.url, sleep=lambda s: None, **kw)
+
+
+def test_reserve_waits_while_busy():
+    with StubWorker({("GET", "/start"): [(200, b"BUSY"), (200, b"BUSY"), (200, b"OK")]}) as w:
+        client(w).reserve(Retry(attempts=5, delay=0))
+        assert w.paths() == ["/start"] * 3
+
+
+def test_reserve_gives_up_with_a_clear_error():
+    with StubWorker({("GET", "/start"): [(200, b"BUSY")]}) as w:
+        with pytest.raises(WorkerError, match="stayed BUSY for 3 tries"):
+            client(w).reserve(Retry(attempts=3, delay=0))
+
+
+def test_reserved_block_heartbeats_and_always_tears_down():
+    script = {("GET", "/start"): [(200, b"OK")], ("GET", "/heartbeat"): [(200, b"OK")],
+              ("POST", "/teardown"): [(200, b"OK")]}
+    with StubWorker(script) as w:
+        with pytest.raises(RuntimeError):
+            with client(w).reserved(interval=0.05):
+                threading.Event().wait(0.3)
+                raise RuntimeError("test body failed")
+        assert "/heartbeat" in w.paths()
+        assert w.paths()[-1] == "/teardown"
+
+
+def test_token_is_sent_and_401_says_what_to_do():
+    with StubWorker({("GET", "/state"): [(401, b"missing bearer token")]}) as w:
+        with pytest.raises(WorkerError, match="answered 401: missing bearer token") as e:
+            client(w, token="s3cret").state()
+        assert "HARNESS_AUTOKIT_TOKEN" in e.value.fix
+        assert w.requests[0][2]["Authorization"] == "Bearer s3cret"
+
+
+def test_contract_and_device_endpoints():
+    script = {
+        ("GET", "/contract"): [(200, {"uuid": "u1", "workerType": "qemu", "supportedFeatures": ["dut", "uefi"]})],
+        ("POST", "/dut/network"): [(200, b"OK")],
+        ("GET", "/dut/ip"): [(200, b"10.0.0.2")],
+        ("POST", "/dut/on"): [(200, b"progress 50%\nOK")],
+        ("POST", "/dut/off"): [(200, b"OK")],
+        ("GET", "/dut/serial"): [(200, b"login: ")],
+        ("POST", "/dut/serial/exec"): [(200, b"uname\nLinux")],
+        ("POST", "/dut/keyboard"): [(200, b"OK")],
+        ("GET", "/dut/diagnostics"): [(200, {"voltage": 5.1})],
+        ("POST", "/dut/capture"): [(200, b"OK")],
+        ("GET", "/dut/capture"): [(200, b"\x1f\x8bframes")],
+    }
+    with StubWorker(script) as w:
+        c = client(w)
+        contract = c.contract()
+        assert (contract.uuid, contract.worker_type, contract.features) == ("u1", "qemu", {"dut", "uefi"})
+        c.network()
+        assert c.ip("dut.local") == "10.0.0.2"
+        c.power_on()
+        assert c.serial() == b"login: "
+        assert c.serial_exec("uname") == "uname\nLinux"
+        c.keyboard("f7")
+        assert c.diagnostics() == {"voltage": 5.1}
+        c.start_capture()
+        assert c.stop_capture() == b"\x1f\x8bframes"
+        c.power_off()
+        bodies = {p: json.loads(b) for m, p, _, b in w.requests if b}
+        assert bodies["/dut/network"] == {"wired": {"nat": True}}
+        assert bodies["/dut/ip"] == {"target": "dut.local"}
+        assert bodies["/dut/keyboard"] == {"key": "f7"}
+
+
+def test_power_on_that_does_not_end_in_ok_is_an_error():
+    with StubWorker({("POST", "/dut/on"): [(200, b"relay stuck")]}) as w:
+        with pytest.raises(WorkerError, match="relay stuck"):
+            client(w).power_on()
+
+
+def test_chunked_upload_resends_a_failed_chunk():
+    image = gzip.compress(random.Random(1).randbytes(350_000))  # incompressible: 4 chunks of 0.1 MiB
+    script = {("GET", "/dut/sendImage/chunkSize"): [(200, {"chunkMiB": 0.1})],
+              ("POST", "/dut/sendImage"): [(200, b"CHUNK_OK"), (500, b"disk hiccup"), (200, b"CHUNK_OK")]}
+    with StubWorker(script) as w:
+        client(w).send_image(io.BytesIO(image), len(image), Retry(attempts=3, delay=0))
+        chunks = [(int(h["x-chunk-index"]), int(h["x-total-chunks"]), int(h["Content-Length"]), b)
+                  for m, p, h, b in w.requests if p == "/dut/sendImage"]
+    size = int(0.1 * 1024 * 1024)
+    total = -(-len(image) // size)
+    assert all(t == total for _, t, _, _ in chunks)
+    assert [i for i, *_ in chunks] == [0, 1, 1] + list(range(2, total))  # chunk 1 sent again
+    assert all(n == len(b) for _, _, n, b in chunks)
+    reassembled = bytearray(len(image))
+    for i, _, _, b in chunks:
+        reassembled[i * size:i * size + len(b)] = b
+    assert bytes(reassembled) == image
+
+
+def test_chunk_that_keeps_failing_is_an_error():
+    script = {("GET", "/dut/sendImage/chunkSize"): [(200, {"chunkMiB": 40})],
+              ("POST", "/dut/sendImage"): [(500, b"no space left")]}
+    with StubWorker(script) as w:
+        with pytest.raises(WorkerError, match="no space left"):
+            client(w).send_image(io.BytesIO(b"x" * 10), 10, Retry(attempts=2, delay=0))
+        assert len(w.paths("POST")) == 2
+
+
+def test_flash_retries_after_error_state():
+    script = {("POST", "/dut/flashImage"): [(200, {"timeoutTries": 5})],
+              ("GET", "/dut/flashState"): [(200, b"PENDING"), (200, b"ERROR"), (200, b"PENDING"), (200, b"DONE")]}
+    with StubWorker(script) as w:
+        client(w).flash(poll=0)
+        assert w.paths("POST") == ["/dut/flashImage", "/dut/flashImage"]
+
+
+def test_flash_that_always_fails_is_an_error():
+    script = {("POST", "/dut/flashImage"): [(200, {"timeoutTries": 5})], ("GET", "/dut/flashState"): [(200, b"ERROR")]}
+    with StubWorker(script) as w:
+        with pytest.raises(WorkerError, match="flashing failed 3 times"):
+            client(w).flash(poll=0)
+
+
+def test_unreachable_worker_is_an_infrastructure_error():
+    c = WorkerClient("http://127.0.0.1:9", timeout=2)
+    with pytest.raises(WorkerError, match="unreachable") as e:
+        c.state()
+    assert "worker runs" in e.value.fix
