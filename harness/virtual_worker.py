@@ -1,0 +1,273 @@
+"""A virtual autokit worker: the worker HTTP API in front of a QEMU "board".
+
+    HARNESS_AUTOKIT_TOKEN=secret python3 -m harness.virtual_worker --listen 127.0.0.1:8123
+
+lets people without a rig, and our own tests, run the hardware path. The board boots
+UEFI from a disk that flashing writes, logs its serial console to a file, and is powered
+by starting and stopping QEMU. Unlike upstream workers it requires a bearer token, and
+it answers BUSY to a second reservation while one is held.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hmac
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from harness.accel import detect
+from harness.firmware import copy_nvram, find_ovmf
+from harness.qemu import _die_with_parent, machine_alias
+
+CHUNK_MIB = 40
+WATCHDOG_SECONDS = 300.0
+
+
+class VirtualBoard:
+    """The device under test: a disk image, UEFI variables and a QEMU process."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+        self.disk = state_dir / "disk.raw"
+        self.serial_log = state_dir / "serial.log"
+        self.proc: subprocess.Popen | None = None
+        self.nvram: Path | None = None
+
+    def write_disk(self, gzipped: Path) -> None:
+        self.power_off()
+        tmp = self.disk.with_suffix(".new")
+        with gzip.open(gzipped, "rb") as src, tmp.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        tmp.replace(self.disk)
+        ovmf = find_ovmf("x86_64", machine_alias("qemu-system-x86_64", "q35"))
+        self.nvram = copy_nvram(ovmf, self.dir)  # a freshly flashed board has fresh variables
+
+    def power_on(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            return
+        if not self.disk.exists():
+            raise RuntimeError("nothing flashed yet: POST /dut/sendImage and /dut/flashImage first")
+        ovmf = find_ovmf("x86_64", machine_alias("qemu-system-x86_64", "q35"))
+        accel = detect("x86_64")
+        self.serial_log.write_bytes(b"")
+        cmd = ["qemu-system-x86_64", "-machine", "q35,hpet=off", "-accel", accel.kind,
+               "-cpu", "host" if accel.kind == "kvm" else "max", "-smp", "2", "-m", "1536M",
+               "-nodefaults", "-no-user-config", "-display", "none",
+               "-drive", f"if=pflash,format=raw,readonly=on,file={ovmf.code}",
+               "-drive", f"if=pflash,format=raw,file={self.nvram}",
+               "-drive", f"if=none,id=disk,file={self.disk},format=raw,cache=unsafe",
+               "-device", "virtio-blk-pci,drive=disk,bootindex=1",
+               "-object", "rng-random,filename=/dev/urandom,id=rng0", "-device", "virtio-rng-pci,rng=rng0",
+               "-nic", "user,model=virtio-net-pci",
+               "-chardev", f"file,id=serial,path={self.serial_log}", "-serial", "chardev:serial"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=(self.dir / "qemu.stderr").open("wb"), preexec_fn=_die_with_parent)
+
+    def power_off(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+class VirtualWorker:
+    """The worker's state: reservation, watchdog, uploads and flashing."""
+
+    def __init__(self, state_dir: Path, token: str, watchdog: float = WATCHDOG_SECONDS) -> None:
+        self.dir = state_dir
+        self.token = token
+        self.watchdog_seconds = watchdog
+        self.board = VirtualBoard(state_dir)
+        self.upload = state_dir / "upload.gz"
+        self.lock = threading.Lock()
+        self.busy = False
+        self.flash_state = "IDLE"
+        self.watchdog: threading.Timer | None = None
+        self.uuid = str(uuid.uuid4())
+
+    def reserve(self) -> str:
+        with self.lock:
+            if self.busy:
+                return "BUSY"
+            self.busy = True
+        self.heartbeat()
+        return "OK"
+
+    def heartbeat(self) -> str:
+        if self.watchdog:
+            self.watchdog.cancel()
+        self.watchdog = threading.Timer(self.watchdog_seconds, self.teardown)
+        self.watchdog.daemon = True
+        self.watchdog.start()
+        return "OK"
+
+    def teardown(self) -> str:
+        if self.watchdog:
+            self.watchdog.cancel()
+        self.board.power_off()
+        self.upload.unlink(missing_ok=True)
+        with self.lock:
+            self.busy = False
+            self.flash_state = "IDLE"
+        return "OK"
+
+    def write_chunk(self, body: bytes, index: int | None, total: int | None) -> str:
+        if index is None:
+            self.upload.write_bytes(body)
+            return "OK"
+        if index == 0 or not self.upload.exists():
+            self.upload.write_bytes(b"")
+        with self.upload.open("r+b") as f:
+            f.seek(index * CHUNK_MIB * 1024 * 1024)
+            f.write(body)
+        return "CHUNK_OK"
+
+    def flash(self) -> dict:
+        self.flash_state = "PENDING"
+
+        def run() -> None:
+            try:
+                self.board.write_disk(self.upload)
+                self.flash_state = "DONE"
+            except Exception as e:  # reported through flashState, as upstream does
+                (self.dir / "flash.error").write_text(f"{e}\n")
+                self.flash_state = "ERROR"
+
+        threading.Thread(target=run, daemon=True).start()
+        return {"timeoutTries": 60}
+
+    def contract(self) -> dict:
+        return {"uuid": self.uuid, "workerType": "qemu", "supportedFeatures": ["dut", "uefi", "serial"]}
+
+
+def make_handler(worker: VirtualWorker):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def reply(self, status: int, body) -> None:
+            data = body if isinstance(body, bytes) else (json.dumps(body) if isinstance(body, dict) else body).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def authorized(self) -> bool:
+            given = self.headers.get("Authorization", "")
+            return hmac.compare_digest(given.encode(), f"Bearer {worker.token}".encode())
+
+        def body(self) -> bytes | None:
+            length = self.headers.get("Content-Length")
+            return self.rfile.read(int(length)) if length is not None else None
+
+        def route(self) -> None:
+            if not self.authorized():
+                self.body()
+                return self.reply(401, "missing or wrong bearer token")
+            body = self.body()
+            key = (self.command, self.path)
+            try:
+                if key == ("GET", "/start"):
+                    return self.reply(200, worker.reserve())
+                if key == ("GET", "/state"):
+                    return self.reply(200, "BUSY" if worker.busy else "IDLE")
+                if key == ("GET", "/contract"):
+                    return self.reply(200, worker.contract())
+                if not worker.busy:
+                    return self.reply(500, "the worker is not reserved: GET /start first")
+                if key == ("GET", "/heartbeat"):
+                    return self.reply(200, worker.heartbeat())
+                if key == ("POST", "/teardown"):
+                    return self.reply(200, worker.teardown())
+                if key == ("POST", "/dut/on"):
+                    worker.board.power_on()
+                    return self.reply(200, "OK")
+                if key == ("POST", "/dut/off"):
+                    worker.board.power_off()
+                    return self.reply(200, "OK")
+                if key == ("GET", "/dut/diagnostics"):
+                    return self.reply(200, {})
+                if key == ("POST", "/dut/network"):
+                    return self.reply(200, "OK")  # user-mode networking with NAT is always on
+                if key == ("GET", "/dut/ip"):
+                    return self.reply(200, "10.0.2.15")
+                if key == ("GET", "/dut/sendImage/chunkSize"):
+                    return self.reply(200, {"chunkMiB": CHUNK_MIB})
+                if key == ("POST", "/dut/sendImage"):
+                    if body is None:
+                        return self.reply(411, "Content-Length required")
+                    index = self.headers.get("x-chunk-index")
+                    total = self.headers.get("x-total-chunks")
+                    return self.reply(200, worker.write_chunk(body, None if index is None else int(index),
+                                                              None if total is None else int(total)))
+                if key == ("POST", "/dut/flashImage"):
+                    return self.reply(200, worker.flash())
+                if key == ("GET", "/dut/flashState"):
+                    return self.reply(200, worker.flash_state)
+                if key == ("GET", "/dut/serial"):
+                    log = worker.board.serial_log
+                    return self.reply(200, log.read_bytes() if log.exists() else b"")
+                return self.reply(500, f"{self.command} {self.path} is not supported by the virtual worker")
+            except Exception as e:
+                return self.reply(500, str(e))
+
+        do_GET = do_POST = route
+
+        def log_message(self, fmt, *args) -> None:
+            sys.stderr.write(f"virtual-worker: {self.command} {self.path} {args[1] if len(args) > 1 else ''}\n")
+
+    return Handler
+
+
+def serve(host: str, port: int, state_dir: Path, token: str, ready=None) -> None:
+    worker = VirtualWorker(state_dir, token)
+    server = ThreadingHTTPServer((host, port), make_handler(worker))
+    server.daemon_threads = True
+    if ready:
+        ready(server)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        worker.teardown()
+        server.server_close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python3 -m harness.virtual_worker", description=__doc__.splitlines()[0])
+    p.add_argument("--listen", default="127.0.0.1:8123", help="HOST:PORT (default 127.0.0.1:8123)")
+    p.add_argument("--state-dir", default=None, help="where the board's disk and logs live")
+    p.add_argument("--token-file", help="file holding the bearer token (default: $HARNESS_AUTOKIT_TOKEN, else a new one)")
+    o = p.parse_args(argv)
+    host, _, port = o.listen.rpartition(":")
+    state_dir = Path(o.state_dir or Path(os.environ.get("XDG_STATE_HOME", "/var/tmp")) / "harness-virtual-worker")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if o.token_file:
+        token = Path(o.token_file).read_text().strip()
+    elif os.environ.get("HARNESS_AUTOKIT_TOKEN"):
+        token = os.environ["HARNESS_AUTOKIT_TOKEN"]
+    else:
+        token = secrets.token_urlsafe(24)
+        token_file = state_dir / "token"
+        token_file.write_text(token + "\n")
+        token_file.chmod(0o600)
+        print(f"virtual-worker: token written to {token_file}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+
+    def ready(server) -> None:
+        print(f"virtual-worker: listening on http://{host}:{server.server_address[1]}, state in {state_dir}", flush=True)
+
+    serve(host, int(port), state_dir, token, ready)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The virtual worker's API, driven by the real client (no board is powered on here)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from harness.autokit import Retry, WorkerClient, WorkerError
+from harness.virtual_worker import VirtualWorker, make_handler
+from http.server import ThreadingHTTPServer
+
+TOKEN = "test-token"
+
+
+@pytest.fixture
+def worker(tmp_path):
+    w = VirtualWorker(tmp_path, TOKEN, watchdog=60)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(w))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    w.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield w
+    server.shutdown()
+    server.server_close()
+    w.teardown()
+
+
+def client(w, token=TOKEN):
+    return WorkerClient(w.url, token=token, sleep=lambda s: None)
+
+
+@pytest.mark.parametrize("token", [None, "wrong"])
+def test_requires_the_bearer_token(worker, token):
+    with pytest.raises(WorkerError, match="401: missing or wrong bearer token"):
+        client(worker, token).reserve(Retry(1, 0))
+    assert not worker.busy
+
+
+def test_second_reservation_is_refused_while_one_is_held(worker):
+    first, second = client(worker), client(worker)
+    first.reserve(Retry(1, 0))
+    with pytest.raises(WorkerError, match="stayed BUSY"):
+        second.reserve(Retry(2, 0))
+    first.teardown()
+    second.reserve(Retry(1, 0))
+    assert second.state() == "BUSY"
+
+
+def test_device_endpoints_need_a_reservation(worker):
+    with pytest.raises(WorkerError, match="not reserved"):
+        client(worker).power_on()
+
+
+def test_upload_and_flash_write_the_disk_exactly(worker, tmp_path):
+    image = tmp_path / "image.raw"
+    image.write_bytes(bytes(range(256)) * 4096)
+    c = client(worker)
+    with c.reserved():
+        c.upload_and_flash(image, tmp_path, poll=0.05)
+        assert worker.board.disk.read_bytes() == image.read_bytes()
+        assert worker.board.nvram.exists()
+    assert client(worker).state() == "IDLE"
+
+
+def test_broken_image_gives_flash_state_error(worker, tmp_path):
+    c = client(worker)
+    c.reserve(Retry(1, 0))
+    c.send_image(open(__file__, "rb"), 100)  # not gzip: the worker cannot write it
+    with pytest.raises(WorkerError, match="flashState ERROR"):
+        c.flash(poll=0.05)
+
+
+def test_chunk_without_length_is_refused(worker):
+    c = client(worker)
+    c.reserve(Retry(1, 0))
+    import http.client
+
+    conn = http.client.HTTPConnection(worker.url.removeprefix("http://"))
+    conn.putrequest("POST", "/dut/sendImage")
+    conn.putheader("Authorization", f"Bearer {TOKEN}")
+    conn.endheaders()
+    assert conn.getresponse().status == 411
+
+
+def test_watchdog_releases_a_silent_reservation(worker):
+    worker.watchdog_seconds = 0.2
+    client(worker).reserve(Retry(1, 0))
+    time.sleep(0.6)
+    assert client(worker).state() == "IDLE"
