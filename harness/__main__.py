@@ -57,16 +57,36 @@ def _raise_interrupted(signum, frame):
     raise Interrupted(signal.Signals(signum).name)
 
 
+def choose_backend(o, env):
+    """The backend from the options meson passes, overridden by HARNESS_* for one run."""
+    name = env.get("HARNESS_BACKEND") or o.backend
+    if name == "qemu":
+        from harness.qemu import QemuBackend
+
+        return QemuBackend()
+    if name == "autokit":
+        from harness.autokit_backend import AutokitBackend
+
+        url = env.get("HARNESS_AUTOKIT_WORKER") or o.autokit_worker
+        if not url:
+            raise HarnessError("the autokit backend needs a worker URL",
+                               "meson setup -Dtest-backend=autokit -Dautokit-worker=http://HOST:PORT, or set HARNESS_AUTOKIT_WORKER")
+        return AutokitBackend(url, env.get("HARNESS_AUTOKIT_TOKEN") or None)
+    raise HarnessError(f"unknown backend '{name}'", "use qemu or autokit (-Dtest-backend, HARNESS_BACKEND)")
+
+
 def cmd_run(o) -> int:
-    from harness.qemu import QemuBackend
     from harness.wrapper import describe, run_test
 
     decl = TestDeclaration.from_options(o)
-    interactive = (os.environ.get("HARNESS_INTERACTIVE") == "1"
-                   or (os.environ.get("HARNESS_INTERACTIVE") != "0" and sys.stdin.isatty() and sys.stdout.isatty()))
+    env = dict(os.environ)
+    backend = choose_backend(o, env)
+    interactive = backend.name == "qemu" and (
+        env.get("HARNESS_INTERACTIVE") == "1"
+        or (env.get("HARNESS_INTERACTIVE") != "0" and sys.stdin.isatty() and sys.stdout.isatty()))
     log_dir = Path(o.log_dir or Path(o.build_dir or ".") / "integration-tests" / decl.name)
     try:
-        outcome, journal = run_test(decl, Path(o.image), log_dir, QemuBackend(), dict(os.environ),
+        outcome, journal = run_test(decl, Path(o.image), log_dir, backend, env,
                                     interactive=interactive, timeout_factor=o.timeout_factor)
     except Interrupted as e:
         print(f"{decl.name}: interrupted by {e}; the VM was stopped. Logs: {log_dir}", flush=True)
@@ -95,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--build-dir", help="meson's build directory, for the hints printed on failure")
     run.add_argument("--log-dir", help="where console log and journal go (default BUILD/integration-tests/NAME)")
     run.add_argument("--timeout-factor", type=int, help="multiply the timeout (default: 1 with KVM, more with TCG)")
+    run.add_argument("--backend", default="qemu", help="qemu (default) or autokit; HARNESS_BACKEND overrides")
+    run.add_argument("--autokit-worker", default="", help="the worker's URL; HARNESS_AUTOKIT_WORKER overrides")
     run.set_defaults(func=cmd_run)
     validate = sub.add_parser("validate", help="check a declaration, as meson setup does")
     add_declaration_options(validate)

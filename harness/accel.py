@@ -24,6 +24,15 @@ class Acceleration:
     def timeout_factor(self) -> int:
         return 1 if self.kind == "kvm" else TCG_TIMEOUT_FACTOR
 
+    @property
+    def cpu_args(self) -> list[str]:
+        """-cpu and -smp. Under TCG one vCPU: several vCPUs race in the kernel's live
+        code patching under multi-threaded TCG (int3 oopses at boot), and meson runs
+        VMs side by side on the host's cores anyway."""
+        if self.kind == "kvm":
+            return ["-cpu", "host", "-smp", "2"]
+        return ["-cpu", "max", "-smp", "1"]
+
 
 def host_architecture() -> str:
     machine = platform.machine()

@@ -16,6 +16,19 @@ from harness.accel import Acceleration
 from harness.declaration import Credential, TestDeclaration
 from harness.image import Image
 from harness.notify import GuestReport
+from harness.unit import ReportChannel
+
+
+PANIC_MARKERS = (b"Kernel panic - not syncing", b"---[ end Kernel panic")
+
+
+def panic_line(console: bytes) -> str | None:
+    """The kernel's panic line, if the console text shows one."""
+    for marker in PANIC_MARKERS:
+        at = console.find(marker)
+        if at >= 0:
+            return console[at:].split(b"\n")[0].decode(errors="replace").strip()
+    return None
 
 
 @attrs.frozen
@@ -59,6 +72,10 @@ class Machine(Protocol):
 
 class Backend(Protocol):
     name: str
+    report_channel: ReportChannel  # where the guest's units report
+
+    def unmet_requirements(self, decl: TestDeclaration) -> list[str]:
+        """The declared `requires` features this backend's machine lacks."""
 
     def boot(self, plan: BootPlan, log_dir: Path) -> ContextManager[Machine]:
         """Start the machine; on leaving the context nothing it started is left running."""

@@ -35,6 +35,16 @@ def parse_notify(data: bytes) -> list[tuple[str, str]]:
     return pairs
 
 
+def console_notify_lines(console: bytes, prefix: bytes) -> bytes:
+    """The KEY=VALUE lines a board's units wrote to its serial console after `prefix`."""
+    out = []
+    for line in console.split(b"\n"):
+        at = line.find(prefix)
+        if at >= 0:
+            out.append(line[at + len(prefix):].rstrip(b"\r"))
+    return b"\n".join(out)
+
+
 def derive_exit_status(service_result: str, exit_code: str, exit_status: str, success_status: int) -> int:
     """The status PID 1 exits with after the test unit ends, as systemd computes it:
     SuccessActionExitStatus= on success, else the main process's own exit status."""

@@ -15,19 +15,18 @@ from typing import Iterator
 
 import attrs
 
-from harness.backend import BootPlan, Ending
+from harness.backend import BootPlan, Ending, panic_line
 from harness.declaration import Credential
 from harness.credentials import cmdline_extra_strings, fw_cfg_args, smbios_args, smbios_credential
 from harness.errors import HarnessError
 from harness.firmware import Ovmf, copy_nvram, find_ovmf
 from harness.notify import GuestReport, VsockNotifyListener, VMADDR_CID_HOST, read_port_file, reserve_cid, vsock_available
-from harness.unit import JOURNAL_PORT, NOTIFY_PORT
+from harness.unit import JOURNAL_PORT, NOTIFY_PORT, VIRTIO_CHANNEL
 
 QEMU_BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64",
                  "riscv64": "qemu-system-riscv64", "i386": "qemu-system-i386"}
 MACHINES = {"x86_64": "q35", "i386": "q35", "aarch64": "virt", "riscv64": "virt"}
 CONSOLES = {"x86_64": "ttyS0", "i386": "ttyS0", "aarch64": "ttyAMA0", "riscv64": "ttyS0"}
-PANIC_MARKERS = (b"Kernel panic - not syncing", b"---[ end Kernel panic")
 POWERDOWN_GRACE = 30.0  # seconds an orderly shutdown may take under emulation
 
 
@@ -69,7 +68,7 @@ def kernel_cmdline(plan: BootPlan) -> list[str]:
     console = CONSOLES[plan.image.architecture]
     base = [f"console={console},115200"]
     if plan.image.root_partuuid:
-        base = [f"root=PARTUUID={plan.image.root_partuuid}", "rw", *base]
+        base = [f"root=PARTUUID={plan.image.root_partuuid}", *base]
     return [*base, *plan.cmdline]
 
 
@@ -80,13 +79,11 @@ def qemu_command(plan: BootPlan, files: RunFiles, ovmf: Ovmf | None, nvram: Path
     machine = MACHINES[arch]
     if machine == "q35":
         machine += ",hpet=off"  # the HPET costs time under emulation and nothing needs it
-    kvm = plan.accel.kind == "kvm"
     cmd = [
         QEMU_BINARIES[arch],
         "-machine", machine,
         "-accel", plan.accel.kind,
-        "-cpu", "host" if kvm else "max",
-        "-smp", "2",
+        *plan.accel.cpu_args,
         "-m", "1536M",
         "-nodefaults", "-no-user-config",
         "-display", "none",
@@ -129,7 +126,8 @@ PR_SET_PDEATHSIG = 1
 
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec: QEMU must not outlive the wrapper,
-    # even when the wrapper is SIGKILLed.
+    # even when the wrapper is SIGKILLed. The signal fires when the forking *thread*
+    # ends, so QEMU must be spawned from the thread that lives as long as the VM.
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
@@ -153,11 +151,7 @@ class QemuMachine:
         self._console_offset += len(chunk)
         text = self._console_tail + chunk
         self._console_tail = text[-256:]
-        for marker in PANIC_MARKERS:
-            at = text.find(marker)
-            if at >= 0:
-                return text[at:].split(b"\n")[0].decode(errors="replace").strip()
-        return None
+        return panic_line(text)
 
     def wait(self, timeout: float | None) -> Ending:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -243,6 +237,11 @@ def make_overlay(image: Path, overlay: Path) -> None:
 
 class QemuBackend:
     name = "qemu"
+    report_channel = VIRTIO_CHANNEL
+    features = frozenset({"dut", "uefi", "serial"})
+
+    def unmet_requirements(self, decl) -> list[str]:
+        return [f for f in decl.requirements if f not in self.features]
 
     @contextlib.contextmanager
     def boot(self, plan: BootPlan, log_dir: Path) -> Iterator[QemuMachine]:

@@ -13,6 +13,8 @@ because PID 1's own message is sent too late for any guest process to relay it.
 
 from __future__ import annotations
 
+import attrs
+
 from harness.declaration import Credential, TestDeclaration
 
 NOTIFY_PORT = "io.harness.notify"
@@ -20,23 +22,43 @@ JOURNAL_PORT = "io.harness.journal"
 EMERGENCY_UNIT = "harness-emergency-exit.service"
 DEBUG_SHELL_UNIT = "harness-debug-shell.service"
 
-_PORT = f"/dev/virtio-ports/{NOTIFY_PORT}"
+@attrs.frozen
+class ReportChannel:
+    """Where the guest writes its notify lines: a VM's virtio-serial port, or a board's
+    serial console, where a marker sets them apart from everything else printed there."""
 
-# Runs before the test: tells the host the guest got as far as the test unit.
-_REPORT_START = f"-/bin/sh -c 'test -c {_PORT} && echo READY=1 >{_PORT} || :'"
-# Runs after the test, with systemd's SERVICE_RESULT/EXIT_CODE/EXIT_STATUS in the
-# environment: the host turns these into the status PID 1 exits with. Then the journal
-# goes out on its own port, so it is there even when the disk is thrown away.
-_REPORT_END = (
-    "-/bin/sh -c '"
-    f"test -c {_PORT} && printf \"X_HARNESS_SERVICE_RESULT=%%s\\nX_HARNESS_EXIT_CODE=%%s\\nX_HARNESS_EXIT_STATUS=%%s\\n\""
-    f" \"$SERVICE_RESULT\" \"$EXIT_CODE\" \"$EXIT_STATUS\" >{_PORT};"
-    f" test -c /dev/virtio-ports/{JOURNAL_PORT} && journalctl --sync && journalctl -o export >/dev/virtio-ports/{JOURNAL_PORT};"
-    " :'"
-)
+    device: str
+    prefix: str = ""
+
+    def write(self, lines: list[str], *args: str) -> str:
+        """A shell command that writes printf-formatted `lines` to the channel, if it exists."""
+        fmt = "".join(f"{self.prefix}{line}\n" for line in lines).replace("\n", "\\n")
+        values = "".join(f' "{a}"' for a in args)
+        return f'test -c {self.device} && printf "{fmt}"{values} >{self.device}'
 
 
-def render_test_unit(decl: TestDeclaration, interactive: bool) -> str:
+VIRTIO_CHANNEL = ReportChannel(f"/dev/virtio-ports/{NOTIFY_PORT}")
+CONSOLE_CHANNEL = ReportChannel("/dev/console", "HARNESS_NOTIFY ")
+
+
+def _report_start(ch: ReportChannel) -> str:
+    # Runs before the test: tells the host the guest got as far as the test unit.
+    return f"-/bin/sh -c '{ch.write(['READY=1'])} || :'"
+
+
+def _report_end(ch: ReportChannel) -> str:
+    # Runs after the test, with systemd's SERVICE_RESULT/EXIT_CODE/EXIT_STATUS in the
+    # environment: the host turns these into the status PID 1 exits with. Then the
+    # journal goes out on its own port (VMs only), so it is there even when the disk is
+    # thrown away.
+    report = ch.write(["X_HARNESS_SERVICE_RESULT=%%s", "X_HARNESS_EXIT_CODE=%%s", "X_HARNESS_EXIT_STATUS=%%s"],
+                      "$SERVICE_RESULT", "$EXIT_CODE", "$EXIT_STATUS")
+    return (f"-/bin/sh -c '{report};"
+            f" test -c /dev/virtio-ports/{JOURNAL_PORT} && journalctl --sync && journalctl -o export >/dev/virtio-ports/{JOURNAL_PORT};"
+            " :'")
+
+
+def render_test_unit(decl: TestDeclaration, interactive: bool, channel: ReportChannel = VIRTIO_CHANNEL) -> str:
     u = decl.unit
     lines = ["[Unit]", f"Description={decl.name} ({decl.source})"]
     lines += [f"Wants={w}" for w in u.wants]
@@ -57,9 +79,9 @@ def render_test_unit(decl: TestDeclaration, interactive: bool) -> str:
         "Type=oneshot",
         # The host enforces the timeout; the guest must not give up first.
         "TimeoutStartSec=infinity",
-        f"ExecStartPre={_REPORT_START}",
+        f"ExecStartPre={_report_start(channel)}",
         f"ExecStart={u.command}",
-        f"ExecStopPost={_REPORT_END}",
+        f"ExecStopPost={_report_end(channel)}",
     ]
     if interactive:
         lines += ["StandardInput=tty", "StandardOutput=tty", "StandardError=tty", "TTYPath=/dev/console"]
@@ -71,9 +93,10 @@ def render_test_unit(decl: TestDeclaration, interactive: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Ends the VM as soon as the boot falls into emergency or rescue mode, instead of
-# leaving it to sit at a root prompt until the timeout.
-_EMERGENCY_EXIT = f"""\
+def _emergency_exit(ch: ReportChannel) -> str:
+    """Ends the VM as soon as the boot falls into emergency or rescue mode, instead of
+    leaving it to sit at a root prompt until the timeout."""
+    return f"""\
 [Unit]
 Description=End the test VM: the boot failed
 DefaultDependencies=no
@@ -83,7 +106,7 @@ FailureAction=exit
 
 [Service]
 Type=oneshot
-ExecStartPre=-/bin/sh -c 'test -c {_PORT} && echo X_HARNESS_EMERGENCY=1 >{_PORT} || :'
+ExecStartPre=-/bin/sh -c '{ch.write(["X_HARNESS_EMERGENCY=1"])} || :'
 ExecStart=false
 """
 
@@ -111,14 +134,15 @@ TTYPath=/dev/console
 """
 
 
-def guest_credentials(decl: TestDeclaration, interactive: bool) -> list[Credential]:
+def guest_credentials(decl: TestDeclaration, interactive: bool,
+                      channel: ReportChannel = VIRTIO_CHANNEL) -> list[Credential]:
     """The credentials that shape the guest's boot, ahead of the test's own."""
-    creds = [Credential(f"systemd.extra-unit.{decl.unit_name}", render_test_unit(decl, interactive).encode())]
+    creds = [Credential(f"systemd.extra-unit.{decl.unit_name}", render_test_unit(decl, interactive, channel).encode())]
     if interactive:
         creds.append(Credential(f"systemd.extra-unit.{DEBUG_SHELL_UNIT}", _DEBUG_SHELL.encode()))
     else:
         creds += [
-            Credential(f"systemd.extra-unit.{EMERGENCY_UNIT}", _EMERGENCY_EXIT.encode()),
+            Credential(f"systemd.extra-unit.{EMERGENCY_UNIT}", _emergency_exit(channel).encode()),
             Credential("systemd.unit-dropin.emergency.target~harness", _EMERGENCY_DROPIN.encode()),
             Credential("systemd.unit-dropin.rescue.target~harness", _EMERGENCY_DROPIN.encode()),
         ]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from harness.accel import detect
 from harness.firmware import copy_nvram, find_ovmf
-from harness.qemu import _die_with_parent, machine_alias
+from harness.qemu import machine_alias
 
 CHUNK_MIB = 40
 WATCHDOG_SECONDS = 300.0
@@ -60,8 +60,7 @@ class VirtualBoard:
         ovmf = find_ovmf("x86_64", machine_alias("qemu-system-x86_64", "q35"))
         accel = detect("x86_64")
         self.serial_log.write_bytes(b"")
-        cmd = ["qemu-system-x86_64", "-machine", "q35,hpet=off", "-accel", accel.kind,
-               "-cpu", "host" if accel.kind == "kvm" else "max", "-smp", "2", "-m", "1536M",
+        cmd = ["qemu-system-x86_64", "-machine", "q35,hpet=off", "-accel", accel.kind, *accel.cpu_args, "-m", "1536M",
                "-nodefaults", "-no-user-config", "-display", "none",
                "-drive", f"if=pflash,format=raw,readonly=on,file={ovmf.code}",
                "-drive", f"if=pflash,format=raw,file={self.nvram}",
@@ -70,8 +69,11 @@ class VirtualBoard:
                "-object", "rng-random,filename=/dev/urandom,id=rng0", "-device", "virtio-rng-pci,rng=rng0",
                "-nic", "user,model=virtio-net-pci",
                "-chardev", f"file,id=serial,path={self.serial_log}", "-serial", "chardev:serial"]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=(self.dir / "qemu.stderr").open("wb"), preexec_fn=_die_with_parent)
+        # No parent-death signal here: it fires when the forking *thread* ends, and
+        # requests are served by short-lived threads. The worker stops its board on
+        # teardown, on the watchdog, and when it exits itself.
+        with (self.dir / "qemu.stderr").open("wb") as stderr:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
 
     def power_off(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -12,7 +12,7 @@ from harness.firmware import resolve_firmware
 from harness.image import Image
 from harness.journal import keep_journal
 from harness.results import Outcome, classify
-from harness.unit import guest_credentials
+from harness.unit import VIRTIO_CHANNEL, ReportChannel, guest_credentials
 
 LOG_FILES = ("console.log", "journal.export", "journal.journal", "qemu-command.txt")
 
@@ -20,6 +20,7 @@ LOG_FILES = ("console.log", "journal.export", "journal.journal", "qemu-command.t
 def harness_cmdline(decl: TestDeclaration, interactive: bool) -> list[str]:
     """What every test's kernel command line gets, ahead of the test's own additions."""
     cmdline = [
+        "rw",  # a UKI's own command line may leave the root read-only
         f"systemd.unit={decl.unit_name}",
         "systemd.firstboot=no",  # first boot would wait for a keypress
         "systemd.crash_action=poweroff",  # a crashing PID 1 ends the VM, not the timeout
@@ -32,7 +33,7 @@ def harness_cmdline(decl: TestDeclaration, interactive: bool) -> list[str]:
 
 
 def plan_boot(decl: TestDeclaration, image: Image, interactive: bool, timeout_factor: int | None,
-              env: dict[str, str]) -> BootPlan:
+              env: dict[str, str], channel: ReportChannel = VIRTIO_CHANNEL) -> BootPlan:
     accel = detect(image.architecture, env)
     factor = timeout_factor if timeout_factor is not None else accel.timeout_factor
     return BootPlan(
@@ -40,7 +41,7 @@ def plan_boot(decl: TestDeclaration, image: Image, interactive: bool, timeout_fa
         image=image,
         firmware=resolve_firmware(decl.firmware, image),
         cmdline=tuple(harness_cmdline(decl, interactive)),
-        credentials=tuple(guest_credentials(decl, interactive)) + decl.credentials,
+        credentials=tuple(guest_credentials(decl, interactive, channel)) + decl.credentials,
         accel=accel,
         timeout=None if interactive else decl.timeout * factor,
         interactive=interactive,
@@ -53,8 +54,11 @@ def run_test(decl: TestDeclaration, image_path: Path, log_dir: Path, backend: Ba
     reason = skip_reason(decl, env)
     if reason:
         return Outcome("skip", reason), None
+    missing = backend.unmet_requirements(decl)
+    if missing:
+        return Outcome("skip", f"the {backend.name} machine lacks required features: {', '.join(missing)}"), None
     image = Image.open(image_path)
-    plan = plan_boot(decl, image, interactive, timeout_factor, env)
+    plan = plan_boot(decl, image, interactive, timeout_factor, env, backend.report_channel)
     log_dir.mkdir(parents=True, exist_ok=True)
     for name in LOG_FILES:
         (log_dir / name).unlink(missing_ok=True)

@@ -1,0 +1,93 @@
+"""The autokit backend: the same tests on a board behind an autokit worker.
+
+Per test: reserve the worker (heartbeats keep it, teardown releases it on every way
+out), build the board image, flash it, power on, and read the serial console until the
+test unit reports its end, the kernel panics, or the timeout passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+from harness.autokit import WorkerClient, WorkerError
+from harness.backend import BootPlan, Ending, panic_line
+from harness.board_image import build_board_image
+from harness.notify import GuestReport, console_notify_lines
+from harness.unit import CONSOLE_CHANNEL
+
+SERIAL_POLL = 2.0
+
+
+class AutokitMachine:
+    def __init__(self, worker: WorkerClient, log_dir: Path, poll: float = SERIAL_POLL) -> None:
+        self.worker = worker
+        self.console_log = log_dir / "console.log"
+        self.poll = poll
+        self.report = GuestReport()
+
+    def _read_serial(self) -> bytes:
+        data = self.worker.serial()
+        self.console_log.write_bytes(data)
+        self.report = GuestReport()
+        self.report.add(console_notify_lines(data, CONSOLE_CHANNEL.prefix.encode()))
+        return data
+
+    def wait(self, timeout: float | None) -> Ending:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            console = self._read_serial()
+            if self.report.last("X_HARNESS_SERVICE_RESULT") is not None or self.report.entered_emergency:
+                return Ending("exited")
+            panic = panic_line(console)
+            if panic:
+                return Ending("panic", detail=panic)
+            if deadline is not None and time.monotonic() >= deadline:
+                return Ending("timeout")
+            time.sleep(self.poll)
+
+    def power_off(self, orderly: bool) -> None:
+        self.worker.power_off()
+
+    def collect(self) -> GuestReport:
+        with contextlib.suppress(WorkerError):
+            self._read_serial()
+        return self.report
+
+    def failure_detail(self) -> str:
+        return ""
+
+
+class AutokitBackend:
+    name = "autokit"
+    report_channel = CONSOLE_CHANNEL
+
+    def __init__(self, url: str, token: str | None = None, poll: float = SERIAL_POLL) -> None:
+        self.client = WorkerClient(url, token)
+        self.poll = poll
+
+    def unmet_requirements(self, decl) -> list[str]:
+        if not decl.requirements:
+            return []
+        features = self.client.contract().features
+        return [f for f in decl.requirements if f not in features]
+
+    @contextlib.contextmanager
+    def boot(self, plan: BootPlan, log_dir: Path) -> Iterator[AutokitMachine]:
+        with tempfile.TemporaryDirectory(prefix=f"harness-{plan.decl.name}-") as tmp, self.client.reserved() as worker:
+            workdir = Path(tmp)
+            image = build_board_image(plan.image.path, plan.image.uki, plan.decl.name, list(plan.cmdline),
+                                      list(plan.credentials), workdir)
+            worker.network()
+            worker.upload_and_flash(image, workdir)
+            image.unlink()
+            worker.power_on()
+            machine = AutokitMachine(worker, log_dir, self.poll)
+            try:
+                yield machine
+            finally:
+                with contextlib.suppress(WorkerError):
+                    worker.power_off()
