@@ -8,6 +8,7 @@ test unit reports its end, the kernel panics, or the timeout passes.
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -75,6 +76,9 @@ class AutokitBackend:
         features = self.client.contract().features
         return [f for f in decl.requirements if f not in features]
 
+    def firmware(self, declared: str, image) -> str:
+        return "uefi"  # a board boots what it was flashed with, through its own firmware
+
     @contextlib.contextmanager
     def boot(self, plan: BootPlan, log_dir: Path) -> Iterator[AutokitMachine]:
         with tempfile.TemporaryDirectory(prefix=f"harness-{plan.decl.name}-") as tmp, self.client.reserved() as worker:
@@ -91,3 +95,5 @@ class AutokitBackend:
             finally:
                 with contextlib.suppress(WorkerError):
                     worker.power_off()
+                with contextlib.suppress(WorkerError, OSError):
+                    (log_dir / "diagnostics.json").write_text(json.dumps(worker.diagnostics(), indent=1) + "\n")

@@ -77,5 +77,8 @@ class Backend(Protocol):
     def unmet_requirements(self, decl: TestDeclaration) -> list[str]:
         """The declared `requires` features this backend's machine lacks."""
 
+    def firmware(self, declared: str, image: Image) -> str:
+        """How the machine will boot the image, given what the test declared."""
+
     def boot(self, plan: BootPlan, log_dir: Path) -> ContextManager[Machine]:
         """Start the machine; on leaving the context nothing it started is left running."""

@@ -19,7 +19,7 @@ from harness.backend import BootPlan, Ending, panic_line
 from harness.declaration import Credential
 from harness.credentials import cmdline_extra_strings, fw_cfg_args, smbios_args, smbios_credential
 from harness.errors import HarnessError
-from harness.firmware import Ovmf, copy_nvram, find_ovmf
+from harness.firmware import Ovmf, copy_nvram, find_ovmf, resolve_firmware
 from harness.notify import GuestReport, VsockNotifyListener, VMADDR_CID_HOST, read_port_file, reserve_cid, vsock_available
 from harness.unit import JOURNAL_PORT, NOTIFY_PORT, VIRTIO_CHANNEL
 
@@ -242,6 +242,9 @@ class QemuBackend:
 
     def unmet_requirements(self, decl) -> list[str]:
         return [f for f in decl.requirements if f not in self.features]
+
+    def firmware(self, declared: str, image) -> str:
+        return resolve_firmware(declared, image)
 
     @contextlib.contextmanager
     def boot(self, plan: BootPlan, log_dir: Path) -> Iterator[QemuMachine]:

@@ -33,13 +33,13 @@ def harness_cmdline(decl: TestDeclaration, interactive: bool) -> list[str]:
 
 
 def plan_boot(decl: TestDeclaration, image: Image, interactive: bool, timeout_factor: int | None,
-              env: dict[str, str], channel: ReportChannel = VIRTIO_CHANNEL) -> BootPlan:
+              env: dict[str, str], channel: ReportChannel = VIRTIO_CHANNEL, firmware: str | None = None) -> BootPlan:
     accel = detect(image.architecture, env)
     factor = timeout_factor if timeout_factor is not None else accel.timeout_factor
     return BootPlan(
         decl=decl,
         image=image,
-        firmware=resolve_firmware(decl.firmware, image),
+        firmware=firmware or resolve_firmware(decl.firmware, image),
         cmdline=tuple(harness_cmdline(decl, interactive)),
         credentials=tuple(guest_credentials(decl, interactive, channel)) + decl.credentials,
         accel=accel,
@@ -58,7 +58,8 @@ def run_test(decl: TestDeclaration, image_path: Path, log_dir: Path, backend: Ba
     if missing:
         return Outcome("skip", f"the {backend.name} machine lacks required features: {', '.join(missing)}"), None
     image = Image.open(image_path)
-    plan = plan_boot(decl, image, interactive, timeout_factor, env, backend.report_channel)
+    plan = plan_boot(decl, image, interactive, timeout_factor, env, backend.report_channel,
+                     backend.firmware(decl.firmware, image))
     log_dir.mkdir(parents=True, exist_ok=True)
     for name in LOG_FILES:
         (log_dir / name).unlink(missing_ok=True)

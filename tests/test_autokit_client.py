@@ -184,3 +184,17 @@ def test_unreachable_worker_is_an_infrastructure_error():
     with pytest.raises(WorkerError, match="unreachable") as e:
         c.state()
     assert "worker runs" in e.value.fix
+
+
+def test_requirements_are_checked_against_the_contract():
+    from harness.autokit_backend import AutokitBackend
+    from harness.qemu import QemuBackend
+    from helpers import declaration
+
+    d = declaration("--requires=uefi", "--requires=hdmi")
+    assert QemuBackend().unmet_requirements(d) == ["hdmi"]
+    script = {("GET", "/contract"): [(200, {"uuid": "u", "workerType": "rig", "supportedFeatures": ["dut", "hdmi"]})]}
+    with StubWorker(script) as w:
+        assert AutokitBackend(w.url).unmet_requirements(d) == ["uefi"]
+        assert AutokitBackend(w.url).unmet_requirements(declaration()) == []
+        assert w.paths() == ["/contract"]  # no contract call when nothing is required
