@@ -212,7 +212,7 @@ class WorkerClient:
 
     def flash(self, poll: float = 5.0, flash_retry: int = 3) -> None:
         """POST /dut/flashImage, then poll /dut/flashState; ERROR means flash again."""
-        for attempt in range(flash_retry):
+        for _ in range(flash_retry):
             answer = self.json("POST", "/dut/flashImage")
             tries = int(answer.get("timeoutTries", 60)) if isinstance(answer, dict) else 60
             for _ in range(tries):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 from harness.declaration import Credential
+from harness.errors import HarnessError
 
 FW_CFG_NAME_MAX = 55  # QEMU's fw_cfg file names are at most 56 bytes with the NUL.
 FW_CFG_PREFIX = "opt/io.systemd.credentials/"
@@ -52,8 +53,6 @@ def fw_cfg_args(credentials: Iterable[Credential], directory: Path) -> list[str]
     for i, cred in enumerate(credentials):
         name = FW_CFG_PREFIX + cred.name
         if len(name) > FW_CFG_NAME_MAX:
-            from harness.errors import HarnessError
-
             raise HarnessError(
                 f"credential '{cred.name}' is too long a name for fw_cfg ({len(name)} > {FW_CFG_NAME_MAX} bytes)",
                 "this machine has no SMBIOS, so credentials go through fw_cfg: shorten the name",

@@ -16,8 +16,8 @@ from typing import Iterator
 import attrs
 
 from harness.backend import BootPlan, Ending, panic_line
-from harness.declaration import Credential
 from harness.credentials import cmdline_extra_strings, fw_cfg_args, smbios_args, smbios_credential
+from harness.declaration import Credential
 from harness.errors import HarnessError
 from harness.firmware import Ovmf, copy_nvram, find_ovmf, resolve_firmware
 from harness.notify import GuestReport, VsockNotifyListener, VMADDR_CID_HOST, read_port_file, reserve_cid, vsock_available
