@@ -85,9 +85,12 @@ class AutokitBackend:
             workdir = Path(tmp)
             image = build_board_image(plan.image.path, plan.image.uki, plan.decl.name, list(plan.cmdline),
                                       list(plan.credentials), workdir)
+            capture = "screencapture" in worker.contract().features
             worker.network()
             worker.upload_and_flash(image, workdir)
             image.unlink()
+            if capture:
+                worker.start_capture()
             worker.power_on()
             machine = AutokitMachine(worker, log_dir, self.poll)
             try:
@@ -95,5 +98,8 @@ class AutokitBackend:
             finally:
                 with contextlib.suppress(WorkerError):
                     worker.power_off()
+                if capture:
+                    with contextlib.suppress(WorkerError, OSError):
+                        (log_dir / "frames.tar.gz").write_bytes(worker.stop_capture())
                 with contextlib.suppress(WorkerError, OSError):
                     (log_dir / "diagnostics.json").write_text(json.dumps(worker.diagnostics(), indent=1) + "\n")

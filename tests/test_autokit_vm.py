@@ -106,3 +106,32 @@ def test_worker_answering_500_is_an_infrastructure_error_and_is_released(image, 
         assert "answered 500: SD mux did not switch" in r.stderr
         assert stub.paths()[-1] == "/teardown"
     assert harness_leftovers("TEST-82-BROKEN-RIG") == ([], [])
+
+
+def test_board_flow_against_a_stub_rig_keeps_serial_frames_and_diagnostics(image, tmp_path):
+    serial = (b"BdsDxe: booting\r\nHARNESS_NOTIFY READY=1\r\ntest output\r\n"
+              b"HARNESS_NOTIFY X_HARNESS_SERVICE_RESULT=success\r\nHARNESS_NOTIFY X_HARNESS_EXIT_CODE=exited\r\n"
+              b"HARNESS_NOTIFY X_HARNESS_EXIT_STATUS=0\r\n")
+    script = {("GET", "/start"): [(200, b"OK")], ("GET", "/heartbeat"): [(200, b"OK")],
+              ("GET", "/contract"): [(200, {"uuid": "rig-1", "workerType": "autokit",
+                                            "supportedFeatures": ["dut", "screencapture"]})],
+              ("POST", "/dut/network"): [(200, b"OK")],
+              ("GET", "/dut/sendImage/chunkSize"): [(200, {"chunkMiB": 40})],
+              ("POST", "/dut/sendImage"): [(200, b"CHUNK_OK")],
+              ("POST", "/dut/flashImage"): [(200, {"timeoutTries": 5})],
+              ("GET", "/dut/flashState"): [(200, b"DONE")],
+              ("POST", "/dut/capture"): [(200, b"OK")], ("GET", "/dut/capture"): [(200, b"\x1f\x8bframes")],
+              ("POST", "/dut/on"): [(200, b"OK")], ("POST", "/dut/off"): [(200, b"OK")],
+              ("GET", "/dut/serial"): [(200, serial)], ("GET", "/dut/diagnostics"): [(200, {"current": 0.8})],
+              ("POST", "/teardown"): [(200, b"OK")]}
+    with StubWorker(script) as stub:
+        r = run_on_board(image, tmp_path, stub.url, "TEST-83-STUB-RIG", timeout=600)
+        calls = [p for p in stub.paths() if p not in ("/heartbeat", "/dut/sendImage", "/dut/flashState", "/dut/serial")]
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "TEST-83-STUB-RIG: PASS" in r.stdout
+    assert calls == ["/start", "/contract", "/dut/network", "/dut/sendImage/chunkSize", "/dut/flashImage",
+                     "/dut/capture", "/dut/on", "/dut/off", "/dut/capture", "/dut/diagnostics", "/teardown"]
+    logs = tmp_path / "logs"
+    assert b"test output" in (logs / "console.log").read_bytes()
+    assert (logs / "frames.tar.gz").read_bytes() == b"\x1f\x8bframes"
+    assert '"current": 0.8' in (logs / "diagnostics.json").read_text()
