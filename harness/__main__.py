@@ -91,7 +91,8 @@ def cmd_run(o) -> int:
     except Interrupted as e:
         print(f"{decl.name}: interrupted by {e}; the VM was stopped. Logs: {log_dir}", flush=True)
         return 130
-    print(describe(decl, outcome, log_dir, journal, Path(o.build_dir) if o.build_dir else None), flush=True)
+    print(describe(decl, outcome, log_dir, journal, Path(o.build_dir) if o.build_dir else None,
+                   interactive_rerun=backend.name == "qemu"), flush=True)
     return outcome.exit_code
 
 

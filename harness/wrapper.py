@@ -80,7 +80,8 @@ def run_test(decl: TestDeclaration, image_path: Path, log_dir: Path, backend: Ba
     return outcome, journal
 
 
-def describe(decl: TestDeclaration, outcome: Outcome, log_dir: Path, journal: Path | None, build_dir: Path | None) -> str:
+def describe(decl: TestDeclaration, outcome: Outcome, log_dir: Path, journal: Path | None, build_dir: Path | None,
+             interactive_rerun: bool = True) -> str:
     """The lines a person reads after a run: verdict, and on failure where to look and how to rerun."""
     lines = [f"{decl.name}: {outcome.status.upper()}: {outcome.reason}"]
     if outcome.status in ("fail", "error"):
@@ -93,5 +94,6 @@ def describe(decl: TestDeclaration, outcome: Outcome, log_dir: Path, journal: Pa
             else:
                 lines.append(f"  journal:     {journal} (journal export format)")
         build = shlex.quote(str(build_dir)) if build_dir else "build"
-        lines.append(f"  rerun:       meson test -C {build} --interactive {decl.name}")
+        how = "--interactive " if interactive_rerun else ""
+        lines.append(f"  rerun:       meson test -C {build} {how}{decl.name}")
     return "\n".join(lines)
