@@ -8,13 +8,12 @@ from pathlib import Path
 from harness.accel import detect
 from harness.backend import Backend, BootPlan
 from harness.declaration import TestDeclaration, skip_reason
-from harness.firmware import resolve_firmware
 from harness.image import Image
 from harness.journal import keep_journal
 from harness.results import Outcome, classify
-from harness.unit import VIRTIO_CHANNEL, ReportChannel, guest_credentials
+from harness.unit import guest_credentials
 
-LOG_FILES = ("console.log", "journal.export", "journal.journal", "qemu-command.txt")
+LOG_FILES = ("console.log", "journal.export", "journal.journal", "qemu-command.txt", "diagnostics.json", "frames.tar.gz")
 
 
 def harness_cmdline(decl: TestDeclaration, interactive: bool) -> list[str]:
@@ -32,16 +31,16 @@ def harness_cmdline(decl: TestDeclaration, interactive: bool) -> list[str]:
     return cmdline + list(decl.cmdline)
 
 
-def plan_boot(decl: TestDeclaration, image: Image, interactive: bool, timeout_factor: int | None,
-              env: dict[str, str], channel: ReportChannel = VIRTIO_CHANNEL, firmware: str | None = None) -> BootPlan:
+def plan_boot(decl: TestDeclaration, image: Image, backend: Backend, interactive: bool, timeout_factor: int | None,
+              env: dict[str, str]) -> BootPlan:
     accel = detect(image.architecture, env)
     factor = timeout_factor if timeout_factor is not None else accel.timeout_factor
     return BootPlan(
         decl=decl,
         image=image,
-        firmware=firmware or resolve_firmware(decl.firmware, image),
+        firmware=backend.firmware(decl.firmware, image),
         cmdline=tuple(harness_cmdline(decl, interactive)),
-        credentials=tuple(guest_credentials(decl, interactive, channel)) + decl.credentials,
+        credentials=tuple(guest_credentials(decl, interactive, backend.report_channel)) + decl.credentials,
         accel=accel,
         timeout=None if interactive else decl.timeout * factor,
         interactive=interactive,
@@ -58,8 +57,7 @@ def run_test(decl: TestDeclaration, image_path: Path, log_dir: Path, backend: Ba
     if missing:
         return Outcome("skip", f"the {backend.name} machine lacks required features: {', '.join(missing)}"), None
     image = Image.open(image_path)
-    plan = plan_boot(decl, image, interactive, timeout_factor, env, backend.report_channel,
-                     backend.firmware(decl.firmware, image))
+    plan = plan_boot(decl, image, backend, interactive, timeout_factor, env)
     log_dir.mkdir(parents=True, exist_ok=True)
     for name in LOG_FILES:
         (log_dir / name).unlink(missing_ok=True)
