@@ -5,10 +5,11 @@ end the VM with the test's status, as credentials (`systemd.extra-unit.*`,
 `systemd.unit-dropin.*`, systemd >= 256). Any image with a recent systemd and the test
 payload can therefore be tested, and a test's meson.build is the whole truth about it.
 
-The guest side reports through the virtio-serial port NOTIFY_PORT in the notify
-protocol's KEY=VALUE lines. Where vsock works, PID 1 itself also reports READY=1 and
-EXIT_STATUS= to the host (`vmm.notify_socket`); the port is what works everywhere,
-because PID 1's own message is sent too late for any guest process to relay it.
+The guest reports in the notify protocol's KEY=VALUE lines through a ReportChannel: a
+VM's virtio-serial port NOTIFY_PORT, or a board's serial console (lines marked
+HARNESS_NOTIFY). Where vsock works, PID 1 itself also reports READY=1 and EXIT_STATUS=
+to the host (`vmm.notify_socket`); the channel is what works everywhere, because PID 1's
+own message is sent too late for any guest process to relay it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ NOTIFY_PORT = "io.harness.notify"
 JOURNAL_PORT = "io.harness.journal"
 EMERGENCY_UNIT = "harness-emergency-exit.service"
 DEBUG_SHELL_UNIT = "harness-debug-shell.service"
+
 
 @attrs.frozen
 class ReportChannel:

@@ -95,6 +95,7 @@ def test_worker_that_disappears_mid_test_is_an_infrastructure_error(image, tmp_p
 
 def test_worker_answering_500_is_an_infrastructure_error_and_is_released(image, tmp_path):
     script = {("GET", "/start"): [(200, b"OK")], ("GET", "/heartbeat"): [(200, b"OK")],
+              ("GET", "/contract"): [(200, {"uuid": "rig-2", "workerType": "autokit", "supportedFeatures": ["dut"]})],
               ("POST", "/teardown"): [(200, b"OK")], ("POST", "/dut/network"): [(200, b"OK")],
               ("GET", "/dut/sendImage/chunkSize"): [(200, {"chunkMiB": 40})],
               ("POST", "/dut/sendImage"): [(200, b"CHUNK_OK")],
