@@ -19,6 +19,7 @@ from harness.errors import DeclarationError
 FIRMWARES = ("linux", "linux-noinitrd", "uefi", "auto")
 STORAGES = ("volatile", "persistent")
 SKIP_EXIT = 77
+RESERVED_CREDENTIAL = "harness.testcases"
 
 TEST_NAME = re.compile(r"TEST-[0-9]{2,}-[A-Z0-9][A-Z0-9_-]*")
 # systemd credential names are file names below /run/credentials.
@@ -113,6 +114,9 @@ class TestDeclaration:
         names = [c.name for c in credentials]
         if len(set(names)) != len(names):
             raise bad("credentials", "a credential name is given twice")
+        if RESERVED_CREDENTIAL in names:
+            raise bad("credentials", f"'{RESERVED_CREDENTIAL}' is the harness's own credential (the subtest library)",
+                      "give the credential another name")
         for unit in (*o.unit_wants, *o.unit_after):
             if not UNIT_NAME.fullmatch(unit):
                 raise bad("configuration", f"'{unit}' in wants/after is not a unit name")

@@ -14,14 +14,25 @@ own message is sent too late for any guest process to relay it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import attrs
 
-from harness.declaration import Credential, TestDeclaration
+from harness.declaration import RESERVED_CREDENTIAL, Credential, TestDeclaration
 
 NOTIFY_PORT = "io.harness.notify"
 JOURNAL_PORT = "io.harness.journal"
 EMERGENCY_UNIT = "harness-emergency-exit.service"
 DEBUG_SHELL_UNIT = "harness-debug-shell.service"
+TESTCASES_CREDENTIAL = RESERVED_CREDENTIAL
+TESTCASES_LIBRARY = Path(__file__).parent / "guest" / "testcases.sh"
+# The unit properties `systemd-analyze plot` draws its chart from, plus the manager's boot
+# phases. systemd-analyze itself refuses while the boot is unfinished, which it is as
+# long as the test unit (the boot's target) runs, so the guest sends the raw properties.
+TIMELINE_UNIT_PROPERTIES = ("Id", "InactiveExitTimestampMonotonic", "ActiveEnterTimestampMonotonic",
+                            "ActiveExitTimestampMonotonic", "InactiveEnterTimestampMonotonic")
+TIMELINE_MANAGER_PROPERTIES = ("FirmwareTimestampMonotonic", "LoaderTimestampMonotonic",
+                               "InitRDTimestampMonotonic", "UserspaceTimestampMonotonic")
 
 
 @attrs.frozen
@@ -60,6 +71,16 @@ def _report_end(ch: ReportChannel) -> str:
             " :'")
 
 
+def _report_timeline(ch: ReportChannel) -> str:
+    # The boot timeline, gzipped and base64-encoded into one line (about 10 kB): short
+    # enough for a board's serial console too.
+    units = ",".join(TIMELINE_UNIT_PROPERTIES)
+    manager = ",".join(TIMELINE_MANAGER_PROPERTIES)
+    return (f"-/bin/sh -c 'test -c {ch.device} && {{ printf \"{ch.prefix}X_HARNESS_TIMELINE=\";"
+            f" {{ systemctl show -p {manager}; echo UptimeSeconds=$$(cut -d\" \" -f1 /proc/uptime); echo; systemctl show -p {units} \"*\"; }} | gzip -1 | base64 -w0;"
+            f" echo; }} >{ch.device}; :'")
+
+
 def render_test_unit(decl: TestDeclaration, interactive: bool, channel: ReportChannel = VIRTIO_CHANNEL) -> str:
     u = decl.unit
     lines = ["[Unit]", f"Description={decl.name} ({decl.source})"]
@@ -84,13 +105,14 @@ def render_test_unit(decl: TestDeclaration, interactive: bool, channel: ReportCh
         f"ExecStartPre={_report_start(channel)}",
         f"ExecStart={u.command}",
         f"ExecStopPost={_report_end(channel)}",
+        f"ExecStopPost={_report_timeline(channel)}",
     ]
     if interactive:
         lines += ["StandardInput=tty", "StandardOutput=tty", "StandardError=tty", "TTYPath=/dev/console"]
     else:
         lines += ["StandardOutput=journal+console"]
-    lines += [f"Environment={_quote(f'{k}={v}')}" for k, v in u.env]
-    lines += [f"ImportCredential={c.name}" for c in decl.credentials]
+    lines += [f"Environment={_quote(f'{k}={v}')}" for k, v in (*_testcase_env(channel), *u.env)]
+    lines += [f"ImportCredential={c.name}" for c in (*decl.credentials, testcases_credential())]
     lines += list(u.service_lines)
     return "\n".join(lines) + "\n"
 
@@ -136,10 +158,22 @@ TTYPath=/dev/console
 """
 
 
+def _testcase_env(ch: ReportChannel) -> list[tuple[str, str]]:
+    # %d: the unit's credentials directory, where harness.testcases is imported to.
+    return [("HARNESS_TESTCASES_LIB", f"%d/{TESTCASES_CREDENTIAL}"),
+            ("HARNESS_NOTIFY_DEVICE", ch.device), ("HARNESS_NOTIFY_PREFIX", ch.prefix)]
+
+
+def testcases_credential() -> Credential:
+    """The guest's subtest library (harness/guest/testcases.sh), sourced by payloads."""
+    return Credential(TESTCASES_CREDENTIAL, TESTCASES_LIBRARY.read_bytes())
+
+
 def guest_credentials(decl: TestDeclaration, interactive: bool,
                       channel: ReportChannel = VIRTIO_CHANNEL) -> list[Credential]:
     """The credentials that shape the guest's boot, ahead of the test's own."""
-    creds = [Credential(f"systemd.extra-unit.{decl.unit_name}", render_test_unit(decl, interactive, channel).encode())]
+    creds = [Credential(f"systemd.extra-unit.{decl.unit_name}", render_test_unit(decl, interactive, channel).encode()),
+             testcases_credential()]
     if interactive:
         creds.append(Credential(f"systemd.extra-unit.{DEBUG_SHELL_UNIT}", _DEBUG_SHELL.encode()))
     else:

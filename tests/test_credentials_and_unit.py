@@ -54,4 +54,4 @@ def test_guest_credentials_include_emergency_guard_only_when_unattended():
     assert names[0] == "systemd.extra-unit.TEST-99-UNIT.service"
     assert "systemd.unit-dropin.emergency.target~harness" in names
     assert [c.name for c in guest_credentials(declaration(), interactive=True)] == [
-        names[0], "systemd.extra-unit.harness-debug-shell.service"]
+        names[0], "harness.testcases", "systemd.extra-unit.harness-debug-shell.service"]
