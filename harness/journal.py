@@ -35,3 +35,48 @@ def keep_journal(export: Path, policy: str, status: str) -> Path | None:
         return export
     export.unlink()
     return journal
+
+
+def read_export(data: bytes) -> list[dict[str, str]]:
+    """The entries of a journal export stream (systemd's Journal Export Format): text
+    fields as KEY=VALUE lines, binary ones as KEY, a little-endian 64-bit size and the
+    bytes; a blank line ends an entry."""
+    entries, entry, pos = [], {}, 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            break
+        line = data[pos:nl]
+        if not line:
+            if entry:
+                entries.append(entry)
+            entry, pos = {}, nl + 1
+            continue
+        key, sep, value = line.partition(b"=")
+        if sep:
+            entry[key.decode(errors="replace")] = value.decode(errors="replace")
+            pos = nl + 1
+        else:  # binary field
+            size = int.from_bytes(data[nl + 1:nl + 9], "little")
+            entry[line.decode(errors="replace")] = data[nl + 9:nl + 9 + size].decode(errors="replace")
+            pos = nl + 9 + size + 1
+    if entry:
+        entries.append(entry)
+    return entries
+
+
+def unit_excerpt(export: Path, unit: str, limit: int = 400) -> str:
+    """What the test unit logged and what PID 1 logged about it, as `journalctl -u` shows
+    it, with the kernel's time since boot; the last `limit` lines."""
+    try:
+        entries = read_export(export.read_bytes())
+    except OSError:
+        return ""
+    lines = []
+    for e in entries:
+        if unit not in (e.get("_SYSTEMD_UNIT"), e.get("UNIT"), e.get("OBJECT_SYSTEMD_UNIT")):
+            continue
+        stamp = int(e.get("__MONOTONIC_TIMESTAMP", "0") or 0) / 1e6
+        who = e.get("SYSLOG_IDENTIFIER") or e.get("_COMM") or "?"
+        lines.append(f"[{stamp:10.6f}] {who}: {e.get('MESSAGE', '')}")
+    return "\n".join(lines[-limit:])

@@ -28,6 +28,7 @@ QEMU_BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64
 MACHINES = {"x86_64": "q35", "i386": "q35", "aarch64": "virt", "riscv64": "virt"}
 CONSOLES = {"x86_64": "ttyS0", "i386": "ttyS0", "aarch64": "ttyAMA0", "riscv64": "ttyS0"}
 POWERDOWN_GRACE = 30.0  # seconds an orderly shutdown may take under emulation
+SCREENSHOT_INTERVAL = 10.0  # seconds between screenshots while a UEFI test runs
 
 
 @attrs.frozen
@@ -56,6 +57,10 @@ class RunFiles:
     @property
     def journal_export(self) -> Path:
         return self.logs / "journal.export"
+
+    @property
+    def screenshot(self) -> Path:
+        return self.logs / "screen.png"
 
 
 def smbios_supported(arch: str, firmware: str) -> bool:
@@ -110,7 +115,8 @@ def qemu_command(plan: BootPlan, files: RunFiles, ovmf: Ovmf | None, nvram: Path
     if plan.firmware == "uefi":
         assert ovmf and nvram
         cmd += ["-drive", f"if=pflash,format=raw,readonly=on,file={ovmf.code}",
-                "-drive", f"if=pflash,format=raw,file={nvram}"]
+                "-drive", f"if=pflash,format=raw,file={nvram}",
+                "-device", "VGA"]  # a screen, for the report's screenshot
     else:
         assert plan.image.kernel
         cmd += ["-kernel", str(plan.image.kernel), "-append", " ".join(kernel_cmdline(plan))]
@@ -132,14 +138,38 @@ def _die_with_parent() -> None:
 
 
 class QemuMachine:
-    def __init__(self, proc: subprocess.Popen, files: RunFiles, stderr: Path, report: GuestReport) -> None:
+    def __init__(self, proc: subprocess.Popen, files: RunFiles, stderr: Path, report: GuestReport,
+                 has_screen: bool = False) -> None:
         self.proc = proc
         self.files = files
         self.stderr = stderr
         self.report = report
         self.console_log = files.console
+        self.has_screen = has_screen
         self._console_offset = 0
         self._console_tail = b""
+        self._next_screenshot = 0.0
+        self._test_ended = False
+
+    def _screenshot(self) -> None:
+        """The screen as it is now, through QMP; the last one taken is the one kept."""
+        partial = self.files.tmp / "screen.png"
+        if self._qmp("screendump", {"filename": str(partial), "format": "png"}) and partial.is_file():
+            os.replace(partial, self.files.screenshot)
+
+    def _watch_screen(self) -> None:
+        # Periodically while the test runs, and once more the moment the test unit
+        # reports its end, which is the screen the report shows.
+        if not self.has_screen or self._test_ended:
+            return
+        try:
+            self._test_ended = b"X_HARNESS_SERVICE_RESULT=" in self.files.notify.read_bytes()
+        except FileNotFoundError:
+            pass
+        now = time.monotonic()
+        if self._test_ended or now >= self._next_screenshot:
+            self._screenshot()
+            self._next_screenshot = now + SCREENSHOT_INTERVAL
 
     def _panic_line(self) -> str | None:
         try:
@@ -161,20 +191,25 @@ class QemuMachine:
                 return Ending("exited", status)
             except subprocess.TimeoutExpired:
                 pass
+            self._watch_screen()
             panic = self._panic_line()
             if panic:
+                if self.has_screen:
+                    self._screenshot()
                 return Ending("panic", detail=panic)
             if deadline is not None and time.monotonic() >= deadline:
+                if self.has_screen:
+                    self._screenshot()
                 return Ending("timeout")
 
-    def _qmp(self, command: str) -> bool:
+    def _qmp(self, command: str, arguments: dict | None = None) -> bool:
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
         qmp = QEMUMonitorProtocol(str(self.files.qmp))
         try:
             qmp.settimeout(5)
             qmp.connect()
-            qmp.cmd(command)
+            qmp.cmd(command, **(arguments or {}))
             return True
         except Exception:  # any QMP trouble means: fall back to force
             return False
@@ -277,7 +312,10 @@ class QemuBackend:
             if smbios_supported(plan.image.architecture, plan.firmware):
                 strings = [smbios_credential(c) for c in credentials]
                 if plan.firmware == "uefi":
-                    strings += cmdline_extra_strings(plan.cmdline)
+                    # The kernel's messages on the screen too, for the screenshot; the
+                    # serial console named last stays /dev/console, the one we log.
+                    screen = ("console=tty0", f"console={CONSOLES[plan.image.architecture]},115200")
+                    strings += cmdline_extra_strings((*screen, *plan.cmdline))
                 guest_args = smbios_args(strings, tmp)
             else:
                 guest_args = fw_cfg_args(credentials, tmp)
@@ -294,7 +332,7 @@ class QemuBackend:
                     pass_fds=(vhost_fd,) if vhost_fd is not None else (),
                     preexec_fn=_die_with_parent,
                 )
-            machine = QemuMachine(proc, files, stderr, report)
+            machine = QemuMachine(proc, files, stderr, report, has_screen=plan.firmware == "uefi" and not plan.interactive)
             stack.callback(machine.kill)
             if listener is not None:
                 listener.start()
