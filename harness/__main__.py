@@ -76,7 +76,10 @@ def choose_backend(o, env):
 
 
 def cmd_run(o) -> int:
-    from harness.wrapper import describe, run_test
+    from harness.report import current_run, update_run_report
+    from harness.results import Outcome
+    from harness.tap import tap_comment, tap_lines
+    from harness.wrapper import RunContext, describe, run_test
 
     decl = TestDeclaration.from_options(o)
     env = dict(os.environ)
@@ -84,16 +87,56 @@ def cmd_run(o) -> int:
     interactive = backend.name == "qemu" and (
         env.get("HARNESS_INTERACTIVE") == "1"
         or (env.get("HARNESS_INTERACTIVE") != "0" and sys.stdin.isatty() and sys.stdout.isatty()))
-    log_dir = Path(o.log_dir or Path(o.build_dir or ".") / "integration-tests" / decl.name)
+    tap = o.tap and not interactive  # at a console, people read; meson parses nothing then
+    if tap:
+        print("TAP version 14", flush=True)
+        sys.stdout = _CommentedOutput(sys.stdout, tap_comment)
+    build_dir = Path(o.build_dir) if o.build_dir else None
+    tests_dir = (build_dir or Path(".")) / "integration-tests"
+    ctx = RunContext(Path(o.log_dir) if o.log_dir else tests_dir / decl.name, build_dir, current_run(),
+                     interactive_rerun=backend.name == "qemu")
     try:
-        outcome, journal = run_test(decl, Path(o.image), log_dir, backend, env,
-                                    interactive=interactive, timeout_factor=o.timeout_factor)
+        record = run_test(decl, Path(o.image), ctx, backend, env, interactive=interactive,
+                          timeout_factor=o.timeout_factor)
     except Interrupted as e:
-        print(f"{decl.name}: interrupted by {e}; the VM was stopped. Logs: {log_dir}", flush=True)
+        print(f"{decl.name}: interrupted by {e}; the VM was stopped. Logs: {ctx.log_dir}", flush=True)
         return 130
-    print(describe(decl, outcome, log_dir, journal, Path(o.build_dir) if o.build_dir else None,
-                   interactive_rerun=backend.name == "qemu"), flush=True)
-    return outcome.exit_code
+    except HarnessError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        record = ctx.record(decl, backend.name, "", Outcome("error", str(e)))
+    record.write()
+    print(describe(record), flush=True)
+    if build_dir is not None:
+        try:
+            summary, report = update_run_report(build_dir, tests_dir, ctx.run, f"integration-tests on {backend.name}")
+            print(f"report: {report}\nsummary: {summary}", flush=True)
+        except OSError as e:  # the verdict stands without a report
+            print(f"warning: could not write the run's report: {e}", flush=True)
+    if tap:
+        sys.stdout = sys.stdout.stream
+        print("\n".join(tap_lines(record)[1:]), flush=True)
+        # meson reads the verdict from the TAP points; a non-zero status is only for failures.
+        return {"pass": 0, "skip": 0, "fail": 1, "error": EXIT_ERROR}[record.status]
+    return record.exit_code
+
+
+class _CommentedOutput:
+    """stdout while TAP is written: whatever the run prints becomes TAP comments."""
+
+    def __init__(self, stream, comment) -> None:
+        self.stream = stream
+        self._comment = comment
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self.stream.write(self._comment(line) + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def cmd_validate(o) -> int:
@@ -118,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--timeout-factor", type=int, help="multiply the timeout (default: 1 with KVM, more with TCG)")
     run.add_argument("--backend", default="qemu", help="qemu (default) or autokit; HARNESS_BACKEND overrides")
     run.add_argument("--autokit-worker", default="", help="the worker's URL; HARNESS_AUTOKIT_WORKER overrides")
+    run.add_argument("--tap", action="store_true", help="write TAP 14 on stdout, one point per subtest (meson's protocol: 'tap')")
     run.set_defaults(func=cmd_run)
     validate = sub.add_parser("validate", help="check a declaration, as meson setup does")
     add_declaration_options(validate)

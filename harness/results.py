@@ -16,6 +16,9 @@ EXIT_PASS, EXIT_FAIL, EXIT_SKIP, EXIT_ERROR = 0, 1, 77, 99
 class Outcome:
     status: str  # "pass", "fail", "skip" or "error"
     reason: str
+    # "exit-status" when the test's own status says it failed (its subtests explain
+    # why); anything else (timeout, panic, boot) is a failure outside the subtests.
+    cause: str = ""
 
     @property
     def exit_code(self) -> int:
@@ -44,4 +47,4 @@ def classify(name: str, expected: int, timeout: float | None, ending: Ending, re
         return Outcome("skip", f"{name} skipped itself (exit status 77)")
     if status == 0:
         return Outcome("fail", "the guest shut down with status 0: the test never reported success")
-    return Outcome("fail", f"{name} failed with exit status {status} (expected {expected})")
+    return Outcome("fail", f"{name} failed with exit status {status} (expected {expected})", cause="exit-status")

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import datetime
 import shlex
+import time
 from pathlib import Path
 
 from harness.accel import detect
 from harness.backend import Backend, BootPlan
 from harness.declaration import TestDeclaration, skip_reason
 from harness.image import Image
-from harness.journal import keep_journal
+from harness.journal import keep_journal, unit_excerpt
+from harness.record import RESULT_FILE, TestRecord
+from harness.report import TIMELINE_FILE
 from harness.results import Outcome, classify
+from harness.subtests import subtests_from
+from harness.timeline import decode_timeline
 from harness.unit import guest_credentials
 
-LOG_FILES = ("console.log", "journal.export", "journal.journal", "qemu-command.txt", "diagnostics.json", "frames.tar.gz")
+LOG_FILES = ("console.log", "journal.export", "journal.journal", "qemu-command.txt", "diagnostics.json",
+             "frames.tar.gz", "screen.png", TIMELINE_FILE, RESULT_FILE)
 
 
 def harness_cmdline(decl: TestDeclaration, interactive: bool) -> list[str]:
@@ -47,20 +54,56 @@ def plan_boot(decl: TestDeclaration, image: Image, backend: Backend, interactive
     )
 
 
-def run_test(decl: TestDeclaration, image_path: Path, log_dir: Path, backend: Backend,
-             env: dict[str, str], interactive: bool = False, timeout_factor: int | None = None) -> tuple[Outcome, Path | None]:
-    """Run one test; returns the verdict and the journal kept for it, if any."""
-    reason = skip_reason(decl, env)
-    if reason:
-        return Outcome("skip", reason), None
-    missing = backend.unmet_requirements(decl)
-    if missing:
-        return Outcome("skip", f"the {backend.name} machine lacks required features: {', '.join(missing)}"), None
-    image = Image.open(image_path)
-    plan = plan_boot(decl, image, backend, interactive, timeout_factor, env)
+class RunContext:
+    """Where a test's run belongs: its log directory, meson's build directory (for the
+    rerun hints) and the `meson test` run it is part of."""
+
+    def __init__(self, log_dir: Path, build_dir: Path | None, run: str, interactive_rerun: bool = True) -> None:
+        self.log_dir = log_dir
+        self.build_dir = build_dir
+        self.run = run
+        self.interactive_rerun = interactive_rerun
+        self.started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        self._t0 = time.monotonic()
+
+    def record(self, decl: TestDeclaration, backend: str, firmware: str, outcome: Outcome, **found) -> TestRecord:
+        journal = found.pop("journal", None)
+        return TestRecord(
+            name=decl.name, run=self.run, backend=backend, firmware=firmware, status=outcome.status,
+            reason=outcome.reason, cause=outcome.cause, started=self.started,
+            duration_s=round(time.monotonic() - self._t0, 1), log_dir=str(self.log_dir),
+            journal=str(journal or ""), rerun=tuple(self.rerun_commands(decl, outcome, journal)), **found)
+
+    def rerun_commands(self, decl: TestDeclaration, outcome: Outcome, journal: Path | None) -> list[str]:
+        """On failure: one command that reruns exactly this test, one that reads its journal."""
+        if outcome.status not in ("fail", "error"):
+            return []
+        build = shlex.quote(str(self.build_dir)) if self.build_dir else "build"
+        how = "--interactive " if self.interactive_rerun else ""
+        commands = [f"meson test -C {build} {how}{decl.name}"]
+        if journal is not None and journal.suffix == ".journal":
+            commands.append(f"journalctl --file {shlex.quote(str(journal))} -u {decl.unit_name}")
+        elif journal is not None:
+            commands.append(f"less {shlex.quote(str(journal))}")
+        return commands
+
+
+def run_test(decl: TestDeclaration, image_path: Path, ctx: RunContext, backend: Backend,
+             env: dict[str, str], interactive: bool = False, timeout_factor: int | None = None) -> TestRecord:
+    """Run one test; the record says how it went and where its logs are."""
+    log_dir = ctx.log_dir
     log_dir.mkdir(parents=True, exist_ok=True)
     for name in LOG_FILES:
         (log_dir / name).unlink(missing_ok=True)
+    reason = skip_reason(decl, env)
+    if reason:
+        return ctx.record(decl, backend.name, "", Outcome("skip", reason))
+    missing = backend.unmet_requirements(decl)
+    if missing:
+        return ctx.record(decl, backend.name, "",
+                          Outcome("skip", f"the {backend.name} machine lacks required features: {', '.join(missing)}"))
+    image = Image.open(image_path)
+    plan = plan_boot(decl, image, backend, interactive, timeout_factor, env)
     print(f"{decl.name}: booting {image.path.name} ({plan.firmware}, {plan.accel.kind}: {plan.accel.reason}; "
           f"timeout {plan.timeout or 'none'}{' s' if plan.timeout else ''}) on {backend.name}", flush=True)
     if interactive:
@@ -74,24 +117,25 @@ def run_test(decl: TestDeclaration, image_path: Path, log_dir: Path, backend: Ba
         detail = machine.failure_detail()
 
     outcome = classify(decl.name, decl.exit_code, plan.timeout, ending, report, detail)
+    timeline = decode_timeline(report.last("X_HARNESS_TIMELINE"))
+    if timeline:
+        (log_dir / TIMELINE_FILE).write_text(timeline)
+    excerpt = unit_excerpt(log_dir / "journal.export", decl.unit_name)
     journal = keep_journal(log_dir / "journal.export", env.get("HARNESS_SAVE_JOURNAL", "fail"), outcome.status)
-    return outcome, journal
+    return ctx.record(decl, backend.name, plan.firmware, outcome, journal=journal, journal_excerpt=excerpt,
+                      subtests=tuple(subtests_from(report, outcome.reason)))
 
 
-def describe(decl: TestDeclaration, outcome: Outcome, log_dir: Path, journal: Path | None, build_dir: Path | None,
-             interactive_rerun: bool = True) -> str:
-    """The lines a person reads after a run: verdict, and on failure where to look and how to rerun."""
-    lines = [f"{decl.name}: {outcome.status.upper()}: {outcome.reason}"]
-    if outcome.status in ("fail", "error"):
-        console = log_dir / "console.log"
+def describe(record: TestRecord) -> str:
+    """The lines a person reads after a run: verdict, subtests, and on failure where to
+    look and how to rerun."""
+    lines = [f"{record.name}: {record.status.upper()}: {record.reason}"]
+    for s in record.subtests:
+        lines.append(f"  {s.status.upper():4} {s.name}" + (f": {s.detail}" if s.detail else ""))
+    if record.status in ("fail", "error"):
+        console = Path(record.log_dir) / "console.log"
         if console.exists():
             lines.append(f"  console log: {console}")
-        if journal is not None:
-            if journal.suffix == ".journal":
-                lines.append(f"  journal:     journalctl --file {shlex.quote(str(journal))} -u {decl.unit_name}")
-            else:
-                lines.append(f"  journal:     {journal} (journal export format)")
-        build = shlex.quote(str(build_dir)) if build_dir else "build"
-        how = "--interactive " if interactive_rerun else ""
-        lines.append(f"  rerun:       meson test -C {build} {how}{decl.name}")
+        labels = ("rerun:      ", "journal:    ")
+        lines += [f"  {label} {command}" for label, command in zip(labels, record.rerun)]
     return "\n".join(lines)

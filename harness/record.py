@@ -1,0 +1,80 @@
+"""What one run of one test produced, and the cases it counts as.
+
+A TestRecord is written as result.json into the test's log directory; the TAP output,
+the suite's JSON summary and the HTML report are all drawn from records through
+`cases()`, so the three always count the same things: one case per subtest, or one for
+the test when it has none, plus one for a failure that belongs to no subtest.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import attrs
+
+from harness.subtests import Subtest
+
+RESULT_FILE = "result.json"
+
+
+@attrs.frozen
+class Case:
+    name: str  # TEST-NN-NAME, or TEST-NN-NAME/testcase_x for a subtest
+    status: str  # pass, fail, skip or error
+    detail: str = ""
+    duration_ms: int | None = None
+
+
+@attrs.frozen
+class TestRecord:
+    __test__ = False  # not a pytest class
+
+    name: str
+    run: str  # which `meson test` invocation this belongs to
+    backend: str
+    firmware: str  # resolved; empty when the test did not boot
+    status: str  # pass, fail, skip or error
+    reason: str
+    cause: str
+    started: str  # ISO 8601, UTC
+    duration_s: float
+    log_dir: str
+    subtests: tuple[Subtest, ...] = ()
+    journal: str = ""  # the kept journal file, if any
+    journal_excerpt: str = ""  # what the test unit logged
+    rerun: tuple[str, ...] = ()  # commands that rerun it / read its journal
+
+    @property
+    def exit_code(self) -> int:
+        """meson's meaning of a test's exit status (exitcode protocol)."""
+        return {"pass": 0, "fail": 1, "skip": 77, "error": 99}[self.status]
+
+    def cases(self) -> list[Case]:
+        cases = [Case(f"{self.name}/{s.name}", s.status, s.detail, s.duration_ms) for s in self.subtests]
+        if not cases:
+            return [Case(self.name, self.status, "" if self.status == "pass" else self.reason,
+                         int(self.duration_s * 1000))]
+        explained = self.cause == "exit-status" and any(s.status == "fail" for s in self.subtests)
+        if self.status == "error" or (self.status == "fail" and not explained):
+            cases.append(Case(self.name, self.status, self.reason))
+        elif self.status == "skip":  # the payload skipped itself after its subtests
+            cases.append(Case(self.name, "skip", self.reason))
+        return cases
+
+    def to_json(self) -> str:
+        return json.dumps(attrs.asdict(self), indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "TestRecord":
+        data = json.loads(text)
+        data["subtests"] = tuple(Subtest(**s) for s in data.get("subtests", ()))
+        data["rerun"] = tuple(data.get("rerun", ()))
+        return cls(**data)
+
+    def write(self) -> Path:
+        path = Path(self.log_dir) / RESULT_FILE
+        partial = path.with_suffix(".partial")
+        partial.write_text(self.to_json())
+        partial.replace(path)
+        return path
