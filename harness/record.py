@@ -13,6 +13,7 @@ from pathlib import Path
 
 import attrs
 
+from harness.results import EXIT_CODES
 from harness.subtests import Subtest
 
 RESULT_FILE = "result.json"
@@ -48,7 +49,7 @@ class TestRecord:
     @property
     def exit_code(self) -> int:
         """meson's meaning of a test's exit status (exitcode protocol)."""
-        return {"pass": 0, "fail": 1, "skip": 77, "error": 99}[self.status]
+        return EXIT_CODES[self.status]
 
     def cases(self) -> list[Case]:
         cases = [Case(f"{self.name}/{s.name}", s.status, s.detail, s.duration_ms) for s in self.subtests]

@@ -10,6 +10,7 @@ from harness.notify import GuestReport
 
 # meson's meaning of a test's exit status.
 EXIT_PASS, EXIT_FAIL, EXIT_SKIP, EXIT_ERROR = 0, 1, 77, 99
+EXIT_CODES = {"pass": EXIT_PASS, "fail": EXIT_FAIL, "skip": EXIT_SKIP, "error": EXIT_ERROR}
 
 
 @attrs.frozen
@@ -22,7 +23,7 @@ class Outcome:
 
     @property
     def exit_code(self) -> int:
-        return {"pass": EXIT_PASS, "fail": EXIT_FAIL, "skip": EXIT_SKIP, "error": EXIT_ERROR}[self.status]
+        return EXIT_CODES[self.status]
 
 
 def classify(name: str, expected: int, timeout: float | None, ending: Ending, report: GuestReport,
