@@ -36,6 +36,7 @@ def add_declaration_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--enabled", type=_bool, default=True)
     p.add_argument("--firmware", default="linux")
     p.add_argument("--storage", default="volatile")
+    p.add_argument("--boot", default="auto", help="auto (resume the booted snapshot where possible) or cold")
     p.add_argument("--exit-code", type=int, default=123)
     p.add_argument("--cmdline", action="append", default=[])
     p.add_argument("--credential", action="append", default=[])
@@ -93,8 +94,10 @@ def cmd_run(o) -> int:
         sys.stdout = _CommentedOutput(sys.stdout, tap_comment)
     build_dir = Path(o.build_dir) if o.build_dir else None
     tests_dir = (build_dir or Path(".")) / "integration-tests"
-    ctx = RunContext(Path(o.log_dir) if o.log_dir else tests_dir / decl.name, build_dir, current_run(),
-                     interactive_rerun=backend.name == "qemu")
+    log_dir = Path(o.log_dir) if o.log_dir else tests_dir / decl.name
+    snapshot_dir = Path(env.get("HARNESS_SNAPSHOT_DIR") or o.snapshot_dir or log_dir.parent / "snapshots")
+    ctx = RunContext(log_dir, build_dir, current_run(), interactive_rerun=backend.name == "qemu",
+                     snapshot_dir=snapshot_dir)
     try:
         record = run_test(decl, Path(o.image), ctx, backend, env, interactive=interactive,
                           timeout_factor=o.timeout_factor)
@@ -161,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--timeout-factor", type=int, help="multiply the timeout (default: 1 with KVM, more with TCG)")
     run.add_argument("--backend", default="qemu", help="qemu (default) or autokit; HARNESS_BACKEND overrides")
     run.add_argument("--autokit-worker", default="", help="the worker's URL; HARNESS_AUTOKIT_WORKER overrides")
+    run.add_argument("--snapshot-dir", help="where booted snapshots are kept (default: beside the log directory; "
+                     "HARNESS_SNAPSHOT_DIR overrides)")
     run.add_argument("--tap", action="store_true", help="write TAP 14 on stdout, one point per subtest (meson's protocol: 'tap')")
     run.set_defaults(func=cmd_run)
     validate = sub.add_parser("validate", help="check a declaration, as meson setup does")

@@ -18,6 +18,7 @@ from harness.autokit import WorkerClient, WorkerError
 from harness.backend import BootPlan, Ending, panic_line
 from harness.board_image import build_board_image
 from harness.notify import GuestReport, console_notify_lines
+from harness.snapshot import BootPath
 from harness.unit import CONSOLE_CHANNEL
 
 SERIAL_POLL = 2.0
@@ -27,6 +28,7 @@ class AutokitMachine:
     def __init__(self, worker: WorkerClient, log_dir: Path, poll: float = SERIAL_POLL) -> None:
         self.worker = worker
         self.console_log = log_dir / "console.log"
+        self.boot_path = BootPath.COLD  # a board is flashed and powered on for every test
         self.poll = poll
         self.report = GuestReport()
 
@@ -65,6 +67,7 @@ class AutokitMachine:
 class AutokitBackend:
     name = "autokit"
     report_channel = CONSOLE_CHANNEL
+    can_resume = False
 
     def __init__(self, url: str, token: str | None = None, poll: float = SERIAL_POLL) -> None:
         self.client = WorkerClient(url, token)

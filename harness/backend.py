@@ -16,6 +16,7 @@ from harness.accel import Acceleration
 from harness.declaration import Credential, TestDeclaration
 from harness.image import Image
 from harness.notify import GuestReport
+from harness.snapshot import BootPath
 from harness.unit import ReportChannel
 
 
@@ -43,6 +44,10 @@ class BootPlan:
     accel: Acceleration
     timeout: float | None  # None: wait for as long as the person at the console likes
     interactive: bool
+    boot: BootPath = BootPath.COLD  # what the plan asks for; the machine says what it did
+    cold_reason: str = ""  # why the test cannot resume the booted snapshot
+    snapshot_dir: Path | None = None  # where booted snapshots are kept
+    attempt: str = ""  # the `meson test` run: a failed snapshot boot is not retried in it
 
 
 @attrs.frozen
@@ -56,6 +61,7 @@ class Ending:
 
 class Machine(Protocol):
     console_log: Path
+    boot_path: BootPath  # how it really came up (a failed snapshot falls back to cold)
 
     def wait(self, timeout: float | None) -> Ending:
         """Block until the machine stops by itself, panics, or `timeout` seconds pass."""
@@ -73,6 +79,7 @@ class Machine(Protocol):
 class Backend(Protocol):
     name: str
     report_channel: ReportChannel  # where the guest's units report
+    can_resume: bool  # offers the fast path (a booted snapshot)
 
     def unmet_requirements(self, decl: TestDeclaration) -> list[str]:
         """The declared `requires` features this backend's machine lacks."""

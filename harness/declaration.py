@@ -18,6 +18,7 @@ from harness.errors import DeclarationError
 
 FIRMWARES = ("linux", "linux-noinitrd", "uefi", "auto")
 STORAGES = ("volatile", "persistent")
+BOOTS = ("auto", "cold")  # auto: resume the booted snapshot where the test allows it
 SKIP_EXIT = 77
 RESERVED_CREDENTIAL = "harness.testcases"
 
@@ -82,6 +83,7 @@ class TestDeclaration:
     qemu_args: tuple[str, ...] = ()
     exit_code: int = 123
     storage: str = "volatile"
+    boot: str = "auto"
     requirements: tuple[str, ...] = ()
     unit: UnitConfig = UnitConfig(command="")
 
@@ -107,6 +109,8 @@ class TestDeclaration:
             raise bad("firmware", f"unknown firmware '{o.firmware}'", f"use one of: {', '.join(FIRMWARES)}")
         if o.storage not in STORAGES:
             raise bad("storage", f"unknown storage '{o.storage}'", f"use one of: {', '.join(STORAGES)}")
+        if o.boot not in BOOTS:
+            raise bad("boot", f"unknown boot '{o.boot}'", f"use one of: {', '.join(BOOTS)}")
         if not 1 <= o.exit_code <= 255 or o.exit_code == SKIP_EXIT:
             raise bad("exit-code", f"{o.exit_code} cannot mean success",
                       "use 1..255 except 77 (skip); 0 is what a VM that just powers off reports")
@@ -136,6 +140,7 @@ class TestDeclaration:
             qemu_args=tuple(o.qemu_arg),
             exit_code=o.exit_code,
             storage=o.storage,
+            boot=o.boot,
             requirements=tuple(o.requires),
             unit=UnitConfig(
                 command=command,

@@ -5,46 +5,56 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import ContextManager, Iterator
 
 import attrs
 
+from harness.accel import Acceleration
 from harness.backend import BootPlan, Ending, panic_line
 from harness.credentials import cmdline_extra_strings, fw_cfg_args, smbios_args, smbios_credential
 from harness.declaration import Credential
 from harness.errors import HarnessError
 from harness.firmware import Ovmf, copy_nvram, find_ovmf, resolve_firmware
+from harness.image import Image
 from harness.notify import GuestReport, VsockNotifyListener, VMADDR_CID_HOST, read_port_file, reserve_cid, vsock_available
-from harness.unit import JOURNAL_PORT, NOTIFY_PORT, VIRTIO_CHANNEL
+from harness.snapshot import (AGENT_PORT, AGENT_READY, AGENT_UNIT, SEED_BYTES, BootPath, Snapshot, SnapshotUnavailable,
+                              agent_credentials, agent_message, resume_script, shared_snapshot, snapshot_key)
+from harness.unit import (JOURNAL_PORT, NOTIFY_PORT, VIRTIO_CHANNEL, boot_options, emergency_guard, render_test_unit,
+                          testcases_credential)
 
 QEMU_BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64",
                  "riscv64": "qemu-system-riscv64", "i386": "qemu-system-i386"}
 MACHINES = {"x86_64": "q35", "i386": "q35", "aarch64": "virt", "riscv64": "virt"}
 CONSOLES = {"x86_64": "ttyS0", "i386": "ttyS0", "aarch64": "ttyAMA0", "riscv64": "ttyS0"}
+SNAPSHOT_BOOT_TIMEOUT = 120  # seconds with KVM, for the boot to the agent
 POWERDOWN_GRACE = 30.0  # seconds an orderly shutdown may take under emulation
 SCREENSHOT_INTERVAL = 10.0  # seconds between screenshots while a UEFI test runs
 
 
 @attrs.frozen
 class RunFiles:
-    """Where one VM's files live: `tmp` is private and removed afterwards, `logs` is kept."""
+    """Where one VM's files live: `tmp` is private and removed afterwards, `logs` is kept,
+    `disk` is the overlay the VM writes (in `tmp`, or in a snapshot being made)."""
 
     tmp: Path
     logs: Path
-
-    @property
-    def overlay(self) -> Path:
-        return self.tmp / "overlay.qcow2"
+    disk: Path
 
     @property
     def qmp(self) -> Path:
         return self.tmp / "qmp.sock"
+
+    @property
+    def agent(self) -> Path:
+        return self.tmp / "agent.sock"
 
     @property
     def notify(self) -> Path:
@@ -63,42 +73,67 @@ class RunFiles:
         return self.logs / "screen.png"
 
 
+@attrs.frozen
+class VmConfig:
+    """What decides a VM's devices and what its guest gets at boot. A booted snapshot and
+    every VM resumed from it share one, so their QEMU command lines match, as migration
+    requires; only the files differ."""
+
+    name: str  # names the temporary directory
+    image: Image
+    firmware: str  # resolved: linux, linux-noinitrd or uefi
+    accel: Acceleration
+    cmdline: tuple[str, ...]  # what the harness and the test add to the kernel command line
+    credentials: tuple[Credential, ...]
+    interactive: bool = False
+    qemu_args: tuple[str, ...] = ()
+    agent: bool = False  # the fast path's agent port (and no vsock: a snapshot cannot keep a CID)
+
+    @classmethod
+    def for_plan(cls, plan: BootPlan) -> "VmConfig":
+        return cls(plan.decl.name, plan.image, plan.firmware, plan.accel, plan.cmdline, plan.credentials,
+                   plan.interactive, plan.decl.qemu_args)
+
+
 def smbios_supported(arch: str, firmware: str) -> bool:
     # On x86 SeaBIOS and OVMF both publish SMBIOS; on other machines only UEFI does.
     return arch in ("x86_64", "i386") or firmware == "uefi"
 
 
-def kernel_cmdline(plan: BootPlan) -> list[str]:
+def kernel_cmdline(cfg: VmConfig) -> list[str]:
     """The whole command line of a direct kernel boot."""
-    console = CONSOLES[plan.image.architecture]
+    console = CONSOLES[cfg.image.architecture]
     base = [f"console={console},115200"]
-    if plan.image.root_partuuid:
-        base = [f"root=PARTUUID={plan.image.root_partuuid}", *base]
-    return [*base, *plan.cmdline]
+    if cfg.image.root_partuuid:
+        base = [f"root=PARTUUID={cfg.image.root_partuuid}", *base]
+    return [*base, *cfg.cmdline]
 
 
-def qemu_command(plan: BootPlan, files: RunFiles, ovmf: Ovmf | None, nvram: Path | None,
-                 vsock_cid: int | None, vhost_fd: int | None, guest_args: list[str]) -> list[str]:
-    """QEMU's argument vector for `plan`; `guest_args` carry credentials and extras."""
-    arch = plan.image.architecture
+def qemu_command(cfg: VmConfig, files: RunFiles, ovmf: Ovmf | None, nvram: Path | None,
+                 vsock_cid: int | None, vhost_fd: int | None, guest_args: list[str],
+                 incoming: Path | None = None) -> list[str]:
+    """QEMU's argument vector for `cfg`; `guest_args` carry credentials and extras;
+    `incoming` is a saved VM to resume instead of booting."""
+    arch = cfg.image.architecture
     machine = MACHINES[arch]
     if machine == "q35":
         machine += ",hpet=off"  # the HPET costs time under emulation and nothing needs it
+    disk_format = "raw" if files.disk == cfg.image.path else "qcow2"
     cmd = [
         QEMU_BINARIES[arch],
         "-machine", machine,
-        "-accel", plan.accel.kind,
-        *plan.accel.cpu_args,
+        "-accel", cfg.accel.kind,
+        *cfg.accel.cpu_args,
         "-m", "1536M",
         "-nodefaults", "-no-user-config",
         "-display", "none",
         "-object", "rng-random,filename=/dev/urandom,id=rng0",
         "-device", "virtio-rng-pci,rng=rng0",
-        "-drive", f"if=none,id=root,file={files.overlay},format=qcow2,discard=unmap,cache=unsafe",
+        "-drive", f"if=none,id=root,file={files.disk},format={disk_format},discard=unmap,cache=unsafe",
         "-device", "virtio-blk-pci,drive=root,bootindex=1",
         "-qmp", f"unix:{files.qmp},server=on,wait=off",
     ]
-    if plan.interactive:
+    if cfg.interactive:
         cmd += ["-chardev", f"stdio,id=console,mux=on,signal=off,logfile={files.console}"]
     else:
         cmd += ["-chardev", f"file,id=console,path={files.console}"]
@@ -110,20 +145,27 @@ def qemu_command(plan: BootPlan, files: RunFiles, ovmf: Ovmf | None, nvram: Path
         "-chardev", f"file,id=journal,path={files.journal_export}",
         "-device", f"virtserialport,chardev=journal,name={JOURNAL_PORT}",
     ]
+    if cfg.agent:
+        cmd += ["-chardev", f"socket,id=agent,path={files.agent},server=on,wait=off",
+                "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",
+                # A resumed VM gets a new generation ID, and the guest kernel reseeds its RNG.
+                "-device", "vmgenid,guid=auto"]
     if vsock_cid is not None:
         cmd += ["-device", f"vhost-vsock-pci,guest-cid={vsock_cid},vhostfd={vhost_fd}"]
-    if plan.firmware == "uefi":
+    if cfg.firmware == "uefi":
         assert ovmf and nvram
         cmd += ["-drive", f"if=pflash,format=raw,readonly=on,file={ovmf.code}",
                 "-drive", f"if=pflash,format=raw,file={nvram}",
                 "-device", "VGA"]  # a screen, for the report's screenshot
     else:
-        assert plan.image.kernel
-        cmd += ["-kernel", str(plan.image.kernel), "-append", " ".join(kernel_cmdline(plan))]
-        if plan.firmware == "linux":
-            assert plan.image.initrd
-            cmd += ["-initrd", str(plan.image.initrd)]
-    return cmd + guest_args + list(plan.decl.qemu_args)
+        assert cfg.image.kernel
+        cmd += ["-kernel", str(cfg.image.kernel), "-append", " ".join(kernel_cmdline(cfg))]
+        if cfg.firmware == "linux":
+            assert cfg.image.initrd
+            cmd += ["-initrd", str(cfg.image.initrd)]
+    if incoming is not None:
+        cmd += ["-incoming", "exec:cat " + shlex.quote(str(incoming))]
+    return cmd + guest_args + list(cfg.qemu_args)
 
 
 _prctl = ctypes.CDLL(None, use_errno=True).prctl
@@ -146,10 +188,12 @@ class QemuMachine:
         self.report = report
         self.console_log = files.console
         self.has_screen = has_screen
+        self.boot_path = BootPath.COLD
         self._console_offset = 0
         self._console_tail = b""
         self._next_screenshot = 0.0
         self._test_ended = False
+        self._agent: socket.socket | None = None
 
     def _screenshot(self) -> None:
         """The screen as it is now, through QMP; the last one taken is the one kept."""
@@ -202,6 +246,82 @@ class QemuMachine:
                     self._screenshot()
                 return Ending("timeout")
 
+    def wait_for_agent(self, timeout: float) -> Ending | None:
+        """Block until the fast path's agent says it waits for a test (None), or the boot
+        fails: the machine stopped, panicked, or took longer than `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.proc.poll()
+            if status is not None:
+                return Ending("exited", status)
+            with contextlib.suppress(FileNotFoundError):
+                if f"{AGENT_READY}=1".encode() in self.files.notify.read_bytes():
+                    return None
+            panic = self._panic_line()
+            if panic:
+                return Ending("panic", detail=panic)
+            if time.monotonic() >= deadline:
+                return Ending("timeout")
+            time.sleep(0.2)
+
+    def save_state(self, state: Path) -> None:
+        """Stop the VM, write its memory and device state to `state`, and quit QEMU."""
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        qmp = QEMUMonitorProtocol(str(self.files.qmp))
+        try:
+            qmp.settimeout(30)
+            qmp.connect()
+            qmp.cmd("stop")
+            qmp.cmd("migrate", uri="exec:cat >" + shlex.quote(str(state)))
+            while True:
+                status = qmp.cmd("query-migrate")
+                assert isinstance(status, dict)
+                if status.get("status") == "completed":
+                    break
+                if status.get("status") in ("failed", "cancelled"):
+                    raise SnapshotUnavailable(f"QEMU could not save the VM: {status.get('error-desc', status)}")
+                time.sleep(0.1)
+            qmp.cmd("quit")
+        finally:
+            with contextlib.suppress(Exception):
+                qmp.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+
+    def hand_over(self, message: bytes, timeout: float = 60) -> None:
+        """Once QEMU has loaded the saved state, connect to the agent's port, send it the
+        test, and let the VM run (it was saved stopped, so it loads paused). The connection
+        stays open, owned by the machine, until the VM is gone."""
+        deadline = time.monotonic() + timeout
+        while self._status() in (None, "inmigrate"):
+            if self.proc.poll() is not None or time.monotonic() >= deadline:
+                raise HarnessError(f"QEMU did not resume the booted snapshot: {self.failure_detail() or 'it timed out'}",
+                                   "rerun with HARNESS_COLD_BOOT=1; if it persists, remove the snapshot directory")
+            time.sleep(0.05)
+        self._agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._agent.connect(str(self.files.agent))
+        self._agent.sendall(message)
+        if not self._qmp("cont"):
+            raise HarnessError(f"QEMU would not run the resumed snapshot: {self.failure_detail() or 'no word why'}",
+                               "rerun with HARNESS_COLD_BOOT=1; if it persists, remove the snapshot directory")
+
+    def _status(self) -> str | None:
+        """QEMU's run state (inmigrate, paused, running, ...), or None while QMP is not up."""
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        qmp = QEMUMonitorProtocol(str(self.files.qmp))
+        try:
+            qmp.settimeout(5)
+            qmp.connect()
+            status = qmp.cmd("query-status")
+            return str(status["status"]) if isinstance(status, dict) else None
+        except Exception:  # QMP not up yet, or QEMU gone: the caller checks which
+            return None
+        finally:
+            with contextlib.suppress(Exception):
+                qmp.close()
+
     def _qmp(self, command: str, arguments: dict | None = None) -> bool:
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
@@ -234,6 +354,8 @@ class QemuMachine:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self._agent is not None:
+            self._agent.close()
 
     def failure_detail(self) -> str:
         try:
@@ -261,19 +383,105 @@ def resolve_machine_alias(help_text: str, machine: str) -> str:
     return machine
 
 
-def make_overlay(image: Path, overlay: Path) -> None:
+def make_overlay(image: Path, overlay: Path, backing_format: str = "raw") -> None:
     """A qcow2 file backed by the image: the VM writes here, the image stays untouched."""
-    result = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image), str(overlay)],
+    result = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", str(image),
+                             str(overlay)],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise HarnessError(f"qemu-img could not create an overlay of {image}: {result.stderr.strip()}",
                            "check that qemu-utils is installed and the image is readable")
 
 
+@contextlib.contextmanager
+def running_vm(cfg: VmConfig, files: RunFiles, incoming: Path | None = None) -> Iterator[QemuMachine]:
+    """Start QEMU for `cfg` on `files` (booting, or resuming `incoming`); on leaving the
+    context QEMU is gone."""
+    binary = QEMU_BINARIES.get(cfg.image.architecture)
+    if binary is None or shutil.which(binary) is None:
+        raise HarnessError(f"the image is {cfg.image.architecture} and {binary or 'no QEMU binary'} is not installed",
+                           "run the set-up script (tools/setup), or install QEMU for that architecture")
+    with contextlib.ExitStack() as stack:
+        report = GuestReport()
+        ovmf = nvram = None
+        if cfg.firmware == "uefi":
+            ovmf = find_ovmf(cfg.image.architecture, machine_alias(binary, MACHINES[cfg.image.architecture]))
+            nvram = copy_nvram(ovmf, files.tmp)
+
+        credentials = list(cfg.credentials)
+        vsock_cid = vhost_fd = listener = None
+        if vsock_available() and not cfg.agent:
+            vhost_fd = os.open("/dev/vhost-vsock", os.O_RDWR | os.O_CLOEXEC)
+            stack.callback(os.close, vhost_fd)
+            vsock_cid = reserve_cid(vhost_fd)
+            listener = stack.enter_context(VsockNotifyListener(report))
+            credentials.append(Credential("vmm.notify_socket", f"vsock-stream:{VMADDR_CID_HOST}:{listener.port}".encode()))
+
+        if smbios_supported(cfg.image.architecture, cfg.firmware):
+            strings = [smbios_credential(c) for c in credentials]
+            if cfg.firmware == "uefi":
+                # The kernel's messages on the screen too, for the screenshot; the
+                # serial console named last stays /dev/console, the one we log.
+                screen = ("console=tty0", f"console={CONSOLES[cfg.image.architecture]},115200")
+                strings += cmdline_extra_strings((*screen, *cfg.cmdline))
+            guest_args = smbios_args(strings, files.tmp)
+        else:
+            guest_args = fw_cfg_args(credentials, files.tmp)
+
+        cmd = qemu_command(cfg, files, ovmf, nvram, vsock_cid, vhost_fd, guest_args, incoming)
+        (files.logs / "qemu-command.txt").write_text(" ".join(cmd) + "\n")
+        stderr = files.tmp / "qemu.stderr"
+        with stderr.open("wb") as err:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=None if cfg.interactive else subprocess.DEVNULL,
+                stdout=None if cfg.interactive else subprocess.DEVNULL,
+                stderr=err,
+                pass_fds=(vhost_fd,) if vhost_fd is not None else (),
+                preexec_fn=_die_with_parent,
+            )
+        machine = QemuMachine(proc, files, stderr, report, has_screen=cfg.firmware == "uefi" and not cfg.interactive)
+        stack.callback(machine.kill)
+        if listener is not None:
+            listener.start()
+        yield machine
+
+
+@contextlib.contextmanager
+def private_tmp(name: str) -> Iterator[Path]:
+    # Short path in /tmp: unix socket names are limited to 108 bytes.
+    with tempfile.TemporaryDirectory(prefix=f"harness-{name}-") as tmp:
+        os.chmod(tmp, 0o700)
+        yield Path(tmp)
+
+
+def snapshot_config(image: Image, accel: Acceleration) -> VmConfig:
+    """The VM that boots to the agent and is saved: what every eligible test resumes."""
+    return VmConfig(
+        name="snapshot", image=image, firmware="linux", accel=accel,
+        cmdline=tuple(boot_options(AGENT_UNIT, interactive=False, volatile=True)),
+        credentials=(*agent_credentials(), *emergency_guard(VIRTIO_CHANNEL)), agent=True)
+
+
+def make_snapshot(cfg: VmConfig, dest: Path, timeout: float) -> None:
+    """Boot `cfg` until its agent waits, then save the VM into `dest` (state + disk)."""
+    with private_tmp(cfg.name) as tmp:
+        files = RunFiles(tmp, dest, Snapshot(dest).disk)
+        make_overlay(cfg.image.path, files.disk)
+        with running_vm(cfg, files) as machine:
+            ending = machine.wait_for_agent(timeout)
+            if ending is not None:
+                why = {"timeout": f"timed out after {timeout:.0f} s", "panic": f"kernel panic: {ending.detail}"}.get(
+                    ending.kind, f"QEMU exited with status {ending.machine_status}: {machine.failure_detail()}")
+                raise SnapshotUnavailable(f"the snapshot boot failed: {why}")
+            machine.save_state(Snapshot(dest).state)
+
+
 class QemuBackend:
     name = "qemu"
     report_channel = VIRTIO_CHANNEL
     features = frozenset({"dut", "uefi", "serial"})
+    can_resume = True
 
     def unmet_requirements(self, decl) -> list[str]:
         return [f for f in decl.requirements if f not in self.features]
@@ -283,57 +491,41 @@ class QemuBackend:
 
     @contextlib.contextmanager
     def boot(self, plan: BootPlan, log_dir: Path) -> Iterator[QemuMachine]:
-        binary = QEMU_BINARIES.get(plan.image.architecture)
-        if binary is None or shutil.which(binary) is None:
-            raise HarnessError(f"the image is {plan.image.architecture} and {binary or 'no QEMU binary'} is not installed",
-                               "run the set-up script (tools/setup), or install QEMU for that architecture")
         with contextlib.ExitStack() as stack:
-            # Short path in /tmp: unix socket names are limited to 108 bytes.
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"harness-{plan.decl.name}-")))
-            os.chmod(tmp, 0o700)
-            files = RunFiles(tmp, log_dir)
-            make_overlay(plan.image.path, files.overlay)
-            report = GuestReport()
-
-            ovmf = nvram = None
-            if plan.firmware == "uefi":
-                ovmf = find_ovmf(plan.image.architecture, machine_alias(binary, MACHINES[plan.image.architecture]))
-                nvram = copy_nvram(ovmf, tmp)
-
-            credentials = list(plan.credentials)
-            vsock_cid = vhost_fd = listener = None
-            if vsock_available():
-                vhost_fd = os.open("/dev/vhost-vsock", os.O_RDWR | os.O_CLOEXEC)
-                stack.callback(os.close, vhost_fd)
-                vsock_cid = reserve_cid(vhost_fd)
-                listener = stack.enter_context(VsockNotifyListener(report))
-                credentials.append(Credential("vmm.notify_socket", f"vsock-stream:{VMADDR_CID_HOST}:{listener.port}".encode()))
-
-            if smbios_supported(plan.image.architecture, plan.firmware):
-                strings = [smbios_credential(c) for c in credentials]
-                if plan.firmware == "uefi":
-                    # The kernel's messages on the screen too, for the screenshot; the
-                    # serial console named last stays /dev/console, the one we log.
-                    screen = ("console=tty0", f"console={CONSOLES[plan.image.architecture]},115200")
-                    strings += cmdline_extra_strings((*screen, *plan.cmdline))
-                guest_args = smbios_args(strings, tmp)
-            else:
-                guest_args = fw_cfg_args(credentials, tmp)
-
-            cmd = qemu_command(plan, files, ovmf, nvram, vsock_cid, vhost_fd, guest_args)
-            (log_dir / "qemu-command.txt").write_text(" ".join(cmd) + "\n")
-            stderr = tmp / "qemu.stderr"
-            with stderr.open("wb") as err:
-                proc = subprocess.Popen(
-                    cmd,
-                    stdin=None if plan.interactive else subprocess.DEVNULL,
-                    stdout=None if plan.interactive else subprocess.DEVNULL,
-                    stderr=err,
-                    pass_fds=(vhost_fd,) if vhost_fd is not None else (),
-                    preexec_fn=_die_with_parent,
-                )
-            machine = QemuMachine(proc, files, stderr, report, has_screen=plan.firmware == "uefi" and not plan.interactive)
-            stack.callback(machine.kill)
-            if listener is not None:
-                listener.start()
+            snapshot = None
+            if plan.boot is BootPath.SNAPSHOT:
+                try:
+                    snapshot = stack.enter_context(self._snapshot(plan))
+                except SnapshotUnavailable as e:
+                    print(f"{plan.decl.name}: no booted snapshot ({e}); booting cold", flush=True)
+            tmp = stack.enter_context(private_tmp(plan.decl.name))
+            files = RunFiles(tmp, log_dir, tmp / "overlay.qcow2")
+            if snapshot is None:
+                make_overlay(plan.image.path, files.disk)
+                yield stack.enter_context(running_vm(VmConfig.for_plan(plan), files))
+                return
+            make_overlay(snapshot.disk, files.disk, backing_format="qcow2")
+            machine = stack.enter_context(running_vm(snapshot_config(plan.image, plan.accel), files, snapshot.state))
+            machine.boot_path = BootPath.SNAPSHOT
+            unit = render_test_unit(plan.decl, interactive=False, channel=VIRTIO_CHANNEL)
+            credentials = (*plan.decl.credentials, testcases_credential())
+            machine.hand_over(agent_message(resume_script(plan.decl.unit_name, unit, credentials, time.time(),
+                                                          os.urandom(SEED_BYTES))))
             yield machine
+
+    def _snapshot(self, plan: BootPlan) -> ContextManager[Snapshot]:
+        assert plan.snapshot_dir is not None
+        cfg = snapshot_config(plan.image, plan.accel)
+        binary = shutil.which(QEMU_BINARIES[plan.image.architecture]) or ""
+        image = plan.image
+        key = snapshot_key([plan.accel.kind, *plan.accel.cpu_args, binary],
+                           [p for p in (image.path, image.kernel, image.initrd, Path(binary)) if p is not None])
+        # The boot is the agent's: the test's own timeout does not apply to it.
+        timeout = SNAPSHOT_BOOT_TIMEOUT * plan.accel.timeout_factor
+
+        def make(dest: Path) -> None:
+            print(f"{plan.decl.name}: booting {image.path.name} once to save it as the booted snapshot "
+                  f"{dest.parent / key} (the other eligible tests resume it)", flush=True)
+            make_snapshot(cfg, dest, timeout)
+
+        return shared_snapshot(plan.snapshot_dir, key, plan.attempt, make)

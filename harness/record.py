@@ -45,6 +45,7 @@ class TestRecord:
     journal: str = ""  # the kept journal file, if any
     journal_excerpt: str = ""  # what the test unit logged
     rerun: tuple[str, ...] = ()  # commands that rerun it / read its journal
+    boot: str = ""  # cold, or snapshot (resumed from the booted snapshot); empty when it did not boot
 
     @property
     def exit_code(self) -> int:

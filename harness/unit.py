@@ -177,12 +177,33 @@ def guest_credentials(decl: TestDeclaration, interactive: bool,
     if interactive:
         creds.append(Credential(f"systemd.extra-unit.{DEBUG_SHELL_UNIT}", _DEBUG_SHELL.encode()))
     else:
-        creds += [
-            Credential(f"systemd.extra-unit.{EMERGENCY_UNIT}", _emergency_exit(channel).encode()),
-            Credential("systemd.unit-dropin.emergency.target~harness", _EMERGENCY_DROPIN.encode()),
-            Credential("systemd.unit-dropin.rescue.target~harness", _EMERGENCY_DROPIN.encode()),
-        ]
+        creds += emergency_guard(channel)
     return creds
+
+
+def emergency_guard(channel: ReportChannel) -> list[Credential]:
+    """A unit that ends the VM as soon as the boot falls into emergency or rescue mode."""
+    return [
+        Credential(f"systemd.extra-unit.{EMERGENCY_UNIT}", _emergency_exit(channel).encode()),
+        Credential("systemd.unit-dropin.emergency.target~harness", _EMERGENCY_DROPIN.encode()),
+        Credential("systemd.unit-dropin.rescue.target~harness", _EMERGENCY_DROPIN.encode()),
+    ]
+
+
+def boot_options(target_unit: str, interactive: bool, volatile: bool) -> list[str]:
+    """What the harness adds to every kernel command line: boot into `target_unit` (the
+    test unit, or the fast path's agent), never wait at a prompt, end the VM on a crash."""
+    options = [
+        "rw",  # a UKI's own command line may leave the root read-only
+        f"systemd.unit={target_unit}",
+        "systemd.firstboot=no",  # first boot would wait for a keypress
+        "systemd.crash_action=poweroff",  # a crashing PID 1 ends the VM, not the timeout
+    ]
+    if not interactive:
+        options.append("systemd.crash_shell=0")
+    if volatile:
+        options.append("systemd.volatile=overlay")  # writes stay in memory, gone at reboot
+    return options
 
 
 def _quote(value: str) -> str:

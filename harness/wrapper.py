@@ -15,9 +15,10 @@ from harness.journal import keep_journal, unit_excerpt
 from harness.record import RESULT_FILE, TestRecord
 from harness.report import TIMELINE_FILE
 from harness.results import Outcome, classify
+from harness.snapshot import BootPath, ineligibility
 from harness.subtests import subtests_from
 from harness.timeline import decode_timeline
-from harness.unit import guest_credentials
+from harness.unit import boot_options, guest_credentials
 
 LOG_FILES = ("console.log", "journal.export", "journal.journal", "qemu-command.txt", "diagnostics.json",
              "frames.tar.gz", "screen.png", TIMELINE_FILE, RESULT_FILE)
@@ -25,32 +26,42 @@ LOG_FILES = ("console.log", "journal.export", "journal.journal", "qemu-command.t
 
 def harness_cmdline(decl: TestDeclaration, interactive: bool) -> list[str]:
     """What every test's kernel command line gets, ahead of the test's own additions."""
-    cmdline = [
-        "rw",  # a UKI's own command line may leave the root read-only
-        f"systemd.unit={decl.unit_name}",
-        "systemd.firstboot=no",  # first boot would wait for a keypress
-        "systemd.crash_action=poweroff",  # a crashing PID 1 ends the VM, not the timeout
-    ]
-    if not interactive:
-        cmdline.append("systemd.crash_shell=0")
-    if decl.storage == "volatile":
-        cmdline.append("systemd.volatile=overlay")  # writes stay in memory, gone at reboot
-    return cmdline + list(decl.cmdline)
+    return boot_options(decl.unit_name, interactive, volatile=decl.storage == "volatile") + list(decl.cmdline)
+
+
+def choose_boot_path(decl: TestDeclaration, firmware: str, backend: Backend, interactive: bool,
+                     env: dict[str, str]) -> tuple[BootPath, str]:
+    """Resume the booted snapshot where nothing the test declares happens before the agent
+    runs; otherwise boot cold, and say why."""
+    if not backend.can_resume:
+        return BootPath.COLD, f"the {backend.name} backend boots every test"
+    if interactive:
+        return BootPath.COLD, "interactive run"
+    why = ineligibility(decl, firmware, env)
+    return (BootPath.COLD, why) if why else (BootPath.SNAPSHOT, "")
 
 
 def plan_boot(decl: TestDeclaration, image: Image, backend: Backend, interactive: bool, timeout_factor: int | None,
-              env: dict[str, str]) -> BootPlan:
+              env: dict[str, str], snapshot_dir: Path | None = None, attempt: str = "") -> BootPlan:
     accel = detect(image.architecture, env)
     factor = timeout_factor if timeout_factor is not None else accel.timeout_factor
+    firmware = backend.firmware(decl.firmware, image)
+    boot, cold_reason = choose_boot_path(decl, firmware, backend, interactive, env)
+    if snapshot_dir is None:
+        boot, cold_reason = BootPath.COLD, "no directory for snapshots"
     return BootPlan(
         decl=decl,
         image=image,
-        firmware=backend.firmware(decl.firmware, image),
+        firmware=firmware,
         cmdline=tuple(harness_cmdline(decl, interactive)),
         credentials=tuple(guest_credentials(decl, interactive, backend.report_channel)) + decl.credentials,
         accel=accel,
         timeout=None if interactive else decl.timeout * factor,
         interactive=interactive,
+        boot=boot,
+        cold_reason=cold_reason,
+        snapshot_dir=snapshot_dir,
+        attempt=attempt,
     )
 
 
@@ -58,9 +69,11 @@ class RunContext:
     """Where a test's run belongs: its log directory, meson's build directory (for the
     rerun hints) and the `meson test` run it is part of."""
 
-    def __init__(self, log_dir: Path, build_dir: Path | None, run: str, interactive_rerun: bool = True) -> None:
+    def __init__(self, log_dir: Path, build_dir: Path | None, run: str, interactive_rerun: bool = True,
+                 snapshot_dir: Path | None = None) -> None:
         self.log_dir = log_dir
         self.build_dir = build_dir
+        self.snapshot_dir = snapshot_dir
         self.run = run
         self.interactive_rerun = interactive_rerun
         self.started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -103,13 +116,17 @@ def run_test(decl: TestDeclaration, image_path: Path, ctx: RunContext, backend: 
         return ctx.record(decl, backend.name, "",
                           Outcome("skip", f"the {backend.name} machine lacks required features: {', '.join(missing)}"))
     image = Image.open(image_path)
-    plan = plan_boot(decl, image, backend, interactive, timeout_factor, env)
-    print(f"{decl.name}: booting {image.path.name} ({plan.firmware}, {plan.accel.kind}: {plan.accel.reason}; "
-          f"timeout {plan.timeout or 'none'}{' s' if plan.timeout else ''}) on {backend.name}", flush=True)
+    plan = plan_boot(decl, image, backend, interactive, timeout_factor, env, ctx.snapshot_dir, ctx.run)
+    how = "resuming the booted snapshot of" if plan.boot is BootPath.SNAPSHOT else "booting"
+    print(f"{decl.name}: {how} {image.path.name} ({plan.firmware}, {plan.accel.kind}: {plan.accel.reason}; "
+          f"timeout {plan.timeout or 'none'}{' s' if plan.timeout else ''}) on {backend.name}"
+          + (f"; cold boot: {plan.cold_reason}" if plan.boot is BootPath.COLD and backend.can_resume else ""),
+          flush=True)
     if interactive:
         print("The console is attached: the test's output follows. Ctrl-a x quits QEMU.", flush=True)
 
     with backend.boot(plan, log_dir) as machine:
+        boot_path = machine.boot_path
         ending = machine.wait(plan.timeout)
         if ending.kind != "exited":
             machine.power_off(orderly=ending.kind == "timeout")
@@ -123,7 +140,7 @@ def run_test(decl: TestDeclaration, image_path: Path, ctx: RunContext, backend: 
     excerpt = unit_excerpt(log_dir / "journal.export", decl.unit_name)
     journal = keep_journal(log_dir / "journal.export", env.get("HARNESS_SAVE_JOURNAL", "fail"), outcome.status)
     return ctx.record(decl, backend.name, plan.firmware, outcome, journal=journal, journal_excerpt=excerpt,
-                      subtests=tuple(subtests_from(report, outcome.reason)))
+                      subtests=tuple(subtests_from(report, outcome.reason)), boot=str(boot_path))
 
 
 def describe(record: TestRecord) -> str:

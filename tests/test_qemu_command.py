@@ -5,7 +5,7 @@ from harness.accel import Acceleration
 from harness.backend import BootPlan
 from harness.firmware import Ovmf
 from harness.image import Image
-from harness.qemu import RunFiles, kernel_cmdline, qemu_command
+from harness.qemu import RunFiles, VmConfig, kernel_cmdline, qemu_command, snapshot_config
 from harness.wrapper import harness_cmdline
 from helpers import declaration
 
@@ -16,10 +16,11 @@ def plan(firmware="linux", accel="tcg", *args):
     d = declaration(*args)
     image = Image(Path("/img/image.raw"), Path("/img/image.vmlinuz"), Path("/img/image.initrd"), Path("/img/image.efi"),
                   "x86_64", ROOT, True)
-    return BootPlan(d, image, firmware, tuple(harness_cmdline(d, False)), (), Acceleration(accel, "test"), 60, False)
+    return VmConfig.for_plan(BootPlan(d, image, firmware, tuple(harness_cmdline(d, False)), (),
+                                      Acceleration(accel, "test"), 60, False))
 
 
-FILES = RunFiles(Path("/tmp/h"), Path("/logs"))
+FILES = RunFiles(Path("/tmp/h"), Path("/logs"), Path("/tmp/h/overlay.qcow2"))
 
 
 def test_direct_kernel_boot():
@@ -58,3 +59,18 @@ def test_vsock_device_when_available():
     cmd = qemu_command(plan(), FILES, None, None, 1234, 7, [])
     assert "vhost-vsock-pci,guest-cid=1234,vhostfd=7" in cmd
     assert not any("vhost-vsock" in a for a in qemu_command(plan(), FILES, None, None, None, None, []))
+
+
+def test_snapshot_and_resumed_vms_share_one_command_but_files():
+    # Migration needs the same devices on both sides: only paths and -incoming differ.
+    cfg = snapshot_config(plan().image, Acceleration("tcg", "test"))
+    saving = qemu_command(cfg, RunFiles(Path("/tmp/a"), Path("/snap"), Path("/snap/disk.qcow2")),
+                          None, None, None, None, [])
+    resumed = qemu_command(cfg, FILES, None, None, None, None, [], incoming=Path("/snap/state"))
+    assert resumed[-2:] == ["-incoming", "exec:cat /snap/state"]
+    assert len(saving) == len(resumed) - 2
+    differ = [(a, b) for a, b in zip(saving, resumed) if a != b]
+    assert all("/tmp/a" in a or "/snap" in a for a, _ in differ), differ
+    assert "virtserialport,chardev=agent,name=io.harness.agent" in saving
+    append = saving[saving.index("-append") + 1].split()
+    assert "systemd.unit=harness-agent.service" in append and "systemd.volatile=overlay" in append

@@ -1,0 +1,231 @@
+"""The fast path: boot the shared image once, save the booted VM, resume a copy per test.
+
+Under emulation most of a test's minute is the boot. So the first eligible test of a run
+boots the image to a point where a small agent (guest/agent.sh) waits on a virtio-serial
+port, and saves the whole VM (QEMU migration to a file, plus the disk overlay it wrote).
+Every eligible test then starts QEMU from that state on its own fresh overlay and sends
+the agent one script: set the clock, reseed the entropy pool, install the test unit and
+its credentials, start the unit. The unit is the same as on a cold boot and reports over
+the same channel, so TAP, subtests, journal, timeline and report do not change.
+
+A test is eligible when nothing it declares changes what happens before the agent runs
+(`ineligibility` says why not). The snapshot is keyed to the image, the harness's own
+files and the QEMU binary; it lives in the build directory and is shared by parallel
+`meson test` processes under file locks: the first one makes it, the others wait, all
+hold a shared lock while they use it, and a stale snapshot is removed by whoever makes
+the next one, once nobody holds it. What the guest can still tell: the machine-id and
+boot ID are the snapshot boot's (journald and D-Bus take them when PID 1 starts; giving
+each test a new one would split its journal), and /proc/cmdline names the agent's unit.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import enum
+import fcntl
+import hashlib
+import os
+import shlex
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator
+
+import attrs
+
+from harness.declaration import Credential, TestDeclaration
+
+AGENT_PORT = "io.harness.agent"
+AGENT_UNIT = "harness-agent.service"
+AGENT_CREDENTIAL = "harness.agent"
+AGENT_SCRIPT = Path(__file__).parent / "guest" / "agent.sh"
+AGENT_READY = "X_HARNESS_AGENT_READY"
+HARNESS_DIR = Path(__file__).parent
+SEED_BYTES = 64
+
+
+class BootPath(str, enum.Enum):
+    """How a test's VM comes up: booted from scratch, or resumed from the saved boot."""
+
+    COLD = "cold"
+    SNAPSHOT = "snapshot"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class SnapshotUnavailable(Exception):
+    """The snapshot could not be made (its boot failed): tests boot cold instead."""
+
+
+def ineligibility(decl: TestDeclaration, firmware: str, env: dict[str, str]) -> str | None:
+    """Why this test must boot cold, or None when it may resume the snapshot."""
+    if env.get("HARNESS_COLD_BOOT") == "1":
+        return "HARNESS_COLD_BOOT=1"
+    if decl.boot == "cold":
+        return "the test declares boot: 'cold'"
+    if firmware != "linux":
+        return f"firmware {firmware}"
+    if decl.storage != "volatile":
+        return f"storage {decl.storage}"
+    if decl.cmdline:
+        return "the test adds to the kernel command line"
+    if decl.qemu_args:
+        return "the test adds QEMU arguments"
+    return None
+
+
+def agent_unit() -> str:
+    return f"""\
+[Unit]
+Description=Wait for a test from the host (the harness's fast path)
+
+[Service]
+Type=exec
+ImportCredential={AGENT_CREDENTIAL}
+ExecStart=/bin/sh %d/{AGENT_CREDENTIAL}
+"""
+
+
+def agent_credentials() -> list[Credential]:
+    return [Credential(f"systemd.extra-unit.{AGENT_UNIT}", agent_unit().encode()),
+            Credential(AGENT_CREDENTIAL, AGENT_SCRIPT.read_bytes())]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def resume_script(unit_name: str, unit_text: str, credentials: tuple[Credential, ...], now: float,
+                  seed: bytes) -> str:
+    """What the agent runs in a resumed VM: the guest's clock stopped when the snapshot was
+    saved and its entropy pool is a copy shared by every test, so both are renewed before
+    the test unit starts. Credentials go to /run/credstore, where ImportCredential= finds
+    them as it finds the SMBIOS ones on a cold boot."""
+    lines = [
+        f"date -s @{now:.3f} >/dev/null",
+        f"printf %s {_b64(seed)} | base64 -d >/dev/urandom",
+        "mkdir -p /run/credstore",
+    ]
+    lines += [f"printf %s {_b64(c.value)} | base64 -d >/run/credstore/{shlex.quote(c.name)}" for c in credentials]
+    lines += [
+        f"printf %s {_b64(unit_text.encode())} | base64 -d >/run/systemd/system/{unit_name}",
+        "systemctl daemon-reload",
+        f"systemctl start --no-block {unit_name}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def agent_message(script: str) -> bytes:
+    """The one line the agent reads from its port."""
+    return _b64(script.encode()).encode() + b"\n"
+
+
+def _file_identity(path: Path) -> str:
+    st = path.stat()
+    return f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
+def snapshot_key(inputs: list[str], files: list[Path]) -> str:
+    """A name for the snapshot that changes whenever what it was made from changes: the
+    image and its kernel and initrd (by identity: a rebuild makes new files), QEMU, the
+    harness's own code, and the words in `inputs` (acceleration, machine shape)."""
+    h = hashlib.sha256()
+    for word in inputs:
+        h.update(word.encode() + b"\0")
+    for path in files:
+        h.update(_file_identity(path).encode() + b"\0")
+    for path in sorted(HARNESS_DIR.rglob("*")):
+        if path.suffix in (".py", ".sh") and path.is_file():
+            h.update(path.relative_to(HARNESS_DIR).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@attrs.frozen
+class Snapshot:
+    """A saved booted VM: its memory and device state, and the disk overlay it wrote."""
+
+    dir: Path
+
+    @property
+    def state(self) -> Path:
+        return self.dir / "state"
+
+    @property
+    def disk(self) -> Path:
+        return self.dir / "disk.qcow2"
+
+    @property
+    def console(self) -> Path:
+        return self.dir / "console.log"
+
+    @property
+    def complete(self) -> bool:
+        return self.state.is_file() and self.disk.is_file()
+
+
+@contextlib.contextmanager
+def shared_snapshot(root: Path, key: str, attempt: str, make: Callable[[Path], None]) -> Iterator[Snapshot]:
+    """The snapshot named `key` under `root`, made by `make(directory)` if nobody has made it
+    yet; held (shared lock) until the context ends, so nobody removes it while in use.
+
+    A snapshot whose boot failed is not tried again in the same `attempt` (a `meson test`
+    run): the other tests of that run boot cold at once."""
+    root.mkdir(parents=True, exist_ok=True)
+    snapshot = Snapshot(root / key)
+    with open(root / f"{key}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        if not snapshot.complete:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # not atomic: someone else may make it meanwhile
+            if not snapshot.complete:
+                _make(root, key, attempt, make, snapshot)
+            fcntl.flock(lock, fcntl.LOCK_SH)
+        yield snapshot
+
+
+def _make(root: Path, key: str, attempt: str, make: Callable[[Path], None], snapshot: Snapshot) -> None:
+    failed = root / f"{key}.failed"
+    if failed.is_file():
+        last_attempt, _, reason = failed.read_text().partition("\n")
+        if last_attempt == attempt:
+            raise SnapshotUnavailable(reason)
+    for leftover in root.glob(f".partial-{key}-*"):  # from a maker that was killed
+        shutil.rmtree(leftover, ignore_errors=True)
+    partial = root / f".partial-{key}-{os.getpid()}"
+    partial.mkdir()
+    try:
+        make(partial)
+    except SnapshotUnavailable as e:
+        failed.write_text(f"{attempt}\n{e}")
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copyfile(partial / "console.log", root / f"{key}.console.log")
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    partial.rename(snapshot.dir)
+    failed.unlink(missing_ok=True)
+    remove_stale(root, keep=key)
+
+
+def remove_stale(root: Path, keep: str) -> list[str]:
+    """Remove the snapshots of other keys that nobody holds; returns the keys removed."""
+    removed = []
+    for lock_path in root.glob("*.lock"):
+        key = lock_path.name[:-len(".lock")]
+        if key == keep:
+            continue
+        with open(lock_path, "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # in use by a test right now; the next maker removes it
+            shutil.rmtree(root / key, ignore_errors=True)
+            for leftover in root.glob(f".partial-{key}-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+            for suffix in (".failed", ".console.log"):
+                (root / f"{key}{suffix}").unlink(missing_ok=True)
+            lock_path.unlink(missing_ok=True)
+            removed.append(key)
+    return removed
