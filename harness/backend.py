@@ -48,6 +48,7 @@ class BootPlan:
     cold_reason: str = ""  # why the test cannot resume the booted snapshot
     snapshot_dir: Path | None = None  # where booted snapshots are kept
     attempt: str = ""  # the `meson test` run: a failed snapshot boot is not retried in it
+    whole_journal: bool = False  # the guest sends its whole journal even when the test passed
 
 
 @attrs.frozen

@@ -27,7 +27,7 @@ from harness.image import Image
 from harness.notify import GuestReport, VsockNotifyListener, VMADDR_CID_HOST, read_port_file, reserve_cid, vsock_available
 from harness.snapshot import (AGENT_PORT, AGENT_READY, AGENT_UNIT, SEED_BYTES, BootPath, Snapshot, SnapshotUnavailable,
                               agent_credentials, agent_message, resume_script, shared_snapshot, snapshot_key)
-from harness.unit import (JOURNAL_PORT, NOTIFY_PORT, VIRTIO_CHANNEL, boot_options, emergency_guard, render_test_unit,
+from harness.unit import (DONE, JOURNAL_PORT, NOTIFY_PORT, VIRTIO_CHANNEL, boot_options, emergency_guard, render_test_unit,
                           testcases_credential)
 
 QEMU_BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64",
@@ -181,13 +181,14 @@ def _die_with_parent() -> None:
 
 class QemuMachine:
     def __init__(self, proc: subprocess.Popen, files: RunFiles, stderr: Path, report: GuestReport,
-                 has_screen: bool = False) -> None:
+                 has_screen: bool = False, interactive: bool = False) -> None:
         self.proc = proc
         self.files = files
         self.stderr = stderr
         self.report = report
         self.console_log = files.console
         self.has_screen = has_screen
+        self.interactive = interactive
         self.boot_path = BootPath.COLD
         self._console_offset = 0
         self._console_tail = b""
@@ -227,15 +228,26 @@ class QemuMachine:
         self._console_tail = text[-256:]
         return panic_line(text)
 
+    def _guest_done(self) -> bool:
+        # An unattended VM is thrown away after the test: once the guest has reported
+        # everything, waiting for its orderly shutdown only costs time.
+        if self.interactive:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            return f"{DONE}=1".encode() in self.files.notify.read_bytes()
+        return False
+
     def wait(self, timeout: float | None) -> Ending:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
-                status = self.proc.wait(timeout=0.5)
+                status = self.proc.wait(timeout=0.2)
                 return Ending("exited", status)
             except subprocess.TimeoutExpired:
                 pass
-            self._watch_screen()
+            self._watch_screen()  # first: the screen at the test's end is the one to keep
+            if self._guest_done():
+                return Ending("exited", detail="the guest reported everything; the VM was ended")
             panic = self._panic_line()
             if panic:
                 if self.has_screen:
@@ -440,7 +452,8 @@ def running_vm(cfg: VmConfig, files: RunFiles, incoming: Path | None = None) -> 
                 pass_fds=(vhost_fd,) if vhost_fd is not None else (),
                 preexec_fn=_die_with_parent,
             )
-        machine = QemuMachine(proc, files, stderr, report, has_screen=cfg.firmware == "uefi" and not cfg.interactive)
+        machine = QemuMachine(proc, files, stderr, report, has_screen=cfg.firmware == "uefi" and not cfg.interactive,
+                              interactive=cfg.interactive)
         stack.callback(machine.kill)
         if listener is not None:
             listener.start()
@@ -507,7 +520,7 @@ class QemuBackend:
             make_overlay(snapshot.disk, files.disk, backing_format="qcow2")
             machine = stack.enter_context(running_vm(snapshot_config(plan.image, plan.accel), files, snapshot.state))
             machine.boot_path = BootPath.SNAPSHOT
-            unit = render_test_unit(plan.decl, interactive=False, channel=VIRTIO_CHANNEL)
+            unit = render_test_unit(plan.decl, interactive=False, channel=VIRTIO_CHANNEL, whole_journal=plan.whole_journal)
             credentials = (*plan.decl.credentials, testcases_credential())
             machine.hand_over(agent_message(resume_script(plan.decl.unit_name, unit, credentials, time.time(),
                                                           os.urandom(SEED_BYTES))))

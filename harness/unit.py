@@ -21,6 +21,7 @@ import attrs
 from harness.declaration import RESERVED_CREDENTIAL, Credential, TestDeclaration
 
 NOTIFY_PORT = "io.harness.notify"
+DONE = "X_HARNESS_DONE"  # the guest's last report line: nothing more will come
 JOURNAL_PORT = "io.harness.journal"
 EMERGENCY_UNIT = "harness-emergency-exit.service"
 DEBUG_SHELL_UNIT = "harness-debug-shell.service"
@@ -59,29 +60,36 @@ def _report_start(ch: ReportChannel) -> str:
     return f"-/bin/sh -c '{ch.write(['READY=1'])} || :'"
 
 
-def _report_end(ch: ReportChannel) -> str:
+def _report_end(ch: ReportChannel, unit_name: str, whole_journal: bool) -> str:
     # Runs after the test, with systemd's SERVICE_RESULT/EXIT_CODE/EXIT_STATUS in the
     # environment: the host turns these into the status PID 1 exits with. Then the
     # journal goes out on its own port (VMs only), so it is there even when the disk is
-    # thrown away.
+    # thrown away: all of it when the test did not succeed (or the host keeps it always),
+    # else only the test unit's part, which is what the report shows (exporting the
+    # whole journal costs seconds under emulation).
     report = ch.write(["X_HARNESS_SERVICE_RESULT=%%s", "X_HARNESS_EXIT_CODE=%%s", "X_HARNESS_EXIT_STATUS=%%s"],
                       "$SERVICE_RESULT", "$EXIT_CODE", "$EXIT_STATUS")
+    export = "journalctl -o export"
+    if not whole_journal:
+        export += f' $$( [ "$SERVICE_RESULT" = success ] && echo -u {unit_name})'
     return (f"-/bin/sh -c '{report};"
-            f" test -c /dev/virtio-ports/{JOURNAL_PORT} && journalctl --sync && journalctl -o export >/dev/virtio-ports/{JOURNAL_PORT};"
+            f" test -c /dev/virtio-ports/{JOURNAL_PORT} && journalctl --sync && {export} >/dev/virtio-ports/{JOURNAL_PORT};"
             " :'")
 
 
 def _report_timeline(ch: ReportChannel) -> str:
     # The boot timeline, gzipped and base64-encoded into one line (about 10 kB): short
-    # enough for a board's serial console too.
+    # enough for a board's serial console too. Then the mark that the guest has said all
+    # it will say: the host may end the VM from here without waiting for a shutdown.
     units = ",".join(TIMELINE_UNIT_PROPERTIES)
     manager = ",".join(TIMELINE_MANAGER_PROPERTIES)
     return (f"-/bin/sh -c 'test -c {ch.device} && {{ printf \"{ch.prefix}X_HARNESS_TIMELINE=\";"
             f" {{ systemctl show -p {manager}; echo UptimeSeconds=$$(cut -d\" \" -f1 /proc/uptime); echo; systemctl show -p {units} \"*\"; }} | gzip -1 | base64 -w0;"
-            f" echo; }} >{ch.device}; :'")
+            f" echo; printf \"{ch.prefix}{DONE}=1\\n\"; }} >{ch.device}; :'")
 
 
-def render_test_unit(decl: TestDeclaration, interactive: bool, channel: ReportChannel = VIRTIO_CHANNEL) -> str:
+def render_test_unit(decl: TestDeclaration, interactive: bool, channel: ReportChannel = VIRTIO_CHANNEL,
+                     whole_journal: bool = False) -> str:
     u = decl.unit
     lines = ["[Unit]", f"Description={decl.name} ({decl.source})"]
     lines += [f"Wants={w}" for w in u.wants]
@@ -104,7 +112,7 @@ def render_test_unit(decl: TestDeclaration, interactive: bool, channel: ReportCh
         "TimeoutStartSec=infinity",
         f"ExecStartPre={_report_start(channel)}",
         f"ExecStart={u.command}",
-        f"ExecStopPost={_report_end(channel)}",
+        f"ExecStopPost={_report_end(channel, decl.unit_name, whole_journal or interactive)}",
         f"ExecStopPost={_report_timeline(channel)}",
     ]
     if interactive:
@@ -170,9 +178,10 @@ def testcases_credential() -> Credential:
 
 
 def guest_credentials(decl: TestDeclaration, interactive: bool,
-                      channel: ReportChannel = VIRTIO_CHANNEL) -> list[Credential]:
+                      channel: ReportChannel = VIRTIO_CHANNEL, whole_journal: bool = False) -> list[Credential]:
     """The credentials that shape the guest's boot, ahead of the test's own."""
-    creds = [Credential(f"systemd.extra-unit.{decl.unit_name}", render_test_unit(decl, interactive, channel).encode()),
+    unit = render_test_unit(decl, interactive, channel, whole_journal)
+    creds = [Credential(f"systemd.extra-unit.{decl.unit_name}", unit.encode()),
              testcases_credential()]
     if interactive:
         creds.append(Credential(f"systemd.extra-unit.{DEBUG_SHELL_UNIT}", _DEBUG_SHELL.encode()))

@@ -47,6 +47,7 @@ def plan_boot(decl: TestDeclaration, image: Image, backend: Backend, interactive
     factor = timeout_factor if timeout_factor is not None else accel.timeout_factor
     firmware = backend.firmware(decl.firmware, image)
     boot, cold_reason = choose_boot_path(decl, firmware, backend, interactive, env)
+    whole_journal = env.get("HARNESS_SAVE_JOURNAL", "fail") == "1"
     if snapshot_dir is None:
         boot, cold_reason = BootPath.COLD, "no directory for snapshots"
     return BootPlan(
@@ -54,7 +55,7 @@ def plan_boot(decl: TestDeclaration, image: Image, backend: Backend, interactive
         image=image,
         firmware=firmware,
         cmdline=tuple(harness_cmdline(decl, interactive)),
-        credentials=tuple(guest_credentials(decl, interactive, backend.report_channel)) + decl.credentials,
+        credentials=tuple(guest_credentials(decl, interactive, backend.report_channel, whole_journal)) + decl.credentials,
         accel=accel,
         timeout=None if interactive else decl.timeout * factor,
         interactive=interactive,
@@ -62,6 +63,7 @@ def plan_boot(decl: TestDeclaration, image: Image, backend: Backend, interactive
         cold_reason=cold_reason,
         snapshot_dir=snapshot_dir,
         attempt=attempt,
+        whole_journal=whole_journal,
     )
 
 

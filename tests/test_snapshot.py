@@ -1,0 +1,146 @@
+"""The fast path's logic without a VM: who boots cold, how snapshots are shared and
+replaced, and what the agent is sent."""
+
+import base64
+import multiprocessing
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.declaration import Credential
+from harness.snapshot import (BootPath, SnapshotUnavailable, agent_message, ineligibility, remove_stale, resume_script,
+                              shared_snapshot, snapshot_key)
+from helpers import declaration
+
+
+def fake_make(dest: Path) -> None:
+    (dest / "state").write_bytes(b"state")
+    (dest / "disk.qcow2").write_bytes(b"disk")
+
+
+@pytest.mark.parametrize("args, env, why", [
+    ((), {}, None),
+    (("--boot=cold",), {}, "the test declares boot: 'cold'"),
+    ((), {"HARNESS_COLD_BOOT": "1"}, "HARNESS_COLD_BOOT=1"),
+    (("--storage=persistent",), {}, "storage persistent"),
+    (("--cmdline=quiet",), {}, "the test adds to the kernel command line"),
+    (("--qemu-arg=-no-reboot",), {}, "the test adds QEMU arguments"),
+])
+def test_who_may_resume(args, env, why):
+    assert ineligibility(declaration(*args), "linux", env) == why
+
+
+def test_uefi_boots_cold():
+    assert ineligibility(declaration(), "uefi", {}) == "firmware uefi"
+    assert str(BootPath.SNAPSHOT) == "snapshot"
+
+
+def test_made_once_then_reused(tmp_path):
+    calls = []
+
+    def make(dest):
+        calls.append(dest)
+        fake_make(dest)
+
+    with shared_snapshot(tmp_path, "k1", "run-1", make) as snap:
+        assert snap.complete and snap.dir == tmp_path / "k1"
+    with shared_snapshot(tmp_path, "k1", "run-2", make) as snap:
+        assert snap.state.read_bytes() == b"state"
+    assert len(calls) == 1
+    assert not list(tmp_path.glob(".partial-*"))
+
+
+def test_a_failed_boot_is_not_retried_in_the_same_run(tmp_path):
+    def fail(dest):
+        (dest / "console.log").write_text("the boot's console")
+        raise SnapshotUnavailable("the snapshot boot failed: timed out")
+
+    for _ in range(2):
+        with pytest.raises(SnapshotUnavailable, match="timed out"):
+            with shared_snapshot(tmp_path, "k1", "run-1", fail):
+                pass
+    # Once per run: the second call did not try again, it repeated the first one's word.
+    with pytest.raises(SnapshotUnavailable, match="timed out"):
+        with shared_snapshot(tmp_path, "k1", "run-1", lambda dest: pytest.fail("tried again")):
+            pass
+    assert (tmp_path / "k1.console.log").read_text() == "the boot's console"
+    with shared_snapshot(tmp_path, "k1", "run-2", fake_make) as snap:  # a new run tries again
+        assert snap.complete
+    assert not (tmp_path / "k1.failed").exists()
+
+
+def test_an_interrupted_maker_leaves_nothing(tmp_path):
+    def interrupted(dest):
+        (dest / "state").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with shared_snapshot(tmp_path, "k1", "run-1", interrupted):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k1.lock"]
+
+
+def test_a_new_snapshot_replaces_the_old_one_unless_in_use(tmp_path):
+    with shared_snapshot(tmp_path, "old", "r", fake_make):
+        with shared_snapshot(tmp_path, "new", "r", fake_make):
+            assert (tmp_path / "old").is_dir(), "removed while a test held it"
+    assert remove_stale(tmp_path, keep="new") == ["old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "new.lock"]
+
+
+def _hold_while_making(root: str, key: str, started, results) -> None:
+    def slow_make(dest):
+        started.set()
+        time.sleep(1.0)
+        fake_make(dest)
+        results.put("made")
+
+    with shared_snapshot(Path(root), key, "r", slow_make):
+        results.put("used")
+
+
+def test_parallel_tests_share_one_snapshot(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    started, results = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_hold_while_making, args=(str(tmp_path), "k", started, results)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    said = [results.get(timeout=5) for _ in range(4)]
+    assert sorted(said) == ["made", "used", "used", "used"]
+
+
+def test_key_follows_the_image(tmp_path):
+    image = tmp_path / "image.raw"
+    image.write_bytes(b"one")
+    first = snapshot_key(["tcg"], [image])
+    assert snapshot_key(["tcg"], [image]) == first
+    assert snapshot_key(["kvm"], [image]) != first
+    image.unlink()
+    image.write_bytes(b"two")  # a rebuilt image: a new file
+    assert snapshot_key(["tcg"], [image]) != first
+
+
+def test_resume_script_installs_unit_and_credentials(tmp_path):
+    creds = (Credential("app.token", b"s3cret\x00\n'quote"), Credential("harness.testcases", b"lib"))
+    script = resume_script("TEST-01-X.service", "[Unit]\nDescription=x\n", creds, 1795000000.5, b"\x01" * 64)
+    line = agent_message(script)
+    assert line.endswith(b"\n") and b"\n" not in line[:-1]
+    # Run it with the guest's paths moved under tmp_path, and commands that only record.
+    body = base64.b64decode(line).decode()
+    body = body.replace("/run/", f"{tmp_path}/run/").replace("/dev/urandom", f"{tmp_path}/urandom")
+    (tmp_path / "run" / "systemd" / "system").mkdir(parents=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("date", "systemctl"):
+        (bin_dir / tool).write_text(f"#!/bin/sh\necho {tool} \"$@\" >>{tmp_path}/calls\n")
+        (bin_dir / tool).chmod(0o755)
+    subprocess.run(["sh", "-e", "-c", body], check=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert (tmp_path / "run" / "credstore" / "app.token").read_bytes() == b"s3cret\x00\n'quote"
+    assert (tmp_path / "run" / "systemd" / "system" / "TEST-01-X.service").read_text() == "[Unit]\nDescription=x\n"
+    assert (tmp_path / "urandom").read_bytes() == b"\x01" * 64
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls == ["date -s @1795000000.500", "systemctl start --no-block TEST-01-X.service"]
