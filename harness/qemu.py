@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -13,7 +15,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import ContextManager, Iterator
+from typing import ContextManager, Iterator, Mapping
 
 import attrs
 
@@ -33,7 +35,11 @@ from harness.unit import (DONE, JOURNAL_PORT, NOTIFY_PORT, VIRTIO_CHANNEL, boot_
 QEMU_BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64",
                  "riscv64": "qemu-system-riscv64", "i386": "qemu-system-i386"}
 MACHINES = {"x86_64": "q35", "i386": "q35", "aarch64": "virt", "riscv64": "virt"}
+# The UART each machine's firmware and boot loader print to (UEFI boots log it); a direct
+# kernel boot logs the virtio console hvc0 instead: an emulated UART costs an exit to QEMU
+# per character, which under TCG is seconds of a boot.
 CONSOLES = {"x86_64": "ttyS0", "i386": "ttyS0", "aarch64": "ttyAMA0", "riscv64": "ttyS0"}
+VIRTIO_CONSOLE = "hvc0"
 SNAPSHOT_BOOT_TIMEOUT = 120  # seconds with KVM, for the boot to the agent
 POWERDOWN_GRACE = 30.0  # seconds an orderly shutdown may take under emulation
 SCREENSHOT_INTERVAL = 10.0  # seconds between screenshots while a UEFI test runs
@@ -100,10 +106,25 @@ def smbios_supported(arch: str, firmware: str) -> bool:
     return arch in ("x86_64", "i386") or firmware == "uefi"
 
 
+def qemu_binary(arch: str, env: Mapping[str, str] = os.environ) -> str:
+    """QEMU for the image's architecture: HARNESS_QEMU when set, else the one on PATH."""
+    return env.get("HARNESS_QEMU") or QEMU_BINARIES[arch]
+
+
+@functools.lru_cache(maxsize=None)
+def qemu_major(binary: str) -> int:
+    """The major version of a QEMU binary (0 when it cannot tell)."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        return 0
+    match = re.search(r"version (\d+)\.", out)
+    return int(match.group(1)) if match else 0
+
+
 def kernel_cmdline(cfg: VmConfig) -> list[str]:
     """The whole command line of a direct kernel boot."""
-    console = CONSOLES[cfg.image.architecture]
-    base = [f"console={console},115200"]
+    base = [f"console={VIRTIO_CONSOLE}"]
     if cfg.image.root_partuuid:
         base = [f"root=PARTUUID={cfg.image.root_partuuid}", *base]
     return [*base, *cfg.cmdline]
@@ -120,15 +141,17 @@ def qemu_command(cfg: VmConfig, files: RunFiles, ovmf: Ovmf | None, nvram: Path 
         machine += ",hpet=off"  # the HPET costs time under emulation and nothing needs it
     disk_format = "raw" if files.disk == cfg.image.path else "qcow2"
     cmd = [
-        QEMU_BINARIES[arch],
+        qemu_binary(arch),
         "-machine", machine,
         "-accel", cfg.accel.kind,
-        *cfg.accel.cpu_args,
+        *cfg.accel.cpu_args(qemu_major(qemu_binary(arch))),
         "-m", "1536M",
         "-nodefaults", "-no-user-config",
         "-display", "none",
         "-object", "rng-random,filename=/dev/urandom,id=rng0",
         "-device", "virtio-rng-pci,rng=rng0",
+        # The guest hands back the memory it frees: a test's QEMU holds what is in use.
+        "-device", "virtio-balloon-pci,free-page-reporting=on",
         "-drive", f"if=none,id=root,file={files.disk},format={disk_format},discard=unmap,cache=unsafe",
         "-device", "virtio-blk-pci,drive=root,bootindex=1",
         "-qmp", f"unix:{files.qmp},server=on,wait=off",
@@ -137,9 +160,12 @@ def qemu_command(cfg: VmConfig, files: RunFiles, ovmf: Ovmf | None, nvram: Path 
         cmd += ["-chardev", f"stdio,id=console,mux=on,signal=off,logfile={files.console}"]
     else:
         cmd += ["-chardev", f"file,id=console,path={files.console}"]
-    cmd += ["-serial", "chardev:console"]
+    cmd += ["-device", "virtio-serial-pci,id=vser0"]
+    if cfg.firmware == "uefi":
+        cmd += ["-serial", "chardev:console"]
+    else:
+        cmd += ["-device", "virtconsole,chardev=console"]
     cmd += [
-        "-device", "virtio-serial-pci,id=vser0",
         "-chardev", f"file,id=notify,path={files.notify}",
         "-device", f"virtserialport,chardev=notify,name={NOTIFY_PORT}",
         "-chardev", f"file,id=journal,path={files.journal_export}",
@@ -409,10 +435,11 @@ def make_overlay(image: Path, overlay: Path, backing_format: str = "raw") -> Non
 def running_vm(cfg: VmConfig, files: RunFiles, incoming: Path | None = None) -> Iterator[QemuMachine]:
     """Start QEMU for `cfg` on `files` (booting, or resuming `incoming`); on leaving the
     context QEMU is gone."""
-    binary = QEMU_BINARIES.get(cfg.image.architecture)
+    binary = qemu_binary(cfg.image.architecture) if cfg.image.architecture in QEMU_BINARIES else None
     if binary is None or shutil.which(binary) is None:
         raise HarnessError(f"the image is {cfg.image.architecture} and {binary or 'no QEMU binary'} is not installed",
-                           "run the set-up script (tools/setup), or install QEMU for that architecture")
+                           "run the set-up script (tools/setup), or install QEMU for that architecture"
+                           " (HARNESS_QEMU names another binary)")
     with contextlib.ExitStack() as stack:
         report = GuestReport()
         ovmf = nvram = None
@@ -529,9 +556,9 @@ class QemuBackend:
     def _snapshot(self, plan: BootPlan) -> ContextManager[Snapshot]:
         assert plan.snapshot_dir is not None
         cfg = snapshot_config(plan.image, plan.accel)
-        binary = shutil.which(QEMU_BINARIES[plan.image.architecture]) or ""
+        binary = shutil.which(qemu_binary(plan.image.architecture)) or ""
         image = plan.image
-        key = snapshot_key([plan.accel.kind, *plan.accel.cpu_args, binary],
+        key = snapshot_key([plan.accel.kind, *plan.accel.cpu_args(qemu_major(binary)), binary],
                            [p for p in (image.path, image.kernel, image.initrd, Path(binary)) if p is not None])
         # The boot is the agent's: the test's own timeout does not apply to it.
         timeout = SNAPSHOT_BOOT_TIMEOUT * plan.accel.timeout_factor

@@ -140,6 +140,7 @@ def _test_section(r: TestRecord) -> str:
              f"<h2>{_badge(r.status)} {e(r.name)}</h2>",
              f'<p class="reason">{e(r.reason)}</p>',
              f"<p>{r.duration_s:.0f} s &middot; firmware {e(r.firmware or '-')} &middot; backend {e(r.backend)}"
+             f" &middot; boot {e(r.boot or '-')}"
              f" &middot; started {e(r.started)}</p>"]
     if r.rerun:
         parts.append("<ul class=\"rerun\">" + "".join(f"<li><code>{e(c)}</code></li>" for c in r.rerun) + "</ul>")
@@ -178,7 +179,8 @@ def render_html(records: list[TestRecord], data: dict) -> str:
     stats = data["stats"]
     by_status = {s: sum(1 for r in records if r.status == s) for s in ("pass", "fail", "skip", "error")}
     rows = "".join(f'<tr class="row-{r.status}"><td>{_badge(r.status)}</td><td><a href="#{e(r.name)}">{e(r.name)}</a></td>'
-                   f"<td>{r.duration_s:.0f} s</td><td>{e(r.firmware or '-')}</td><td>{e(r.backend)}</td>"
+                   f"<td>{r.duration_s:.0f} s</td><td>{e(r.firmware or '-')}</td><td>{e(r.boot or '-')}</td>"
+                   f"<td>{e(r.backend)}</td>"
                    f"<td>{len(r.cases())}</td><td>{e(r.reason if r.status != 'pass' else '')}</td></tr>"
                    for r in records)
     return f"""<!DOCTYPE html>
@@ -190,7 +192,7 @@ def render_html(records: list[TestRecord], data: dict) -> str:
 Cases (as in the JUnit file): <span id="cases-total">{stats['tests']}</span>, <span id="cases-passed">{stats['passed']}</span> passed,
 <span id="cases-failed">{stats['failed']}</span> failed, <span id="cases-skipped">{stats['skipped']}</span> skipped,
 <span id="cases-errors">{stats['errors']}</span> errors. Updated {e(data['dateTime'])}.</p>
-<table class="tests"><tr><th></th><th>test</th><th>took</th><th>firmware</th><th>backend</th><th>cases</th><th>reason</th></tr>{rows}</table>
+<table class="tests"><tr><th></th><th>test</th><th>took</th><th>firmware</th><th>boot</th><th>backend</th><th>cases</th><th>reason</th></tr>{rows}</table>
 {"".join(_test_section(r) for r in records)}
 </body></html>
 """

@@ -199,12 +199,15 @@ def emergency_guard(channel: ReportChannel) -> list[Credential]:
     ]
 
 
-def boot_options(target_unit: str, interactive: bool, volatile: bool) -> list[str]:
+def boot_options(target_unit: str, interactive: bool, volatile: bool, machine_id: str | None = None) -> list[str]:
     """What the harness adds to every kernel command line: boot into `target_unit` (the
-    test unit, or the fast path's agent), never wait at a prompt, end the VM on a crash."""
+    test unit, or the fast path's agent), never wait at a prompt, end the VM on a crash,
+    and a machine ID of its own where given (an image with a fixed one then still does
+    not boot as if for the first time)."""
     options = [
         "rw",  # a UKI's own command line may leave the root read-only
         f"systemd.unit={target_unit}",
+        *([f"systemd.machine_id={machine_id}"] if machine_id else []),
         "systemd.firstboot=no",  # first boot would wait for a keypress
         "systemd.crash_action=poweroff",  # a crashing PID 1 ends the VM, not the timeout
     ]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from harness.accel import detect
 from harness.firmware import copy_nvram, find_ovmf
-from harness.qemu import machine_alias
+from harness.qemu import machine_alias, qemu_major
 
 CHUNK_MIB = 40
 WATCHDOG_SECONDS = 300.0
@@ -60,7 +60,7 @@ class VirtualBoard:
         ovmf = find_ovmf("x86_64", machine_alias("qemu-system-x86_64", "q35"))
         accel = detect("x86_64")
         self.serial_log.write_bytes(b"")
-        cmd = ["qemu-system-x86_64", "-machine", "q35,hpet=off", "-accel", accel.kind, *accel.cpu_args, "-m", "1536M",
+        cmd = ["qemu-system-x86_64", "-machine", "q35,hpet=off", "-accel", accel.kind, *accel.cpu_args(qemu_major("qemu-system-x86_64")), "-m", "1536M",
                "-nodefaults", "-no-user-config", "-display", "none",
                "-drive", f"if=pflash,format=raw,readonly=on,file={ovmf.code}",
                "-drive", f"if=pflash,format=raw,file={self.nvram}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import shlex
 import time
+import uuid
 from pathlib import Path
 
 from harness.accel import detect
@@ -26,7 +27,8 @@ LOG_FILES = ("console.log", "journal.export", "journal.journal", "qemu-command.t
 
 def harness_cmdline(decl: TestDeclaration, interactive: bool) -> list[str]:
     """What every test's kernel command line gets, ahead of the test's own additions."""
-    return boot_options(decl.unit_name, interactive, volatile=decl.storage == "volatile") + list(decl.cmdline)
+    return (boot_options(decl.unit_name, interactive, volatile=decl.storage == "volatile", machine_id=uuid.uuid4().hex)
+            + list(decl.cmdline))
 
 
 def choose_boot_path(decl: TestDeclaration, firmware: str, backend: Backend, interactive: bool,
@@ -148,7 +150,8 @@ def run_test(decl: TestDeclaration, image_path: Path, ctx: RunContext, backend: 
 def describe(record: TestRecord) -> str:
     """The lines a person reads after a run: verdict, subtests, and on failure where to
     look and how to rerun."""
-    lines = [f"{record.name}: {record.status.upper()}: {record.reason}"]
+    took = f" ({record.duration_s:.1f} s, {record.boot} boot)" if record.boot else ""
+    lines = [f"{record.name}: {record.status.upper()}: {record.reason}{took}"]
     for s in record.subtests:
         lines.append(f"  {s.status.upper():4} {s.name}" + (f": {s.detail}" if s.detail else ""))
     if record.status in ("fail", "error"):

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from harness.accel import cpu_flags, kvm_usable
+from harness.accel import Acceleration, cpu_flags, kvm_usable
 from harness.firmware import select_ovmf
 from harness.qemu import resolve_machine_alias
 
@@ -34,3 +34,10 @@ def test_kvm_needs_cpu_virtualisation_not_just_the_device():
     assert kvm_usable(flags, True, "x86_64")[0] is False
     assert kvm_usable(flags | {"vmx"}, True, "x86_64")[0] is True
     assert kvm_usable(flags | {"svm"}, False, "x86_64")[0] is False
+
+
+def test_vcpus_under_tcg_follow_the_qemu_version():
+    tcg = Acceleration("tcg", "test")
+    assert tcg.cpu_args(7) == ["-cpu", "max", "-smp", "1"]  # 7.2's MTTCG oopses the guest
+    assert tcg.cpu_args(10) == ["-cpu", "max", "-smp", "2"]
+    assert Acceleration("kvm", "test").cpu_args(7) == ["-cpu", "host", "-smp", "2"]

@@ -6,6 +6,7 @@ Needs the image from `meson compile -C build mkosi` (or HARNESS_IMAGE=path/image
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = Path(os.environ.get("HARNESS_IMAGE", ROOT / "build" / "mkosi.output" / "image.raw"))
+# The booted snapshot of the image, shared with `meson test` (same image, same harness).
+SNAPSHOTS = Path(os.environ.get("HARNESS_SNAPSHOT_DIR", ROOT / "build" / "integration-tests" / "snapshots"))
 
 pytestmark = pytest.mark.vm
 
@@ -43,17 +46,25 @@ def wrapper_cmd(image: Path, tmp_path: Path, name: str, *args: str) -> list[str]
             f"--image={image}", f"--log-dir={tmp_path / 'logs'}", *args]
 
 
-def wrapper_env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HARNESS_INTERACTIVE="0")
+def wrapper_env(boot: str = "auto", snapshots: Path = SNAPSHOTS) -> dict[str, str]:
+    """`boot`: auto (the fast path where the test is eligible) or cold (HARNESS_COLD_BOOT=1)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HARNESS_INTERACTIVE="0", HARNESS_SNAPSHOT_DIR=str(snapshots),
+               HARNESS_COLD_BOOT="1" if boot == "cold" else "0")
     env.pop("HARNESS_SKIP", None)
     return env
 
 
-def run_wrapper(image: Path, tmp_path: Path, name: str, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(wrapper_cmd(image, tmp_path, name, *args), cwd=ROOT, env=wrapper_env(),
+def run_wrapper(image: Path, tmp_path: Path, name: str, *args: str, boot: str = "auto",
+                snapshots: Path = SNAPSHOTS) -> subprocess.CompletedProcess:
+    result = subprocess.run(wrapper_cmd(image, tmp_path, name, *args), cwd=ROOT, env=wrapper_env(boot, snapshots),
                             capture_output=True, text=True, timeout=900)
     print(result.stdout, result.stderr)
     return result
+
+
+def boot_path(tmp_path: Path) -> str:
+    """How the run's VM came up, from its result.json: cold or snapshot."""
+    return json.loads((tmp_path / "logs" / "result.json").read_text())["boot"]
 
 
 def harness_leftovers(name: str) -> tuple[list[str], list[Path]]:
@@ -76,19 +87,24 @@ def test_failing_guest_fails_with_its_status_and_keeps_the_journal(image, tmp_pa
     assert harness_leftovers("TEST-90-FAILS") == ([], [])
 
 
-def test_hanging_guest_fails_at_its_timeout(image, tmp_path):
+# The same faults on both paths must read the same: a resumed VM is no excuse.
+@pytest.mark.parametrize("boot, timeout", [("cold", 150), ("snapshot", 30)])
+def test_hanging_guest_fails_at_its_timeout(image, tmp_path, boot, timeout):
     r = run_wrapper(image, tmp_path, "TEST-91-HANGS", "--unit-command=sleep infinity",
-                    "--timeout=150", "--timeout-factor=1")
+                    f"--timeout={timeout}", "--timeout-factor=1", boot="cold" if boot == "cold" else "auto")
     assert r.returncode == 1
-    assert "TEST-91-HANGS: FAIL: timed out after 150 s" in r.stdout
+    assert f"TEST-91-HANGS: FAIL: timed out after {timeout} s while the test was running" in r.stdout
+    assert boot_path(tmp_path) == boot
     assert harness_leftovers("TEST-91-HANGS") == ([], [])
 
 
-def test_kernel_panic_fails_without_waiting_for_the_timeout(image, tmp_path):
+@pytest.mark.parametrize("boot", ["cold", "snapshot"])
+def test_kernel_panic_fails_without_waiting_for_the_timeout(image, tmp_path, boot):
     r = run_wrapper(image, tmp_path, "TEST-92-PANICS", "--unit-command=/bin/sh -c 'echo c >/proc/sysrq-trigger'",
-                    "--timeout=1000", "--timeout-factor=1")
+                    "--timeout=1000", "--timeout-factor=1", boot="cold" if boot == "cold" else "auto")
     assert r.returncode == 1
     assert "TEST-92-PANICS: FAIL: kernel panic while the test was running: Kernel panic - not syncing" in r.stdout
+    assert boot_path(tmp_path) == boot
     assert harness_leftovers("TEST-92-PANICS") == ([], [])
 
 
