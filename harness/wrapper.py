@@ -150,7 +150,8 @@ def run_test(decl: TestDeclaration, image_path: Path, ctx: RunContext, backend: 
 def describe(record: TestRecord) -> str:
     """The lines a person reads after a run: verdict, subtests, and on failure where to
     look and how to rerun."""
-    took = f" ({record.duration_s:.1f} s, {record.boot} boot)" if record.boot else ""
+    how = {"snapshot": "resumed from the booted snapshot", "cold": "cold boot"}.get(record.boot, "")
+    took = f" ({record.duration_s:.1f} s, {how})" if how else ""
     lines = [f"{record.name}: {record.status.upper()}: {record.reason}{took}"]
     for s in record.subtests:
         lines.append(f"  {s.status.upper():4} {s.name}" + (f": {s.detail}" if s.detail else ""))

@@ -32,8 +32,8 @@ def test_guest_clock_is_the_hosts_after_resume(image, tmp_path):
     age = time.time() - max(p.stat().st_mtime for p in SNAPSHOTS.glob("*/state"))
     time.sleep(max(0.0, 30 - age))
     host = int(time.time())
-    # $$: systemd would expand a single $ in ExecStart= itself.
-    check = f"d=$$(( $$(date +%s) - {host} )); echo clock offset $$d s; test $$d -ge -5 && test $$d -le 30"
+    # $$ and %%: systemd would expand a single $ (variables) and % (specifiers) itself.
+    check = f"d=$$(( $$(date +%%s) - {host} )); echo clock offset $$d s; test $$d -ge -5 && test $$d -le 30"
     r = run_wrapper(image, tmp_path / "clock", "TEST-83-CLOCK", f"--unit-command=/bin/sh -c '{check}'")
     assert r.returncode == 0, r.stdout
     assert boot_path(tmp_path / "clock") == "snapshot"
