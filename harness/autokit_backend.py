@@ -29,6 +29,7 @@ class AutokitMachine:
         self.worker = worker
         self.console_log = log_dir / "console.log"
         self.boot_path = BootPath.COLD  # a board is flashed and powered on for every test
+        self.boot_timeline: str | None = None
         self.poll = poll
         self.report = GuestReport()
 

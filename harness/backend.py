@@ -63,6 +63,7 @@ class Ending:
 class Machine(Protocol):
     console_log: Path
     boot_path: BootPath  # how it really came up (a failed snapshot falls back to cold)
+    boot_timeline: str | None  # the boot's timeline when it happened elsewhere (a snapshot's)
 
     def wait(self, timeout: float | None) -> Ending:
         """Block until the machine stops by itself, panics, or `timeout` seconds pass."""

@@ -29,6 +29,7 @@ from harness.image import Image
 from harness.notify import GuestReport, VsockNotifyListener, VMADDR_CID_HOST, read_port_file, reserve_cid, vsock_available
 from harness.snapshot import (AGENT_PORT, AGENT_READY, AGENT_UNIT, SEED_BYTES, BootPath, Snapshot, SnapshotUnavailable,
                               agent_credentials, agent_message, resume_script, shared_snapshot, snapshot_key)
+from harness.timeline import decode_timeline
 from harness.unit import (DONE, JOURNAL_PORT, NOTIFY_PORT, VIRTIO_CHANNEL, boot_options, emergency_guard, render_test_unit,
                           testcases_credential)
 
@@ -216,6 +217,7 @@ class QemuMachine:
         self.has_screen = has_screen
         self.interactive = interactive
         self.boot_path = BootPath.COLD
+        self.boot_timeline: str | None = None  # a resumed VM's boot, from its snapshot
         self._console_offset = 0
         self._console_tail = b""
         self._next_screenshot = 0.0
@@ -514,6 +516,9 @@ def make_snapshot(cfg: VmConfig, dest: Path, timeout: float) -> None:
                 why = {"timeout": f"timed out after {timeout:.0f} s", "panic": f"kernel panic: {ending.detail}"}.get(
                     ending.kind, f"QEMU exited with status {ending.machine_status}: {machine.failure_detail()}")
                 raise SnapshotUnavailable(f"the snapshot boot failed: {why}")
+            timeline = decode_timeline(machine.collect().last("X_HARNESS_TIMELINE"))
+            if timeline:
+                Snapshot(dest).timeline.write_text(timeline)
             machine.save_state(Snapshot(dest).state)
 
 
@@ -547,7 +552,10 @@ class QemuBackend:
             make_overlay(snapshot.disk, files.disk, backing_format="qcow2")
             machine = stack.enter_context(running_vm(snapshot_config(plan.image, plan.accel), files, snapshot.state))
             machine.boot_path = BootPath.SNAPSHOT
-            unit = render_test_unit(plan.decl, interactive=False, channel=VIRTIO_CHANNEL, whole_journal=plan.whole_journal)
+            if snapshot.timeline.is_file():
+                machine.boot_timeline = snapshot.timeline.read_text()
+            unit = render_test_unit(plan.decl, interactive=False, channel=VIRTIO_CHANNEL, whole_journal=plan.whole_journal,
+                                    resumed=machine.boot_timeline is not None)
             credentials = (*plan.decl.credentials, testcases_credential())
             machine.hand_over(agent_message(resume_script(plan.decl.unit_name, unit, credentials, time.time(),
                                                           os.urandom(SEED_BYTES))))

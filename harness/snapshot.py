@@ -34,10 +34,12 @@ from typing import Callable, Iterator
 import attrs
 
 from harness.declaration import Credential, TestDeclaration
+from harness.unit import timeline_script
 
 AGENT_PORT = "io.harness.agent"
 AGENT_UNIT = "harness-agent.service"
 AGENT_CREDENTIAL = "harness.agent"
+TIMELINE_CREDENTIAL = "harness.timeline"
 AGENT_SCRIPT = Path(__file__).parent / "guest" / "agent.sh"
 AGENT_READY = "X_HARNESS_AGENT_READY"
 HARNESS_DIR = Path(__file__).parent
@@ -83,13 +85,15 @@ Description=Wait for a test from the host (the harness's fast path)
 [Service]
 Type=exec
 ImportCredential={AGENT_CREDENTIAL}
+ImportCredential={TIMELINE_CREDENTIAL}
 ExecStart=/bin/sh %d/{AGENT_CREDENTIAL}
 """
 
 
 def agent_credentials() -> list[Credential]:
     return [Credential(f"systemd.extra-unit.{AGENT_UNIT}", agent_unit().encode()),
-            Credential(AGENT_CREDENTIAL, AGENT_SCRIPT.read_bytes())]
+            Credential(AGENT_CREDENTIAL, AGENT_SCRIPT.read_bytes()),
+            Credential(TIMELINE_CREDENTIAL, timeline_script().encode())]
 
 
 def _b64(data: bytes) -> str:
@@ -159,6 +163,11 @@ class Snapshot:
     @property
     def console(self) -> Path:
         return self.dir / "console.log"
+
+    @property
+    def timeline(self) -> Path:
+        """The boot's timeline as the agent saw it (systemctl show text), if it sent one."""
+        return self.dir / "timeline.txt"
 
     @property
     def complete(self) -> bool:

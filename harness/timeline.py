@@ -47,6 +47,16 @@ def decode_timeline(value: str | None) -> str | None:
         return None  # a line garbled on a serial console: no chart, not an error
 
 
+def merge_timelines(boot: str, test: str) -> str:
+    """A resumed test's timeline: the snapshot boot's units, then what the test sent (its
+    manager properties, taken when it ended, and its own unit)."""
+    boot_blocks = [b for b in boot.split("\n\n") if b.strip()]
+    test_blocks = [b for b in test.split("\n\n") if b.strip()]
+    if not boot_blocks or not test_blocks:
+        return test or boot
+    return "\n\n".join([test_blocks[0], *boot_blocks[1:], *test_blocks[1:]]) + "\n"
+
+
 def _number(props: dict[str, str], key: str) -> int:
     value = props.get(key, "")
     return int(value) if value.isdigit() else 0

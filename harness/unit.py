@@ -77,19 +77,30 @@ def _report_end(ch: ReportChannel, unit_name: str, whole_journal: bool) -> str:
             " :'")
 
 
-def _report_timeline(ch: ReportChannel) -> str:
+def _report_timeline(ch: ReportChannel, units: str) -> str:
     # The boot timeline, gzipped and base64-encoded into one line (about 10 kB): short
     # enough for a board's serial console too. Then the mark that the guest has said all
     # it will say: the host may end the VM from here without waiting for a shutdown.
-    units = ",".join(TIMELINE_UNIT_PROPERTIES)
+    # `units`: "*" for every unit (3 s under emulation), or the test unit's name alone
+    # when the host has the rest of the boot from the snapshot.
+    unit_props = ",".join(TIMELINE_UNIT_PROPERTIES)
     manager = ",".join(TIMELINE_MANAGER_PROPERTIES)
     return (f"-/bin/sh -c 'test -c {ch.device} && {{ printf \"{ch.prefix}X_HARNESS_TIMELINE=\";"
-            f" {{ systemctl show -p {manager}; echo UptimeSeconds=$$(cut -d\" \" -f1 /proc/uptime); echo; systemctl show -p {units} \"*\"; }} | gzip -1 | base64 -w0;"
+            f" {{ systemctl show -p {manager}; echo UptimeSeconds=$$(cut -d\" \" -f1 /proc/uptime); echo; systemctl show -p {unit_props} \"{units}\"; }} | gzip -1 | base64 -w0;"
             f" echo; printf \"{ch.prefix}{DONE}=1\\n\"; }} >{ch.device}; :'")
 
 
+def timeline_script() -> str:
+    """The same as plain shell, for the fast path's agent: the timeline of the whole boot,
+    which the snapshot keeps so that resumed tests need only send their own unit's."""
+    unit_props = ",".join(TIMELINE_UNIT_PROPERTIES)
+    manager = ",".join(TIMELINE_MANAGER_PROPERTIES)
+    return (f'{{ systemctl show -p {manager}; echo UptimeSeconds=$(cut -d" " -f1 /proc/uptime); echo;'
+            f' systemctl show -p {unit_props} "*"; }} | gzip -1 | base64 -w0\n')
+
+
 def render_test_unit(decl: TestDeclaration, interactive: bool, channel: ReportChannel = VIRTIO_CHANNEL,
-                     whole_journal: bool = False) -> str:
+                     whole_journal: bool = False, resumed: bool = False) -> str:
     u = decl.unit
     lines = ["[Unit]", f"Description={decl.name} ({decl.source})"]
     lines += [f"Wants={w}" for w in u.wants]
@@ -113,7 +124,7 @@ def render_test_unit(decl: TestDeclaration, interactive: bool, channel: ReportCh
         f"ExecStartPre={_report_start(channel)}",
         f"ExecStart={u.command}",
         f"ExecStopPost={_report_end(channel, decl.unit_name, whole_journal or interactive)}",
-        f"ExecStopPost={_report_timeline(channel)}",
+        f"ExecStopPost={_report_timeline(channel, decl.unit_name if resumed else '*')}",
     ]
     if interactive:
         lines += ["StandardInput=tty", "StandardOutput=tty", "StandardError=tty", "TTYPath=/dev/console"]

@@ -18,7 +18,7 @@ from harness.report import TIMELINE_FILE
 from harness.results import Outcome, classify
 from harness.snapshot import BootPath, ineligibility
 from harness.subtests import subtests_from
-from harness.timeline import decode_timeline
+from harness.timeline import decode_timeline, merge_timelines
 from harness.unit import boot_options, guest_credentials
 
 LOG_FILES = ("console.log", "journal.export", "journal.journal", "qemu-command.txt", "diagnostics.json",
@@ -130,7 +130,7 @@ def run_test(decl: TestDeclaration, image_path: Path, ctx: RunContext, backend: 
         print("The console is attached: the test's output follows. Ctrl-a x quits QEMU.", flush=True)
 
     with backend.boot(plan, log_dir) as machine:
-        boot_path = machine.boot_path
+        boot_path, boot_timeline = machine.boot_path, machine.boot_timeline
         ending = machine.wait(plan.timeout)
         if ending.kind != "exited":
             machine.power_off(orderly=ending.kind == "timeout")
@@ -139,6 +139,8 @@ def run_test(decl: TestDeclaration, image_path: Path, ctx: RunContext, backend: 
 
     outcome = classify(decl.name, decl.exit_code, plan.timeout, ending, report, detail)
     timeline = decode_timeline(report.last("X_HARNESS_TIMELINE"))
+    if timeline and boot_timeline:
+        timeline = merge_timelines(boot_timeline, timeline)
     if timeline:
         (log_dir / TIMELINE_FILE).write_text(timeline)
     excerpt = unit_excerpt(log_dir / "journal.export", decl.unit_name)

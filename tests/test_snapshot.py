@@ -144,3 +144,16 @@ def test_resume_script_installs_unit_and_credentials(tmp_path):
     assert (tmp_path / "urandom").read_bytes() == b"\x01" * 64
     calls = (tmp_path / "calls").read_text().splitlines()
     assert calls == ["date -s @1795000000.500", "systemctl start --no-block TEST-01-X.service"]
+
+
+def test_a_resumed_tests_timeline_is_the_snapshots_boot_and_its_own_unit():
+    from harness.timeline import merge_timelines, parse_systemctl_show
+
+    boot = ("InitRDTimestampMonotonic=1000000\nUserspaceTimestampMonotonic=9000000\nUptimeSeconds=20.0\n\n"
+            "Id=basic.target\nInactiveExitTimestampMonotonic=15000000\nActiveEnterTimestampMonotonic=15500000\n")
+    test = ("InitRDTimestampMonotonic=1000000\nUserspaceTimestampMonotonic=9000000\nUptimeSeconds=31.5\n\n"
+            "Id=TEST-01-X.service\nInactiveExitTimestampMonotonic=30000000\nActiveEnterTimestampMonotonic=0\n")
+    timeline = parse_systemctl_show(merge_timelines(boot, test))
+    assert [u.name for u in timeline.units] == ["basic.target", "TEST-01-X.service"]
+    assert timeline.taken_us == 31_500_000
+    assert merge_timelines("", test) == test

@@ -13,6 +13,8 @@ port=/dev/virtio-ports/io.harness.agent
 # again, half-done, in every test.
 systemctl is-system-running --wait >/dev/null 2>&1 || :
 sync
+# The boot's timeline, once: every resumed test shares this boot.
+printf 'X_HARNESS_TIMELINE=%s\n' "$(sh "$CREDENTIALS_DIRECTORY/harness.timeline")" >"$notify"
 printf 'X_HARNESS_AGENT_READY=1\n' >"$notify"
 
 # Until a host connects to the port, reading it ends at once with nothing: poll.
