@@ -540,7 +540,7 @@ class QemuBackend:
             snapshot = None
             if plan.boot is BootPath.SNAPSHOT:
                 try:
-                    snapshot = stack.enter_context(self._snapshot(plan))
+                    snapshot = stack.enter_context(self.booted_snapshot(plan))
                 except SnapshotUnavailable as e:
                     print(f"{plan.decl.name}: no booted snapshot ({e}); booting cold", flush=True)
             tmp = stack.enter_context(private_tmp(plan.decl.name))
@@ -561,7 +561,8 @@ class QemuBackend:
                                                           os.urandom(SEED_BYTES))))
             yield machine
 
-    def _snapshot(self, plan: BootPlan) -> ContextManager[Snapshot]:
+    def booted_snapshot(self, plan: BootPlan) -> ContextManager[Snapshot]:
+        """The booted snapshot for `plan`'s image, made first if needed, held while in use."""
         assert plan.snapshot_dir is not None
         cfg = snapshot_config(plan.image, plan.accel)
         binary = shutil.which(qemu_binary(plan.image.architecture)) or ""

@@ -206,11 +206,13 @@ def _make(root: Path, key: str, attempt: str, make: Callable[[Path], None], snap
     try:
         make(partial)
     except SnapshotUnavailable as e:
-        failed.write_text(f"{attempt}\n{e}")
+        console = root / f"{key}.console.log"
         with contextlib.suppress(FileNotFoundError):
-            shutil.copyfile(partial / "console.log", root / f"{key}.console.log")
+            shutil.copyfile(partial / "console.log", console)
+        reason = f"{e}; its console log: {console}"
+        failed.write_text(f"{attempt}\n{reason}")
         shutil.rmtree(partial, ignore_errors=True)
-        raise
+        raise SnapshotUnavailable(reason) from None
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

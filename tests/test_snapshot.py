@@ -66,6 +66,7 @@ def test_a_failed_boot_is_not_retried_in_the_same_run(tmp_path):
         with shared_snapshot(tmp_path, "k1", "run-1", lambda dest: pytest.fail("tried again")):
             pass
     assert (tmp_path / "k1.console.log").read_text() == "the boot's console"
+    assert f"its console log: {tmp_path / 'k1.console.log'}" in (tmp_path / "k1.failed").read_text()
     with shared_snapshot(tmp_path, "k1", "run-2", fake_make) as snap:  # a new run tries again
         assert snap.complete
     assert not (tmp_path / "k1.failed").exists()
