@@ -218,6 +218,7 @@ def _make(root: Path, key: str, attempt: str, make: Callable[[Path], None], snap
         raise
     partial.rename(snapshot.dir)
     failed.unlink(missing_ok=True)
+    (root / f"{key}.console.log").unlink(missing_ok=True)  # of an earlier run's failed attempt
     remove_stale(root, keep=key)
 
 
