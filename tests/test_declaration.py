@@ -7,7 +7,7 @@ from helpers import declaration
 
 def test_defaults_follow_the_template():
     d = declaration()
-    assert d.firmware == "linux" and d.storage == "volatile" and d.exit_code == 123
+    assert d.firmware == "linux" and d.storage == "volatile" and d.exit_code == 123 and d.boot == "auto"
     assert d.unit.command == "/usr/lib/harness/tests/TEST-99-UNIT/test.sh"
     assert d.unit_name == "TEST-99-UNIT.service"
 
@@ -15,6 +15,7 @@ def test_defaults_follow_the_template():
 @pytest.mark.parametrize("args, key", [
     (["--firmware=bios"], "firmware"),
     (["--storage=tmpfs"], "storage"),
+    (["--boot=warm"], "boot"),
     (["--exit-code=0"], "exit-code"),
     (["--exit-code=77"], "exit-code"),
     (["--timeout=0"], "timeout"),
