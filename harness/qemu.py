@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import ContextManager, Iterator, Mapping
+from typing import Any, ContextManager, Iterator, Mapping
 
 import attrs
 
@@ -304,14 +304,23 @@ class QemuMachine:
                 return Ending("timeout")
             time.sleep(0.2)
 
-    def save_state(self, state: Path) -> None:
-        """Stop the VM, write its memory and device state to `state`, and quit QEMU."""
+    @contextlib.contextmanager
+    def _qmp_session(self, timeout: float) -> Iterator[Any]:
+        """One QMP connection to this VM's QEMU, closed on leaving."""
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
         qmp = QEMUMonitorProtocol(str(self.files.qmp))
         try:
-            qmp.settimeout(30)
+            qmp.settimeout(timeout)
             qmp.connect()
+            yield qmp
+        finally:
+            with contextlib.suppress(Exception):
+                qmp.close()
+
+    def save_state(self, state: Path) -> None:
+        """Stop the VM, write its memory and device state to `state`, and quit QEMU."""
+        with self._qmp_session(30) as qmp:
             qmp.cmd("stop")
             qmp.cmd("migrate", uri="exec:cat >" + shlex.quote(str(state)))
             while True:
@@ -323,9 +332,6 @@ class QemuMachine:
                     raise SnapshotUnavailable(f"QEMU could not save the VM: {status.get('error-desc', status)}")
                 time.sleep(0.1)
             qmp.cmd("quit")
-        finally:
-            with contextlib.suppress(Exception):
-                qmp.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
 
@@ -348,34 +354,20 @@ class QemuMachine:
 
     def _status(self) -> str | None:
         """QEMU's run state (inmigrate, paused, running, ...), or None while QMP is not up."""
-        from qemu.qmp.legacy import QEMUMonitorProtocol
-
-        qmp = QEMUMonitorProtocol(str(self.files.qmp))
         try:
-            qmp.settimeout(5)
-            qmp.connect()
-            status = qmp.cmd("query-status")
+            with self._qmp_session(5) as qmp:
+                status = qmp.cmd("query-status")
             return str(status["status"]) if isinstance(status, dict) else None
         except Exception:  # QMP not up yet, or QEMU gone: the caller checks which
             return None
-        finally:
-            with contextlib.suppress(Exception):
-                qmp.close()
 
     def _qmp(self, command: str, arguments: dict | None = None) -> bool:
-        from qemu.qmp.legacy import QEMUMonitorProtocol
-
-        qmp = QEMUMonitorProtocol(str(self.files.qmp))
         try:
-            qmp.settimeout(5)
-            qmp.connect()
-            qmp.cmd(command, **(arguments or {}))
+            with self._qmp_session(5) as qmp:
+                qmp.cmd(command, **(arguments or {}))
             return True
         except Exception:  # any QMP trouble means: fall back to force
             return False
-        finally:
-            with contextlib.suppress(Exception):
-                qmp.close()
 
     def power_off(self, orderly: bool) -> None:
         if self.proc.poll() is not None:
@@ -522,6 +514,16 @@ def make_snapshot(cfg: VmConfig, dest: Path, timeout: float) -> None:
             machine.save_state(Snapshot(dest).state)
 
 
+def send_test(machine: QemuMachine, plan: BootPlan) -> None:
+    """Hand a resumed VM's agent the test of `plan`: its unit (the cold boot's, sending
+    only its own timeline when the snapshot has the boot's) and its credentials."""
+    unit = render_test_unit(plan.decl, interactive=False, channel=VIRTIO_CHANNEL, whole_journal=plan.whole_journal,
+                            resumed=machine.boot_timeline is not None)
+    credentials = (*plan.decl.credentials, testcases_credential())
+    machine.hand_over(agent_message(resume_script(plan.decl.unit_name, unit, credentials, time.time(),
+                                                  os.urandom(SEED_BYTES))))
+
+
 class QemuBackend:
     name = "qemu"
     report_channel = VIRTIO_CHANNEL
@@ -554,11 +556,7 @@ class QemuBackend:
             machine.boot_path = BootPath.SNAPSHOT
             if snapshot.timeline.is_file():
                 machine.boot_timeline = snapshot.timeline.read_text()
-            unit = render_test_unit(plan.decl, interactive=False, channel=VIRTIO_CHANNEL, whole_journal=plan.whole_journal,
-                                    resumed=machine.boot_timeline is not None)
-            credentials = (*plan.decl.credentials, testcases_credential())
-            machine.hand_over(agent_message(resume_script(plan.decl.unit_name, unit, credentials, time.time(),
-                                                          os.urandom(SEED_BYTES))))
+            send_test(machine, plan)
             yield machine
 
     def booted_snapshot(self, plan: BootPlan) -> ContextManager[Snapshot]:
