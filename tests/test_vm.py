@@ -68,9 +68,12 @@ def boot_path(tmp_path: Path) -> str:
 
 
 def harness_leftovers(name: str) -> tuple[list[str], list[Path]]:
-    procs = subprocess.run(["pgrep", "-af", f"harness-{name}-"], capture_output=True, text=True).stdout
+    """The processes and private directories of this session's wrappers for test NAME
+    (conftest's wrapper_tmpdir gives them a TMPDIR of their own)."""
+    tmp = Path(os.environ["TMPDIR"])
+    procs = subprocess.run(["pgrep", "-af", f"{tmp}/harness-{name}-"], capture_output=True, text=True).stdout
     procs = [p for p in procs.splitlines() if "pgrep" not in p]
-    return procs, list(Path("/tmp").glob(f"harness-{name}-*"))
+    return procs, list(tmp.glob(f"harness-{name}-*"))
 
 
 def test_failing_guest_fails_with_its_status_and_keeps_the_journal(image, tmp_path):
