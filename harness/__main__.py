@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from harness.accel import detect
-from harness.declaration import TestDeclaration
-from harness.errors import HarnessError
+from harness.declaration import CONFIGURATION_KEY_NAMES, KEY_NAMES, KEYS, Firmware, TestDeclaration, key_table
+from harness.errors import DeclarationError, HarnessError
 from harness.results import EXIT_ERROR
 
 
@@ -28,26 +28,21 @@ def _bool(text: str) -> bool:
 
 
 def add_declaration_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--name", required=True)
+    """One option per declaration key (declaration.KEYS), named as in meson.build."""
     p.add_argument("--test-dir", required=True, help="the test's source directory")
-    p.add_argument("--timeout", type=int, default=300, help="seconds, with KVM")
-    p.add_argument("--priority", type=int, default=0)
-    p.add_argument("--slow", type=_bool, default=False)
-    p.add_argument("--enabled", type=_bool, default=True)
-    p.add_argument("--firmware", default="linux")
-    p.add_argument("--storage", default="volatile")
-    p.add_argument("--boot", default="auto", help="auto (resume the booted snapshot where possible) or cold")
-    p.add_argument("--exit-code", type=int, default=123)
-    p.add_argument("--cmdline", action="append", default=[])
-    p.add_argument("--credential", action="append", default=[])
-    p.add_argument("--qemu-arg", action="append", default=[])
-    p.add_argument("--requires", action="append", default=[])
-    p.add_argument("--unit-command", default="")
-    p.add_argument("--unit-wants", action="append", default=[])
-    p.add_argument("--unit-after", action="append", default=[])
-    p.add_argument("--unit-env", action="append", default=[])
-    p.add_argument("--unit-extra", action="append", default=[], help="a line for the [Unit] section")
-    p.add_argument("--service-extra", action="append", default=[], help="a line for the [Service] section")
+    for key in KEYS:
+        if key.name == "configuration":
+            continue  # meson passes its keys one by one
+        if key.name == "name":
+            p.add_argument("--name", required=True, help=key.meaning)
+        elif key.repeated:
+            p.add_argument(f"--{key.name}", action="append", default=[], help=key.meaning)
+        elif isinstance(key.default, bool):
+            p.add_argument(f"--{key.name}", type=_bool, default=key.default, help=key.meaning)
+        elif isinstance(key.default, int):
+            p.add_argument(f"--{key.name}", type=int, default=key.default, help=key.meaning)
+        else:
+            p.add_argument(f"--{key.name}", default=str(key.default), help=key.meaning)
 
 
 class Interrupted(Exception):
@@ -62,11 +57,11 @@ def choose_backend(o, env):
     """The backend from the options meson passes, overridden by HARNESS_* for one run."""
     name = env.get("HARNESS_BACKEND") or o.backend
     if name == "qemu":
-        from harness.qemu import QemuBackend
+        from harness.backends.qemu.backend import QemuBackend
 
         return QemuBackend()
     if name == "autokit":
-        from harness.autokit_backend import AutokitBackend
+        from harness.backends.autokit.backend import AutokitBackend
 
         url = env.get("HARNESS_AUTOKIT_WORKER") or o.autokit_worker
         if not url:
@@ -77,9 +72,9 @@ def choose_backend(o, env):
 
 
 def cmd_run(o) -> int:
-    from harness.report import current_run, update_run_report
-    from harness.results import Outcome
-    from harness.tap import tap_comment, tap_lines
+    from harness.report.html import current_run, update_run_report
+    from harness.results import Outcome, Status
+    from harness.report.tap import tap_comment, tap_lines
     from harness.wrapper import RunContext, describe, run_test
 
     decl = TestDeclaration.from_options(o)
@@ -106,7 +101,7 @@ def cmd_run(o) -> int:
         return 130
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
-        record = ctx.record(decl, backend.name, "", Outcome("error", str(e)))
+        record = ctx.record(decl, backend.name, "", Outcome(Status.ERROR, str(e)))
     record.write()
     print(describe(record), flush=True)
     if build_dir is not None:
@@ -119,7 +114,7 @@ def cmd_run(o) -> int:
         sys.stdout = sys.stdout.stream
         print("\n".join(tap_lines(record)[1:]), flush=True)
         # meson reads the verdict from the TAP points; a non-zero status is only for failures.
-        return {"pass": 0, "skip": 0, "fail": 1, "error": EXIT_ERROR}[record.status]
+        return {Status.PASS: 0, Status.SKIP: 0, Status.FAIL: 1, Status.ERROR: EXIT_ERROR}[record.status]
     return record.exit_code
 
 
@@ -142,8 +137,30 @@ class _CommentedOutput:
         self.stream.flush()
 
 
-def cmd_validate(o) -> int:
-    TestDeclaration.from_options(o)
+def unknown_keys(source: Path, unknown: list[str]) -> DeclarationError:
+    """meson passes every key a test writes; the ones no Key describes stop it here."""
+    key = unknown[0].removeprefix("--").partition("=")[0]
+    known = ", ".join(KEY_NAMES) + "; in configuration: " + ", ".join(CONFIGURATION_KEY_NAMES)
+    return DeclarationError(str(source), key, "unknown key", f"use one of: {known}")
+
+
+def meson_priority(decl: TestDeclaration) -> int:
+    """meson's priority for the test: the declared one, and among equals the tests that
+    must boot cold start first, so the fast ones fill in around them."""
+    from harness.backends.qemu.snapshot import ineligibility
+
+    declared = decl.firmware if decl.firmware != Firmware.AUTO else Firmware.LINUX
+    return decl.priority * 2 + (1 if ineligibility(decl, declared, {}) else 0)
+
+
+def cmd_validate(o: argparse.Namespace) -> int:
+    """Checks the declaration; prints meson's priority for it."""
+    print(meson_priority(TestDeclaration.from_options(o)))
+    return 0
+
+
+def cmd_keys(o: argparse.Namespace) -> int:
+    print(key_table())
     return 0
 
 
@@ -154,9 +171,9 @@ def cmd_accel(o) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m harness")
+    parser = argparse.ArgumentParser(prog="python3 -m harness", allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run one test")
+    run = sub.add_parser("run", help="run one test", allow_abbrev=False)
     add_declaration_options(run)
     run.add_argument("--image", required=True, help="the disk image mkosi built (NAME.raw)")
     run.add_argument("--build-dir", help="meson's build directory, for the hints printed on failure")
@@ -168,16 +185,22 @@ def main(argv: list[str] | None = None) -> int:
                      "HARNESS_SNAPSHOT_DIR overrides)")
     run.add_argument("--tap", action="store_true", help="write TAP 14 on stdout, one point per subtest (meson's protocol: 'tap')")
     run.set_defaults(func=cmd_run)
-    validate = sub.add_parser("validate", help="check a declaration, as meson setup does")
+    validate = sub.add_parser("validate", help="check a declaration, as meson setup does", allow_abbrev=False)
     add_declaration_options(validate)
     validate.set_defaults(func=cmd_validate)
     sub.add_parser("accel", help="print the acceleration this host gives, and the timeout factor").set_defaults(func=cmd_accel)
 
-    o = parser.parse_args(argv)
+    sub.add_parser("keys", help="print the table of declaration keys (as in the README)").set_defaults(func=cmd_keys)
+
+    o, unknown = parser.parse_known_args(argv)
+    if unknown and not hasattr(o, "test_dir"):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupted)
     try:
-        return o.func(o)
+        if unknown:
+            raise unknown_keys(Path(o.test_dir) / "meson.build", unknown)
+        return int(o.func(o))
     except KeyboardInterrupt:
         print("interrupted by SIGINT; the VM was stopped.", flush=True)
         return 130

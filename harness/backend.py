@@ -8,16 +8,30 @@ boards, so the wrapper's flow (declare -> boot -> collect -> classify -> report)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ContextManager, Protocol
+import enum
+from contextlib import AbstractContextManager
+from typing import Protocol
 
 import attrs
 
 from harness.accel import Acceleration
-from harness.declaration import Credential, TestDeclaration
+from harness.declaration import Credential, Firmware, TestDeclaration
 from harness.image import Image
 from harness.notify import GuestReport
-from harness.snapshot import BootPath
-from harness.unit import ReportChannel
+from harness.guest.units import ReportChannel
+
+
+class BootPath(enum.StrEnum):
+    """How a test's machine came up: booted from scratch, or resumed from a saved boot."""
+
+    COLD = "cold"
+    SNAPSHOT = "snapshot"
+
+
+class EndingKind(enum.StrEnum):
+    EXITED = "exited"  # the machine stopped by itself
+    TIMEOUT = "timeout"
+    PANIC = "panic"
 
 
 PANIC_MARKERS = (b"Kernel panic - not syncing", b"---[ end Kernel panic")
@@ -38,7 +52,7 @@ class BootPlan:
 
     decl: TestDeclaration
     image: Image
-    firmware: str  # resolved: linux, linux-noinitrd or uefi
+    firmware: Firmware = attrs.field(converter=Firmware)  # resolved: never AUTO
     cmdline: tuple[str, ...]  # what the harness and the test add to the kernel command line
     credentials: tuple[Credential, ...]
     accel: Acceleration
@@ -55,13 +69,12 @@ class BootPlan:
 class Ending:
     """How a run stopped, before anyone interprets what the guest said."""
 
-    kind: str  # "exited" (the machine stopped by itself), "timeout" or "panic"
+    kind: EndingKind
     machine_status: int | None = None  # e.g. QEMU's exit status; negative: killed by that signal
     detail: str = ""
 
 
 class Machine(Protocol):
-    console_log: Path
     boot_path: BootPath  # how it really came up (a failed snapshot falls back to cold)
     boot_timeline: str | None  # the boot's timeline when it happened elsewhere (a snapshot's)
 
@@ -86,8 +99,11 @@ class Backend(Protocol):
     def unmet_requirements(self, decl: TestDeclaration) -> list[str]:
         """The declared `requires` features this backend's machine lacks."""
 
-    def firmware(self, declared: str, image: Image) -> str:
+    def firmware(self, declared: Firmware, image: Image) -> Firmware:
         """How the machine will boot the image, given what the test declared."""
 
-    def boot(self, plan: BootPlan, log_dir: Path) -> ContextManager[Machine]:
+    def cold_boot_reason(self, decl: TestDeclaration, firmware: Firmware, env: dict[str, str]) -> str | None:
+        """Why this test must boot cold here, or None when it may resume a saved boot."""
+
+    def boot(self, plan: BootPlan, log_dir: Path) -> AbstractContextManager[Machine]:
         """Start the machine; on leaving the context nothing it started is left running."""

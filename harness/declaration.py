@@ -8,25 +8,125 @@ raises a DeclarationError naming the file and key at fault. meson runs the same 
 
 from __future__ import annotations
 
+import argparse
+import enum
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Iterable
 
 import attrs
 
 from harness.errors import DeclarationError
 
-FIRMWARES = ("linux", "linux-noinitrd", "uefi", "auto")
-STORAGES = ("volatile", "persistent")
-BOOTS = ("auto", "cold")  # auto: resume the booted snapshot where the test allows it
 SKIP_EXIT = 77
 RESERVED_CREDENTIAL = "harness.testcases"
+DEFAULT_COMMAND = "/usr/lib/harness/tests/{name}/test.sh"
 
 TEST_NAME = re.compile(r"TEST-[0-9]{2,}-[A-Z0-9][A-Z0-9_-]*")
 # systemd credential names are file names below /run/credentials.
 CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_.@:+-]{1,255}")
 UNIT_NAME = re.compile(r"[A-Za-z0-9:_.@\\-]+\.(service|socket|target|mount|path|timer|device|swap|slice|scope|automount)")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class Firmware(enum.StrEnum):
+    """How the machine starts the image's kernel (the declaration's `firmware`)."""
+
+    LINUX = "linux"  # QEMU loads the image's kernel and initrd itself
+    LINUX_NOINITRD = "linux-noinitrd"
+    UEFI = "uefi"  # OVMF runs the image's boot loader and UKI
+    AUTO = "auto"  # linux when the image has a split-out kernel, else uefi
+
+    def is_uefi(self) -> bool:
+        return self == Firmware.UEFI
+
+    def is_linux(self) -> bool:
+        return self in (Firmware.LINUX, Firmware.LINUX_NOINITRD)
+
+
+class Storage(enum.StrEnum):
+    VOLATILE = "volatile"  # root writes stay in memory and vanish at a reboot
+    PERSISTENT = "persistent"  # root writes go to the test's disk overlay
+
+
+class BootMode(enum.StrEnum):
+    """What the test allows (the declaration's `boot`)."""
+
+    AUTO = "auto"  # resume the booted snapshot where the test is eligible
+    COLD = "cold"
+
+
+@attrs.frozen
+class Key:
+    """One key of a test's declaration: its name in meson.build is also the wrapper's
+    option (`--NAME`) and, with - as _, the attribute of TestDeclaration (or of its
+    `configuration` for the keys of the test unit)."""
+
+    name: str
+    default: object
+    meaning: str  # the README's key table is printed from these: python3 -m harness keys
+    repeated: bool = False  # a list (or dict) in meson.build: one option per element
+    choices: type[enum.StrEnum] | None = None
+    configuration: bool = False  # a key inside `configuration : {...}`
+
+    @property
+    def attribute(self) -> str:
+        return self.name.replace("-", "_")
+
+
+def _choices(vocabulary: type[enum.StrEnum]) -> str:
+    return ", ".join(f"`{v}`" for v in vocabulary)
+
+
+KEYS = (
+    Key("name", "", "(required) `fs.name(meson.current_source_dir())`: the directory name, `TEST-NN-NAME`"),
+    Key("timeout", 300, "seconds with KVM; multiplied by 5 under TCG (`python3 -m harness accel` says which)"),
+    Key("priority", 0, "meson's test priority: higher starts first (among equals, tests that boot cold first)"),
+    Key("slow", False, "runs only with `HARNESS_SLOW_TESTS=1`"),
+    Key("enabled", True, "false: always SKIP"),
+    Key("firmware", Firmware.LINUX, "`linux` (direct kernel boot with the image's kernel and initrd), "
+        "`linux-noinitrd`, `uefi` (OVMF, the image's systemd-boot and UKI), `auto` (linux when the image has a "
+        "split-out kernel, else uefi)", choices=Firmware),
+    Key("cmdline", [], "added to the kernel command line (for `uefi`, through SMBIOS)", repeated=True),
+    Key("credentials", [], "`NAME=VALUE` (text) or `NAME=@FILE` (bytes of FILE, relative to the test); the test "
+        "reads them in `$CREDENTIALS_DIRECTORY`", repeated=True),
+    Key("qemu-args", [], "extra QEMU arguments", repeated=True),
+    Key("exit-code", 123, "the status the guest exits with on success (1..255, not 77)"),
+    Key("storage", Storage.VOLATILE, "`volatile`: root writes stay in memory (`systemd.volatile=overlay`) and "
+        "vanish at a reboot; `persistent`: they go to the test's disk overlay and survive reboots inside the test",
+        choices=Storage),
+    Key("boot", BootMode.AUTO, "`auto`: resume the booted snapshot when the test is eligible (see Speed), else "
+        "boot cold; `cold`: always boot", choices=BootMode),
+    Key("requires", [], "features a hardware worker must offer", repeated=True),
+    Key("configuration", {}, "the test unit, a dict of the keys below"),
+    Key("command", "", "the test's command (default `/usr/lib/harness/tests/NAME/test.sh`)", configuration=True),
+    Key("wants", [], "units the test unit wants", repeated=True, configuration=True),
+    Key("after", [], "units the test unit starts after", repeated=True, configuration=True),
+    Key("env", {}, "environment of the test's command, a dict", repeated=True, configuration=True),
+    Key("unit", [], "extra lines for the unit's `[Unit]` section", repeated=True, configuration=True),
+    Key("service", [], "extra lines for the unit's `[Service]` section", repeated=True, configuration=True),
+)
+KEY_NAMES = tuple(k.name for k in KEYS if not k.configuration)
+CONFIGURATION_KEY_NAMES = tuple(k.name for k in KEYS if k.configuration)
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, enum.StrEnum):
+        return f"`{value}`"
+    if value == "" or value is None:
+        return ""
+    return str(value)
+
+
+def key_table() -> str:
+    """The README's table of declaration keys."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for k in KEYS:
+        name = f"`configuration: {k.name}`" if k.configuration else f"`{k.name}`"
+        rows.append(f"| {name} | {_shown(k.default)} | {k.meaning} |")
+    return "\n".join(rows)
 
 
 @attrs.frozen
@@ -37,7 +137,7 @@ class Credential:
     value: bytes
 
     @classmethod
-    def parse(cls, spec: str, test_dir: Path, source: str) -> "Credential":
+    def parse(cls, spec: str, test_dir: Path, source: str) -> Credential:
         """`NAME=VALUE` (text as written) or `NAME=@FILE` (bytes of FILE, relative to the test)."""
         name, sep, value = spec.partition("=")
         if not sep:
@@ -57,15 +157,16 @@ class Credential:
 
 
 @attrs.frozen
-class UnitConfig:
-    """The test unit the guest boots into: what runs and what it is ordered after."""
+class Configuration:
+    """The test unit the guest boots into (the declaration's `configuration`): what runs,
+    what it is ordered after, and extra unit lines."""
 
     command: str
     wants: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
-    unit_lines: tuple[str, ...] = ()
-    service_lines: tuple[str, ...] = ()
+    unit: tuple[str, ...] = ()
+    service: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -77,23 +178,23 @@ class TestDeclaration:
     priority: int = 0
     slow: bool = False
     enabled: bool = True
-    firmware: str = "linux"
+    firmware: Firmware = Firmware.LINUX
     cmdline: tuple[str, ...] = ()
     credentials: tuple[Credential, ...] = ()
     qemu_args: tuple[str, ...] = ()
     exit_code: int = 123
-    storage: str = "volatile"
-    boot: str = "auto"
-    requirements: tuple[str, ...] = ()
-    unit: UnitConfig = UnitConfig(command="")
+    storage: Storage = Storage.VOLATILE
+    boot: BootMode = BootMode.AUTO
+    requires: tuple[str, ...] = ()
+    configuration: Configuration = Configuration(command="")
 
     @property
     def unit_name(self) -> str:
         return f"{self.name}.service"
 
     @classmethod
-    def from_options(cls, o) -> "TestDeclaration":
-        """Build from the wrapper's parsed options (see cli.add_declaration_options)."""
+    def from_options(cls, o: argparse.Namespace) -> TestDeclaration:
+        """Build from the wrapper's parsed options (see add_declaration_options)."""
         test_dir = Path(o.test_dir)
         source = str(test_dir / "meson.build")
 
@@ -105,27 +206,24 @@ class TestDeclaration:
                       "name the directory TEST-NN-NAME (two or more digits, upper-case name)")
         if o.timeout <= 0:
             raise bad("timeout", f"{o.timeout} is not a positive number of seconds")
-        if o.firmware not in FIRMWARES:
-            raise bad("firmware", f"unknown firmware '{o.firmware}'", f"use one of: {', '.join(FIRMWARES)}")
-        if o.storage not in STORAGES:
-            raise bad("storage", f"unknown storage '{o.storage}'", f"use one of: {', '.join(STORAGES)}")
-        if o.boot not in BOOTS:
-            raise bad("boot", f"unknown boot '{o.boot}'", f"use one of: {', '.join(BOOTS)}")
+        for key in KEYS:
+            value = getattr(o, key.attribute, None)
+            if key.choices and value not in set(key.choices):
+                raise bad(key.name, f"unknown {key.name} '{value}'", f"use one of: {', '.join(key.choices)}")
         if not 1 <= o.exit_code <= 255 or o.exit_code == SKIP_EXIT:
             raise bad("exit-code", f"{o.exit_code} cannot mean success",
                       "use 1..255 except 77 (skip); 0 is what a VM that just powers off reports")
-        credentials = tuple(Credential.parse(c, test_dir, source) for c in o.credential)
+        credentials = tuple(Credential.parse(c, test_dir, source) for c in o.credentials)
         names = [c.name for c in credentials]
         if len(set(names)) != len(names):
             raise bad("credentials", "a credential name is given twice")
         if RESERVED_CREDENTIAL in names:
             raise bad("credentials", f"'{RESERVED_CREDENTIAL}' is the harness's own credential (the subtest library)",
                       "give the credential another name")
-        for unit in (*o.unit_wants, *o.unit_after):
+        for unit in (*o.wants, *o.after):
             if not UNIT_NAME.fullmatch(unit):
                 raise bad("configuration", f"'{unit}' in wants/after is not a unit name")
-        env = tuple(_split_env(e, bad) for e in o.unit_env)
-        command = o.unit_command or f"/usr/lib/harness/tests/{o.name}/test.sh"
+        env = tuple(_split_env(e, bad) for e in o.env)
         return cls(
             name=o.name,
             source=source,
@@ -134,26 +232,26 @@ class TestDeclaration:
             priority=o.priority,
             slow=o.slow,
             enabled=o.enabled,
-            firmware=o.firmware,
+            firmware=Firmware(o.firmware),
             cmdline=tuple(o.cmdline),
             credentials=credentials,
-            qemu_args=tuple(o.qemu_arg),
+            qemu_args=tuple(o.qemu_args),
             exit_code=o.exit_code,
-            storage=o.storage,
-            boot=o.boot,
-            requirements=tuple(o.requires),
-            unit=UnitConfig(
-                command=command,
-                wants=tuple(o.unit_wants),
-                after=tuple(o.unit_after),
+            storage=Storage(o.storage),
+            boot=BootMode(o.boot),
+            requires=tuple(o.requires),
+            configuration=Configuration(
+                command=o.command or DEFAULT_COMMAND.format(name=o.name),
+                wants=tuple(o.wants),
+                after=tuple(o.after),
                 env=env,
-                unit_lines=tuple(o.unit_extra),
-                service_lines=tuple(o.service_extra),
+                unit=tuple(o.unit),
+                service=tuple(o.service),
             ),
         )
 
 
-def _split_env(spec: str, bad) -> tuple[str, str]:
+def _split_env(spec: str, bad: Callable[[str, str], DeclarationError]) -> tuple[str, str]:
     key, sep, value = spec.partition("=")
     if not sep or not ENV_NAME.fullmatch(key):
         raise bad("configuration", f"env entry '{spec}' is not NAME=VALUE")

@@ -13,16 +13,17 @@ from pathlib import Path
 
 import attrs
 
-from harness.results import EXIT_CODES
+from harness.results import EXIT_CODES, Status
 from harness.subtests import Subtest
 
 RESULT_FILE = "result.json"
+TIMELINE_FILE = "boot-timeline.txt"  # `systemctl show` of the boot's units, for the report's chart
 
 
 @attrs.frozen
 class Case:
     name: str  # TEST-NN-NAME, or TEST-NN-NAME/testcase_x for a subtest
-    status: str  # pass, fail, skip or error
+    status: Status
     detail: str = ""
     duration_ms: int | None = None
 
@@ -35,7 +36,7 @@ class TestRecord:
     run: str  # which `meson test` invocation this belongs to
     backend: str
     firmware: str  # resolved; empty when the test did not boot
-    status: str  # pass, fail, skip or error
+    status: Status
     reason: str
     cause: str
     started: str  # ISO 8601, UTC
@@ -55,22 +56,23 @@ class TestRecord:
     def cases(self) -> list[Case]:
         cases = [Case(f"{self.name}/{s.name}", s.status, s.detail, s.duration_ms) for s in self.subtests]
         if not cases:
-            return [Case(self.name, self.status, "" if self.status == "pass" else self.reason,
+            return [Case(self.name, self.status, "" if self.status == Status.PASS else self.reason,
                          int(self.duration_s * 1000))]
-        explained = self.cause == "exit-status" and any(s.status == "fail" for s in self.subtests)
-        if self.status == "error" or (self.status == "fail" and not explained):
+        explained = self.cause == "exit-status" and any(s.status == Status.FAIL for s in self.subtests)
+        if self.status == Status.ERROR or (self.status == Status.FAIL and not explained):
             cases.append(Case(self.name, self.status, self.reason))
-        elif self.status == "skip":  # the payload skipped itself after its subtests
-            cases.append(Case(self.name, "skip", self.reason))
+        elif self.status == Status.SKIP:  # the payload skipped itself after its subtests
+            cases.append(Case(self.name, Status.SKIP, self.reason))
         return cases
 
     def to_json(self) -> str:
         return json.dumps(attrs.asdict(self), indent=1) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "TestRecord":
+    def from_json(cls, text: str) -> TestRecord:
         data = json.loads(text)
-        data["subtests"] = tuple(Subtest(**s) for s in data.get("subtests", ()))
+        data["status"] = Status(data["status"])
+        data["subtests"] = tuple(Subtest(**dict(s, status=Status(s["status"]))) for s in data.get("subtests", ()))
         data["rerun"] = tuple(data.get("rerun", ()))
         return cls(**data)
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 import attrs
 
 from harness.notify import GuestReport
+from harness.results import Status
 
-RESULTS = ("pass", "fail", "skip")
+RESULTS = (Status.PASS, Status.FAIL, Status.SKIP)
 
 
 @attrs.frozen
 class Subtest:
     name: str
-    status: str  # pass, fail or skip
+    status: Status  # pass, fail or skip
     duration_ms: int | None = None
     detail: str = ""
 
@@ -35,11 +36,11 @@ def subtests_from(report: GuestReport, unfinished_reason: str) -> list[Subtest]:
                 if parsed.name not in order:
                     order.append(parsed.name)
                 ended[parsed.name] = parsed
-    return [ended.get(name) or Subtest(name, "fail", None, f"did not finish: {unfinished_reason}") for name in order]
+    return [ended.get(name) or Subtest(name, Status.FAIL, None, f"did not finish: {unfinished_reason}") for name in order]
 
 
 def _parse_end(value: str) -> Subtest | None:
     words = value.split(" ", 3)
     if len(words) < 3 or words[0] not in RESULTS or not words[1].isdigit() or not words[2]:
         return None
-    return Subtest(words[2], words[0], int(words[1]), words[3].strip() if len(words) > 3 else "")
+    return Subtest(words[2], Status(words[0]), int(words[1]), words[3].strip() if len(words) > 3 else "")

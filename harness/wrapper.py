@@ -9,17 +9,15 @@ import uuid
 from pathlib import Path
 
 from harness.accel import detect
-from harness.backend import Backend, BootPlan
-from harness.declaration import TestDeclaration, skip_reason
+from harness.backend import Backend, BootPath, BootPlan, EndingKind
+from harness.declaration import Firmware, Storage, TestDeclaration, skip_reason
 from harness.image import Image
 from harness.journal import keep_journal, unit_excerpt
-from harness.record import RESULT_FILE, TestRecord
-from harness.report import TIMELINE_FILE
-from harness.results import Outcome, classify
-from harness.snapshot import BootPath, ineligibility
+from harness.record import RESULT_FILE, TIMELINE_FILE, TestRecord
+from harness.results import Outcome, Status, classify
 from harness.subtests import subtests_from
 from harness.timeline import decode_timeline, merge_timelines
-from harness.unit import boot_options, guest_credentials
+from harness.guest.units import boot_options, guest_credentials
 
 LOG_FILES = ("console.log", "journal.export", "journal.journal", "qemu-command.txt", "diagnostics.json",
              "frames.tar.gz", "screen.png", TIMELINE_FILE, RESULT_FILE)
@@ -27,19 +25,17 @@ LOG_FILES = ("console.log", "journal.export", "journal.journal", "qemu-command.t
 
 def harness_cmdline(decl: TestDeclaration, interactive: bool) -> list[str]:
     """What every test's kernel command line gets, ahead of the test's own additions."""
-    return (boot_options(decl.unit_name, interactive, volatile=decl.storage == "volatile", machine_id=uuid.uuid4().hex)
+    return (boot_options(decl.unit_name, interactive, volatile=decl.storage == Storage.VOLATILE, machine_id=uuid.uuid4().hex)
             + list(decl.cmdline))
 
 
-def choose_boot_path(decl: TestDeclaration, firmware: str, backend: Backend, interactive: bool,
+def choose_boot_path(decl: TestDeclaration, firmware: Firmware, backend: Backend, interactive: bool,
                      env: dict[str, str]) -> tuple[BootPath, str]:
-    """Resume the booted snapshot where nothing the test declares happens before the agent
-    runs; otherwise boot cold, and say why."""
-    if not backend.can_resume:
-        return BootPath.COLD, f"the {backend.name} backend boots every test"
+    """Resume a saved boot where the backend allows it for this test; otherwise boot
+    cold, and say why."""
     if interactive:
         return BootPath.COLD, "interactive run"
-    why = ineligibility(decl, firmware, env)
+    why = backend.cold_boot_reason(decl, firmware, env)
     return (BootPath.COLD, why) if why else (BootPath.SNAPSHOT, "")
 
 
@@ -93,7 +89,7 @@ class RunContext:
 
     def rerun_commands(self, decl: TestDeclaration, outcome: Outcome, journal: Path | None) -> list[str]:
         """On failure: one command that reruns exactly this test, one that reads its journal."""
-        if outcome.status not in ("fail", "error"):
+        if not outcome.status.is_failure():
             return []
         build = shlex.quote(str(self.build_dir)) if self.build_dir else "build"
         how = "--interactive " if self.interactive_rerun else ""
@@ -114,11 +110,11 @@ def run_test(decl: TestDeclaration, image_path: Path, ctx: RunContext, backend: 
         (log_dir / name).unlink(missing_ok=True)
     reason = skip_reason(decl, env)
     if reason:
-        return ctx.record(decl, backend.name, "", Outcome("skip", reason))
+        return ctx.record(decl, backend.name, "", Outcome(Status.SKIP, reason))
     missing = backend.unmet_requirements(decl)
     if missing:
         return ctx.record(decl, backend.name, "",
-                          Outcome("skip", f"the {backend.name} machine lacks required features: {', '.join(missing)}"))
+                          Outcome(Status.SKIP, f"the {backend.name} machine lacks required features: {', '.join(missing)}"))
     image = Image.open(image_path)
     plan = plan_boot(decl, image, backend, interactive, timeout_factor, env, ctx.snapshot_dir, ctx.run)
     how = "resuming the booted snapshot of" if plan.boot is BootPath.SNAPSHOT else "booting"
@@ -132,8 +128,8 @@ def run_test(decl: TestDeclaration, image_path: Path, ctx: RunContext, backend: 
     with backend.boot(plan, log_dir) as machine:
         boot_path, boot_timeline = machine.boot_path, machine.boot_timeline
         ending = machine.wait(plan.timeout)
-        if ending.kind != "exited":
-            machine.power_off(orderly=ending.kind == "timeout")
+        if ending.kind != EndingKind.EXITED:
+            machine.power_off(orderly=ending.kind == EndingKind.TIMEOUT)
         report = machine.collect()
         detail = machine.failure_detail()
 
@@ -157,7 +153,7 @@ def describe(record: TestRecord) -> str:
     lines = [f"{record.name}: {record.status.upper()}: {record.reason}{took}"]
     for s in record.subtests:
         lines.append(f"  {s.status.upper():4} {s.name}" + (f": {s.detail}" if s.detail else ""))
-    if record.status in ("fail", "error"):
+    if record.status.is_failure():
         console = Path(record.log_dir) / "console.log"
         if console.exists():
             lines.append(f"  console log: {console}")

@@ -7,7 +7,7 @@ from harness.declaration import TestDeclaration
 
 
 def options(*args: str, name: str = "TEST-99-UNIT", test_dir: str = "/nonexistent/TEST-99-UNIT"):
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(allow_abbrev=False)
     add_declaration_options(p)
     return p.parse_args([f"--name={name}", f"--test-dir={test_dir}", *args])
 

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from harness.autokit import Retry, WorkerClient, WorkerError
+from harness.backends.autokit.client import Retry, WorkerClient, WorkerError
 
 
 class StubWorker:
@@ -187,8 +187,8 @@ def test_unreachable_worker_is_an_infrastructure_error():
 
 
 def test_requirements_are_checked_against_the_contract():
-    from harness.autokit_backend import AutokitBackend
-    from harness.qemu import QemuBackend
+    from harness.backends.autokit.backend import AutokitBackend
+    from harness.backends.qemu.backend import QemuBackend
     from helpers import declaration
 
     d = declaration("--requires=uefi", "--requires=hdmi")

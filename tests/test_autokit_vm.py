@@ -36,7 +36,7 @@ def image():
 def worker(tmp_path):
     port = free_port()
     log = (tmp_path / "worker.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "harness.virtual_worker", f"--listen=127.0.0.1:{port}",
+    proc = subprocess.Popen([sys.executable, "-m", "harness.backends.autokit.virtual_worker", f"--listen=127.0.0.1:{port}",
                              f"--state-dir={tmp_path / 'worker'}"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                             env=dict(os.environ, PYTHONPATH=str(ROOT), HARNESS_AUTOKIT_TOKEN=TOKEN))
     deadline = time.monotonic() + 20
@@ -65,7 +65,7 @@ def run_on_board(image, tmp_path, url, name, *args, timeout=900):
 
 def test_failing_guest_fails_on_a_board(image, tmp_path, worker):
     r = run_on_board(image, tmp_path, worker.url, "TEST-80-BOARD-FAILS",
-                     "--unit-command=/bin/sh -c 'echo failing on the board; exit 3'", "--timeout=600", "--timeout-factor=1")
+                     "--command=/bin/sh -c 'echo failing on the board; exit 3'", "--timeout=600", "--timeout-factor=1")
     assert r.returncode == 1
     assert "TEST-80-BOARD-FAILS: FAIL: TEST-80-BOARD-FAILS failed with exit status 3 (expected 123)" in r.stdout
     assert "failing on the board" in (tmp_path / "logs" / "console.log").read_text(errors="replace")
@@ -73,7 +73,7 @@ def test_failing_guest_fails_on_a_board(image, tmp_path, worker):
 
 
 def test_worker_that_disappears_mid_test_is_an_infrastructure_error(image, tmp_path, worker):
-    proc = subprocess.Popen(wrapper_cmd(image, tmp_path, "TEST-81-GONE", "--unit-command=sleep infinity",
+    proc = subprocess.Popen(wrapper_cmd(image, tmp_path, "TEST-81-GONE", "--command=sleep infinity",
                                         "--timeout=600", "--timeout-factor=1"),
                             cwd=ROOT, env=board_env(worker.url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -1,9 +1,9 @@
 import base64
 import stat
 
-from harness.credentials import cmdline_extra_strings, fw_cfg_args, smbios_args, smbios_credential
+from harness.backends.qemu.credentials import cmdline_extra_strings, fw_cfg_args, smbios_args, smbios_credential
 from harness.declaration import Credential
-from harness.unit import guest_credentials, render_test_unit
+from harness.guest.units import guest_credentials, render_test_unit
 from helpers import declaration
 
 
@@ -34,8 +34,8 @@ def test_cmdline_extras_for_stub_and_boot_loader():
 
 
 def test_unit_ends_the_vm_with_the_declared_status():
-    d = declaration("--exit-code=42", "--unit-wants=foo.service", "--unit-env=A=b c", "--credential=k=v",
-                    "--service-extra=MemoryMax=1G")
+    d = declaration("--exit-code=42", "--wants=foo.service", "--env=A=b c", "--credentials=k=v",
+                    "--service=MemoryMax=1G")
     text = render_test_unit(d, interactive=False)
     assert "SuccessActionExitStatus=42" in text and "FailureAction=exit" in text
     assert "Wants=foo.service" in text and 'Environment="A=b c"' in text

@@ -1,14 +1,21 @@
+import re
+from pathlib import Path
+
 import pytest
 
-from harness.declaration import Credential, skip_reason
+from harness.__main__ import main
+from harness.declaration import KEYS, Credential, key_table, skip_reason
+from harness.results import EXIT_ERROR
 from harness.errors import DeclarationError
 from helpers import declaration
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_follow_the_template():
     d = declaration()
     assert d.firmware == "linux" and d.storage == "volatile" and d.exit_code == 123 and d.boot == "auto"
-    assert d.unit.command == "/usr/lib/harness/tests/TEST-99-UNIT/test.sh"
+    assert d.configuration.command == "/usr/lib/harness/tests/TEST-99-UNIT/test.sh"
     assert d.unit_name == "TEST-99-UNIT.service"
 
 
@@ -19,11 +26,11 @@ def test_defaults_follow_the_template():
     (["--exit-code=0"], "exit-code"),
     (["--exit-code=77"], "exit-code"),
     (["--timeout=0"], "timeout"),
-    (["--credential=novalue"], "credentials"),
-    (["--credential=bad/name=x"], "credentials"),
-    (["--credential=a=1", "--credential=a=2"], "credentials"),
-    (["--unit-wants=not a unit"], "configuration"),
-    (["--unit-env=1BAD=x"], "configuration"),
+    (["--credentials=novalue"], "credentials"),
+    (["--credentials=bad/name=x"], "credentials"),
+    (["--credentials=a=1", "--credentials=a=2"], "credentials"),
+    (["--wants=not a unit"], "configuration"),
+    (["--env=1BAD=x"], "configuration"),
 ])
 def test_bad_declarations_name_file_and_key(args, key):
     with pytest.raises(DeclarationError) as e:
@@ -40,13 +47,13 @@ def test_name_must_follow_convention():
 
 def test_credentials_text_and_file(tmp_path):
     (tmp_path / "blob.bin").write_bytes(bytes(range(256)))
-    d = declaration("--credential=greeting=a=b, c", "--credential=blob=@blob.bin", test_dir=str(tmp_path))
+    d = declaration("--credentials=greeting=a=b, c", "--credentials=blob=@blob.bin", test_dir=str(tmp_path))
     assert d.credentials == (Credential("greeting", b"a=b, c"), Credential("blob", bytes(range(256))))
 
 
 def test_missing_credential_file_is_a_declaration_error(tmp_path):
     with pytest.raises(DeclarationError, match="cannot read"):
-        declaration("--credential=blob=@missing.bin", test_dir=str(tmp_path))
+        declaration("--credentials=blob=@missing.bin", test_dir=str(tmp_path))
 
 
 def test_skip_switches():
@@ -59,3 +66,41 @@ def test_skip_switches():
     assert "HARNESS_SLOW_TESTS=1" in skip_reason(slow, {})
     assert skip_reason(slow, {"HARNESS_SLOW_TESTS": "1"}) is None
     assert "disabled" in skip_reason(declaration("--enabled=false"), {})
+
+
+def _meson_literal(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, dict)):
+        return "[]" if isinstance(value, list) else "{}"
+    return str(value) if isinstance(value, int) else f"'{value}'"
+
+
+def test_the_meson_template_spells_out_the_keys_and_their_defaults():
+    text = (ROOT / "test" / "meson.build").read_text()
+    block = text[text.index("integration_test_template = {"):text.index("\n}", text.index("integration_test_template"))]
+    template = dict(re.findall(r"^\s+'([a-z-]+)'\s*:\s*([^,#]+?)\s*,", block, re.M))
+    assert template == {k.name: _meson_literal(k.default) for k in KEYS if not k.configuration}
+
+
+def test_the_readme_key_table_is_the_one_the_keys_print():
+    assert key_table() in (ROOT / "README.md").read_text(), "README's key table is stale: python3 -m harness keys"
+
+
+@pytest.mark.parametrize("key", ["colour", "confguration"])
+def test_an_unknown_key_names_the_file_and_the_known_keys(key, capsys):
+    status = main(["validate", "--name=TEST-99-UNIT", "--test-dir=/nonexistent/TEST-99-UNIT", f"--{key}=x"])
+    err = capsys.readouterr().err
+    assert status == EXIT_ERROR
+    assert f"/nonexistent/TEST-99-UNIT/meson.build: '{key}': unknown key" in err and "firmware" in err
+
+
+def test_an_abbreviated_key_is_not_taken_for_a_known_one(capsys):
+    assert main(["validate", "--name=TEST-99-UNIT", "--test-dir=/t/TEST-99-UNIT", "--time=5"]) == EXIT_ERROR
+    assert "'time': unknown key" in capsys.readouterr().err
+
+
+def test_validate_prints_meson_priority(capsys):
+    for args, priority in ((["--priority=3"], 6), (["--priority=3", "--storage=persistent"], 7), ([], 0)):
+        assert main(["validate", "--name=TEST-99-UNIT", "--test-dir=/t/TEST-99-UNIT", *args]) == 0
+        assert capsys.readouterr().out.strip() == str(priority)

@@ -19,7 +19,7 @@ def test_two_tests_from_one_snapshot_do_not_see_each_others_files(image, tmp_pat
     # Each writes its mark where the root overlay keeps it, and fails if the other's is there.
     for me, other in (("TEST-80-FIRST", "TEST-81-SECOND"), ("TEST-81-SECOND", "TEST-80-FIRST")):
         script = f"test ! -e /var/tmp/{other} && test ! -e /root/{other} && touch /var/tmp/{me} /root/{me}"
-        r = run_wrapper(image, tmp_path / me, me, f"--unit-command=/bin/sh -c '{script}'")
+        r = run_wrapper(image, tmp_path / me, me, f"--command=/bin/sh -c '{script}'")
         assert r.returncode == 0, r.stdout
         assert boot_path(tmp_path / me) == "snapshot"
         assert "resuming the booted snapshot" in r.stdout
@@ -27,14 +27,14 @@ def test_two_tests_from_one_snapshot_do_not_see_each_others_files(image, tmp_pat
 
 def test_guest_clock_is_the_hosts_after_resume(image, tmp_path):
     # The snapshot's clock stopped when it was saved: make sure it is old enough to tell.
-    r = run_wrapper(image, tmp_path / "warm", "TEST-82-WARM", "--unit-command=true")
+    r = run_wrapper(image, tmp_path / "warm", "TEST-82-WARM", "--command=true")
     assert r.returncode == 0
     age = time.time() - max(p.stat().st_mtime for p in SNAPSHOTS.glob("*/state"))
     time.sleep(max(0.0, 30 - age))
     host = int(time.time())
     # $$ and %%: systemd would expand a single $ (variables) and % (specifiers) itself.
     check = f"d=$$(( $$(date +%%s) - {host} )); echo clock offset $$d s; test $$d -ge -5 && test $$d -le 30"
-    r = run_wrapper(image, tmp_path / "clock", "TEST-83-CLOCK", f"--unit-command=/bin/sh -c '{check}'")
+    r = run_wrapper(image, tmp_path / "clock", "TEST-83-CLOCK", f"--command=/bin/sh -c '{check}'")
     assert r.returncode == 0, r.stdout
     assert boot_path(tmp_path / "clock") == "snapshot"
 
@@ -46,14 +46,14 @@ def test_snapshot_is_not_reused_after_the_image_changes(image, tmp_path):
         subprocess.run(["cp", "--reflink=auto", str(image.with_suffix(suffix)), str(copy.with_suffix(suffix))],
                        check=True)
     snapshots = tmp_path / "snapshots"
-    first = run_wrapper(copy, tmp_path / "one", "TEST-84-IMAGE", "--unit-command=true", snapshots=snapshots)
+    first = run_wrapper(copy, tmp_path / "one", "TEST-84-IMAGE", "--command=true", snapshots=snapshots)
     assert first.returncode == 0 and "once to save it as the booted snapshot" in first.stdout
     [old] = [p.name for p in snapshots.iterdir() if p.is_dir()]
-    again = run_wrapper(copy, tmp_path / "two", "TEST-84-IMAGE", "--unit-command=true", snapshots=snapshots)
+    again = run_wrapper(copy, tmp_path / "two", "TEST-84-IMAGE", "--command=true", snapshots=snapshots)
     assert again.returncode == 0 and "once to save" not in again.stdout  # reused
 
     copy.write_bytes(copy.read_bytes())  # "rebuilt": the same bytes, a new file
-    rebuilt = run_wrapper(copy, tmp_path / "three", "TEST-84-IMAGE", "--unit-command=true", snapshots=snapshots)
+    rebuilt = run_wrapper(copy, tmp_path / "three", "TEST-84-IMAGE", "--command=true", snapshots=snapshots)
     assert rebuilt.returncode == 0 and "once to save it as the booted snapshot" in rebuilt.stdout
     assert boot_path(tmp_path / "three") == "snapshot"
     assert [p.name for p in snapshots.iterdir() if p.is_dir()] != [old], "the old snapshot was reused"
@@ -63,7 +63,7 @@ def test_snapshot_is_not_reused_after_the_image_changes(image, tmp_path):
 def test_ctrl_c_during_the_snapshot_boot_leaves_nothing(image, tmp_path):
     snapshots = tmp_path / "snapshots"
     name = "TEST-85-INTERRUPTED"
-    proc = subprocess.Popen(wrapper_cmd(image, tmp_path, name, "--unit-command=true"), cwd=ROOT,
+    proc = subprocess.Popen(wrapper_cmd(image, tmp_path, name, "--command=true"), cwd=ROOT,
                             env=wrapper_env("auto", snapshots), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
@@ -85,7 +85,7 @@ def test_ctrl_c_during_the_snapshot_boot_leaves_nothing(image, tmp_path):
 
 
 def test_declared_cold_boot_and_the_switch_are_honoured(image, tmp_path):
-    r = run_wrapper(image, tmp_path, "TEST-86-COLD", "--unit-command=true", "--boot=cold")
+    r = run_wrapper(image, tmp_path, "TEST-86-COLD", "--command=true", "--boot=cold")
     assert r.returncode == 0
     assert "cold boot: the test declares boot: 'cold'" in r.stdout
     assert boot_path(tmp_path) == "cold"

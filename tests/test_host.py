@@ -1,8 +1,8 @@
 from pathlib import Path
 
 from harness.accel import Acceleration, cpu_flags, kvm_usable
-from harness.firmware import select_ovmf
-from harness.qemu import resolve_machine_alias
+from harness.backends.qemu.firmware import select_ovmf
+from harness.backends.qemu.backend import resolve_machine_alias
 
 
 def descriptor(features, arch="x86_64", machines=("pc-q35-*",), interfaces=("uefi",), code="/c.fd"):

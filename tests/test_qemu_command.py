@@ -3,9 +3,9 @@ from pathlib import Path
 
 from harness.accel import Acceleration
 from harness.backend import BootPlan
-from harness.firmware import Ovmf
+from harness.backends.qemu.firmware import Ovmf
 from harness.image import Image
-from harness.qemu import RunFiles, VmConfig, kernel_cmdline, qemu_command, snapshot_config
+from harness.backends.qemu.backend import RunFiles, VmConfig, kernel_cmdline, qemu_command, snapshot_config
 from harness.wrapper import harness_cmdline
 from helpers import declaration
 
@@ -24,7 +24,7 @@ FILES = RunFiles(Path("/tmp/h"), Path("/logs"), Path("/tmp/h/overlay.qcow2"))
 
 
 def test_direct_kernel_boot():
-    p = plan("linux", "tcg", "--cmdline=quiet", "--qemu-arg=-device", "--qemu-arg=virtio-balloon")
+    p = plan("linux", "tcg", "--cmdline=quiet", "--qemu-args=-device", "--qemu-args=virtio-balloon")
     cmd = qemu_command(p, FILES, None, None, None, None, ["-smbios", "type=11,path=/tmp/h/smbios-0"])
     assert cmd[0] == "qemu-system-x86_64"
     assert cmd[cmd.index("-accel") + 1] == "tcg" and cmd[cmd.index("-cpu") + 1] == "max"

@@ -11,11 +11,11 @@ from pathlib import Path
 from harness.journal import read_export, unit_excerpt
 from harness.notify import GuestReport
 from harness.record import TestRecord
-from harness.report import records_of_run, render_html, summary, update_run_report
+from harness.report.html import records_of_run, render_html, summary, update_run_report
 from harness.subtests import Subtest, subtests_from
-from harness.tap import tap_lines
+from harness.report.tap import tap_lines
 from harness.timeline import decode_timeline, parse_systemctl_show, timeline_svg
-from harness.unit import TESTCASES_LIBRARY
+from harness.guest.units import TESTCASES_LIBRARY
 
 
 def record(**kw) -> TestRecord:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from harness.declaration import Credential
-from harness.snapshot import (BootPath, SnapshotUnavailable, agent_message, ineligibility, remove_stale, resume_script,
+from harness.backend import BootPath
+from harness.backends.qemu.snapshot import (SnapshotUnavailable, agent_message, ineligibility, remove_stale, resume_script,
                               shared_snapshot, snapshot_key)
 from helpers import declaration
 
@@ -26,7 +27,7 @@ def fake_make(dest: Path) -> None:
     ((), {"HARNESS_COLD_BOOT": "1"}, "HARNESS_COLD_BOOT=1"),
     (("--storage=persistent",), {}, "storage persistent"),
     (("--cmdline=quiet",), {}, "the test adds to the kernel command line"),
-    (("--qemu-arg=-no-reboot",), {}, "the test adds QEMU arguments"),
+    (("--qemu-args=-no-reboot",), {}, "the test adds QEMU arguments"),
 ])
 def test_who_may_resume(args, env, why):
     assert ineligibility(declaration(*args), "linux", env) == why

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from harness.autokit import Retry, WorkerClient, WorkerError
-from harness.virtual_worker import VirtualWorker, make_handler
+from harness.backends.autokit.client import Retry, WorkerClient, WorkerError
+from harness.backends.autokit.virtual_worker import VirtualWorker, make_handler
 from http.server import ThreadingHTTPServer
 
 TOKEN = "test-token"

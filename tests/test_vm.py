@@ -77,7 +77,7 @@ def harness_leftovers(name: str) -> tuple[list[str], list[Path]]:
 
 
 def test_failing_guest_fails_with_its_status_and_keeps_the_journal(image, tmp_path):
-    r = run_wrapper(image, tmp_path, "TEST-90-FAILS", "--unit-command=/bin/sh -c 'echo about to fail; exit 3'")
+    r = run_wrapper(image, tmp_path, "TEST-90-FAILS", "--command=/bin/sh -c 'echo about to fail; exit 3'")
     assert r.returncode == 1
     assert "TEST-90-FAILS: FAIL: TEST-90-FAILS failed with exit status 3 (expected 123)" in r.stdout
     assert "meson test -C" in r.stdout and "--interactive TEST-90-FAILS" in r.stdout
@@ -93,7 +93,7 @@ def test_failing_guest_fails_with_its_status_and_keeps_the_journal(image, tmp_pa
 # The same faults on both paths must read the same: a resumed VM is no excuse.
 @pytest.mark.parametrize("boot, timeout", [("cold", 150), ("snapshot", 30)])
 def test_hanging_guest_fails_at_its_timeout(image, tmp_path, boot, timeout):
-    r = run_wrapper(image, tmp_path, "TEST-91-HANGS", "--unit-command=sleep infinity",
+    r = run_wrapper(image, tmp_path, "TEST-91-HANGS", "--command=sleep infinity",
                     f"--timeout={timeout}", "--timeout-factor=1", boot="cold" if boot == "cold" else "auto")
     assert r.returncode == 1
     assert f"TEST-91-HANGS: FAIL: timed out after {timeout} s while the test was running" in r.stdout
@@ -103,7 +103,7 @@ def test_hanging_guest_fails_at_its_timeout(image, tmp_path, boot, timeout):
 
 @pytest.mark.parametrize("boot", ["cold", "snapshot"])
 def test_kernel_panic_fails_without_waiting_for_the_timeout(image, tmp_path, boot):
-    r = run_wrapper(image, tmp_path, "TEST-92-PANICS", "--unit-command=/bin/sh -c 'echo c >/proc/sysrq-trigger'",
+    r = run_wrapper(image, tmp_path, "TEST-92-PANICS", "--command=/bin/sh -c 'echo c >/proc/sysrq-trigger'",
                     "--timeout=1000", "--timeout-factor=1", boot="cold" if boot == "cold" else "auto")
     assert r.returncode == 1
     assert "TEST-92-PANICS: FAIL: kernel panic while the test was running: Kernel panic - not syncing" in r.stdout
@@ -123,7 +123,7 @@ def test_broken_boot_ends_at_once_instead_of_at_the_timeout(image, tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_interrupted_run_leaves_no_process_or_file(image, tmp_path, signum):
     name = f"TEST-93-INTERRUPTED{signum}"
-    proc = subprocess.Popen(wrapper_cmd(image, tmp_path, name, "--unit-command=sleep infinity"), cwd=ROOT,
+    proc = subprocess.Popen(wrapper_cmd(image, tmp_path, name, "--command=sleep infinity"), cwd=ROOT,
                             env=wrapper_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -156,7 +156,7 @@ def test_bad_declaration_is_an_infrastructure_error(image, tmp_path):
 def test_interactive_run_shows_the_console_and_a_shell_after_failure(image, tmp_path):
     import pexpect
 
-    cmd = wrapper_cmd(image, tmp_path, "TEST-96-INTERACTIVE", "--unit-command=/bin/sh -c 'echo interactive-marker; exit 4'")
+    cmd = wrapper_cmd(image, tmp_path, "TEST-96-INTERACTIVE", "--command=/bin/sh -c 'echo interactive-marker; exit 4'")
     env = wrapper_env()
     env.pop("HARNESS_INTERACTIVE")  # decided by the terminal, as under meson test -i
     child = pexpect.spawn(cmd[0], cmd[1:], cwd=str(ROOT), env=env, timeout=600, encoding="utf-8", codec_errors="replace")

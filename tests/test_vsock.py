@@ -8,7 +8,8 @@ import socket
 
 import pytest
 
-from harness.notify import GuestReport, VsockNotifyListener
+from harness.backends.qemu.vsock import VsockNotifyListener
+from harness.notify import GuestReport
 
 VMADDR_CID_LOCAL = 1
 

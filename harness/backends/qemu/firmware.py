@@ -14,6 +14,7 @@ from pathlib import Path
 
 import attrs
 
+from harness.declaration import Firmware
 from harness.errors import HarnessError
 from harness.image import Image
 
@@ -28,15 +29,15 @@ class Ovmf:
     description: str
 
 
-def resolve_firmware(declared: str, image: Image) -> str:
+def resolve_firmware(declared: Firmware, image: Image) -> Firmware:
     """`auto` boots the split-out kernel directly when there is one (no firmware to
     emulate: the fastest boot), and through UEFI otherwise."""
-    if declared == "auto":
-        return "linux" if image.kernel else "uefi"
-    if declared.startswith("linux") and image.kernel is None:
+    if declared == Firmware.AUTO:
+        return Firmware.LINUX if image.kernel else Firmware.UEFI
+    if declared.is_linux() and image.kernel is None:
         raise HarnessError(f"firmware '{declared}' needs the kernel beside {image.path}, and there is none",
                            "use firmware 'uefi', or build with SplitArtifacts=kernel,initrd,uki")
-    if declared == "uefi" and not image.has_esp:
+    if declared.is_uefi() and not image.has_esp:
         raise HarnessError(f"firmware 'uefi' needs an EFI system partition in {image.path}, and there is none",
                            "build the image with Bootable=yes, or use firmware 'linux'")
     return declared

@@ -7,6 +7,7 @@ meson turns each point into a JUnit testcase. Infrastructure errors end in
 from __future__ import annotations
 
 from harness.record import TestRecord
+from harness.results import Status
 
 
 def _yaml_string(text: str) -> str:
@@ -15,20 +16,20 @@ def _yaml_string(text: str) -> str:
 
 def tap_lines(record: TestRecord) -> list[str]:
     cases = record.cases()
-    if len(cases) == 1 and cases[0].name == record.name and record.status == "skip":
+    if len(cases) == 1 and cases[0].name == record.name and record.status == Status.SKIP:
         return ["TAP version 14", f"1..0 # SKIP {record.reason}"]
     lines = ["TAP version 14"]
     number = 0
     for case in cases:
-        if case.status == "error":
+        if case.status == Status.ERROR:
             lines.append(f"Bail out! {record.name}: {case.detail}")
             return lines
         number += 1
         point = f"{'not ok' if case.status == 'fail' else 'ok'} {number} - {case.name}"
-        if case.status == "skip":
+        if case.status == Status.SKIP:
             point += f" # SKIP {case.detail}".rstrip()
         lines.append(point)
-        if case.status == "fail":
+        if case.status == Status.FAIL:
             lines += ["  ---", f"  message: {_yaml_string(case.detail)}"]
             if case.duration_ms is not None:
                 lines.append(f"  duration_ms: {case.duration_ms}")

@@ -22,53 +22,42 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import enum
 import fcntl
 import hashlib
 import os
 import shlex
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import attrs
 
-from harness.declaration import Credential, TestDeclaration
-from harness.unit import timeline_script
+from harness.declaration import BootMode, Credential, Firmware, Storage, TestDeclaration
+from harness.guest.units import timeline_script
 
 AGENT_PORT = "io.harness.agent"
 AGENT_UNIT = "harness-agent.service"
 AGENT_CREDENTIAL = "harness.agent"
 TIMELINE_CREDENTIAL = "harness.timeline"
-AGENT_SCRIPT = Path(__file__).parent / "guest" / "agent.sh"
+HARNESS_DIR = Path(__file__).resolve().parents[2]  # the package: its code is part of the key
+AGENT_SCRIPT = HARNESS_DIR / "guest" / "agent.sh"
 AGENT_READY = "X_HARNESS_AGENT_READY"
-HARNESS_DIR = Path(__file__).parent
 SEED_BYTES = 64
-
-
-class BootPath(str, enum.Enum):
-    """How a test's VM comes up: booted from scratch, or resumed from the saved boot."""
-
-    COLD = "cold"
-    SNAPSHOT = "snapshot"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class SnapshotUnavailable(Exception):
     """The snapshot could not be made (its boot failed): tests boot cold instead."""
 
 
-def ineligibility(decl: TestDeclaration, firmware: str, env: dict[str, str]) -> str | None:
+def ineligibility(decl: TestDeclaration, firmware: Firmware, env: Mapping[str, str]) -> str | None:
     """Why this test must boot cold, or None when it may resume the snapshot."""
     if env.get("HARNESS_COLD_BOOT") == "1":
         return "HARNESS_COLD_BOOT=1"
-    if decl.boot == "cold":
+    if decl.boot == BootMode.COLD:
         return "the test declares boot: 'cold'"
-    if firmware != "linux":
+    if firmware != Firmware.LINUX:
         return f"firmware {firmware}"
-    if decl.storage != "volatile":
+    if decl.storage != Storage.VOLATILE:
         return f"storage {decl.storage}"
     if decl.cmdline:
         return "the test adds to the kernel command line"

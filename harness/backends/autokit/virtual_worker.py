@@ -1,6 +1,6 @@
 """A virtual autokit worker: the worker HTTP API in front of a QEMU "board".
 
-    HARNESS_AUTOKIT_TOKEN=secret python3 -m harness.virtual_worker --listen 127.0.0.1:8123
+    HARNESS_AUTOKIT_TOKEN=secret python3 -m harness.backends.autokit.virtual_worker --listen 127.0.0.1:8123
 
 lets people without a rig, and our own tests, run the hardware path. The board boots
 UEFI from a disk that flashing writes, logs its serial console to a file, and is powered
@@ -26,8 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from harness.accel import detect
-from harness.firmware import copy_nvram, find_ovmf
-from harness.qemu import machine_alias, qemu_major
+from harness.backends.qemu.firmware import copy_nvram, find_ovmf
+from harness.backends.qemu.backend import machine_alias, qemu_major
 
 CHUNK_MIB = 40
 WATCHDOG_SECONDS = 300.0
@@ -244,7 +244,7 @@ def serve(host: str, port: int, state_dir: Path, token: str, ready=None) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m harness.virtual_worker", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python3 -m harness.backends.autokit.virtual_worker", description=__doc__.splitlines()[0])
     p.add_argument("--listen", default="127.0.0.1:8123", help="HOST:PORT (default 127.0.0.1:8123)")
     p.add_argument("--state-dir", default=None, help="where the board's disk and logs live")
     p.add_argument("--token-file", help="file holding the bearer token (default: $HARNESS_AUTOKIT_TOKEN, else a new one)")

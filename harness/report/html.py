@@ -20,11 +20,10 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from harness.record import RESULT_FILE, TestRecord
+from harness.record import RESULT_FILE, TIMELINE_FILE, TestRecord
 from harness.timeline import parse_systemctl_show, timeline_svg
 
 SUMMARY_FILE = "integration-tests-summary.json"
-TIMELINE_FILE = "boot-timeline.txt"
 REPORT_FILE = "integration-tests-report.html"
 CONSOLE_TAIL = 256 * 1024  # bytes of each console log the report embeds
 SUMMARY_STATUS = {"pass": "passed", "fail": "failed", "skip": "skipped", "error": "error"}

@@ -20,17 +20,18 @@ from typing import Any, ContextManager, Iterator, Mapping
 import attrs
 
 from harness.accel import Acceleration
-from harness.backend import BootPlan, Ending, panic_line
-from harness.credentials import cmdline_extra_strings, fw_cfg_args, smbios_args, smbios_credential
-from harness.declaration import Credential
+from harness.backend import BootPath, BootPlan, Ending, EndingKind, panic_line
+from harness.backends.qemu.credentials import cmdline_extra_strings, fw_cfg_args, smbios_args, smbios_credential
+from harness.declaration import Credential, Firmware, TestDeclaration
 from harness.errors import HarnessError
-from harness.firmware import Ovmf, copy_nvram, find_ovmf, resolve_firmware
+from harness.backends.qemu.firmware import Ovmf, copy_nvram, find_ovmf, resolve_firmware
 from harness.image import Image
-from harness.notify import GuestReport, VsockNotifyListener, VMADDR_CID_HOST, read_port_file, reserve_cid, vsock_available
-from harness.snapshot import (AGENT_PORT, AGENT_READY, AGENT_UNIT, SEED_BYTES, BootPath, Snapshot, SnapshotUnavailable,
+from harness.backends.qemu.vsock import VMADDR_CID_HOST, VsockNotifyListener, reserve_cid, vsock_available
+from harness.notify import GuestReport, read_port_file
+from harness.backends.qemu.snapshot import (AGENT_PORT, AGENT_READY, AGENT_UNIT, SEED_BYTES, Snapshot, SnapshotUnavailable,
                               agent_credentials, agent_message, resume_script, shared_snapshot, snapshot_key)
 from harness.timeline import decode_timeline
-from harness.unit import (DONE, JOURNAL_PORT, NOTIFY_PORT, VIRTIO_CHANNEL, boot_options, emergency_guard, render_test_unit,
+from harness.guest.units import (DONE, JOURNAL_PORT, NOTIFY_PORT, VIRTIO_CHANNEL, boot_options, emergency_guard, render_test_unit,
                           testcases_credential)
 
 QEMU_BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64",
@@ -88,7 +89,7 @@ class VmConfig:
 
     name: str  # names the temporary directory
     image: Image
-    firmware: str  # resolved: linux, linux-noinitrd or uefi
+    firmware: Firmware = attrs.field(converter=Firmware)  # resolved: never AUTO
     accel: Acceleration
     cmdline: tuple[str, ...]  # what the harness and the test add to the kernel command line
     credentials: tuple[Credential, ...]
@@ -97,14 +98,14 @@ class VmConfig:
     agent: bool = False  # the fast path's agent port (and no vsock: a snapshot cannot keep a CID)
 
     @classmethod
-    def for_plan(cls, plan: BootPlan) -> "VmConfig":
+    def for_plan(cls, plan: BootPlan) -> VmConfig:
         return cls(plan.decl.name, plan.image, plan.firmware, plan.accel, plan.cmdline, plan.credentials,
                    plan.interactive, plan.decl.qemu_args)
 
 
-def smbios_supported(arch: str, firmware: str) -> bool:
+def smbios_supported(arch: str, firmware: Firmware) -> bool:
     # On x86 SeaBIOS and OVMF both publish SMBIOS; on other machines only UEFI does.
-    return arch in ("x86_64", "i386") or firmware == "uefi"
+    return arch in ("x86_64", "i386") or firmware.is_uefi()
 
 
 def qemu_binary(arch: str, env: Mapping[str, str] = os.environ) -> str:
@@ -162,7 +163,7 @@ def qemu_command(cfg: VmConfig, files: RunFiles, ovmf: Ovmf | None, nvram: Path 
     else:
         cmd += ["-chardev", f"file,id=console,path={files.console}"]
     cmd += ["-device", "virtio-serial-pci,id=vser0"]
-    if cfg.firmware == "uefi":
+    if cfg.firmware.is_uefi():
         cmd += ["-serial", "chardev:console"]
     else:
         cmd += ["-device", "virtconsole,chardev=console"]
@@ -179,7 +180,7 @@ def qemu_command(cfg: VmConfig, files: RunFiles, ovmf: Ovmf | None, nvram: Path 
                 "-device", "vmgenid,guid=auto"]
     if vsock_cid is not None:
         cmd += ["-device", f"vhost-vsock-pci,guest-cid={vsock_cid},vhostfd={vhost_fd}"]
-    if cfg.firmware == "uefi":
+    if cfg.firmware.is_uefi():
         assert ovmf and nvram
         cmd += ["-drive", f"if=pflash,format=raw,readonly=on,file={ovmf.code}",
                 "-drive", f"if=pflash,format=raw,file={nvram}",
@@ -187,7 +188,7 @@ def qemu_command(cfg: VmConfig, files: RunFiles, ovmf: Ovmf | None, nvram: Path 
     else:
         assert cfg.image.kernel
         cmd += ["-kernel", str(cfg.image.kernel), "-append", " ".join(kernel_cmdline(cfg))]
-        if cfg.firmware == "linux":
+        if cfg.firmware == Firmware.LINUX:
             assert cfg.image.initrd
             cmd += ["-initrd", str(cfg.image.initrd)]
     if incoming is not None:
@@ -270,21 +271,21 @@ class QemuMachine:
         while True:
             try:
                 status = self.proc.wait(timeout=0.2)
-                return Ending("exited", status)
+                return Ending(EndingKind.EXITED, status)
             except subprocess.TimeoutExpired:
                 pass
             self._watch_screen()  # first: the screen at the test's end is the one to keep
             if self._guest_done():
-                return Ending("exited", detail="the guest reported everything; the VM was ended")
+                return Ending(EndingKind.EXITED, detail="the guest reported everything; the VM was ended")
             panic = self._panic_line()
             if panic:
                 if self.has_screen:
                     self._screenshot()
-                return Ending("panic", detail=panic)
+                return Ending(EndingKind.PANIC, detail=panic)
             if deadline is not None and time.monotonic() >= deadline:
                 if self.has_screen:
                     self._screenshot()
-                return Ending("timeout")
+                return Ending(EndingKind.TIMEOUT)
 
     def wait_for_agent(self, timeout: float) -> Ending | None:
         """Block until the fast path's agent says it waits for a test (None), or the boot
@@ -293,15 +294,15 @@ class QemuMachine:
         while True:
             status = self.proc.poll()
             if status is not None:
-                return Ending("exited", status)
+                return Ending(EndingKind.EXITED, status)
             with contextlib.suppress(FileNotFoundError):
                 if f"{AGENT_READY}=1".encode() in self.files.notify.read_bytes():
                     return None
             panic = self._panic_line()
             if panic:
-                return Ending("panic", detail=panic)
+                return Ending(EndingKind.PANIC, detail=panic)
             if time.monotonic() >= deadline:
-                return Ending("timeout")
+                return Ending(EndingKind.TIMEOUT)
             time.sleep(0.2)
 
     @contextlib.contextmanager
@@ -437,7 +438,7 @@ def running_vm(cfg: VmConfig, files: RunFiles, incoming: Path | None = None) -> 
     with contextlib.ExitStack() as stack:
         report = GuestReport()
         ovmf = nvram = None
-        if cfg.firmware == "uefi":
+        if cfg.firmware.is_uefi():
             ovmf = find_ovmf(cfg.image.architecture, machine_alias(binary, MACHINES[cfg.image.architecture]))
             nvram = copy_nvram(ovmf, files.tmp)
 
@@ -452,7 +453,7 @@ def running_vm(cfg: VmConfig, files: RunFiles, incoming: Path | None = None) -> 
 
         if smbios_supported(cfg.image.architecture, cfg.firmware):
             strings = [smbios_credential(c) for c in credentials]
-            if cfg.firmware == "uefi":
+            if cfg.firmware.is_uefi():
                 # The kernel's messages on the screen too, for the screenshot; the
                 # serial console named last stays /dev/console, the one we log.
                 screen = ("console=tty0", f"console={CONSOLES[cfg.image.architecture]},115200")
@@ -473,7 +474,7 @@ def running_vm(cfg: VmConfig, files: RunFiles, incoming: Path | None = None) -> 
                 pass_fds=(vhost_fd,) if vhost_fd is not None else (),
                 preexec_fn=_die_with_parent,
             )
-        machine = QemuMachine(proc, files, stderr, report, has_screen=cfg.firmware == "uefi" and not cfg.interactive,
+        machine = QemuMachine(proc, files, stderr, report, has_screen=cfg.firmware.is_uefi() and not cfg.interactive,
                               interactive=cfg.interactive)
         stack.callback(machine.kill)
         if listener is not None:
@@ -492,7 +493,7 @@ def private_tmp(name: str) -> Iterator[Path]:
 def snapshot_config(image: Image, accel: Acceleration) -> VmConfig:
     """The VM that boots to the agent and is saved: what every eligible test resumes."""
     return VmConfig(
-        name="snapshot", image=image, firmware="linux", accel=accel,
+        name="snapshot", image=image, firmware=Firmware.LINUX, accel=accel,
         cmdline=tuple(boot_options(AGENT_UNIT, interactive=False, volatile=True)),
         credentials=(*agent_credentials(), *emergency_guard(VIRTIO_CHANNEL)), agent=True)
 
@@ -530,11 +531,14 @@ class QemuBackend:
     features = frozenset({"dut", "uefi", "serial"})
     can_resume = True
 
-    def unmet_requirements(self, decl) -> list[str]:
-        return [f for f in decl.requirements if f not in self.features]
+    def unmet_requirements(self, decl: TestDeclaration) -> list[str]:
+        return [f for f in decl.requires if f not in self.features]
 
-    def firmware(self, declared: str, image) -> str:
+    def firmware(self, declared: Firmware, image: Image) -> Firmware:
         return resolve_firmware(declared, image)
+
+    def cold_boot_reason(self, decl: TestDeclaration, firmware: Firmware, env: Mapping[str, str]) -> str | None:
+        return ineligibility(decl, firmware, env)
 
     @contextlib.contextmanager
     def boot(self, plan: BootPlan, log_dir: Path) -> Iterator[QemuMachine]:

@@ -26,7 +26,7 @@ JOURNAL_PORT = "io.harness.journal"
 EMERGENCY_UNIT = "harness-emergency-exit.service"
 DEBUG_SHELL_UNIT = "harness-debug-shell.service"
 TESTCASES_CREDENTIAL = RESERVED_CREDENTIAL
-TESTCASES_LIBRARY = Path(__file__).parent / "guest" / "testcases.sh"
+TESTCASES_LIBRARY = Path(__file__).parent / "testcases.sh"
 # The unit properties `systemd-analyze plot` draws its chart from, plus the manager's boot
 # phases. systemd-analyze itself refuses while the boot is unfinished, which it is as
 # long as the test unit (the boot's target) runs, so the guest sends the raw properties.
@@ -101,7 +101,7 @@ def timeline_script() -> str:
 
 def render_test_unit(decl: TestDeclaration, interactive: bool, channel: ReportChannel = VIRTIO_CHANNEL,
                      whole_journal: bool = False, resumed: bool = False) -> str:
-    u = decl.unit
+    u = decl.configuration
     lines = ["[Unit]", f"Description={decl.name} ({decl.source})"]
     lines += [f"Wants={w}" for w in u.wants]
     lines += [f"After={a}" for a in u.after]
@@ -114,7 +114,7 @@ def render_test_unit(decl: TestDeclaration, interactive: bool, channel: ReportCh
         lines.append(f"OnFailure={DEBUG_SHELL_UNIT}")
     else:
         lines.append("FailureAction=exit")
-    lines += list(u.unit_lines)
+    lines += list(u.unit)
     lines += [
         "",
         "[Service]",
@@ -132,7 +132,7 @@ def render_test_unit(decl: TestDeclaration, interactive: bool, channel: ReportCh
         lines += ["StandardOutput=journal+console"]
     lines += [f"Environment={_quote(f'{k}={v}')}" for k, v in (*_testcase_env(channel), *u.env)]
     lines += [f"ImportCredential={c.name}" for c in (*decl.credentials, testcases_credential())]
-    lines += list(u.service_lines)
+    lines += list(u.service)
     return "\n".join(lines) + "\n"
 
 

@@ -12,14 +12,15 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator, Mapping
 
-from harness.autokit import WorkerClient, WorkerError
-from harness.backend import BootPlan, Ending, panic_line
-from harness.board_image import build_board_image
+from harness.backends.autokit.client import WorkerClient, WorkerError
+from harness.backend import BootPath, BootPlan, Ending, EndingKind, panic_line
+from harness.backends.autokit.board_image import build_board_image
+from harness.declaration import Firmware, TestDeclaration
+from harness.image import Image
 from harness.notify import GuestReport, console_notify_lines
-from harness.snapshot import BootPath
-from harness.unit import CONSOLE_CHANNEL
+from harness.guest.units import CONSOLE_CHANNEL
 
 SERIAL_POLL = 2.0
 
@@ -45,12 +46,12 @@ class AutokitMachine:
         while True:
             console = self._read_serial()
             if self.report.last("X_HARNESS_SERVICE_RESULT") is not None or self.report.entered_emergency:
-                return Ending("exited")
+                return Ending(EndingKind.EXITED)
             panic = panic_line(console)
             if panic:
-                return Ending("panic", detail=panic)
+                return Ending(EndingKind.PANIC, detail=panic)
             if deadline is not None and time.monotonic() >= deadline:
-                return Ending("timeout")
+                return Ending(EndingKind.TIMEOUT)
             time.sleep(self.poll)
 
     def power_off(self, orderly: bool) -> None:
@@ -75,13 +76,16 @@ class AutokitBackend:
         self.poll = poll
 
     def unmet_requirements(self, decl) -> list[str]:
-        if not decl.requirements:
+        if not decl.requires:
             return []
         features = self.client.contract().features
-        return [f for f in decl.requirements if f not in features]
+        return [f for f in decl.requires if f not in features]
 
-    def firmware(self, declared: str, image) -> str:
-        return "uefi"  # a board boots what it was flashed with, through its own firmware
+    def firmware(self, declared: Firmware, image: Image) -> Firmware:
+        return Firmware.UEFI  # a board boots what it was flashed with, through its own firmware
+
+    def cold_boot_reason(self, decl: TestDeclaration, firmware: Firmware, env: Mapping[str, str]) -> str | None:
+        return "a board is flashed and powered on for every test"
 
     @contextlib.contextmanager
     def boot(self, plan: BootPlan, log_dir: Path) -> Iterator[AutokitMachine]:
