@@ -53,25 +53,8 @@ def _raise_interrupted(signum, frame):
     raise Interrupted(signal.Signals(signum).name)
 
 
-def choose_backend(o, env):
-    """The backend from the options meson passes, overridden by HARNESS_* for one run."""
-    name = env.get("HARNESS_BACKEND") or o.backend
-    if name == "qemu":
-        from harness.backends.qemu.backend import QemuBackend
-
-        return QemuBackend()
-    if name == "autokit":
-        from harness.backends.autokit.backend import AutokitBackend
-
-        url = env.get("HARNESS_AUTOKIT_WORKER") or o.autokit_worker
-        if not url:
-            raise HarnessError("the autokit backend needs a worker URL",
-                               "meson setup -Dtest-backend=autokit -Dautokit-worker=http://HOST:PORT, or set HARNESS_AUTOKIT_WORKER")
-        return AutokitBackend(url, env.get("HARNESS_AUTOKIT_TOKEN") or None)
-    raise HarnessError(f"unknown backend '{name}'", "use qemu or autokit (-Dtest-backend, HARNESS_BACKEND)")
-
-
 def cmd_run(o) -> int:
+    from harness.backends import BackendName, make_backend
     from harness.report.html import current_run, update_run_report
     from harness.results import Outcome, Status
     from harness.report.tap import tap_comment, tap_lines
@@ -79,8 +62,8 @@ def cmd_run(o) -> int:
 
     decl = TestDeclaration.from_options(o)
     env = dict(os.environ)
-    backend = choose_backend(o, env)
-    interactive = backend.name == "qemu" and (
+    backend = make_backend(o.backend, o.autokit_worker, env)
+    interactive = backend.name == BackendName.QEMU and (
         env.get("HARNESS_INTERACTIVE") == "1"
         or (env.get("HARNESS_INTERACTIVE") != "0" and sys.stdin.isatty() and sys.stdout.isatty()))
     tap = o.tap and not interactive  # at a console, people read; meson parses nothing then
@@ -91,7 +74,7 @@ def cmd_run(o) -> int:
     tests_dir = (build_dir or Path(".")) / "integration-tests"
     log_dir = Path(o.log_dir) if o.log_dir else tests_dir / decl.name
     snapshot_dir = Path(env.get("HARNESS_SNAPSHOT_DIR") or o.snapshot_dir or log_dir.parent / "snapshots")
-    ctx = RunContext(log_dir, build_dir, current_run(), interactive_rerun=backend.name == "qemu",
+    ctx = RunContext(log_dir, build_dir, current_run(), interactive_rerun=backend.name == BackendName.QEMU,
                      snapshot_dir=snapshot_dir)
     try:
         record = run_test(decl, Path(o.image), ctx, backend, env, interactive=interactive,

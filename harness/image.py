@@ -12,7 +12,8 @@ import io
 import struct
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import attrs
 from elftools.elf.elffile import ELFFile
@@ -37,6 +38,12 @@ class Partition:
     first_lba: int
     last_lba: int
     label: str
+    sector_size: int = 512  # the GPT's logical sector: LBAs count these
+
+    @property
+    def offset(self) -> int:
+        """Where the partition starts in the disk, in bytes."""
+        return self.first_lba * self.sector_size
 
 
 def read_gpt(f: BinaryIO) -> list[Partition]:
@@ -58,7 +65,7 @@ def read_gpt(f: BinaryIO) -> list[Partition]:
             continue
         first, last = struct.unpack_from("<QQ", e, 32)
         label = e[56:128].decode("utf-16-le", "replace").rstrip("\0")
-        partitions.append(Partition(uuid.UUID(bytes_le=e[:16]), uuid.UUID(bytes_le=e[16:32]), first, last, label))
+        partitions.append(Partition(uuid.UUID(bytes_le=e[:16]), uuid.UUID(bytes_le=e[16:32]), first, last, label, sector))
     return partitions
 
 
@@ -122,7 +129,7 @@ class Image:
     has_esp: bool
 
     @classmethod
-    def open(cls, path: Path) -> "Image":
+    def open(cls, path: Path) -> Image:
         path = path.resolve() if path.exists() else path
         if not path.is_file():
             raise HarnessError(f"no image at {path}",

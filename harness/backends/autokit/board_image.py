@@ -95,7 +95,7 @@ def build_board_image(shared: Path, uki: Path | None, title: str, cmdline: list[
     if esp is None or root is None or uki is None:
         raise HarnessError(f"{shared} cannot boot a board: it needs an ESP, a root partition and a UKI",
                            "build the image with Bootable=yes (mkosi.conf does)")
-    esp_image = f"{out}@@{esp.first_lba * 512}"
+    esp_image = f"{out}@@{esp.offset}"
     ukis = [line.strip().rsplit("/", 1)[-1] for line in
             _run(["mdir", "-b", "-i", esp_image, "::/EFI/Linux"], "list the UKIs on the ESP").splitlines()
             if line.strip().endswith(".efi")]
@@ -118,9 +118,9 @@ def build_board_image(shared: Path, uki: Path | None, title: str, cmdline: list[
                    f"set_inode_field {path} uid 0", f"set_inode_field {path} gid 0"]
     # debugfs goes on past a failing line (mkdir of an existing directory, rm of a
     # missing file); whether every file landed is checked below.
-    _run(["debugfs", "-w", "-f", "-", f"{out}?offset={root.first_lba * 512}"], "write the root file system",
+    _run(["debugfs", "-w", "-f", "-", f"{out}?offset={root.offset}"], "write the root file system",
          stdin="\n".join(script) + "\n")
-    listing = _run(["debugfs", "-R", f"ls -p {PurePosixPath('/etc/systemd/system')}", f"{out}?offset={root.first_lba * 512}"],
+    listing = _run(["debugfs", "-R", f"ls -p {PurePosixPath('/etc/systemd/system')}", f"{out}?offset={root.offset}"],
                    "check the root file system")
     for path, _, _ in credential_files(creds):
         if path.parent == PurePosixPath("/etc/systemd/system") and f"/{path.name}/" not in listing:

@@ -22,13 +22,16 @@ import subprocess
 import sys
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from harness.accel import detect
 from harness.backends.qemu.firmware import copy_nvram, find_ovmf
-from harness.backends.qemu.backend import machine_alias, qemu_major
+from harness.backends.qemu.backend import (MACHINES, die_with_parent, disk_args, machine_alias, machine_args, qemu_binary,
+                                           uefi_args)
 
+ARCH = "x86_64"  # the board's
 CHUNK_MIB = 40
 WATCHDOG_SECONDS = 300.0
 
@@ -40,8 +43,9 @@ class VirtualBoard:
         self.dir = state_dir
         self.disk = state_dir / "disk.raw"
         self.serial_log = state_dir / "serial.log"
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.nvram: Path | None = None
+        self._owner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="board-owner")
 
     def write_disk(self, gzipped: Path) -> None:
         self.power_off()
@@ -49,7 +53,7 @@ class VirtualBoard:
         with gzip.open(gzipped, "rb") as src, tmp.open("wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
         tmp.replace(self.disk)
-        ovmf = find_ovmf("x86_64", machine_alias("qemu-system-x86_64", "q35"))
+        ovmf = find_ovmf(ARCH, machine_alias(qemu_binary(ARCH), MACHINES[ARCH]))
         self.nvram = copy_nvram(ovmf, self.dir)  # a freshly flashed board has fresh variables
 
     def power_on(self) -> None:
@@ -57,23 +61,21 @@ class VirtualBoard:
             return
         if not self.disk.exists():
             raise RuntimeError("nothing flashed yet: POST /dut/sendImage and /dut/flashImage first")
-        ovmf = find_ovmf("x86_64", machine_alias("qemu-system-x86_64", "q35"))
-        accel = detect("x86_64")
+        assert self.nvram is not None
+        ovmf = find_ovmf(ARCH, machine_alias(qemu_binary(ARCH), MACHINES[ARCH]))
         self.serial_log.write_bytes(b"")
-        cmd = ["qemu-system-x86_64", "-machine", "q35,hpet=off", "-accel", accel.kind, *accel.cpu_args(qemu_major("qemu-system-x86_64")), "-m", "1536M",
-               "-nodefaults", "-no-user-config", "-display", "none",
-               "-drive", f"if=pflash,format=raw,readonly=on,file={ovmf.code}",
-               "-drive", f"if=pflash,format=raw,file={self.nvram}",
-               "-drive", f"if=none,id=disk,file={self.disk},format=raw,cache=unsafe",
-               "-device", "virtio-blk-pci,drive=disk,bootindex=1",
-               "-object", "rng-random,filename=/dev/urandom,id=rng0", "-device", "virtio-rng-pci,rng=rng0",
+        cmd = [*machine_args(ARCH, detect(ARCH)), *disk_args(self.disk, "raw"), *uefi_args(ovmf, self.nvram),
                "-nic", "user,model=virtio-net-pci",
                "-chardev", f"file,id=serial,path={self.serial_log}", "-serial", "chardev:serial"]
-        # No parent-death signal here: it fires when the forking *thread* ends, and
-        # requests are served by short-lived threads. The worker stops its board on
-        # teardown, on the watchdog, and when it exits itself.
+        # Requests are served by short-lived threads, and the parent-death signal fires
+        # when the forking thread ends: the board is started from the owner thread, which
+        # lives as long as the worker, so a killed worker takes its board with it.
+        self.proc = self._owner.submit(self._spawn, cmd).result()
+
+    def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
         with (self.dir / "qemu.stderr").open("wb") as stderr:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                                    preexec_fn=die_with_parent)
 
     def power_off(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -132,21 +132,18 @@ def kernel_cmdline(cfg: VmConfig) -> list[str]:
     return [*base, *cfg.cmdline]
 
 
-def qemu_command(cfg: VmConfig, files: RunFiles, ovmf: Ovmf | None, nvram: Path | None,
-                 vsock_cid: int | None, vhost_fd: int | None, guest_args: list[str],
-                 incoming: Path | None = None) -> list[str]:
-    """QEMU's argument vector for `cfg`; `guest_args` carry credentials and extras;
-    `incoming` is a saved VM to resume instead of booting."""
-    arch = cfg.image.architecture
+def machine_args(arch: str, accel: Acceleration) -> list[str]:
+    """QEMU and the machine every VM of the harness is: the same for a test's VM and the
+    virtual worker's board."""
     machine = MACHINES[arch]
     if machine == "q35":
         machine += ",hpet=off"  # the HPET costs time under emulation and nothing needs it
-    disk_format = "raw" if files.disk == cfg.image.path else "qcow2"
-    cmd = [
-        qemu_binary(arch),
+    binary = qemu_binary(arch)
+    return [
+        binary,
         "-machine", machine,
-        "-accel", cfg.accel.kind,
-        *cfg.accel.cpu_args(qemu_major(qemu_binary(arch))),
+        "-accel", accel.kind,
+        *accel.cpu_args(qemu_major(binary)),
         "-m", "1536M",
         "-nodefaults", "-no-user-config",
         "-display", "none",
@@ -154,8 +151,28 @@ def qemu_command(cfg: VmConfig, files: RunFiles, ovmf: Ovmf | None, nvram: Path 
         "-device", "virtio-rng-pci,rng=rng0",
         # The guest hands back the memory it frees: a test's QEMU holds what is in use.
         "-device", "virtio-balloon-pci,free-page-reporting=on",
-        "-drive", f"if=none,id=root,file={files.disk},format={disk_format},discard=unmap,cache=unsafe",
-        "-device", "virtio-blk-pci,drive=root,bootindex=1",
+    ]
+
+
+def disk_args(disk: Path, disk_format: str) -> list[str]:
+    return ["-drive", f"if=none,id=root,file={disk},format={disk_format},discard=unmap,cache=unsafe",
+            "-device", "virtio-blk-pci,drive=root,bootindex=1"]
+
+
+def uefi_args(ovmf: Ovmf, nvram: Path) -> list[str]:
+    return ["-drive", f"if=pflash,format=raw,readonly=on,file={ovmf.code}",
+            "-drive", f"if=pflash,format=raw,file={nvram}"]
+
+
+def qemu_command(cfg: VmConfig, files: RunFiles, ovmf: Ovmf | None, nvram: Path | None,
+                 vsock_cid: int | None, vhost_fd: int | None, guest_args: list[str],
+                 incoming: Path | None = None) -> list[str]:
+    """QEMU's argument vector for `cfg`; `guest_args` carry credentials and extras;
+    `incoming` is a saved VM to resume instead of booting."""
+    disk_format = "raw" if files.disk == cfg.image.path else "qcow2"
+    cmd = [
+        *machine_args(cfg.image.architecture, cfg.accel),
+        *disk_args(files.disk, disk_format),
         "-qmp", f"unix:{files.qmp},server=on,wait=off",
     ]
     if cfg.interactive:
@@ -182,9 +199,7 @@ def qemu_command(cfg: VmConfig, files: RunFiles, ovmf: Ovmf | None, nvram: Path 
         cmd += ["-device", f"vhost-vsock-pci,guest-cid={vsock_cid},vhostfd={vhost_fd}"]
     if cfg.firmware.is_uefi():
         assert ovmf and nvram
-        cmd += ["-drive", f"if=pflash,format=raw,readonly=on,file={ovmf.code}",
-                "-drive", f"if=pflash,format=raw,file={nvram}",
-                "-device", "VGA"]  # a screen, for the report's screenshot
+        cmd += [*uefi_args(ovmf, nvram), "-device", "VGA"]  # a screen, for the report's screenshot
     else:
         assert cfg.image.kernel
         cmd += ["-kernel", str(cfg.image.kernel), "-append", " ".join(kernel_cmdline(cfg))]
@@ -200,10 +215,10 @@ _prctl = ctypes.CDLL(None, use_errno=True).prctl
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: QEMU must not outlive the wrapper,
-    # even when the wrapper is SIGKILLed. The signal fires when the forking *thread*
-    # ends, so QEMU must be spawned from the thread that lives as long as the VM.
+def die_with_parent() -> None:
+    """For Popen's preexec_fn: runs in the child between fork and exec, so QEMU does not
+    outlive its owner even when the owner is SIGKILLed. The signal fires when the forking
+    *thread* ends, so QEMU must be spawned from a thread that lives as long as the VM."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
@@ -472,7 +487,7 @@ def running_vm(cfg: VmConfig, files: RunFiles, incoming: Path | None = None) -> 
                 stdout=None if cfg.interactive else subprocess.DEVNULL,
                 stderr=err,
                 pass_fds=(vhost_fd,) if vhost_fd is not None else (),
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         machine = QemuMachine(proc, files, stderr, report, has_screen=cfg.firmware.is_uefi() and not cfg.interactive,
                               interactive=cfg.interactive)
