@@ -25,7 +25,7 @@ def tap_lines(record: TestRecord) -> list[str]:
             lines.append(f"Bail out! {record.name}: {case.detail}")
             return lines
         number += 1
-        point = f"{'not ok' if case.status == 'fail' else 'ok'} {number} - {case.name}"
+        point = f"{'not ok' if case.status == Status.FAIL else 'ok'} {number} - {case.name}"
         if case.status == Status.SKIP:
             point += f" # SKIP {case.detail}".rstrip()
         lines.append(point)

@@ -36,17 +36,20 @@ def pe_section(pe: bytes, name: str) -> bytes | None:
     """The contents of section `name` of a PE file (a UKI's .cmdline, say)."""
     if pe[:2] != b"MZ":
         return None
-    pe_offset = struct.unpack_from("<I", pe, 0x3C)[0]
-    if pe[pe_offset:pe_offset + 4] != b"PE\0\0":
+    try:  # a truncated file is no PE: struct.error where a header is cut off
+        pe_offset = struct.unpack_from("<I", pe, 0x3C)[0]
+        if pe[pe_offset:pe_offset + 4] != b"PE\0\0":
+            return None
+        sections, optional_size = struct.unpack_from("<H12xH", pe, pe_offset + 6)
+        table = pe_offset + 24 + optional_size
+        for i in range(sections):
+            entry = table + 40 * i
+            raw_name = pe[entry:entry + 8].rstrip(b"\0").decode(errors="replace")
+            vsize, _, rsize, pointer = struct.unpack_from("<IIII", pe, entry + 8)
+            if raw_name == name:
+                return pe[pointer:pointer + min(vsize, rsize)]
+    except struct.error:
         return None
-    sections, optional_size = struct.unpack_from("<H12xH", pe, pe_offset + 6)
-    table = pe_offset + 24 + optional_size
-    for i in range(sections):
-        entry = table + 40 * i
-        raw_name = pe[entry:entry + 8].rstrip(b"\0").decode(errors="replace")
-        vsize, _, rsize, pointer = struct.unpack_from("<IIII", pe, entry + 8)
-        if raw_name == name:
-            return pe[pointer:pointer + min(vsize, rsize)]
     return None
 
 

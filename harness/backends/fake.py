@@ -1,0 +1,117 @@
+"""A backend with no machine: it plays a scripted ending, so the flow of `run_test`
+(skip, requirements, plan, wait, power off, collect, classify, record) is tested in
+milliseconds for every way a run can end. labgrid keeps its fake driver for the same
+reason.
+
+A `Script` says what the "guest" reported (notify lines, as a VM's port would carry
+them), how the machine stopped, and optionally an exception the wait raises (Ctrl-C, a
+crash of the machine). The backend keeps every plan it was given and whether each
+machine was powered off and left, so tests can check that nothing is left running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import attrs
+
+from harness.backend import BootPath, BootPlan, Ending, EndingKind
+from harness.declaration import Firmware, TestDeclaration
+from harness.guest.units import VIRTIO_CHANNEL
+from harness.image import Image
+from harness.notify import GuestReport
+
+FAKE_FEATURES = frozenset({"dut", "serial"})
+
+
+@attrs.frozen
+class Script:
+    """What the fake machine does between boot and collect."""
+
+    report: bytes = b""  # what the guest said, in notify KEY=VALUE lines
+    ending: Ending = Ending(EndingKind.EXITED, 0)
+    raises: BaseException | None = None  # raised by wait(), as Ctrl-C or a crash would
+    detail: str = ""  # what the machine said about a crash (QEMU's stderr)
+    console: bytes = b""
+    boot_path: BootPath | None = None  # None: what the plan asked for
+    journal_export: bytes = b""  # the guest's journal, as it arrives on its port
+
+
+def guest_said(*lines: str) -> bytes:
+    """Notify lines as the guest writes them: `guest_said("READY=1", "EXIT_STATUS=123")`."""
+    return "".join(f"{line}\n" for line in lines).encode()
+
+
+def passing(exit_status: int = 123) -> Script:
+    return Script(guest_said("READY=1", f"EXIT_STATUS={exit_status}"))
+
+
+@attrs.define
+class FakeMachine:
+    script: Script
+    plan: BootPlan
+    log_dir: Path
+    powered_off: list[bool] = attrs.Factory(list)  # `orderly` of every power_off()
+    collected: bool = False
+
+    @property
+    def boot_path(self) -> BootPath:
+        return self.script.boot_path or self.plan.boot
+
+    @property
+    def boot_timeline(self) -> str | None:
+        return None
+
+    def wait(self, timeout: float | None) -> Ending:
+        (self.log_dir / "console.log").write_bytes(self.script.console)
+        if self.script.raises is not None:
+            raise self.script.raises
+        return self.script.ending
+
+    def power_off(self, orderly: bool) -> None:
+        self.powered_off.append(orderly)
+
+    def collect(self) -> GuestReport:
+        self.collected = True
+        if self.script.journal_export:
+            (self.log_dir / "journal.export").write_bytes(self.script.journal_export)
+        report = GuestReport()
+        report.add(self.script.report)
+        return report
+
+    def failure_detail(self) -> str:
+        return self.script.detail
+
+
+@attrs.define
+class FakeBackend:
+    script: Script = attrs.Factory(passing)
+    features: frozenset[str] = FAKE_FEATURES
+    name: str = "fake"
+    report_channel = VIRTIO_CHANNEL
+    can_resume: bool = True
+    plans: list[BootPlan] = attrs.Factory(list)
+    machines: list[FakeMachine] = attrs.Factory(list)
+    running: int = 0  # machines booted and not yet left: 0 after every run
+
+    def unmet_requirements(self, decl: TestDeclaration) -> list[str]:
+        return [f for f in decl.requires if f not in self.features]
+
+    def firmware(self, declared: Firmware, image: Image) -> Firmware:
+        return Firmware.LINUX if declared == Firmware.AUTO else declared
+
+    def cold_boot_reason(self, decl: TestDeclaration, firmware: Firmware, env: Mapping[str, str]) -> str | None:
+        return "the test declares boot: 'cold'" if decl.boot == "cold" else None
+
+    @contextlib.contextmanager
+    def boot(self, plan: BootPlan, log_dir: Path) -> Iterator[FakeMachine]:
+        self.plans.append(plan)
+        machine = FakeMachine(self.script, plan, log_dir)
+        self.machines.append(machine)
+        self.running += 1
+        try:
+            yield machine
+        finally:
+            self.running -= 1

@@ -1,0 +1,62 @@
+"""The board image: the shared image plus the boot entry on the ESP and the test's units
+and credentials in the root, written at the partitions' offsets for either sector size."""
+
+import subprocess
+
+import pytest
+
+from harness.backends.autokit.board_image import ENTRY_NAME, build_board_image, pe_section
+from harness.declaration import Credential
+from harness.errors import HarnessError
+from harness.image import ESP_TYPE, ROOT_PARTITION_TYPES, read_gpt
+from images import write_bootable_image, write_image
+
+
+def partition_offsets(image):
+    with image.open("rb") as f:
+        parts = read_gpt(f)
+    esp = next(p for p in parts if p.type_uuid == ESP_TYPE)
+    root = next(p for p in parts if p.type_uuid == ROOT_PARTITION_TYPES["x86_64"])
+    return esp.offset, root.offset
+
+
+@pytest.mark.parametrize("sector", [512, 4096])
+def test_entry_units_and_credentials_land_in_the_copy(tmp_path, sector):
+    shared = write_bootable_image(tmp_path / "image", sector)
+    before = shared.read_bytes()
+    creds = [Credential("systemd.extra-unit.TEST-99-UNIT.service", b"[Service]\nExecStart=true\n"),
+             Credential("systemd.unit-dropin.emergency.target~guard", b"[Unit]\n"),
+             Credential("greeting", b"hello")]
+    work = tmp_path / "work"
+    work.mkdir()
+    board = build_board_image(shared, shared.with_suffix(".efi"), "TEST-99-UNIT", ["harness.marker=1"], creds, work)
+    assert shared.read_bytes() == before, "the shared image was written"
+    esp, root = partition_offsets(board)
+    entry = subprocess.run(["mtype", "-i", f"{board}@@{esp}", f"::/loader/entries/{ENTRY_NAME}"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "efi /EFI/Linux/image.efi" in entry and "options harness.marker=1" in entry
+
+    def cat(path):
+        return subprocess.run(["debugfs", "-R", f"cat {path}", f"{board}?offset={root}"],
+                              capture_output=True, check=True).stdout
+
+    assert cat("/etc/systemd/system/TEST-99-UNIT.service") == b"[Service]\nExecStart=true\n"
+    assert cat("/etc/systemd/system/emergency.target.d/guard.conf") == b"[Unit]\n"
+    assert cat("/etc/credstore/greeting") == b"hello"
+
+
+def test_an_image_without_file_systems_is_an_error_naming_it(tmp_path):
+    image = write_image(tmp_path / "image")
+    with pytest.raises(HarnessError, match="list the UKIs on the ESP"):
+        build_board_image(image, image.with_suffix(".efi"), "TEST-99-UNIT", [], [], tmp_path)
+
+
+def test_an_image_without_a_uki_cannot_boot_a_board(tmp_path):
+    image = write_image(tmp_path / "image")
+    with pytest.raises(HarnessError, match="needs an ESP, a root partition and a UKI"):
+        build_board_image(image, None, "TEST-99-UNIT", [], [], tmp_path)
+
+
+def test_a_truncated_pe_has_no_sections():
+    assert pe_section(b"MZ too short", ".cmdline") is None
+    assert pe_section(b"MZ" + bytes(58) + b"\xff\xff\x00\x00", ".cmdline") is None
