@@ -14,7 +14,8 @@ from harness.record import TestRecord
 from harness.report.html import records_of_run, render_html, summary, update_run_report
 from harness.subtests import Subtest, subtests_from
 from harness.report.tap import tap_lines
-from harness.timeline import decode_timeline, parse_systemctl_show, timeline_svg
+from harness.report.timeline_chart import timeline_svg
+from harness.timeline import decode_timeline, parse_systemctl_show
 from harness.guest.units import TESTCASES_LIBRARY
 
 

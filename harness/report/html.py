@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Iterator
 
 from harness.record import RESULT_FILE, TIMELINE_FILE, TestRecord
-from harness.timeline import parse_systemctl_show, timeline_svg
+from harness.report.timeline_chart import timeline_svg
+from harness.timeline import parse_systemctl_show
 
 SUMMARY_FILE = "integration-tests-summary.json"
 REPORT_FILE = "integration-tests-report.html"

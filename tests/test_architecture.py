@@ -1,0 +1,54 @@
+"""Dependencies point one way: backends and reports build on the core, the core never
+imports a backend or a report, and backends and reports do not know each other. Only
+the command line (harness/__main__.py) puts them together."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+HARNESS = Path(__file__).resolve().parent.parent / "harness"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every harness module `path` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {m for m in found if m == "harness" or m.startswith("harness.")}
+
+
+def layer(path: Path) -> str:
+    parts = path.relative_to(HARNESS).parts
+    if parts == ("__main__.py",):
+        return "command line"
+    return {"backends": "backends", "report": "report"}.get(parts[0], "core")
+
+
+def modules(of_layer: str) -> list[Path]:
+    return [p for p in sorted(HARNESS.rglob("*.py")) if layer(p) == of_layer]
+
+
+FORBIDDEN = {"core": ("harness.backends", "harness.report"), "report": ("harness.backends",),
+             "backends": ("harness.report",)}
+
+
+@pytest.mark.parametrize("of_layer", sorted(FORBIDDEN))
+def test_imports_point_to_the_core(of_layer):
+    wrong = {f"{p.relative_to(HARNESS)} imports {m}" for p in modules(of_layer) for m in imported_modules(p)
+             if m.startswith(FORBIDDEN[of_layer])}
+    assert not wrong
+
+
+def test_every_layer_has_modules():
+    assert all(modules(of_layer) for of_layer in ("core", "backends", "report", "command line"))
+
+
+def test_every_module_says_why_it_exists():
+    missing = [str(p.relative_to(HARNESS)) for p in HARNESS.rglob("*.py") if ast.get_docstring(ast.parse(p.read_text())) is None]
+    assert not missing
