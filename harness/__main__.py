@@ -56,8 +56,8 @@ def _raise_interrupted(signum, frame):
 def cmd_run(o) -> int:
     from harness.backends import BackendName, make_backend
     from harness.report.html import current_run, update_run_report
-    from harness.results import Outcome, Status
     from harness.report.tap import tap_comment, tap_lines
+    from harness.results import Outcome, Status
     from harness.wrapper import RunContext, describe, run_test
 
     decl = TestDeclaration.from_options(o)
@@ -65,7 +65,8 @@ def cmd_run(o) -> int:
     backend = make_backend(o.backend, o.autokit_worker, env)
     interactive = backend.name == BackendName.QEMU and (
         env.get("HARNESS_INTERACTIVE") == "1"
-        or (env.get("HARNESS_INTERACTIVE") != "0" and sys.stdin.isatty() and sys.stdout.isatty()))
+        or (env.get("HARNESS_INTERACTIVE") != "0" and sys.stdin.isatty() and sys.stdout.isatty())
+    )
     tap = o.tap and not interactive  # at a console, people read; meson parses nothing then
     if tap:
         print("TAP version 14", flush=True)
@@ -74,11 +75,17 @@ def cmd_run(o) -> int:
     tests_dir = (build_dir or Path(".")) / "integration-tests"
     log_dir = Path(o.log_dir) if o.log_dir else tests_dir / decl.name
     snapshot_dir = Path(env.get("HARNESS_SNAPSHOT_DIR") or o.snapshot_dir or log_dir.parent / "snapshots")
-    ctx = RunContext(log_dir, build_dir, current_run(), interactive_rerun=backend.name == BackendName.QEMU,
-                     snapshot_dir=snapshot_dir)
+    ctx = RunContext(
+        log_dir,
+        build_dir,
+        current_run(),
+        interactive_rerun=backend.name == BackendName.QEMU,
+        snapshot_dir=snapshot_dir,
+    )
     try:
-        record = run_test(decl, Path(o.image), ctx, backend, env, interactive=interactive,
-                          timeout_factor=o.timeout_factor)
+        record = run_test(
+            decl, Path(o.image), ctx, backend, env, interactive=interactive, timeout_factor=o.timeout_factor
+        )
     except Interrupted as e:
         print(f"{decl.name}: interrupted by {e}; the VM was stopped. Logs: {ctx.log_dir}", flush=True)
         return 130
@@ -89,7 +96,9 @@ def cmd_run(o) -> int:
     print(describe(record), flush=True)
     if build_dir is not None:
         try:
-            summary, report = update_run_report(build_dir, tests_dir, ctx.run, f"integration-tests on {backend.name}")
+            summary, report = update_run_report(
+                build_dir, tests_dir, ctx.run, f"integration-tests on {backend.name}"
+            )
             print(f"report: {report}\nsummary: {summary}", flush=True)
         except OSError as e:  # the verdict stands without a report
             print(f"warning: could not write the run's report: {e}", flush=True)
@@ -160,20 +169,37 @@ def main(argv: list[str] | None = None) -> int:
     add_declaration_options(run)
     run.add_argument("--image", required=True, help="the disk image mkosi built (NAME.raw)")
     run.add_argument("--build-dir", help="meson's build directory, for the hints printed on failure")
-    run.add_argument("--log-dir", help="where console log and journal go (default BUILD/integration-tests/NAME)")
-    run.add_argument("--timeout-factor", type=int, help="multiply the timeout (default: 1 with KVM, more with TCG)")
+    run.add_argument(
+        "--log-dir", help="where console log and journal go (default BUILD/integration-tests/NAME)"
+    )
+    run.add_argument(
+        "--timeout-factor", type=int, help="multiply the timeout (default: 1 with KVM, more with TCG)"
+    )
     run.add_argument("--backend", default="qemu", help="qemu (default) or autokit; HARNESS_BACKEND overrides")
-    run.add_argument("--autokit-worker", default="", help="the worker's URL; HARNESS_AUTOKIT_WORKER overrides")
-    run.add_argument("--snapshot-dir", help="where booted snapshots are kept (default: beside the log directory; "
-                     "HARNESS_SNAPSHOT_DIR overrides)")
-    run.add_argument("--tap", action="store_true", help="write TAP 14 on stdout, one point per subtest (meson's protocol: 'tap')")
+    run.add_argument(
+        "--autokit-worker", default="", help="the worker's URL; HARNESS_AUTOKIT_WORKER overrides"
+    )
+    run.add_argument(
+        "--snapshot-dir",
+        help="where booted snapshots are kept (default: beside the log directory; "
+        "HARNESS_SNAPSHOT_DIR overrides)",
+    )
+    run.add_argument(
+        "--tap",
+        action="store_true",
+        help="write TAP 14 on stdout, one point per subtest (meson's protocol: 'tap')",
+    )
     run.set_defaults(func=cmd_run)
     validate = sub.add_parser("validate", help="check a declaration, as meson setup does", allow_abbrev=False)
     add_declaration_options(validate)
     validate.set_defaults(func=cmd_validate)
-    sub.add_parser("accel", help="print the acceleration this host gives, and the timeout factor").set_defaults(func=cmd_accel)
+    sub.add_parser(
+        "accel", help="print the acceleration this host gives, and the timeout factor"
+    ).set_defaults(func=cmd_accel)
 
-    sub.add_parser("keys", help="print the table of declaration keys (as in the README)").set_defaults(func=cmd_keys)
+    sub.add_parser("keys", help="print the table of declaration keys (as in the README)").set_defaults(
+        func=cmd_keys
+    )
 
     o, unknown = parser.parse_known_args(argv)
     if unknown and not hasattr(o, "test_dir"):

@@ -7,18 +7,18 @@ boards, so the wrapper's flow (declare -> boot -> collect -> classify -> report)
 
 from __future__ import annotations
 
-from pathlib import Path
 import enum
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Protocol
 
 import attrs
 
 from harness.accel import Acceleration
 from harness.declaration import Credential, Firmware, TestDeclaration
+from harness.guest.units import ReportChannel
 from harness.image import Image
 from harness.notify import GuestReport
-from harness.guest.units import ReportChannel
 
 
 class BootPath(enum.StrEnum):

@@ -25,7 +25,9 @@ DEFAULT_COMMAND = "/usr/lib/harness/tests/{name}/test.sh"
 TEST_NAME = re.compile(r"TEST-[0-9]{2,}-[A-Z0-9][A-Z0-9_-]*")
 # systemd credential names are file names below /run/credentials.
 CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_.@:+-]{1,255}")
-UNIT_NAME = re.compile(r"[A-Za-z0-9:_.@\\-]+\.(service|socket|target|mount|path|timer|device|swap|slice|scope|automount)")
+UNIT_NAME = re.compile(
+    r"[A-Za-z0-9:_.@\\-]+\.(service|socket|target|mount|path|timer|device|swap|slice|scope|automount)"
+)
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -80,26 +82,54 @@ def _choices(vocabulary: type[enum.StrEnum]) -> str:
 
 KEYS = (
     Key("name", "", "(required) `fs.name(meson.current_source_dir())`: the directory name, `TEST-NN-NAME`"),
-    Key("timeout", 300, "seconds with KVM; multiplied by 5 under TCG (`python3 -m harness accel` says which)"),
-    Key("priority", 0, "meson's test priority: higher starts first (among equals, tests that boot cold first)"),
+    Key(
+        "timeout", 300, "seconds with KVM; multiplied by 5 under TCG (`python3 -m harness accel` says which)"
+    ),
+    Key(
+        "priority", 0, "meson's test priority: higher starts first (among equals, tests that boot cold first)"
+    ),
     Key("slow", False, "runs only with `HARNESS_SLOW_TESTS=1`"),
     Key("enabled", True, "false: always SKIP"),
-    Key("firmware", Firmware.LINUX, "`linux` (direct kernel boot with the image's kernel and initrd), "
+    Key(
+        "firmware",
+        Firmware.LINUX,
+        "`linux` (direct kernel boot with the image's kernel and initrd), "
         "`linux-noinitrd`, `uefi` (OVMF, the image's systemd-boot and UKI), `auto` (linux when the image has a "
-        "split-out kernel, else uefi)", choices=Firmware),
+        "split-out kernel, else uefi)",
+        choices=Firmware,
+    ),
     Key("cmdline", [], "added to the kernel command line (for `uefi`, through SMBIOS)", repeated=True),
-    Key("credentials", [], "`NAME=VALUE` (text) or `NAME=@FILE` (bytes of FILE, relative to the test); the test "
-        "reads them in `$CREDENTIALS_DIRECTORY`", repeated=True),
+    Key(
+        "credentials",
+        [],
+        "`NAME=VALUE` (text) or `NAME=@FILE` (bytes of FILE, relative to the test); the test "
+        "reads them in `$CREDENTIALS_DIRECTORY`",
+        repeated=True,
+    ),
     Key("qemu-args", [], "extra QEMU arguments", repeated=True),
     Key("exit-code", 123, "the status the guest exits with on success (1..255, not 77)"),
-    Key("storage", Storage.VOLATILE, "`volatile`: root writes stay in memory (`systemd.volatile=overlay`) and "
+    Key(
+        "storage",
+        Storage.VOLATILE,
+        "`volatile`: root writes stay in memory (`systemd.volatile=overlay`) and "
         "vanish at a reboot; `persistent`: they go to the test's disk overlay and survive reboots inside the test",
-        choices=Storage),
-    Key("boot", BootMode.AUTO, "`auto`: resume the booted snapshot when the test is eligible (see Speed), else "
-        "boot cold; `cold`: always boot", choices=BootMode),
+        choices=Storage,
+    ),
+    Key(
+        "boot",
+        BootMode.AUTO,
+        "`auto`: resume the booted snapshot when the test is eligible (see Speed), else "
+        "boot cold; `cold`: always boot",
+        choices=BootMode,
+    ),
     Key("requires", [], "features a hardware worker must offer", repeated=True),
     Key("configuration", {}, "the test unit, a dict of the keys below"),
-    Key("command", "", "the test's command (default `/usr/lib/harness/tests/NAME/test.sh`)", configuration=True),
+    Key(
+        "command",
+        "",
+        "the test's command (default `/usr/lib/harness/tests/NAME/test.sh`)",
+        configuration=True,
+    ),
     Key("wants", [], "units the test unit wants", repeated=True, configuration=True),
     Key("after", [], "units the test unit starts after", repeated=True, configuration=True),
     Key("env", {}, "environment of the test's command, a dict", repeated=True, configuration=True),
@@ -141,18 +171,30 @@ class Credential:
         """`NAME=VALUE` (text as written) or `NAME=@FILE` (bytes of FILE, relative to the test)."""
         name, sep, value = spec.partition("=")
         if not sep:
-            raise DeclarationError(source, "credentials", f"'{spec}' is not NAME=VALUE",
-                                   "write each credential as 'NAME=VALUE' or 'NAME=@FILE'")
+            raise DeclarationError(
+                source,
+                "credentials",
+                f"'{spec}' is not NAME=VALUE",
+                "write each credential as 'NAME=VALUE' or 'NAME=@FILE'",
+            )
         if not CREDENTIAL_NAME.fullmatch(name) or name in (".", ".."):
-            raise DeclarationError(source, "credentials", f"'{name}' is not a valid credential name",
-                                   "use letters, digits and . _ - @ : + only")
+            raise DeclarationError(
+                source,
+                "credentials",
+                f"'{name}' is not a valid credential name",
+                "use letters, digits and . _ - @ : + only",
+            )
         if value.startswith("@"):
             path = test_dir / value[1:]
             try:
                 return cls(name, path.read_bytes())
             except OSError as e:
-                raise DeclarationError(source, "credentials", f"cannot read {path}: {e.strerror}",
-                                       "NAME=@FILE reads FILE relative to the test's directory") from None
+                raise DeclarationError(
+                    source,
+                    "credentials",
+                    f"cannot read {path}: {e.strerror}",
+                    "NAME=@FILE reads FILE relative to the test's directory",
+                ) from None
         return cls(name, value.encode())
 
 
@@ -202,8 +244,11 @@ class TestDeclaration:
             return DeclarationError(source, key, problem, fix)
 
         if not TEST_NAME.fullmatch(o.name):
-            raise bad("name", f"'{o.name}' does not follow TEST-NN-NAME",
-                      "name the directory TEST-NN-NAME (two or more digits, upper-case name)")
+            raise bad(
+                "name",
+                f"'{o.name}' does not follow TEST-NN-NAME",
+                "name the directory TEST-NN-NAME (two or more digits, upper-case name)",
+            )
         if o.timeout <= 0:
             raise bad("timeout", f"{o.timeout} is not a positive number of seconds")
         for key in KEYS:
@@ -211,15 +256,21 @@ class TestDeclaration:
             if key.choices and value not in set(key.choices):
                 raise bad(key.name, f"unknown {key.name} '{value}'", f"use one of: {', '.join(key.choices)}")
         if not 1 <= o.exit_code <= 255 or o.exit_code == SKIP_EXIT:
-            raise bad("exit-code", f"{o.exit_code} cannot mean success",
-                      "use 1..255 except 77 (skip); 0 is what a VM that just powers off reports")
+            raise bad(
+                "exit-code",
+                f"{o.exit_code} cannot mean success",
+                "use 1..255 except 77 (skip); 0 is what a VM that just powers off reports",
+            )
         credentials = tuple(Credential.parse(c, test_dir, source) for c in o.credentials)
         names = [c.name for c in credentials]
         if len(set(names)) != len(names):
             raise bad("credentials", "a credential name is given twice")
         if RESERVED_CREDENTIAL in names:
-            raise bad("credentials", f"'{RESERVED_CREDENTIAL}' is the harness's own credential (the subtest library)",
-                      "give the credential another name")
+            raise bad(
+                "credentials",
+                f"'{RESERVED_CREDENTIAL}' is the harness's own credential (the subtest library)",
+                "give the credential another name",
+            )
         for unit in (*o.wants, *o.after):
             if not UNIT_NAME.fullmatch(unit):
                 raise bad("configuration", f"'{unit}' in wants/after is not a unit name")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import io
 import struct
 import uuid
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import BinaryIO
 
 import attrs
@@ -60,12 +60,14 @@ def read_gpt(f: BinaryIO) -> list[Partition]:
     table = f.read(count * entry_size)
     partitions = []
     for i in range(count):
-        e = table[i * entry_size:(i + 1) * entry_size]
+        e = table[i * entry_size : (i + 1) * entry_size]
         if len(e) < 128 or e[:16] == bytes(16):
             continue
         first, last = struct.unpack_from("<QQ", e, 32)
         label = e[56:128].decode("utf-16-le", "replace").rstrip("\0")
-        partitions.append(Partition(uuid.UUID(bytes_le=e[:16]), uuid.UUID(bytes_le=e[16:32]), first, last, label, sector))
+        partitions.append(
+            Partition(uuid.UUID(bytes_le=e[:16]), uuid.UUID(bytes_le=e[16:32]), first, last, label, sector)
+        )
     return partitions
 
 
@@ -88,16 +90,16 @@ def _decompress(data: bytes) -> bytes:
 def cpio_files(archive: bytes) -> Iterator[tuple[str, bytes]]:
     """(name, content) of the regular files of a newc cpio archive, up to its trailer."""
     pos = 0
-    while archive[pos:pos + 6] in (b"070701", b"070702"):
-        fields = [int(archive[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
+    while archive[pos : pos + 6] in (b"070701", b"070702"):
+        fields = [int(archive[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
         mode, size, namesize = fields[1], fields[6], fields[11]
         name_start = pos + 110
-        name = archive[name_start:name_start + namesize - 1].decode(errors="replace")
+        name = archive[name_start : name_start + namesize - 1].decode(errors="replace")
         data_start = (name_start + namesize + 3) & ~3
         if name == "TRAILER!!!":
             return
         if mode & 0o170000 == 0o100000:
-            yield name, archive[data_start:data_start + size]
+            yield name, archive[data_start : data_start + size]
         pos = (data_start + size + 3) & ~3
 
 
@@ -114,8 +116,10 @@ def initrd_architecture(initrd: Path) -> str:
         arch = elf_architecture(content)
         if arch:
             return arch
-    raise HarnessError(f"found no ELF binary in {initrd} to tell the image's architecture",
-                       "rebuild the image: meson compile -C build mkosi")
+    raise HarnessError(
+        f"found no ELF binary in {initrd} to tell the image's architecture",
+        "rebuild the image: meson compile -C build mkosi",
+    )
 
 
 @attrs.frozen
@@ -132,25 +136,43 @@ class Image:
     def open(cls, path: Path) -> Image:
         path = path.resolve() if path.exists() else path
         if not path.is_file():
-            raise HarnessError(f"no image at {path}",
-                               "build it first: meson compile -C build mkosi")
+            raise HarnessError(f"no image at {path}", "build it first: meson compile -C build mkosi")
         stem = path.with_suffix("")
-        kernel, initrd, uki = (p if p.is_file() else None for p in
-                               (stem.with_suffix(".vmlinuz"), stem.with_suffix(".initrd"), stem.with_suffix(".efi")))
+        kernel, initrd, uki = (
+            p if p.is_file() else None
+            for p in (stem.with_suffix(".vmlinuz"), stem.with_suffix(".initrd"), stem.with_suffix(".efi"))
+        )
         try:
             with path.open("rb") as f:
                 partitions = read_gpt(f)
         except (OSError, ValueError) as e:
-            raise HarnessError(f"{path} is not a GPT disk image ({e})",
-                               "point the harness at the .raw disk mkosi built (Format=disk)") from None
+            raise HarnessError(
+                f"{path} is not a GPT disk image ({e})",
+                "point the harness at the .raw disk mkosi built (Format=disk)",
+            ) from None
         if initrd is None:
-            raise HarnessError(f"{path} has no initrd beside it ({stem.with_suffix('.initrd').name})",
-                               "build with mkosi's default SplitArtifacts (kernel, initrd, uki)")
+            raise HarnessError(
+                f"{path} has no initrd beside it ({stem.with_suffix('.initrd').name})",
+                "build with mkosi's default SplitArtifacts (kernel, initrd, uki)",
+            )
         arch = initrd_architecture(initrd)
         roots = [p for p in partitions if p.type_uuid == ROOT_PARTITION_TYPES.get(arch)]
-        foreign = [a for a, t in ROOT_PARTITION_TYPES.items() if a != arch and any(p.type_uuid == t for p in partitions)]
+        foreign = [
+            a
+            for a, t in ROOT_PARTITION_TYPES.items()
+            if a != arch and any(p.type_uuid == t for p in partitions)
+        ]
         if not roots and foreign:
-            raise HarnessError(f"{path}: the initrd is {arch} but the root partition is for {foreign[0]}",
-                               "the image's architecture is inconsistent: rebuild it with one Architecture=")
-        return cls(path, kernel, initrd, uki, arch, roots[0].part_uuid if roots else None,
-                   any(p.type_uuid == ESP_TYPE for p in partitions))
+            raise HarnessError(
+                f"{path}: the initrd is {arch} but the root partition is for {foreign[0]}",
+                "the image's architecture is inconsistent: rebuild it with one Architecture=",
+            )
+        return cls(
+            path,
+            kernel,
+            initrd,
+            uki,
+            arch,
+            roots[0].part_uuid if roots else None,
+            any(p.type_uuid == ESP_TYPE for p in partitions),
+        )

@@ -6,8 +6,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-CONVERTERS = ("systemd-journal-remote", "/usr/lib/systemd/systemd-journal-remote",
-              "/lib/systemd/systemd-journal-remote")
+CONVERTERS = (
+    "systemd-journal-remote",
+    "/usr/lib/systemd/systemd-journal-remote",
+    "/lib/systemd/systemd-journal-remote",
+)
 
 
 def wanted(policy: str, status: str) -> bool:
@@ -57,8 +60,8 @@ def read_export(data: bytes) -> list[dict[str, str]]:
             entry[key.decode(errors="replace")] = value.decode(errors="replace")
             pos = nl + 1
         else:  # binary field
-            size = int.from_bytes(data[nl + 1:nl + 9], "little")
-            entry[line.decode(errors="replace")] = data[nl + 9:nl + 9 + size].decode(errors="replace")
+            size = int.from_bytes(data[nl + 1 : nl + 9], "little")
+            entry[line.decode(errors="replace")] = data[nl + 9 : nl + 9 + size].decode(errors="replace")
             pos = nl + 9 + size + 1
     if entry:
         entries.append(entry)

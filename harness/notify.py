@@ -15,7 +15,6 @@ from pathlib import Path
 import attrs
 
 
-
 def parse_notify(data: bytes) -> list[tuple[str, str]]:
     """The KEY=VALUE assignments in a notify message or stream, in order; junk skipped."""
     pairs = []
@@ -33,7 +32,7 @@ def console_notify_lines(console: bytes, prefix: bytes) -> bytes:
     for line in console.split(b"\n"):
         at = line.find(prefix)
         if at >= 0:
-            out.append(line[at + len(prefix):].rstrip(b"\r"))
+            out.append(line[at + len(prefix) :].rstrip(b"\r"))
     return b"\n".join(out)
 
 
@@ -77,8 +76,12 @@ class GuestReport:
         result = self.last("X_HARNESS_SERVICE_RESULT")
         if result is None:
             return None
-        return derive_exit_status(result, self.last("X_HARNESS_EXIT_CODE") or "",
-                                  self.last("X_HARNESS_EXIT_STATUS") or "", success_status)
+        return derive_exit_status(
+            result,
+            self.last("X_HARNESS_EXIT_CODE") or "",
+            self.last("X_HARNESS_EXIT_STATUS") or "",
+            success_status,
+        )
 
 
 def read_port_file(path: Path, report: GuestReport) -> None:

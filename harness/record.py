@@ -56,8 +56,14 @@ class TestRecord:
     def cases(self) -> list[Case]:
         cases = [Case(f"{self.name}/{s.name}", s.status, s.detail, s.duration_ms) for s in self.subtests]
         if not cases:
-            return [Case(self.name, self.status, "" if self.status == Status.PASS else self.reason,
-                         int(self.duration_s * 1000))]
+            return [
+                Case(
+                    self.name,
+                    self.status,
+                    "" if self.status == Status.PASS else self.reason,
+                    int(self.duration_s * 1000),
+                )
+            ]
         explained = self.cause == "exit-status" and any(s.status == Status.FAIL for s in self.subtests)
         if self.status == Status.ERROR or (self.status == Status.FAIL and not explained):
             cases.append(Case(self.name, self.status, self.reason))
@@ -72,7 +78,9 @@ class TestRecord:
     def from_json(cls, text: str) -> TestRecord:
         data = json.loads(text)
         data["status"] = Status(data["status"])
-        data["subtests"] = tuple(Subtest(**dict(s, status=Status(s["status"]))) for s in data.get("subtests", ()))
+        data["subtests"] = tuple(
+            Subtest(**dict(s, status=Status(s["status"]))) for s in data.get("subtests", ())
+        )
         data["rerun"] = tuple(data.get("rerun", ()))
         return cls(**data)
 

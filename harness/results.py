@@ -11,7 +11,6 @@ from harness.declaration import SKIP_EXIT
 from harness.notify import GuestReport
 
 
-
 class Status(enum.StrEnum):
     """A verdict, of a test or of one of its subtests."""
 
@@ -26,7 +25,12 @@ class Status(enum.StrEnum):
 
 # meson's meaning of a test's exit status.
 EXIT_PASS, EXIT_FAIL, EXIT_SKIP, EXIT_ERROR = 0, 1, 77, 99
-EXIT_CODES = {Status.PASS: EXIT_PASS, Status.FAIL: EXIT_FAIL, Status.SKIP: EXIT_SKIP, Status.ERROR: EXIT_ERROR}
+EXIT_CODES = {
+    Status.PASS: EXIT_PASS,
+    Status.FAIL: EXIT_FAIL,
+    Status.SKIP: EXIT_SKIP,
+    Status.ERROR: EXIT_ERROR,
+}
 
 
 @attrs.frozen
@@ -42,8 +46,14 @@ class Outcome:
         return EXIT_CODES[self.status]
 
 
-def classify(name: str, expected: int, timeout: float | None, ending: Ending, report: GuestReport,
-             machine_detail: str = "") -> Outcome:
+def classify(
+    name: str,
+    expected: int,
+    timeout: float | None,
+    ending: Ending,
+    report: GuestReport,
+    machine_detail: str = "",
+) -> Outcome:
     started = "while the test was running" if report.test_started else "before the test unit started"
     if ending.kind == EndingKind.TIMEOUT:
         return Outcome(Status.FAIL, f"timed out after {timeout:.0f} s {started}")
@@ -52,9 +62,14 @@ def classify(name: str, expected: int, timeout: float | None, ending: Ending, re
     status = report.exit_status(expected)
     if status is None:
         if ending.machine_status not in (0, None):
-            how = (f"was killed by signal {-ending.machine_status}" if ending.machine_status < 0
-                   else f"exited with status {ending.machine_status}")
-            return Outcome(Status.ERROR, f"the VM {how} {started}" + (f": {machine_detail}" if machine_detail else ""))
+            how = (
+                f"was killed by signal {-ending.machine_status}"
+                if ending.machine_status < 0
+                else f"exited with status {ending.machine_status}"
+            )
+            return Outcome(
+                Status.ERROR, f"the VM {how} {started}" + (f": {machine_detail}" if machine_detail else "")
+            )
         if report.entered_emergency:
             return Outcome(Status.FAIL, "boot failed: the guest fell into emergency mode")
         return Outcome(Status.FAIL, f"the VM powered off without reporting an exit status ({started})")
@@ -64,4 +79,6 @@ def classify(name: str, expected: int, timeout: float | None, ending: Ending, re
         return Outcome(Status.SKIP, f"{name} skipped itself (exit status 77)")
     if status == 0:
         return Outcome(Status.FAIL, "the guest shut down with status 0: the test never reported success")
-    return Outcome(Status.FAIL, f"{name} failed with exit status {status} (expected {expected})", cause="exit-status")
+    return Outcome(
+        Status.FAIL, f"{name} failed with exit status {status} (expected {expected})", cause="exit-status"
+    )

@@ -36,7 +36,10 @@ def subtests_from(report: GuestReport, unfinished_reason: str) -> list[Subtest]:
                 if parsed.name not in order:
                     order.append(parsed.name)
                 ended[parsed.name] = parsed
-    return [ended.get(name) or Subtest(name, Status.FAIL, None, f"did not finish: {unfinished_reason}") for name in order]
+    return [
+        ended.get(name) or Subtest(name, Status.FAIL, None, f"did not finish: {unfinished_reason}")
+        for name in order
+    ]
 
 
 def _parse_end(value: str) -> Subtest | None:

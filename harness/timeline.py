@@ -62,7 +62,9 @@ def _number(props: dict[str, str], key: str) -> int:
 
 
 def parse_systemctl_show(text: str) -> Timeline | None:
-    blocks = [dict(line.split("=", 1) for line in block.splitlines() if "=" in line) for block in text.split("\n\n")]
+    blocks = [
+        dict(line.split("=", 1) for line in block.splitlines() if "=" in line) for block in text.split("\n\n")
+    ]
     blocks = [b for b in blocks if b]
     if not blocks:
         return None

@@ -11,26 +11,37 @@ from pathlib import Path
 from harness.accel import detect
 from harness.backend import Backend, BootPath, BootPlan, EndingKind
 from harness.declaration import Firmware, Storage, TestDeclaration, skip_reason
+from harness.guest.units import boot_options, guest_credentials
 from harness.image import Image
 from harness.journal import keep_journal, unit_excerpt
 from harness.record import RESULT_FILE, TIMELINE_FILE, TestRecord
 from harness.results import Outcome, Status, classify
 from harness.subtests import subtests_from
 from harness.timeline import decode_timeline, merge_timelines
-from harness.guest.units import boot_options, guest_credentials
 
-LOG_FILES = ("console.log", "journal.export", "journal.journal", "qemu-command.txt", "diagnostics.json",
-             "frames.tar.gz", "screen.png", TIMELINE_FILE, RESULT_FILE)
+LOG_FILES = (
+    "console.log",
+    "journal.export",
+    "journal.journal",
+    "qemu-command.txt",
+    "diagnostics.json",
+    "frames.tar.gz",
+    "screen.png",
+    TIMELINE_FILE,
+    RESULT_FILE,
+)
 
 
 def harness_cmdline(decl: TestDeclaration, interactive: bool) -> list[str]:
     """What every test's kernel command line gets, ahead of the test's own additions."""
-    return (boot_options(decl.unit_name, interactive, volatile=decl.storage == Storage.VOLATILE, machine_id=uuid.uuid4().hex)
-            + list(decl.cmdline))
+    return boot_options(
+        decl.unit_name, interactive, volatile=decl.storage == Storage.VOLATILE, machine_id=uuid.uuid4().hex
+    ) + list(decl.cmdline)
 
 
-def choose_boot_path(decl: TestDeclaration, firmware: Firmware, backend: Backend, interactive: bool,
-                     env: dict[str, str]) -> tuple[BootPath, str]:
+def choose_boot_path(
+    decl: TestDeclaration, firmware: Firmware, backend: Backend, interactive: bool, env: dict[str, str]
+) -> tuple[BootPath, str]:
     """Resume a saved boot where the backend allows it for this test; otherwise boot
     cold, and say why."""
     if interactive:
@@ -39,8 +50,16 @@ def choose_boot_path(decl: TestDeclaration, firmware: Firmware, backend: Backend
     return (BootPath.COLD, why) if why else (BootPath.SNAPSHOT, "")
 
 
-def plan_boot(decl: TestDeclaration, image: Image, backend: Backend, interactive: bool, timeout_factor: int | None,
-              env: dict[str, str], snapshot_dir: Path | None = None, attempt: str = "") -> BootPlan:
+def plan_boot(
+    decl: TestDeclaration,
+    image: Image,
+    backend: Backend,
+    interactive: bool,
+    timeout_factor: int | None,
+    env: dict[str, str],
+    snapshot_dir: Path | None = None,
+    attempt: str = "",
+) -> BootPlan:
     accel = detect(image.architecture, env)
     factor = timeout_factor if timeout_factor is not None else accel.timeout_factor
     firmware = backend.firmware(decl.firmware, image)
@@ -53,7 +72,8 @@ def plan_boot(decl: TestDeclaration, image: Image, backend: Backend, interactive
         image=image,
         firmware=firmware,
         cmdline=tuple(harness_cmdline(decl, interactive)),
-        credentials=tuple(guest_credentials(decl, interactive, backend.report_channel, whole_journal)) + decl.credentials,
+        credentials=tuple(guest_credentials(decl, interactive, backend.report_channel, whole_journal))
+        + decl.credentials,
         accel=accel,
         timeout=None if interactive else decl.timeout * factor,
         interactive=interactive,
@@ -69,23 +89,41 @@ class RunContext:
     """Where a test's run belongs: its log directory, meson's build directory (for the
     rerun hints) and the `meson test` run it is part of."""
 
-    def __init__(self, log_dir: Path, build_dir: Path | None, run: str, interactive_rerun: bool = True,
-                 snapshot_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        build_dir: Path | None,
+        run: str,
+        interactive_rerun: bool = True,
+        snapshot_dir: Path | None = None,
+    ) -> None:
         self.log_dir = log_dir
         self.build_dir = build_dir
         self.snapshot_dir = snapshot_dir
         self.run = run
         self.interactive_rerun = interactive_rerun
-        self.started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        self.started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         self._t0 = time.monotonic()
 
-    def record(self, decl: TestDeclaration, backend: str, firmware: str, outcome: Outcome, **found) -> TestRecord:
+    def record(
+        self, decl: TestDeclaration, backend: str, firmware: str, outcome: Outcome, **found
+    ) -> TestRecord:
         journal = found.pop("journal", None)
         return TestRecord(
-            name=decl.name, run=self.run, backend=backend, firmware=firmware, status=outcome.status,
-            reason=outcome.reason, cause=outcome.cause, started=self.started,
-            duration_s=round(time.monotonic() - self._t0, 1), log_dir=str(self.log_dir),
-            journal=str(journal or ""), rerun=tuple(self.rerun_commands(decl, outcome, journal)), **found)
+            name=decl.name,
+            run=self.run,
+            backend=backend,
+            firmware=firmware,
+            status=outcome.status,
+            reason=outcome.reason,
+            cause=outcome.cause,
+            started=self.started,
+            duration_s=round(time.monotonic() - self._t0, 1),
+            log_dir=str(self.log_dir),
+            journal=str(journal or ""),
+            rerun=tuple(self.rerun_commands(decl, outcome, journal)),
+            **found,
+        )
 
     def rerun_commands(self, decl: TestDeclaration, outcome: Outcome, journal: Path | None) -> list[str]:
         """On failure: one command that reruns exactly this test, one that reads its journal."""
@@ -101,8 +139,15 @@ class RunContext:
         return commands
 
 
-def run_test(decl: TestDeclaration, image_path: Path, ctx: RunContext, backend: Backend,
-             env: dict[str, str], interactive: bool = False, timeout_factor: int | None = None) -> TestRecord:
+def run_test(
+    decl: TestDeclaration,
+    image_path: Path,
+    ctx: RunContext,
+    backend: Backend,
+    env: dict[str, str],
+    interactive: bool = False,
+    timeout_factor: int | None = None,
+) -> TestRecord:
     """Run one test; the record says how it went and where its logs are."""
     log_dir = ctx.log_dir
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -113,15 +158,21 @@ def run_test(decl: TestDeclaration, image_path: Path, ctx: RunContext, backend: 
         return ctx.record(decl, backend.name, "", Outcome(Status.SKIP, reason))
     missing = backend.unmet_requirements(decl)
     if missing:
-        return ctx.record(decl, backend.name, "",
-                          Outcome(Status.SKIP, f"the {backend.name} machine lacks required features: {', '.join(missing)}"))
+        return ctx.record(
+            decl,
+            backend.name,
+            "",
+            Outcome(Status.SKIP, f"the {backend.name} machine lacks required features: {', '.join(missing)}"),
+        )
     image = Image.open(image_path)
     plan = plan_boot(decl, image, backend, interactive, timeout_factor, env, ctx.snapshot_dir, ctx.run)
     how = "resuming the booted snapshot of" if plan.boot is BootPath.SNAPSHOT else "booting"
-    print(f"{decl.name}: {how} {image.path.name} ({plan.firmware}, {plan.accel.kind}: {plan.accel.reason}; "
-          f"timeout {plan.timeout or 'none'}{' s' if plan.timeout else ''}) on {backend.name}"
-          + (f"; cold boot: {plan.cold_reason}" if plan.boot is BootPath.COLD and backend.can_resume else ""),
-          flush=True)
+    print(
+        f"{decl.name}: {how} {image.path.name} ({plan.firmware}, {plan.accel.kind}: {plan.accel.reason}; "
+        f"timeout {plan.timeout or 'none'}{' s' if plan.timeout else ''}) on {backend.name}"
+        + (f"; cold boot: {plan.cold_reason}" if plan.boot is BootPath.COLD and backend.can_resume else ""),
+        flush=True,
+    )
     if interactive:
         print("The console is attached: the test's output follows. Ctrl-a x quits QEMU.", flush=True)
 
@@ -140,9 +191,19 @@ def run_test(decl: TestDeclaration, image_path: Path, ctx: RunContext, backend: 
     if timeline:
         (log_dir / TIMELINE_FILE).write_text(timeline)
     excerpt = unit_excerpt(log_dir / "journal.export", decl.unit_name)
-    journal = keep_journal(log_dir / "journal.export", env.get("HARNESS_SAVE_JOURNAL", "fail"), outcome.status)
-    return ctx.record(decl, backend.name, plan.firmware, outcome, journal=journal, journal_excerpt=excerpt,
-                      subtests=tuple(subtests_from(report, outcome.reason)), boot=str(boot_path))
+    journal = keep_journal(
+        log_dir / "journal.export", env.get("HARNESS_SAVE_JOURNAL", "fail"), outcome.status
+    )
+    return ctx.record(
+        decl,
+        backend.name,
+        plan.firmware,
+        outcome,
+        journal=journal,
+        journal_excerpt=excerpt,
+        subtests=tuple(subtests_from(report, outcome.reason)),
+        boot=str(boot_path),
+    )
 
 
 def describe(record: TestRecord) -> str:
@@ -158,5 +219,7 @@ def describe(record: TestRecord) -> str:
         if console.exists():
             lines.append(f"  console log: {console}")
         labels = ("rerun:      ", "journal:    ")
-        lines += [f"  {label} {command}" for label, command in zip(labels, record.rerun)]
+        lines += [
+            f"  {label} {command}" for label, command in zip(labels, record.rerun, strict=False)
+        ]  # a rerun, and a journal when kept
     return "\n".join(lines)

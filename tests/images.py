@@ -16,7 +16,9 @@ MIB = 1 << 20
 EM_X86_64 = 62
 
 
-def gpt(partitions: list[tuple[uuid.UUID, uuid.UUID, str, int, int]], sector: int = 512, size: int = 0) -> bytes:
+def gpt(
+    partitions: list[tuple[uuid.UUID, uuid.UUID, str, int, int]], sector: int = 512, size: int = 0
+) -> bytes:
     """A minimal GPT disk of `size` bytes (at least 40 sectors): header at LBA 1, entries
     at LBA 2; `partitions` are (type, uuid, label, first LBA, last LBA)."""
     entries = b""
@@ -27,15 +29,18 @@ def gpt(partitions: list[tuple[uuid.UUID, uuid.UUID, str, int, int]], sector: in
     header = b"EFI PART" + struct.pack("<IIIIQQQQ", 0x10000, 92, 0, 0, 1, 0, 34, 0) + bytes(16)
     header += struct.pack("<QII", 2, 128, 128)
     disk = bytearray(max(size, sector * 40))
-    disk[sector:sector + len(header)] = header
-    disk[2 * sector:2 * sector + len(entries)] = entries
+    disk[sector : sector + len(header)] = header
+    disk[2 * sector : 2 * sector + len(entries)] = entries
     return bytes(disk)
 
 
 def elf(machine: int) -> bytes:
     # ELF64 little-endian header, e_machine at offset 18.
-    return b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack("<HHIQQQIHHHHHH", 2, machine, 1, 0, 64, 0, 0, 64, 56, 0,
-                                                           64, 0, 0)
+    return (
+        b"\x7fELF\x02\x01\x01"
+        + bytes(9)
+        + struct.pack("<HHIQQQIHHHHHH", 2, machine, 1, 0, 64, 0, 0, 64, 56, 0, 64, 0, 0)
+    )
 
 
 def cpio(files: list[tuple[str, bytes, int]]) -> bytes:
@@ -54,10 +59,14 @@ def write_image(directory: Path, sector: int = 512) -> Path:
     initrd and UKI beside it: enough for Image.open, nothing boots."""
     directory.mkdir(parents=True, exist_ok=True)
     root = uuid.UUID("0f0e0d0c-0b0a-0908-0706-050403020100")
-    parts = [(ESP_TYPE, uuid.uuid4(), "esp", 34, 35), (ROOT_PARTITION_TYPES["x86_64"], root, "root-x86-64", 36, 37)]
+    parts = [
+        (ESP_TYPE, uuid.uuid4(), "esp", 34, 35),
+        (ROOT_PARTITION_TYPES["x86_64"], root, "root-x86-64", 36, 37),
+    ]
     (directory / "image.raw").write_bytes(gpt(parts, sector))
-    (directory / "image.initrd").write_bytes(gzip.compress(cpio([("usr/lib/systemd/systemd", elf(EM_X86_64),
-                                                                   0o100755)])))
+    (directory / "image.initrd").write_bytes(
+        gzip.compress(cpio([("usr/lib/systemd/systemd", elf(EM_X86_64), 0o100755)]))
+    )
     (directory / "image.vmlinuz").write_bytes(b"kernel")
     (directory / "image.efi").write_bytes(b"MZ not really a UKI")
     return directory / "image.raw"
@@ -69,8 +78,10 @@ def write_bootable_image(directory: Path, sector: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     esp_at, esp_size, root_at, root_size = 1 * MIB, 8 * MIB, 9 * MIB, 8 * MIB
     esp, root = directory / "esp.img", directory / "root.img"
-    subprocess.run(["mformat", "-C", "-i", str(esp), "-T", str(esp_size // 512), "-h", "16", "-s", "32", "::"],
-                   check=True)
+    subprocess.run(
+        ["mformat", "-C", "-i", str(esp), "-T", str(esp_size // 512), "-h", "16", "-s", "32", "::"],
+        check=True,
+    )
     for d in ("::/EFI", "::/EFI/Linux", "::/loader", "::/loader/entries"):
         subprocess.run(["mmd", "-i", str(esp), d], check=True)
     uki = directory / "image.efi"
@@ -79,12 +90,19 @@ def write_bootable_image(directory: Path, sector: int) -> Path:
     tree = directory / "root"
     (tree / "etc" / "systemd" / "system").mkdir(parents=True)
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(root), f"{root_size // 1024}k"], check=True)
-    parts = [(ESP_TYPE, uuid.uuid4(), "esp", esp_at // sector, (esp_at + esp_size) // sector - 1),
-             (ROOT_PARTITION_TYPES["x86_64"], uuid.uuid4(), "root-x86-64", root_at // sector,
-              (root_at + root_size) // sector - 1)]
+    parts = [
+        (ESP_TYPE, uuid.uuid4(), "esp", esp_at // sector, (esp_at + esp_size) // sector - 1),
+        (
+            ROOT_PARTITION_TYPES["x86_64"],
+            uuid.uuid4(),
+            "root-x86-64",
+            root_at // sector,
+            (root_at + root_size) // sector - 1,
+        ),
+    ]
     disk = bytearray(gpt(parts, sector, root_at + root_size + MIB))
-    disk[esp_at:esp_at + esp_size] = esp.read_bytes()
-    disk[root_at:root_at + root_size] = root.read_bytes()
+    disk[esp_at : esp_at + esp_size] = esp.read_bytes()
+    disk[root_at : root_at + root_size] = root.read_bytes()
     image = directory / "image.raw"
     image.write_bytes(bytes(disk))
     return image

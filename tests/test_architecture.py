@@ -34,14 +34,21 @@ def modules(of_layer: str) -> list[Path]:
     return [p for p in sorted(HARNESS.rglob("*.py")) if layer(p) == of_layer]
 
 
-FORBIDDEN = {"core": ("harness.backends", "harness.report"), "report": ("harness.backends",),
-             "backends": ("harness.report",)}
+FORBIDDEN = {
+    "core": ("harness.backends", "harness.report"),
+    "report": ("harness.backends",),
+    "backends": ("harness.report",),
+}
 
 
 @pytest.mark.parametrize("of_layer", sorted(FORBIDDEN))
 def test_imports_point_to_the_core(of_layer):
-    wrong = {f"{p.relative_to(HARNESS)} imports {m}" for p in modules(of_layer) for m in imported_modules(p)
-             if m.startswith(FORBIDDEN[of_layer])}
+    wrong = {
+        f"{p.relative_to(HARNESS)} imports {m}"
+        for p in modules(of_layer)
+        for m in imported_modules(p)
+        if m.startswith(FORBIDDEN[of_layer])
+    }
     assert not wrong
 
 
@@ -50,5 +57,9 @@ def test_every_layer_has_modules():
 
 
 def test_every_module_says_why_it_exists():
-    missing = [str(p.relative_to(HARNESS)) for p in HARNESS.rglob("*.py") if ast.get_docstring(ast.parse(p.read_text())) is None]
+    missing = [
+        str(p.relative_to(HARNESS))
+        for p in HARNESS.rglob("*.py")
+        if ast.get_docstring(ast.parse(p.read_text())) is None
+    ]
     assert not missing

@@ -42,7 +42,9 @@ class StubWorker:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def url(self):
@@ -77,13 +79,15 @@ def test_reserve_gives_up_with_a_clear_error():
 
 
 def test_reserved_block_heartbeats_and_always_tears_down():
-    script = {("GET", "/start"): [(200, b"OK")], ("GET", "/heartbeat"): [(200, b"OK")],
-              ("POST", "/teardown"): [(200, b"OK")]}
+    script = {
+        ("GET", "/start"): [(200, b"OK")],
+        ("GET", "/heartbeat"): [(200, b"OK")],
+        ("POST", "/teardown"): [(200, b"OK")],
+    }
     with StubWorker(script) as w:
-        with pytest.raises(RuntimeError):
-            with client(w).reserved(interval=0.05):
-                threading.Event().wait(0.3)
-                raise RuntimeError("test body failed")
+        with pytest.raises(RuntimeError), client(w).reserved(interval=0.05):
+            threading.Event().wait(0.3)
+            raise RuntimeError("test body failed")
         assert "/heartbeat" in w.paths()
         assert w.paths()[-1] == "/teardown"
 
@@ -98,7 +102,9 @@ def test_token_is_sent_and_401_says_what_to_do():
 
 def test_contract_and_device_endpoints():
     script = {
-        ("GET", "/contract"): [(200, {"uuid": "u1", "workerType": "qemu", "supportedFeatures": ["dut", "uefi"]})],
+        ("GET", "/contract"): [
+            (200, {"uuid": "u1", "workerType": "qemu", "supportedFeatures": ["dut", "uefi"]})
+        ],
         ("POST", "/dut/network"): [(200, b"OK")],
         ("GET", "/dut/ip"): [(200, b"10.0.0.2")],
         ("POST", "/dut/on"): [(200, b"progress 50%\nOK")],
@@ -138,26 +144,33 @@ def test_power_on_that_does_not_end_in_ok_is_an_error():
 
 def test_chunked_upload_resends_a_failed_chunk():
     image = gzip.compress(random.Random(1).randbytes(350_000))  # incompressible: 4 chunks of 0.1 MiB
-    script = {("GET", "/dut/sendImage/chunkSize"): [(200, {"chunkMiB": 0.1})],
-              ("POST", "/dut/sendImage"): [(200, b"CHUNK_OK"), (500, b"disk hiccup"), (200, b"CHUNK_OK")]}
+    script = {
+        ("GET", "/dut/sendImage/chunkSize"): [(200, {"chunkMiB": 0.1})],
+        ("POST", "/dut/sendImage"): [(200, b"CHUNK_OK"), (500, b"disk hiccup"), (200, b"CHUNK_OK")],
+    }
     with StubWorker(script) as w:
         client(w).send_image(io.BytesIO(image), len(image), Retry(attempts=3, delay=0))
-        chunks = [(int(h["x-chunk-index"]), int(h["x-total-chunks"]), int(h["Content-Length"]), b)
-                  for m, p, h, b in w.requests if p == "/dut/sendImage"]
+        chunks = [
+            (int(h["x-chunk-index"]), int(h["x-total-chunks"]), int(h["Content-Length"]), b)
+            for m, p, h, b in w.requests
+            if p == "/dut/sendImage"
+        ]
     size = int(0.1 * 1024 * 1024)
     total = -(-len(image) // size)
     assert all(t == total for _, t, _, _ in chunks)
-    assert [i for i, *_ in chunks] == [0, 1, 1] + list(range(2, total))  # chunk 1 sent again
+    assert [i for i, *_ in chunks] == [0, 1, 1, *range(2, total)]  # chunk 1 sent again
     assert all(n == len(b) for _, _, n, b in chunks)
     reassembled = bytearray(len(image))
     for i, _, _, b in chunks:
-        reassembled[i * size:i * size + len(b)] = b
+        reassembled[i * size : i * size + len(b)] = b
     assert bytes(reassembled) == image
 
 
 def test_chunk_that_keeps_failing_is_an_error():
-    script = {("GET", "/dut/sendImage/chunkSize"): [(200, {"chunkMiB": 40})],
-              ("POST", "/dut/sendImage"): [(500, b"no space left")]}
+    script = {
+        ("GET", "/dut/sendImage/chunkSize"): [(200, {"chunkMiB": 40})],
+        ("POST", "/dut/sendImage"): [(500, b"no space left")],
+    }
     with StubWorker(script) as w:
         with pytest.raises(WorkerError, match="no space left"):
             client(w).send_image(io.BytesIO(b"x" * 10), 10, Retry(attempts=2, delay=0))
@@ -165,18 +178,22 @@ def test_chunk_that_keeps_failing_is_an_error():
 
 
 def test_flash_retries_after_error_state():
-    script = {("POST", "/dut/flashImage"): [(200, {"timeoutTries": 5})],
-              ("GET", "/dut/flashState"): [(200, b"PENDING"), (200, b"ERROR"), (200, b"PENDING"), (200, b"DONE")]}
+    script = {
+        ("POST", "/dut/flashImage"): [(200, {"timeoutTries": 5})],
+        ("GET", "/dut/flashState"): [(200, b"PENDING"), (200, b"ERROR"), (200, b"PENDING"), (200, b"DONE")],
+    }
     with StubWorker(script) as w:
         client(w).flash(poll=0)
         assert w.paths("POST") == ["/dut/flashImage", "/dut/flashImage"]
 
 
 def test_flash_that_always_fails_is_an_error():
-    script = {("POST", "/dut/flashImage"): [(200, {"timeoutTries": 5})], ("GET", "/dut/flashState"): [(200, b"ERROR")]}
-    with StubWorker(script) as w:
-        with pytest.raises(WorkerError, match="flashing failed 3 times"):
-            client(w).flash(poll=0)
+    script = {
+        ("POST", "/dut/flashImage"): [(200, {"timeoutTries": 5})],
+        ("GET", "/dut/flashState"): [(200, b"ERROR")],
+    }
+    with StubWorker(script) as w, pytest.raises(WorkerError, match="flashing failed 3 times"):
+        client(w).flash(poll=0)
 
 
 def test_unreachable_worker_is_an_infrastructure_error():
@@ -187,13 +204,18 @@ def test_unreachable_worker_is_an_infrastructure_error():
 
 
 def test_requirements_are_checked_against_the_contract():
+    from helpers import declaration
+
     from harness.backends.autokit.backend import AutokitBackend
     from harness.backends.qemu.backend import QemuBackend
-    from helpers import declaration
 
     d = declaration("--requires=uefi", "--requires=hdmi")
     assert QemuBackend().unmet_requirements(d) == ["hdmi"]
-    script = {("GET", "/contract"): [(200, {"uuid": "u", "workerType": "rig", "supportedFeatures": ["dut", "hdmi"]})]}
+    script = {
+        ("GET", "/contract"): [
+            (200, {"uuid": "u", "workerType": "rig", "supportedFeatures": ["dut", "hdmi"]})
+        ]
+    }
     with StubWorker(script) as w:
         assert AutokitBackend(w.url).unmet_requirements(d) == ["uefi"]
         assert AutokitBackend(w.url).unmet_requirements(declaration()) == []

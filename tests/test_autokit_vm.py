@@ -11,7 +11,6 @@ import sys
 import time
 
 import pytest
-
 from test_autokit_client import StubWorker
 from test_vm import IMAGE, ROOT, harness_leftovers, wrapper_cmd, wrapper_env
 
@@ -28,7 +27,9 @@ def free_port() -> int:
 @pytest.fixture
 def image():
     if not IMAGE.is_file():
-        pytest.fail(f"no image at {IMAGE}: build it with 'meson compile -C build mkosi' (or set HARNESS_IMAGE)")
+        pytest.fail(
+            f"no image at {IMAGE}: build it with 'meson compile -C build mkosi' (or set HARNESS_IMAGE)"
+        )
     return IMAGE
 
 
@@ -36,9 +37,19 @@ def image():
 def worker(tmp_path):
     port = free_port()
     log = (tmp_path / "worker.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "harness.backends.autokit.virtual_worker", f"--listen=127.0.0.1:{port}",
-                             f"--state-dir={tmp_path / 'worker'}"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT), HARNESS_AUTOKIT_TOKEN=TOKEN))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "harness.backends.autokit.virtual_worker",
+            f"--listen=127.0.0.1:{port}",
+            f"--state-dir={tmp_path / 'worker'}",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), HARNESS_AUTOKIT_TOKEN=TOKEN),
+    )
     deadline = time.monotonic() + 20
     while "listening" not in (tmp_path / "worker.log").read_text() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -53,29 +64,53 @@ def worker(tmp_path):
 
 
 def board_env(url: str) -> dict[str, str]:
-    return dict(wrapper_env(), HARNESS_BACKEND="autokit", HARNESS_AUTOKIT_WORKER=url, HARNESS_AUTOKIT_TOKEN=TOKEN)
+    return dict(
+        wrapper_env(), HARNESS_BACKEND="autokit", HARNESS_AUTOKIT_WORKER=url, HARNESS_AUTOKIT_TOKEN=TOKEN
+    )
 
 
 def run_on_board(image, tmp_path, url, name, *args, timeout=900):
-    r = subprocess.run(wrapper_cmd(image, tmp_path, name, *args), cwd=ROOT, env=board_env(url),
-                       capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        wrapper_cmd(image, tmp_path, name, *args),
+        cwd=ROOT,
+        env=board_env(url),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     print(r.stdout, r.stderr)
     return r
 
 
 def test_failing_guest_fails_on_a_board(image, tmp_path, worker):
-    r = run_on_board(image, tmp_path, worker.url, "TEST-80-BOARD-FAILS",
-                     "--command=/bin/sh -c 'echo failing on the board; exit 3'", "--timeout=600", "--timeout-factor=1")
+    r = run_on_board(
+        image,
+        tmp_path,
+        worker.url,
+        "TEST-80-BOARD-FAILS",
+        "--command=/bin/sh -c 'echo failing on the board; exit 3'",
+        "--timeout=600",
+        "--timeout-factor=1",
+    )
     assert r.returncode == 1
-    assert "TEST-80-BOARD-FAILS: FAIL: TEST-80-BOARD-FAILS failed with exit status 3 (expected 123)" in r.stdout
+    assert (
+        "TEST-80-BOARD-FAILS: FAIL: TEST-80-BOARD-FAILS failed with exit status 3 (expected 123)" in r.stdout
+    )
     assert "failing on the board" in (tmp_path / "logs" / "console.log").read_text(errors="replace")
     assert harness_leftovers("TEST-80-BOARD-FAILS") == ([], [])
 
 
 def test_worker_that_disappears_mid_test_is_an_infrastructure_error(image, tmp_path, worker):
-    proc = subprocess.Popen(wrapper_cmd(image, tmp_path, "TEST-81-GONE", "--command=sleep infinity",
-                                        "--timeout=600", "--timeout-factor=1"),
-                            cwd=ROOT, env=board_env(worker.url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        wrapper_cmd(
+            image, tmp_path, "TEST-81-GONE", "--command=sleep infinity", "--timeout=600", "--timeout-factor=1"
+        ),
+        cwd=ROOT,
+        env=board_env(worker.url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while "POST /dut/on" not in worker.log.read_text() and time.monotonic() < deadline:
@@ -94,13 +129,19 @@ def test_worker_that_disappears_mid_test_is_an_infrastructure_error(image, tmp_p
 
 
 def test_worker_answering_500_is_an_infrastructure_error_and_is_released(image, tmp_path):
-    script = {("GET", "/start"): [(200, b"OK")], ("GET", "/heartbeat"): [(200, b"OK")],
-              ("GET", "/contract"): [(200, {"uuid": "rig-2", "workerType": "autokit", "supportedFeatures": ["dut"]})],
-              ("POST", "/teardown"): [(200, b"OK")], ("POST", "/dut/network"): [(200, b"OK")],
-              ("GET", "/dut/sendImage/chunkSize"): [(200, {"chunkMiB": 40})],
-              ("POST", "/dut/sendImage"): [(200, b"CHUNK_OK")],
-              ("POST", "/dut/flashImage"): [(500, b"SD mux did not switch")],
-              ("POST", "/dut/off"): [(200, b"OK")]}
+    script = {
+        ("GET", "/start"): [(200, b"OK")],
+        ("GET", "/heartbeat"): [(200, b"OK")],
+        ("GET", "/contract"): [
+            (200, {"uuid": "rig-2", "workerType": "autokit", "supportedFeatures": ["dut"]})
+        ],
+        ("POST", "/teardown"): [(200, b"OK")],
+        ("POST", "/dut/network"): [(200, b"OK")],
+        ("GET", "/dut/sendImage/chunkSize"): [(200, {"chunkMiB": 40})],
+        ("POST", "/dut/sendImage"): [(200, b"CHUNK_OK")],
+        ("POST", "/dut/flashImage"): [(500, b"SD mux did not switch")],
+        ("POST", "/dut/off"): [(200, b"OK")],
+    }
     with StubWorker(script) as stub:
         r = run_on_board(image, tmp_path, stub.url, "TEST-82-BROKEN-RIG", timeout=600)
         assert r.returncode == 99
@@ -110,28 +151,52 @@ def test_worker_answering_500_is_an_infrastructure_error_and_is_released(image, 
 
 
 def test_board_flow_against_a_stub_rig_keeps_serial_frames_and_diagnostics(image, tmp_path):
-    serial = (b"BdsDxe: booting\r\nHARNESS_NOTIFY READY=1\r\ntest output\r\n"
-              b"HARNESS_NOTIFY X_HARNESS_SERVICE_RESULT=success\r\nHARNESS_NOTIFY X_HARNESS_EXIT_CODE=exited\r\n"
-              b"HARNESS_NOTIFY X_HARNESS_EXIT_STATUS=0\r\n")
-    script = {("GET", "/start"): [(200, b"OK")], ("GET", "/heartbeat"): [(200, b"OK")],
-              ("GET", "/contract"): [(200, {"uuid": "rig-1", "workerType": "autokit",
-                                            "supportedFeatures": ["dut", "screencapture"]})],
-              ("POST", "/dut/network"): [(200, b"OK")],
-              ("GET", "/dut/sendImage/chunkSize"): [(200, {"chunkMiB": 40})],
-              ("POST", "/dut/sendImage"): [(200, b"CHUNK_OK")],
-              ("POST", "/dut/flashImage"): [(200, {"timeoutTries": 5})],
-              ("GET", "/dut/flashState"): [(200, b"DONE")],
-              ("POST", "/dut/capture"): [(200, b"OK")], ("GET", "/dut/capture"): [(200, b"\x1f\x8bframes")],
-              ("POST", "/dut/on"): [(200, b"OK")], ("POST", "/dut/off"): [(200, b"OK")],
-              ("GET", "/dut/serial"): [(200, serial)], ("GET", "/dut/diagnostics"): [(200, {"current": 0.8})],
-              ("POST", "/teardown"): [(200, b"OK")]}
+    serial = (
+        b"BdsDxe: booting\r\nHARNESS_NOTIFY READY=1\r\ntest output\r\n"
+        b"HARNESS_NOTIFY X_HARNESS_SERVICE_RESULT=success\r\nHARNESS_NOTIFY X_HARNESS_EXIT_CODE=exited\r\n"
+        b"HARNESS_NOTIFY X_HARNESS_EXIT_STATUS=0\r\n"
+    )
+    script = {
+        ("GET", "/start"): [(200, b"OK")],
+        ("GET", "/heartbeat"): [(200, b"OK")],
+        ("GET", "/contract"): [
+            (200, {"uuid": "rig-1", "workerType": "autokit", "supportedFeatures": ["dut", "screencapture"]})
+        ],
+        ("POST", "/dut/network"): [(200, b"OK")],
+        ("GET", "/dut/sendImage/chunkSize"): [(200, {"chunkMiB": 40})],
+        ("POST", "/dut/sendImage"): [(200, b"CHUNK_OK")],
+        ("POST", "/dut/flashImage"): [(200, {"timeoutTries": 5})],
+        ("GET", "/dut/flashState"): [(200, b"DONE")],
+        ("POST", "/dut/capture"): [(200, b"OK")],
+        ("GET", "/dut/capture"): [(200, b"\x1f\x8bframes")],
+        ("POST", "/dut/on"): [(200, b"OK")],
+        ("POST", "/dut/off"): [(200, b"OK")],
+        ("GET", "/dut/serial"): [(200, serial)],
+        ("GET", "/dut/diagnostics"): [(200, {"current": 0.8})],
+        ("POST", "/teardown"): [(200, b"OK")],
+    }
     with StubWorker(script) as stub:
         r = run_on_board(image, tmp_path, stub.url, "TEST-83-STUB-RIG", timeout=600)
-        calls = [p for p in stub.paths() if p not in ("/heartbeat", "/dut/sendImage", "/dut/flashState", "/dut/serial")]
+        calls = [
+            p
+            for p in stub.paths()
+            if p not in ("/heartbeat", "/dut/sendImage", "/dut/flashState", "/dut/serial")
+        ]
     assert r.returncode == 0, r.stdout + r.stderr
     assert "TEST-83-STUB-RIG: PASS" in r.stdout
-    assert calls == ["/start", "/contract", "/dut/network", "/dut/sendImage/chunkSize", "/dut/flashImage",
-                     "/dut/capture", "/dut/on", "/dut/off", "/dut/capture", "/dut/diagnostics", "/teardown"]
+    assert calls == [
+        "/start",
+        "/contract",
+        "/dut/network",
+        "/dut/sendImage/chunkSize",
+        "/dut/flashImage",
+        "/dut/capture",
+        "/dut/on",
+        "/dut/off",
+        "/dut/capture",
+        "/dut/diagnostics",
+        "/teardown",
+    ]
     logs = tmp_path / "logs"
     assert b"test output" in (logs / "console.log").read_bytes()
     assert (logs / "frames.tar.gz").read_bytes() == b"\x1f\x8bframes"

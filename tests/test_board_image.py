@@ -4,12 +4,12 @@ and credentials in the root, written at the partitions' offsets for either secto
 import subprocess
 
 import pytest
+from images import write_bootable_image, write_image
 
 from harness.backends.autokit.board_image import ENTRY_NAME, build_board_image, pe_section
 from harness.declaration import Credential
 from harness.errors import HarnessError
 from harness.image import ESP_TYPE, ROOT_PARTITION_TYPES, read_gpt
-from images import write_bootable_image, write_image
 
 
 def partition_offsets(image):
@@ -24,21 +24,30 @@ def partition_offsets(image):
 def test_entry_units_and_credentials_land_in_the_copy(tmp_path, sector):
     shared = write_bootable_image(tmp_path / "image", sector)
     before = shared.read_bytes()
-    creds = [Credential("systemd.extra-unit.TEST-99-UNIT.service", b"[Service]\nExecStart=true\n"),
-             Credential("systemd.unit-dropin.emergency.target~guard", b"[Unit]\n"),
-             Credential("greeting", b"hello")]
+    creds = [
+        Credential("systemd.extra-unit.TEST-99-UNIT.service", b"[Service]\nExecStart=true\n"),
+        Credential("systemd.unit-dropin.emergency.target~guard", b"[Unit]\n"),
+        Credential("greeting", b"hello"),
+    ]
     work = tmp_path / "work"
     work.mkdir()
-    board = build_board_image(shared, shared.with_suffix(".efi"), "TEST-99-UNIT", ["harness.marker=1"], creds, work)
+    board = build_board_image(
+        shared, shared.with_suffix(".efi"), "TEST-99-UNIT", ["harness.marker=1"], creds, work
+    )
     assert shared.read_bytes() == before, "the shared image was written"
     esp, root = partition_offsets(board)
-    entry = subprocess.run(["mtype", "-i", f"{board}@@{esp}", f"::/loader/entries/{ENTRY_NAME}"],
-                           capture_output=True, text=True, check=True).stdout
+    entry = subprocess.run(
+        ["mtype", "-i", f"{board}@@{esp}", f"::/loader/entries/{ENTRY_NAME}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "efi /EFI/Linux/image.efi" in entry and "options harness.marker=1" in entry
 
     def cat(path):
-        return subprocess.run(["debugfs", "-R", f"cat {path}", f"{board}?offset={root}"],
-                              capture_output=True, check=True).stdout
+        return subprocess.run(
+            ["debugfs", "-R", f"cat {path}", f"{board}?offset={root}"], capture_output=True, check=True
+        ).stdout
 
     assert cat("/etc/systemd/system/TEST-99-UNIT.service") == b"[Service]\nExecStart=true\n"
     assert cat("/etc/systemd/system/emergency.target.d/guard.conf") == b"[Unit]\n"

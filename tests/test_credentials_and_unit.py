@@ -1,10 +1,16 @@
 import base64
 import stat
 
-from harness.backends.qemu.credentials import cmdline_extra_strings, fw_cfg_args, smbios_args, smbios_credential
+from helpers import declaration
+
+from harness.backends.qemu.credentials import (
+    cmdline_extra_strings,
+    fw_cfg_args,
+    smbios_args,
+    smbios_credential,
+)
 from harness.declaration import Credential
 from harness.guest.units import guest_credentials, render_test_unit
-from helpers import declaration
 
 
 def test_smbios_credential_is_base64_of_exact_bytes():
@@ -29,13 +35,16 @@ def test_fw_cfg_fallback(tmp_path):
 
 def test_cmdline_extras_for_stub_and_boot_loader():
     assert cmdline_extra_strings(["a=1", "b"]) == [
-        "io.systemd.stub.kernel-cmdline-extra=a=1 b", "io.systemd.boot.kernel-cmdline-extra=a=1 b"]
+        "io.systemd.stub.kernel-cmdline-extra=a=1 b",
+        "io.systemd.boot.kernel-cmdline-extra=a=1 b",
+    ]
     assert cmdline_extra_strings([]) == []
 
 
 def test_unit_ends_the_vm_with_the_declared_status():
-    d = declaration("--exit-code=42", "--wants=foo.service", "--env=A=b c", "--credentials=k=v",
-                    "--service=MemoryMax=1G")
+    d = declaration(
+        "--exit-code=42", "--wants=foo.service", "--env=A=b c", "--credentials=k=v", "--service=MemoryMax=1G"
+    )
     text = render_test_unit(d, interactive=False)
     assert "SuccessActionExitStatus=42" in text and "FailureAction=exit" in text
     assert "Wants=foo.service" in text and 'Environment="A=b c"' in text
@@ -54,4 +63,7 @@ def test_guest_credentials_include_emergency_guard_only_when_unattended():
     assert names[0] == "systemd.extra-unit.TEST-99-UNIT.service"
     assert "systemd.unit-dropin.emergency.target~harness" in names
     assert [c.name for c in guest_credentials(declaration(), interactive=True)] == [
-        names[0], "harness.testcases", "systemd.extra-unit.harness-debug-shell.service"]
+        names[0],
+        "harness.testcases",
+        "systemd.extra-unit.harness-debug-shell.service",
+    ]

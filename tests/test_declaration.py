@@ -2,12 +2,12 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import declaration
 
 from harness.__main__ import main
 from harness.declaration import KEYS, Credential, key_table, skip_reason
-from harness.results import EXIT_ERROR
 from harness.errors import DeclarationError
-from helpers import declaration
+from harness.results import EXIT_ERROR
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,19 +19,22 @@ def test_defaults_follow_the_template():
     assert d.unit_name == "TEST-99-UNIT.service"
 
 
-@pytest.mark.parametrize("args, key", [
-    (["--firmware=bios"], "firmware"),
-    (["--storage=tmpfs"], "storage"),
-    (["--boot=warm"], "boot"),
-    (["--exit-code=0"], "exit-code"),
-    (["--exit-code=77"], "exit-code"),
-    (["--timeout=0"], "timeout"),
-    (["--credentials=novalue"], "credentials"),
-    (["--credentials=bad/name=x"], "credentials"),
-    (["--credentials=a=1", "--credentials=a=2"], "credentials"),
-    (["--wants=not a unit"], "configuration"),
-    (["--env=1BAD=x"], "configuration"),
-])
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        (["--firmware=bios"], "firmware"),
+        (["--storage=tmpfs"], "storage"),
+        (["--boot=warm"], "boot"),
+        (["--exit-code=0"], "exit-code"),
+        (["--exit-code=77"], "exit-code"),
+        (["--timeout=0"], "timeout"),
+        (["--credentials=novalue"], "credentials"),
+        (["--credentials=bad/name=x"], "credentials"),
+        (["--credentials=a=1", "--credentials=a=2"], "credentials"),
+        (["--wants=not a unit"], "configuration"),
+        (["--env=1BAD=x"], "configuration"),
+    ],
+)
 def test_bad_declarations_name_file_and_key(args, key):
     with pytest.raises(DeclarationError) as e:
         declaration(*args)
@@ -78,13 +81,19 @@ def _meson_literal(value: object) -> str:
 
 def test_the_meson_template_spells_out_the_keys_and_their_defaults():
     text = (ROOT / "test" / "meson.build").read_text()
-    block = text[text.index("integration_test_template = {"):text.index("\n}", text.index("integration_test_template"))]
+    block = text[
+        text.index("integration_test_template = {") : text.index(
+            "\n}", text.index("integration_test_template")
+        )
+    ]
     template = dict(re.findall(r"^\s+'([a-z-]+)'\s*:\s*([^,#]+?)\s*,", block, re.M))
     assert template == {k.name: _meson_literal(k.default) for k in KEYS if not k.configuration}
 
 
 def test_the_readme_key_table_is_the_one_the_keys_print():
-    assert key_table() in (ROOT / "README.md").read_text(), "README's key table is stale: python3 -m harness keys"
+    assert key_table() in (ROOT / "README.md").read_text(), (
+        "README's key table is stale: python3 -m harness keys"
+    )
 
 
 @pytest.mark.parametrize("key", ["colour", "confguration"])

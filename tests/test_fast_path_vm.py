@@ -9,7 +9,6 @@ import subprocess
 import time
 
 import pytest
-
 from test_vm import ROOT, SNAPSHOTS, boot_path, harness_leftovers, run_wrapper, wrapper_cmd, wrapper_env
 
 pytestmark = pytest.mark.vm
@@ -43,8 +42,10 @@ def test_snapshot_is_not_reused_after_the_image_changes(image, tmp_path):
     copy = tmp_path / "image" / "image.raw"
     copy.parent.mkdir()
     for suffix in (".raw", ".vmlinuz", ".initrd"):
-        subprocess.run(["cp", "--reflink=auto", str(image.with_suffix(suffix)), str(copy.with_suffix(suffix))],
-                       check=True)
+        subprocess.run(
+            ["cp", "--reflink=auto", str(image.with_suffix(suffix)), str(copy.with_suffix(suffix))],
+            check=True,
+        )
     snapshots = tmp_path / "snapshots"
     first = run_wrapper(copy, tmp_path / "one", "TEST-84-IMAGE", "--command=true", snapshots=snapshots)
     assert first.returncode == 0 and "once to save it as the booted snapshot" in first.stdout
@@ -63,9 +64,14 @@ def test_snapshot_is_not_reused_after_the_image_changes(image, tmp_path):
 def test_ctrl_c_during_the_snapshot_boot_leaves_nothing(image, tmp_path):
     snapshots = tmp_path / "snapshots"
     name = "TEST-85-INTERRUPTED"
-    proc = subprocess.Popen(wrapper_cmd(image, tmp_path, name, "--command=true"), cwd=ROOT,
-                            env=wrapper_env("auto", snapshots), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        wrapper_cmd(image, tmp_path, name, "--command=true"),
+        cwd=ROOT,
+        env=wrapper_env("auto", snapshots),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not harness_leftovers("snapshot")[0] and time.monotonic() < deadline:
@@ -80,8 +86,9 @@ def test_ctrl_c_during_the_snapshot_boot_leaves_nothing(image, tmp_path):
     assert proc.returncode == 130
     assert harness_leftovers("snapshot") == ([], [])
     assert harness_leftovers(name) == ([], [])
-    assert sorted(p.name for p in snapshots.iterdir()) == [p.name for p in snapshots.glob("*.lock")], \
+    assert sorted(p.name for p in snapshots.iterdir()) == [p.name for p in snapshots.glob("*.lock")], (
         "a partial snapshot was left behind"
+    )
 
 
 def test_declared_cold_boot_and_the_switch_are_honoured(image, tmp_path):
@@ -96,7 +103,9 @@ def image():
     from test_vm import IMAGE
 
     if not IMAGE.is_file():
-        pytest.fail(f"no image at {IMAGE}: build it with 'meson compile -C build mkosi' (or set HARNESS_IMAGE)")
+        pytest.fail(
+            f"no image at {IMAGE}: build it with 'meson compile -C build mkosi' (or set HARNESS_IMAGE)"
+        )
     return IMAGE
 
 

@@ -5,6 +5,8 @@ are tested for end to end in minutes, here in milliseconds."""
 from __future__ import annotations
 
 import pytest
+from helpers import declaration
+from images import write_image
 
 from harness.backend import BootPath, Ending, EndingKind
 from harness.backends.fake import FakeBackend, Script, guest_said, passing
@@ -12,8 +14,6 @@ from harness.errors import HarnessError
 from harness.report.tap import tap_lines
 from harness.results import EXIT_ERROR, Status
 from harness.wrapper import RunContext, describe, run_test
-from helpers import declaration
-from images import write_image
 
 ENV = {"HARNESS_ACCEL": "tcg"}  # no probing of the host's /dev/kvm
 
@@ -26,7 +26,9 @@ def image(tmp_path):
 def run(tmp_path, image, script=None, *args, backend=None, env=ENV, interactive=False):
     backend = backend or FakeBackend(script or passing())
     ctx = RunContext(tmp_path / "logs", tmp_path / "build", "run-1", snapshot_dir=tmp_path / "snapshots")
-    record = run_test(declaration(*args), image, ctx, backend, dict(env), interactive=interactive, timeout_factor=1)
+    record = run_test(
+        declaration(*args), image, ctx, backend, dict(env), interactive=interactive, timeout_factor=1
+    )
     assert backend.running == 0, "a machine was left running"
     return record, backend
 
@@ -48,8 +50,12 @@ def test_fail_with_the_tests_own_status_offers_a_rerun(tmp_path, image):
 
 
 def test_status_derived_from_the_unit_result_on_the_serial_channel(tmp_path, image):
-    said = guest_said("READY=1", "X_HARNESS_SERVICE_RESULT=exit-code", "X_HARNESS_EXIT_CODE=exited",
-                      "X_HARNESS_EXIT_STATUS=4")
+    said = guest_said(
+        "READY=1",
+        "X_HARNESS_SERVICE_RESULT=exit-code",
+        "X_HARNESS_EXIT_CODE=exited",
+        "X_HARNESS_EXIT_STATUS=4",
+    )
     record, _ = run(tmp_path, image, Script(said))
     assert record.reason == "TEST-99-UNIT failed with exit status 4 (expected 123)"
 
@@ -60,13 +66,16 @@ def test_the_guest_skips_itself_with_77(tmp_path, image):
     assert tap_lines(record) == ["TAP version 14", "1..0 # SKIP TEST-99-UNIT skipped itself (exit status 77)"]
 
 
-@pytest.mark.parametrize("args, env, why", [
-    (["--enabled=false"], {}, "disabled in"),
-    (["--slow=true"], {}, "HARNESS_SLOW_TESTS=1"),
-    ([], {"HARNESS_SKIP": "TEST-99"}, "HARNESS_SKIP"),
-    ([], {"HARNESS_INTEGRATION_TESTS": "0"}, "turned off"),
-    (["--requires=hdmi"], {}, "lacks required features: hdmi"),
-])
+@pytest.mark.parametrize(
+    "args, env, why",
+    [
+        (["--enabled=false"], {}, "disabled in"),
+        (["--slow=true"], {}, "HARNESS_SLOW_TESTS=1"),
+        ([], {"HARNESS_SKIP": "TEST-99"}, "HARNESS_SKIP"),
+        ([], {"HARNESS_INTEGRATION_TESTS": "0"}, "turned off"),
+        (["--requires=hdmi"], {}, "lacks required features: hdmi"),
+    ],
+)
 def test_skips_before_booting(tmp_path, image, args, env, why):
     record, backend = run(tmp_path, image, None, *args, env={**ENV, **env})
     assert record.status == Status.SKIP and why in record.reason
@@ -74,14 +83,24 @@ def test_skips_before_booting(tmp_path, image, args, env, why):
 
 
 def test_timeout_powers_off_in_order_and_cuts_off_the_running_subtest(tmp_path, image):
-    said = guest_said("READY=1", "X_HARNESS_TESTCASE_START=testcase_one", "X_HARNESS_TESTCASE=pass 5 testcase_one",
-                      "X_HARNESS_TESTCASE_START=testcase_two")
+    said = guest_said(
+        "READY=1",
+        "X_HARNESS_TESTCASE_START=testcase_one",
+        "X_HARNESS_TESTCASE=pass 5 testcase_one",
+        "X_HARNESS_TESTCASE_START=testcase_two",
+    )
     record, backend = run(tmp_path, image, Script(said, Ending(EndingKind.TIMEOUT)), "--timeout=7")
     assert record.status == Status.FAIL and record.reason == "timed out after 7 s while the test was running"
     assert backend.machines[0].powered_off == [True]
-    assert [(s.name, s.status) for s in record.subtests] == [("testcase_one", "pass"), ("testcase_two", "fail")]
+    assert [(s.name, s.status) for s in record.subtests] == [
+        ("testcase_one", "pass"),
+        ("testcase_two", "fail"),
+    ]
     assert record.subtests[1].detail == "did not finish: timed out after 7 s while the test was running"
-    assert tap_lines(record)[1:3] == ["ok 1 - TEST-99-UNIT/testcase_one", "not ok 2 - TEST-99-UNIT/testcase_two"]
+    assert tap_lines(record)[1:3] == [
+        "ok 1 - TEST-99-UNIT/testcase_one",
+        "not ok 2 - TEST-99-UNIT/testcase_two",
+    ]
 
 
 def test_panic_is_forced_off_and_named(tmp_path, image):
@@ -111,7 +130,10 @@ def test_a_crashed_machine_is_an_infrastructure_error(tmp_path, image):
     crash = Script(b"", Ending(EndingKind.EXITED, -9), detail="qemu: terminating on signal 9")
     record, _ = run(tmp_path, image, crash)
     assert record.status == Status.ERROR and record.exit_code == EXIT_ERROR
-    assert record.reason == "the VM was killed by signal 9 before the test unit started: qemu: terminating on signal 9"
+    assert (
+        record.reason
+        == "the VM was killed by signal 9 before the test unit started: qemu: terminating on signal 9"
+    )
     assert tap_lines(record)[-1].startswith("Bail out! TEST-99-UNIT: the VM was killed by signal 9")
 
 
@@ -134,13 +156,18 @@ def test_the_plan_carries_the_declaration_and_the_path(tmp_path, image):
     assert plan.timeout == 10 and plan.boot == BootPath.SNAPSHOT and plan.firmware == "linux"
     assert "quiet" in plan.cmdline and any(c.name == "harness.testcases" for c in plan.credentials)
     _, backend = run(tmp_path, image, None, "--boot=cold")
-    assert backend.plans[0].boot == BootPath.COLD and backend.plans[0].cold_reason == "the test declares boot: 'cold'"
+    assert (
+        backend.plans[0].boot == BootPath.COLD
+        and backend.plans[0].cold_reason == "the test declares boot: 'cold'"
+    )
     _, backend = run(tmp_path, image, interactive=True)
     assert backend.plans[0].timeout is None and backend.plans[0].cold_reason == "interactive run"
 
 
 def test_what_the_machine_did_is_recorded(tmp_path, image):
-    record, _ = run(tmp_path, image, Script(guest_said("READY=1", "EXIT_STATUS=123"), boot_path=BootPath.COLD))
+    record, _ = run(
+        tmp_path, image, Script(guest_said("READY=1", "EXIT_STATUS=123"), boot_path=BootPath.COLD)
+    )
     assert record.boot == "cold" and "cold boot)" in describe(record)
     record, _ = run(tmp_path, image)
     assert record.boot == "snapshot" and "resumed from the booted snapshot)" in describe(record)

@@ -1,14 +1,21 @@
 from pathlib import Path
 
 from harness.accel import Acceleration, cpu_flags, kvm_usable
-from harness.backends.qemu.firmware import select_ovmf
 from harness.backends.qemu.backend import resolve_machine_alias
+from harness.backends.qemu.firmware import select_ovmf
 
 
 def descriptor(features, arch="x86_64", machines=("pc-q35-*",), interfaces=("uefi",), code="/c.fd"):
-    return {"interface-types": list(interfaces), "features": list(features),
-            "mapping": {"device": "flash", "executable": {"filename": code}, "nvram-template": {"filename": "/v.fd"}},
-            "targets": [{"architecture": arch, "machines": list(machines)}]}
+    return {
+        "interface-types": list(interfaces),
+        "features": list(features),
+        "mapping": {
+            "device": "flash",
+            "executable": {"filename": code},
+            "nvram-template": {"filename": "/v.fd"},
+        },
+        "targets": [{"architecture": arch, "machines": list(machines)}],
+    }
 
 
 def test_ovmf_selection_skips_secure_boot_and_foreign_targets():
@@ -24,7 +31,9 @@ def test_ovmf_selection_skips_secure_boot_and_foreign_targets():
 
 
 def test_machine_alias():
-    help_text = "q35                  Standard PC (Q35 + ICH9, 2009) (alias of pc-q35-7.2)\npc-q35-7.2  Standard PC\n"
+    help_text = (
+        "q35                  Standard PC (Q35 + ICH9, 2009) (alias of pc-q35-7.2)\npc-q35-7.2  Standard PC\n"
+    )
     assert resolve_machine_alias(help_text, "q35") == "pc-q35-7.2"
     assert resolve_machine_alias(help_text, "virt") == "virt"
 

@@ -7,15 +7,20 @@ from harness.results import classify
 
 def test_parse_notify_keeps_order_and_skips_junk():
     assert parse_notify(b"READY=1\nnot a pair\n\0EXIT_STATUS=123\r\nlower=x\n") == [
-        ("READY", "1"), ("EXIT_STATUS", "123")]
+        ("READY", "1"),
+        ("EXIT_STATUS", "123"),
+    ]
 
 
-@pytest.mark.parametrize("result, code, status, expected", [
-    ("success", "exited", "0", 123),
-    ("exit-code", "exited", "77", 77),
-    ("exit-code", "exited", "1", 1),
-    ("signal", "killed", "TERM", 1),
-])
+@pytest.mark.parametrize(
+    "result, code, status, expected",
+    [
+        ("success", "exited", "0", 123),
+        ("exit-code", "exited", "77", 77),
+        ("exit-code", "exited", "1", 1),
+        ("signal", "killed", "TERM", 1),
+    ],
+)
 def test_exit_status_as_pid1_reports_it(result, code, status, expected):
     assert derive_exit_status(result, code, status, 123) == expected
 
@@ -27,7 +32,9 @@ def report(data: bytes) -> GuestReport:
 
 
 def test_pid1_exit_status_wins_over_derived():
-    r = report(b"READY=1\nX_HARNESS_SERVICE_RESULT=exit-code\nX_HARNESS_EXIT_CODE=exited\nX_HARNESS_EXIT_STATUS=3\n")
+    r = report(
+        b"READY=1\nX_HARNESS_SERVICE_RESULT=exit-code\nX_HARNESS_EXIT_CODE=exited\nX_HARNESS_EXIT_STATUS=3\n"
+    )
     assert r.exit_status(123) == 3
     r.add(b"EXIT_STATUS=123\n")
     assert r.exit_status(123) == 123
@@ -36,21 +43,30 @@ def test_pid1_exit_status_wins_over_derived():
 PASSED = b"READY=1\nX_HARNESS_SERVICE_RESULT=success\nX_HARNESS_EXIT_CODE=exited\nX_HARNESS_EXIT_STATUS=0\n"
 
 
-@pytest.mark.parametrize("ending, data, status, exit_code, words", [
-    (Ending("exited", 0), PASSED, "pass", 0, "expected status 123"),
-    (Ending("exited", 0), b"READY=1\nEXIT_STATUS=77\n", "skip", 77, "skipped"),
-    (Ending("exited", 0), b"READY=1\nEXIT_STATUS=1\n", "fail", 1, "exit status 1"),
-    (Ending("exited", 0), b"EXIT_STATUS=0\n", "fail", 1, "never reported"),
-    (Ending("exited", 0), b"", "fail", 1, "without reporting an exit status"),
-    (Ending("exited", 0), b"X_HARNESS_EMERGENCY=1\n", "fail", 1, "emergency"),
-    (Ending("timeout"), b"READY=1\n", "fail", 1, "timed out after 60 s while the test was running"),
-    (Ending("timeout"), b"", "fail", 1, "before the test unit started"),
-    (Ending("panic", detail="Kernel panic - not syncing: sysrq"), b"READY=1\n", "fail", 1, "kernel panic"),
-    (Ending("exited", 1), b"", "error", 99, "exited with status 1"),
-    (Ending("exited", -9), b"READY=1\n", "error", 99, "killed by signal 9"),
-    # A late crash after the guest reported is still the guest's verdict.
-    (Ending("exited", 1), PASSED, "pass", 0, "expected"),
-])
+@pytest.mark.parametrize(
+    "ending, data, status, exit_code, words",
+    [
+        (Ending("exited", 0), PASSED, "pass", 0, "expected status 123"),
+        (Ending("exited", 0), b"READY=1\nEXIT_STATUS=77\n", "skip", 77, "skipped"),
+        (Ending("exited", 0), b"READY=1\nEXIT_STATUS=1\n", "fail", 1, "exit status 1"),
+        (Ending("exited", 0), b"EXIT_STATUS=0\n", "fail", 1, "never reported"),
+        (Ending("exited", 0), b"", "fail", 1, "without reporting an exit status"),
+        (Ending("exited", 0), b"X_HARNESS_EMERGENCY=1\n", "fail", 1, "emergency"),
+        (Ending("timeout"), b"READY=1\n", "fail", 1, "timed out after 60 s while the test was running"),
+        (Ending("timeout"), b"", "fail", 1, "before the test unit started"),
+        (
+            Ending("panic", detail="Kernel panic - not syncing: sysrq"),
+            b"READY=1\n",
+            "fail",
+            1,
+            "kernel panic",
+        ),
+        (Ending("exited", 1), b"", "error", 99, "exited with status 1"),
+        (Ending("exited", -9), b"READY=1\n", "error", 99, "killed by signal 9"),
+        # A late crash after the guest reported is still the guest's verdict.
+        (Ending("exited", 1), PASSED, "pass", 0, "expected"),
+    ],
+)
 def test_classify(ending, data, status, exit_code, words):
     o = classify("TEST-99-X", 123, 60, ending, report(data))
     assert (o.status, o.exit_code) == (status, exit_code)

@@ -1,23 +1,34 @@
 import uuid
 from pathlib import Path
 
+from helpers import declaration
+
 from harness.accel import Acceleration
 from harness.backend import BootPlan
+from harness.backends.qemu.backend import RunFiles, VmConfig, kernel_cmdline, qemu_command, snapshot_config
 from harness.backends.qemu.firmware import Ovmf
 from harness.image import Image
-from harness.backends.qemu.backend import RunFiles, VmConfig, kernel_cmdline, qemu_command, snapshot_config
 from harness.wrapper import harness_cmdline
-from helpers import declaration
 
 ROOT = uuid.UUID("8ce23b7e-642d-4dbe-827e-8b2ffc70816e")
 
 
 def plan(firmware="linux", accel="tcg", *args):
     d = declaration(*args)
-    image = Image(Path("/img/image.raw"), Path("/img/image.vmlinuz"), Path("/img/image.initrd"), Path("/img/image.efi"),
-                  "x86_64", ROOT, True)
-    return VmConfig.for_plan(BootPlan(d, image, firmware, tuple(harness_cmdline(d, False)), (),
-                                      Acceleration(accel, "test"), 60, False))
+    image = Image(
+        Path("/img/image.raw"),
+        Path("/img/image.vmlinuz"),
+        Path("/img/image.initrd"),
+        Path("/img/image.efi"),
+        "x86_64",
+        ROOT,
+        True,
+    )
+    return VmConfig.for_plan(
+        BootPlan(
+            d, image, firmware, tuple(harness_cmdline(d, False)), (), Acceleration(accel, "test"), 60, False
+        )
+    )
 
 
 FILES = RunFiles(Path("/tmp/h"), Path("/logs"), Path("/tmp/h/overlay.qcow2"))
@@ -67,12 +78,13 @@ def test_vsock_device_when_available():
 def test_snapshot_and_resumed_vms_share_one_command_but_files():
     # Migration needs the same devices on both sides: only paths and -incoming differ.
     cfg = snapshot_config(plan().image, Acceleration("tcg", "test"))
-    saving = qemu_command(cfg, RunFiles(Path("/tmp/a"), Path("/snap"), Path("/snap/disk.qcow2")),
-                          None, None, None, None, [])
+    saving = qemu_command(
+        cfg, RunFiles(Path("/tmp/a"), Path("/snap"), Path("/snap/disk.qcow2")), None, None, None, None, []
+    )
     resumed = qemu_command(cfg, FILES, None, None, None, None, [], incoming=Path("/snap/state"))
     assert resumed[-2:] == ["-incoming", "exec:cat /snap/state"]
     assert len(saving) == len(resumed) - 2
-    differ = [(a, b) for a, b in zip(saving, resumed) if a != b]
+    differ = [(a, b) for a, b in zip(saving, resumed, strict=False) if a != b]
     assert all("/tmp/a" in a or "/snap" in a for a, _ in differ), differ
     assert "virtserialport,chardev=agent,name=io.harness.agent" in saving
     append = saving[saving.index("-append") + 1].split()

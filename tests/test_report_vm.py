@@ -18,7 +18,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-
 from test_vm import IMAGE, ROOT
 
 pytestmark = pytest.mark.vm
@@ -69,10 +68,21 @@ def suite_run(tmp_path_factory):
     build = project / "build"
     env = dict(os.environ, HARNESS_INTERACTIVE="0")
     env.pop("HARNESS_SKIP", None)
-    subprocess.run(["meson", "setup", str(build), "-Dintegration-tests=true", f"-Dmkosi-output={IMAGE.parent}"],
-                   cwd=project, env=env, check=True, capture_output=True)
-    result = subprocess.run(["meson", "test", "-C", str(build), "--suite", "integration-tests", "--print-errorlogs"],
-                            cwd=project, env=env, capture_output=True, text=True, timeout=1800)
+    subprocess.run(
+        ["meson", "setup", str(build), "-Dintegration-tests=true", f"-Dmkosi-output={IMAGE.parent}"],
+        cwd=project,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    result = subprocess.run(
+        ["meson", "test", "-C", str(build), "--suite", "integration-tests", "--print-errorlogs"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     print(result.stdout, result.stderr)
     return result, build
 
@@ -99,11 +109,13 @@ def test_meson_junit_has_one_case_per_subtest(suite_run):
 
 
 def test_wrapper_names_the_subtest_and_prints_rerun_and_journal_commands(suite_run):
-    result, build = suite_run
+    _, build = suite_run
     log = (build / "meson-logs" / "testlog.txt").read_text()
     assert "FAIL testcase_2_fails_on_purpose: exited with status 1" in log
     assert f"meson test -C {build} --interactive {FAILING}" in log
-    assert f"journalctl --file {build}/integration-tests/{FAILING}/journal.journal -u {FAILING}.service" in log
+    assert (
+        f"journalctl --file {build}/integration-tests/{FAILING}/journal.journal -u {FAILING}.service" in log
+    )
 
 
 def test_json_summary_agrees_with_meson(suite_run):
@@ -111,9 +123,14 @@ def test_json_summary_agrees_with_meson(suite_run):
     data = json.loads((build / "meson-logs" / "integration-tests-summary.json").read_text())
     count, _ = junit_counts(build)
     assert data["suite"] == "integration-tests on qemu"
-    assert data["stats"] == {"tests": sum(count.values()), "ran": sum(count.values()) - count["skipped"],
-                             "skipped": count["skipped"], "passed": count["pass"], "failed": count["failure"],
-                             "errors": count["error"]}
+    assert data["stats"] == {
+        "tests": sum(count.values()),
+        "ran": sum(count.values()) - count["skipped"],
+        "skipped": count["skipped"],
+        "passed": count["pass"],
+        "failed": count["failure"],
+        "errors": count["error"],
+    }
     assert data["tests"][f"{FAILING}/testcase_2_fails_on_purpose"] == "failed"
     assert data["tests"]["TEST-91-DISABLED"] == "skipped"
     assert data["dateTime"]
@@ -128,9 +145,17 @@ def test_html_report_renders_in_chromium(suite_run, tmp_path):
     data = json.loads((build / "meson-logs" / "integration-tests-summary.json").read_text())
     with sync_api.sync_playwright() as p:
         # No network for the browser: the report must stand on its own.
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         try:
             page = browser.new_page(viewport={"width": 1300, "height": 900})
             requests = []

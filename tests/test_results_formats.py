@@ -8,28 +8,40 @@ import os
 import subprocess
 from pathlib import Path
 
+from harness.guest.units import TESTCASES_LIBRARY
 from harness.journal import read_export, unit_excerpt
 from harness.notify import GuestReport
 from harness.record import TestRecord
 from harness.report.html import records_of_run, render_html, summary, update_run_report
-from harness.subtests import Subtest, subtests_from
 from harness.report.tap import tap_lines
 from harness.report.timeline_chart import timeline_svg
+from harness.subtests import Subtest, subtests_from
 from harness.timeline import decode_timeline, parse_systemctl_show
-from harness.guest.units import TESTCASES_LIBRARY
 
 
 def record(**kw) -> TestRecord:
-    base = dict(name="TEST-07-SUBTESTS", run="r1", backend="qemu", firmware="linux", status="pass", reason="ok",
-                cause="", started="2026-11-22T00:00:00+00:00", duration_s=12.0, log_dir="/nonexistent")
+    base = dict(
+        name="TEST-07-SUBTESTS",
+        run="r1",
+        backend="qemu",
+        firmware="linux",
+        status="pass",
+        reason="ok",
+        cause="",
+        started="2026-11-22T00:00:00+00:00",
+        duration_s=12.0,
+        log_dir="/nonexistent",
+    )
     return TestRecord(**{**base, **kw})
 
 
 def test_subtests_in_order_with_an_unfinished_one():
     report = GuestReport()
-    report.add(b"READY=1\nX_HARNESS_TESTCASE_START=testcase_a\nX_HARNESS_TESTCASE=pass 12 testcase_a \n"
-               b"X_HARNESS_TESTCASE_START=testcase_b\nX_HARNESS_TESTCASE=skip 3 testcase_b no network here\n"
-               b"X_HARNESS_TESTCASE_START=testcase_c\n")
+    report.add(
+        b"READY=1\nX_HARNESS_TESTCASE_START=testcase_a\nX_HARNESS_TESTCASE=pass 12 testcase_a \n"
+        b"X_HARNESS_TESTCASE_START=testcase_b\nX_HARNESS_TESTCASE=skip 3 testcase_b no network here\n"
+        b"X_HARNESS_TESTCASE_START=testcase_c\n"
+    )
     assert subtests_from(report, "timed out after 600 s") == [
         Subtest("testcase_a", "pass", 12, ""),
         Subtest("testcase_b", "skip", 3, "no network here"),
@@ -52,9 +64,16 @@ def test_a_test_without_subtests_is_one_point():
 
 
 def test_failing_subtest_is_its_own_point_and_explains_the_failure():
-    r = record(status="fail", cause="exit-status", reason="exit status 1",
-               subtests=(Subtest("testcase_a", "pass", 5), Subtest("testcase_b", "fail", 7, "exited with status 1"),
-                         Subtest("testcase_c", "skip", 1, "why not")))
+    r = record(
+        status="fail",
+        cause="exit-status",
+        reason="exit status 1",
+        subtests=(
+            Subtest("testcase_a", "pass", 5),
+            Subtest("testcase_b", "fail", 7, "exited with status 1"),
+            Subtest("testcase_c", "skip", 1, "why not"),
+        ),
+    )
     lines = tap_lines(r)
     assert lines[1] == "ok 1 - TEST-07-SUBTESTS/testcase_a"
     assert lines[2] == "not ok 2 - TEST-07-SUBTESTS/testcase_b"
@@ -63,8 +82,12 @@ def test_failing_subtest_is_its_own_point_and_explains_the_failure():
 
 
 def test_failure_outside_subtests_gets_a_point_of_its_own():
-    r = record(status="fail", cause="", reason="kernel panic while the test was running",
-               subtests=(Subtest("testcase_a", "pass", 5),))
+    r = record(
+        status="fail",
+        cause="",
+        reason="kernel panic while the test was running",
+        subtests=(Subtest("testcase_a", "pass", 5),),
+    )
     lines = tap_lines(r)
     assert "not ok 2 - TEST-07-SUBTESTS" in lines and lines[-1] == "1..2"
 
@@ -77,8 +100,11 @@ def test_infrastructure_error_bails_out_instead_of_failing():
 
 def test_summary_counts_cases_and_keeps_errors_apart():
     records = [
-        record(status="fail", cause="exit-status",
-               subtests=(Subtest("a", "pass", 1), Subtest("b", "fail", 1), Subtest("c", "skip", 1))),
+        record(
+            status="fail",
+            cause="exit-status",
+            subtests=(Subtest("a", "pass", 1), Subtest("b", "fail", 1), Subtest("c", "skip", 1)),
+        ),
         record(name="TEST-01-BASIC"),
         record(name="TEST-06-SKIP", status="skip", reason="skipped itself"),
         record(name="TEST-09-BROKEN", status="error", reason="no image"),
@@ -93,8 +119,11 @@ def test_summary_counts_cases_and_keeps_errors_apart():
 
 def test_record_round_trips_through_json(tmp_path):
     (tmp_path / "TEST-07-SUBTESTS").mkdir()
-    r = record(log_dir=str(tmp_path / "TEST-07-SUBTESTS"), subtests=(Subtest("a", "pass", 1),),
-               rerun=("meson test -C build X",))
+    r = record(
+        log_dir=str(tmp_path / "TEST-07-SUBTESTS"),
+        subtests=(Subtest("a", "pass", 1),),
+        rerun=("meson test -C build X",),
+    )
     r.write()
     assert records_of_run(tmp_path, "r1") == [r]
     assert records_of_run(tmp_path, "another run") == []
@@ -132,21 +161,30 @@ def test_timeline_from_systemctl_show():
 
 
 def test_journal_export_with_a_binary_field(tmp_path):
-    export = (b"__MONOTONIC_TIMESTAMP=1500000\n_SYSTEMD_UNIT=TEST-07-SUBTESTS.service\nSYSLOG_IDENTIFIER=test.sh\n"
-              b"MESSAGE\n" + (9).to_bytes(8, "little") + b"two\nlines\n\n"
-              b"__MONOTONIC_TIMESTAMP=1600000\n_SYSTEMD_UNIT=other.service\nMESSAGE=elsewhere\n\n")
+    export = (
+        b"__MONOTONIC_TIMESTAMP=1500000\n_SYSTEMD_UNIT=TEST-07-SUBTESTS.service\nSYSLOG_IDENTIFIER=test.sh\n"
+        b"MESSAGE\n" + (9).to_bytes(8, "little") + b"two\nlines\n\n"
+        b"__MONOTONIC_TIMESTAMP=1600000\n_SYSTEMD_UNIT=other.service\nMESSAGE=elsewhere\n\n"
+    )
     assert read_export(export)[0]["MESSAGE"] == "two\nlines"
     (tmp_path / "j.export").write_bytes(export)
-    assert unit_excerpt(tmp_path / "j.export", "TEST-07-SUBTESTS.service") == "[  1.500000] test.sh: two\nlines"
+    assert (
+        unit_excerpt(tmp_path / "j.export", "TEST-07-SUBTESTS.service") == "[  1.500000] test.sh: two\nlines"
+    )
 
 
 def test_html_report_is_self_contained_and_shows_everything(tmp_path):
     (tmp_path / "console.log").write_bytes(b"\x1b[0;32m  OK  \x1b[0m] Started <journald>\n")
     (tmp_path / "screen.png").write_bytes(b"\x89PNG fake")
     (tmp_path / "boot-timeline.txt").write_text(SHOW)
-    r = record(status="fail", cause="exit-status", log_dir=str(tmp_path), journal_excerpt="[ 1.0] test.sh: boom",
-               subtests=(Subtest("testcase_b", "fail", 7, "exited with status 1"),),
-               rerun=("meson test -C build --interactive TEST-07-SUBTESTS",))
+    r = record(
+        status="fail",
+        cause="exit-status",
+        log_dir=str(tmp_path),
+        journal_excerpt="[ 1.0] test.sh: boom",
+        subtests=(Subtest("testcase_b", "fail", 7, "exited with status 1"),),
+        rerun=("meson test -C build --interactive TEST-07-SUBTESTS",),
+    )
     page = render_html([r], summary([r], "integration-tests on qemu", "now"))
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "<script" not in page
@@ -169,25 +207,36 @@ def run_library(tmp_path: Path, body: str, **env) -> tuple[int, list[str]]:
     notify = tmp_path / "notify"
     notify.write_text("")
     script = f'set -eu\n. "{TESTCASES_LIBRARY}"\n{body}\nrun_testcases\n'
-    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
-                       env={**os.environ, "HARNESS_NOTIFY_DEVICE": str(notify), **env})
+    r = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HARNESS_NOTIFY_DEVICE": str(notify), **env},
+    )
     return r.returncode, notify.read_text().splitlines()
 
 
 def test_library_runs_every_case_and_reports_each(tmp_path):
-    status, lines = run_library(tmp_path, """
+    status, lines = run_library(
+        tmp_path,
+        """
 testcase_b_fails() { false; echo not reached; }
 testcase_a_passes() { true; }
-testcase_c_skips() { harness_skip "not here"; }""")
+testcase_c_skips() { harness_skip "not here"; }""",
+    )
     assert status == 1
     ends = [line.split(" ", 3) for line in lines if line.startswith("X_HARNESS_TESTCASE=")]
     assert [(e[0].split("=")[1], e[2]) for e in ends] == [
-        ("pass", "testcase_a_passes"), ("fail", "testcase_b_fails"), ("skip", "testcase_c_skips")]
+        ("pass", "testcase_a_passes"),
+        ("fail", "testcase_b_fails"),
+        ("skip", "testcase_c_skips"),
+    ]
     assert ends[1][3] == "exited with status 1" and ends[2][3] == "not here"
 
 
 def test_library_filter_and_all_passing(tmp_path):
-    status, lines = run_library(tmp_path, "testcase_a() { true; }\ntestcase_b() { false; }",
-                                HARNESS_TESTCASE_FILTER="testcase_a")
+    status, lines = run_library(
+        tmp_path, "testcase_a() { true; }\ntestcase_b() { false; }", HARNESS_TESTCASE_FILTER="testcase_a"
+    )
     assert status == 0
     assert lines == ["X_HARNESS_TESTCASE_START=testcase_a", lines[1]] and "testcase_a" in lines[1]

@@ -8,12 +8,19 @@ import time
 from pathlib import Path
 
 import pytest
-
-from harness.declaration import Credential
-from harness.backend import BootPath
-from harness.backends.qemu.snapshot import (SnapshotUnavailable, agent_message, ineligibility, remove_stale, resume_script,
-                              shared_snapshot, snapshot_key)
 from helpers import declaration
+
+from harness.backend import BootPath
+from harness.backends.qemu.snapshot import (
+    SnapshotUnavailable,
+    agent_message,
+    ineligibility,
+    remove_stale,
+    resume_script,
+    shared_snapshot,
+    snapshot_key,
+)
+from harness.declaration import Credential
 
 
 def fake_make(dest: Path) -> None:
@@ -21,14 +28,17 @@ def fake_make(dest: Path) -> None:
     (dest / "disk.qcow2").write_bytes(b"disk")
 
 
-@pytest.mark.parametrize("args, env, why", [
-    ((), {}, None),
-    (("--boot=cold",), {}, "the test declares boot: 'cold'"),
-    ((), {"HARNESS_COLD_BOOT": "1"}, "HARNESS_COLD_BOOT=1"),
-    (("--storage=persistent",), {}, "storage persistent"),
-    (("--cmdline=quiet",), {}, "the test adds to the kernel command line"),
-    (("--qemu-args=-no-reboot",), {}, "the test adds QEMU arguments"),
-])
+@pytest.mark.parametrize(
+    "args, env, why",
+    [
+        ((), {}, None),
+        (("--boot=cold",), {}, "the test declares boot: 'cold'"),
+        ((), {"HARNESS_COLD_BOOT": "1"}, "HARNESS_COLD_BOOT=1"),
+        (("--storage=persistent",), {}, "storage persistent"),
+        (("--cmdline=quiet",), {}, "the test adds to the kernel command line"),
+        (("--qemu-args=-no-reboot",), {}, "the test adds QEMU arguments"),
+    ],
+)
 def test_who_may_resume(args, env, why):
     assert ineligibility(declaration(*args), "linux", env) == why
 
@@ -78,9 +88,8 @@ def test_an_interrupted_maker_leaves_nothing(tmp_path):
         (dest / "state").write_bytes(b"half")
         raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        with shared_snapshot(tmp_path, "k1", "run-1", interrupted):
-            pass
+    with pytest.raises(KeyboardInterrupt), shared_snapshot(tmp_path, "k1", "run-1", interrupted):
+        pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k1.lock"]
 
 
@@ -106,7 +115,9 @@ def _hold_while_making(root: str, key: str, started, results) -> None:
 def test_parallel_tests_share_one_snapshot(tmp_path):
     ctx = multiprocessing.get_context("fork")
     started, results = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_hold_while_making, args=(str(tmp_path), "k", started, results)) for _ in range(3)]
+    procs = [
+        ctx.Process(target=_hold_while_making, args=(str(tmp_path), "k", started, results)) for _ in range(3)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -138,11 +149,13 @@ def test_resume_script_installs_unit_and_credentials(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("date", "systemctl"):
-        (bin_dir / tool).write_text(f"#!/bin/sh\necho {tool} \"$@\" >>{tmp_path}/calls\n")
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho {tool} "$@" >>{tmp_path}/calls\n')
         (bin_dir / tool).chmod(0o755)
     subprocess.run(["sh", "-e", "-c", body], check=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
     assert (tmp_path / "run" / "credstore" / "app.token").read_bytes() == b"s3cret\x00\n'quote"
-    assert (tmp_path / "run" / "systemd" / "system" / "TEST-01-X.service").read_text() == "[Unit]\nDescription=x\n"
+    assert (
+        tmp_path / "run" / "systemd" / "system" / "TEST-01-X.service"
+    ).read_text() == "[Unit]\nDescription=x\n"
     assert (tmp_path / "urandom").read_bytes() == b"\x01" * 64
     calls = (tmp_path / "calls").read_text().splitlines()
     assert calls == ["date -s @1795000000.500", "systemctl start --no-block TEST-01-X.service"]
@@ -151,10 +164,14 @@ def test_resume_script_installs_unit_and_credentials(tmp_path):
 def test_a_resumed_tests_timeline_is_the_snapshots_boot_and_its_own_unit():
     from harness.timeline import merge_timelines, parse_systemctl_show
 
-    boot = ("InitRDTimestampMonotonic=1000000\nUserspaceTimestampMonotonic=9000000\nUptimeSeconds=20.0\n\n"
-            "Id=basic.target\nInactiveExitTimestampMonotonic=15000000\nActiveEnterTimestampMonotonic=15500000\n")
-    test = ("InitRDTimestampMonotonic=1000000\nUserspaceTimestampMonotonic=9000000\nUptimeSeconds=31.5\n\n"
-            "Id=TEST-01-X.service\nInactiveExitTimestampMonotonic=30000000\nActiveEnterTimestampMonotonic=0\n")
+    boot = (
+        "InitRDTimestampMonotonic=1000000\nUserspaceTimestampMonotonic=9000000\nUptimeSeconds=20.0\n\n"
+        "Id=basic.target\nInactiveExitTimestampMonotonic=15000000\nActiveEnterTimestampMonotonic=15500000\n"
+    )
+    test = (
+        "InitRDTimestampMonotonic=1000000\nUserspaceTimestampMonotonic=9000000\nUptimeSeconds=31.5\n\n"
+        "Id=TEST-01-X.service\nInactiveExitTimestampMonotonic=30000000\nActiveEnterTimestampMonotonic=0\n"
+    )
     timeline = parse_systemctl_show(merge_timelines(boot, test))
     assert [u.name for u in timeline.units] == ["basic.target", "TEST-01-X.service"]
     assert timeline.taken_us == 31_500_000

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+from http.server import ThreadingHTTPServer
 
 import pytest
 
 from harness.backends.autokit.client import Retry, WorkerClient, WorkerError
 from harness.backends.autokit.virtual_worker import VirtualWorker, make_handler
-from http.server import ThreadingHTTPServer
 
 TOKEN = "test-token"
 
@@ -68,7 +68,8 @@ def test_upload_and_flash_write_the_disk_exactly(worker, tmp_path):
 def test_broken_image_gives_flash_state_error(worker, tmp_path):
     c = client(worker)
     c.reserve(Retry(1, 0))
-    c.send_image(open(__file__, "rb"), 100)  # not gzip: the worker cannot write it
+    with open(__file__, "rb") as f:
+        c.send_image(f, 100)  # not gzip: the worker cannot write it
     with pytest.raises(WorkerError, match="flashState ERROR"):
         c.flash(poll=0.05)
 

@@ -35,29 +35,52 @@ def sha256(path: Path) -> str:
 @pytest.fixture(scope="module")
 def image():
     if not IMAGE.is_file():
-        pytest.fail(f"no image at {IMAGE}: build it with 'meson compile -C build mkosi' (or set HARNESS_IMAGE)")
+        pytest.fail(
+            f"no image at {IMAGE}: build it with 'meson compile -C build mkosi' (or set HARNESS_IMAGE)"
+        )
     before = sha256(IMAGE)
     yield IMAGE
     assert sha256(IMAGE) == before, "a test run wrote to the shared image"
 
 
 def wrapper_cmd(image: Path, tmp_path: Path, name: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "harness", "run", f"--name={name}", f"--test-dir={tmp_path}",
-            f"--image={image}", f"--log-dir={tmp_path / 'logs'}", *args]
+    return [
+        sys.executable,
+        "-m",
+        "harness",
+        "run",
+        f"--name={name}",
+        f"--test-dir={tmp_path}",
+        f"--image={image}",
+        f"--log-dir={tmp_path / 'logs'}",
+        *args,
+    ]
 
 
 def wrapper_env(boot: str = "auto", snapshots: Path = SNAPSHOTS) -> dict[str, str]:
     """`boot`: auto (the fast path where the test is eligible) or cold (HARNESS_COLD_BOOT=1)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HARNESS_INTERACTIVE="0", HARNESS_SNAPSHOT_DIR=str(snapshots),
-               HARNESS_COLD_BOOT="1" if boot == "cold" else "0")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        HARNESS_INTERACTIVE="0",
+        HARNESS_SNAPSHOT_DIR=str(snapshots),
+        HARNESS_COLD_BOOT="1" if boot == "cold" else "0",
+    )
     env.pop("HARNESS_SKIP", None)
     return env
 
 
-def run_wrapper(image: Path, tmp_path: Path, name: str, *args: str, boot: str = "auto",
-                snapshots: Path = SNAPSHOTS) -> subprocess.CompletedProcess:
-    result = subprocess.run(wrapper_cmd(image, tmp_path, name, *args), cwd=ROOT, env=wrapper_env(boot, snapshots),
-                            capture_output=True, text=True, timeout=900)
+def run_wrapper(
+    image: Path, tmp_path: Path, name: str, *args: str, boot: str = "auto", snapshots: Path = SNAPSHOTS
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        wrapper_cmd(image, tmp_path, name, *args),
+        cwd=ROOT,
+        env=wrapper_env(boot, snapshots),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     print(result.stdout, result.stderr)
     return result
 
@@ -83,8 +106,11 @@ def test_failing_guest_fails_with_its_status_and_keeps_the_journal(image, tmp_pa
     assert "meson test -C" in r.stdout and "--interactive TEST-90-FAILS" in r.stdout
     journal = tmp_path / "logs" / "journal.journal"
     assert f"journalctl --file {journal} -u TEST-90-FAILS.service" in r.stdout
-    text = subprocess.run(["journalctl", "--file", str(journal), "-u", "TEST-90-FAILS.service", "--no-pager"],
-                          capture_output=True, text=True).stdout
+    text = subprocess.run(
+        ["journalctl", "--file", str(journal), "-u", "TEST-90-FAILS.service", "--no-pager"],
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "about to fail" in text
     assert "about to fail" in (tmp_path / "logs" / "console.log").read_text(errors="replace")
     assert harness_leftovers("TEST-90-FAILS") == ([], [])
@@ -93,8 +119,15 @@ def test_failing_guest_fails_with_its_status_and_keeps_the_journal(image, tmp_pa
 # The same faults on both paths must read the same: a resumed VM is no excuse.
 @pytest.mark.parametrize("boot, timeout", [("cold", 150), ("snapshot", 30)])
 def test_hanging_guest_fails_at_its_timeout(image, tmp_path, boot, timeout):
-    r = run_wrapper(image, tmp_path, "TEST-91-HANGS", "--command=sleep infinity",
-                    f"--timeout={timeout}", "--timeout-factor=1", boot="cold" if boot == "cold" else "auto")
+    r = run_wrapper(
+        image,
+        tmp_path,
+        "TEST-91-HANGS",
+        "--command=sleep infinity",
+        f"--timeout={timeout}",
+        "--timeout-factor=1",
+        boot="cold" if boot == "cold" else "auto",
+    )
     assert r.returncode == 1
     assert f"TEST-91-HANGS: FAIL: timed out after {timeout} s while the test was running" in r.stdout
     assert boot_path(tmp_path) == boot
@@ -103,18 +136,34 @@ def test_hanging_guest_fails_at_its_timeout(image, tmp_path, boot, timeout):
 
 @pytest.mark.parametrize("boot", ["cold", "snapshot"])
 def test_kernel_panic_fails_without_waiting_for_the_timeout(image, tmp_path, boot):
-    r = run_wrapper(image, tmp_path, "TEST-92-PANICS", "--command=/bin/sh -c 'echo c >/proc/sysrq-trigger'",
-                    "--timeout=1000", "--timeout-factor=1", boot="cold" if boot == "cold" else "auto")
+    r = run_wrapper(
+        image,
+        tmp_path,
+        "TEST-92-PANICS",
+        "--command=/bin/sh -c 'echo c >/proc/sysrq-trigger'",
+        "--timeout=1000",
+        "--timeout-factor=1",
+        boot="cold" if boot == "cold" else "auto",
+    )
     assert r.returncode == 1
-    assert "TEST-92-PANICS: FAIL: kernel panic while the test was running: Kernel panic - not syncing" in r.stdout
+    assert (
+        "TEST-92-PANICS: FAIL: kernel panic while the test was running: Kernel panic - not syncing"
+        in r.stdout
+    )
     assert boot_path(tmp_path) == boot
     assert harness_leftovers("TEST-92-PANICS") == ([], [])
 
 
 def test_broken_boot_ends_at_once_instead_of_at_the_timeout(image, tmp_path):
     # The last systemd.unit= wins: the guest boots into emergency mode, as a broken boot does.
-    r = run_wrapper(image, tmp_path, "TEST-97-EMERGENCY", "--cmdline=systemd.unit=emergency.target",
-                    "--timeout=1000", "--timeout-factor=1")
+    r = run_wrapper(
+        image,
+        tmp_path,
+        "TEST-97-EMERGENCY",
+        "--cmdline=systemd.unit=emergency.target",
+        "--timeout=1000",
+        "--timeout-factor=1",
+    )
     assert r.returncode == 1
     assert "TEST-97-EMERGENCY: FAIL: boot failed: the guest fell into emergency mode" in r.stdout
     assert harness_leftovers("TEST-97-EMERGENCY") == ([], [])
@@ -123,8 +172,14 @@ def test_broken_boot_ends_at_once_instead_of_at_the_timeout(image, tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_interrupted_run_leaves_no_process_or_file(image, tmp_path, signum):
     name = f"TEST-93-INTERRUPTED{signum}"
-    proc = subprocess.Popen(wrapper_cmd(image, tmp_path, name, "--command=sleep infinity"), cwd=ROOT,
-                            env=wrapper_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        wrapper_cmd(image, tmp_path, name, "--command=sleep infinity"),
+        cwd=ROOT,
+        env=wrapper_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not harness_leftovers(name)[0] and time.monotonic() < deadline:
@@ -156,10 +211,14 @@ def test_bad_declaration_is_an_infrastructure_error(image, tmp_path):
 def test_interactive_run_shows_the_console_and_a_shell_after_failure(image, tmp_path):
     import pexpect
 
-    cmd = wrapper_cmd(image, tmp_path, "TEST-96-INTERACTIVE", "--command=/bin/sh -c 'echo interactive-marker; exit 4'")
+    cmd = wrapper_cmd(
+        image, tmp_path, "TEST-96-INTERACTIVE", "--command=/bin/sh -c 'echo interactive-marker; exit 4'"
+    )
     env = wrapper_env()
     env.pop("HARNESS_INTERACTIVE")  # decided by the terminal, as under meson test -i
-    child = pexpect.spawn(cmd[0], cmd[1:], cwd=str(ROOT), env=env, timeout=600, encoding="utf-8", codec_errors="replace")
+    child = pexpect.spawn(
+        cmd[0], cmd[1:], cwd=str(ROOT), env=env, timeout=600, encoding="utf-8", codec_errors="replace"
+    )
     try:
         child.expect("interactive-marker")
         child.expect("Root shell")

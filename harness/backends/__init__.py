@@ -33,9 +33,12 @@ def make_backend(name: str, autokit_worker: str, env: Mapping[str, str]) -> Back
 
         url = env.get("HARNESS_AUTOKIT_WORKER") or autokit_worker
         if not url:
-            raise HarnessError("the autokit backend needs a worker URL",
-                               "meson setup -Dtest-backend=autokit -Dautokit-worker=http://HOST:PORT, "
-                               "or set HARNESS_AUTOKIT_WORKER")
+            raise HarnessError(
+                "the autokit backend needs a worker URL",
+                "meson setup -Dtest-backend=autokit -Dautokit-worker=http://HOST:PORT, "
+                "or set HARNESS_AUTOKIT_WORKER",
+            )
         return AutokitBackend(url, env.get("HARNESS_AUTOKIT_TOKEN") or None)
-    raise HarnessError(f"unknown backend '{name}'",
-                       f"use one of: {', '.join(BackendName)} (-Dtest-backend, HARNESS_BACKEND)")
+    raise HarnessError(
+        f"unknown backend '{name}'", f"use one of: {', '.join(BackendName)} (-Dtest-backend, HARNESS_BACKEND)"
+    )

@@ -31,7 +31,7 @@ class Script:
     """What the fake machine does between boot and collect."""
 
     report: bytes = b""  # what the guest said, in notify KEY=VALUE lines
-    ending: Ending = Ending(EndingKind.EXITED, 0)
+    ending: Ending = attrs.field(factory=lambda: Ending(EndingKind.EXITED, 0))
     raises: BaseException | None = None  # raised by wait(), as Ctrl-C or a crash would
     detail: str = ""  # what the machine said about a crash (QEMU's stderr)
     console: bytes = b""
@@ -102,7 +102,9 @@ class FakeBackend:
     def firmware(self, declared: Firmware, image: Image) -> Firmware:
         return Firmware.LINUX if declared == Firmware.AUTO else declared
 
-    def cold_boot_reason(self, decl: TestDeclaration, firmware: Firmware, env: Mapping[str, str]) -> str | None:
+    def cold_boot_reason(
+        self, decl: TestDeclaration, firmware: Firmware, env: Mapping[str, str]
+    ) -> str | None:
         return "the test declares boot: 'cold'" if decl.boot == "cold" else None
 
     @contextlib.contextmanager

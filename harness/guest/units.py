@@ -30,10 +30,19 @@ TESTCASES_LIBRARY = Path(__file__).parent / "testcases.sh"
 # The unit properties `systemd-analyze plot` draws its chart from, plus the manager's boot
 # phases. systemd-analyze itself refuses while the boot is unfinished, which it is as
 # long as the test unit (the boot's target) runs, so the guest sends the raw properties.
-TIMELINE_UNIT_PROPERTIES = ("Id", "InactiveExitTimestampMonotonic", "ActiveEnterTimestampMonotonic",
-                            "ActiveExitTimestampMonotonic", "InactiveEnterTimestampMonotonic")
-TIMELINE_MANAGER_PROPERTIES = ("FirmwareTimestampMonotonic", "LoaderTimestampMonotonic",
-                               "InitRDTimestampMonotonic", "UserspaceTimestampMonotonic")
+TIMELINE_UNIT_PROPERTIES = (
+    "Id",
+    "InactiveExitTimestampMonotonic",
+    "ActiveEnterTimestampMonotonic",
+    "ActiveExitTimestampMonotonic",
+    "InactiveEnterTimestampMonotonic",
+)
+TIMELINE_MANAGER_PROPERTIES = (
+    "FirmwareTimestampMonotonic",
+    "LoaderTimestampMonotonic",
+    "InitRDTimestampMonotonic",
+    "UserspaceTimestampMonotonic",
+)
 
 
 @attrs.frozen
@@ -67,14 +76,20 @@ def _report_end(ch: ReportChannel, unit_name: str, whole_journal: bool) -> str:
     # thrown away: all of it when the test did not succeed (or the host keeps it always),
     # else only the test unit's part, which is what the report shows (exporting the
     # whole journal costs seconds under emulation).
-    report = ch.write(["X_HARNESS_SERVICE_RESULT=%%s", "X_HARNESS_EXIT_CODE=%%s", "X_HARNESS_EXIT_STATUS=%%s"],
-                      "$SERVICE_RESULT", "$EXIT_CODE", "$EXIT_STATUS")
+    report = ch.write(
+        ["X_HARNESS_SERVICE_RESULT=%%s", "X_HARNESS_EXIT_CODE=%%s", "X_HARNESS_EXIT_STATUS=%%s"],
+        "$SERVICE_RESULT",
+        "$EXIT_CODE",
+        "$EXIT_STATUS",
+    )
     export = "journalctl -o export"
     if not whole_journal:
         export += f' $$( [ "$SERVICE_RESULT" = success ] && echo -u {unit_name})'
-    return (f"-/bin/sh -c '{report};"
-            f" test -c /dev/virtio-ports/{JOURNAL_PORT} && journalctl --sync && {export} >/dev/virtio-ports/{JOURNAL_PORT};"
-            " :'")
+    return (
+        f"-/bin/sh -c '{report};"
+        f" test -c /dev/virtio-ports/{JOURNAL_PORT} && journalctl --sync && {export} >/dev/virtio-ports/{JOURNAL_PORT};"
+        " :'"
+    )
 
 
 def _report_timeline(ch: ReportChannel, units: str) -> str:
@@ -85,9 +100,11 @@ def _report_timeline(ch: ReportChannel, units: str) -> str:
     # when the host has the rest of the boot from the snapshot.
     unit_props = ",".join(TIMELINE_UNIT_PROPERTIES)
     manager = ",".join(TIMELINE_MANAGER_PROPERTIES)
-    return (f"-/bin/sh -c 'test -c {ch.device} && {{ printf \"{ch.prefix}X_HARNESS_TIMELINE=\";"
-            f" {{ systemctl show -p {manager}; echo UptimeSeconds=$$(cut -d\" \" -f1 /proc/uptime); echo; systemctl show -p {unit_props} \"{units}\"; }} | gzip -1 | base64 -w0;"
-            f" echo; printf \"{ch.prefix}{DONE}=1\\n\"; }} >{ch.device}; :'")
+    return (
+        f'-/bin/sh -c \'test -c {ch.device} && {{ printf "{ch.prefix}X_HARNESS_TIMELINE=";'
+        f' {{ systemctl show -p {manager}; echo UptimeSeconds=$$(cut -d" " -f1 /proc/uptime); echo; systemctl show -p {unit_props} "{units}"; }} | gzip -1 | base64 -w0;'
+        f' echo; printf "{ch.prefix}{DONE}=1\\n"; }} >{ch.device}; :\''
+    )
 
 
 def timeline_script() -> str:
@@ -95,12 +112,19 @@ def timeline_script() -> str:
     which the snapshot keeps so that resumed tests need only send their own unit's."""
     unit_props = ",".join(TIMELINE_UNIT_PROPERTIES)
     manager = ",".join(TIMELINE_MANAGER_PROPERTIES)
-    return (f'{{ systemctl show -p {manager}; echo UptimeSeconds=$(cut -d" " -f1 /proc/uptime); echo;'
-            f' systemctl show -p {unit_props} "*"; }} | gzip -1 | base64 -w0\n')
+    return (
+        f'{{ systemctl show -p {manager}; echo UptimeSeconds=$(cut -d" " -f1 /proc/uptime); echo;'
+        f' systemctl show -p {unit_props} "*"; }} | gzip -1 | base64 -w0\n'
+    )
 
 
-def render_test_unit(decl: TestDeclaration, interactive: bool, channel: ReportChannel = VIRTIO_CHANNEL,
-                     whole_journal: bool = False, resumed: bool = False) -> str:
+def render_test_unit(
+    decl: TestDeclaration,
+    interactive: bool,
+    channel: ReportChannel = VIRTIO_CHANNEL,
+    whole_journal: bool = False,
+    resumed: bool = False,
+) -> str:
     u = decl.configuration
     lines = ["[Unit]", f"Description={decl.name} ({decl.source})"]
     lines += [f"Wants={w}" for w in u.wants]
@@ -153,6 +177,7 @@ ExecStartPre=-/bin/sh -c '{ch.write(["X_HARNESS_EMERGENCY=1"])} || :'
 ExecStart=false
 """
 
+
 _EMERGENCY_DROPIN = f"""\
 [Unit]
 Wants={EMERGENCY_UNIT}
@@ -179,8 +204,11 @@ TTYPath=/dev/console
 
 def _testcase_env(ch: ReportChannel) -> list[tuple[str, str]]:
     # %d: the unit's credentials directory, where harness.testcases is imported to.
-    return [("HARNESS_TESTCASES_LIB", f"%d/{TESTCASES_CREDENTIAL}"),
-            ("HARNESS_NOTIFY_DEVICE", ch.device), ("HARNESS_NOTIFY_PREFIX", ch.prefix)]
+    return [
+        ("HARNESS_TESTCASES_LIB", f"%d/{TESTCASES_CREDENTIAL}"),
+        ("HARNESS_NOTIFY_DEVICE", ch.device),
+        ("HARNESS_NOTIFY_PREFIX", ch.prefix),
+    ]
 
 
 def testcases_credential() -> Credential:
@@ -188,12 +216,15 @@ def testcases_credential() -> Credential:
     return Credential(TESTCASES_CREDENTIAL, TESTCASES_LIBRARY.read_bytes())
 
 
-def guest_credentials(decl: TestDeclaration, interactive: bool,
-                      channel: ReportChannel = VIRTIO_CHANNEL, whole_journal: bool = False) -> list[Credential]:
+def guest_credentials(
+    decl: TestDeclaration,
+    interactive: bool,
+    channel: ReportChannel = VIRTIO_CHANNEL,
+    whole_journal: bool = False,
+) -> list[Credential]:
     """The credentials that shape the guest's boot, ahead of the test's own."""
     unit = render_test_unit(decl, interactive, channel, whole_journal)
-    creds = [Credential(f"systemd.extra-unit.{decl.unit_name}", unit.encode()),
-             testcases_credential()]
+    creds = [Credential(f"systemd.extra-unit.{decl.unit_name}", unit.encode()), testcases_credential()]
     if interactive:
         creds.append(Credential(f"systemd.extra-unit.{DEBUG_SHELL_UNIT}", _DEBUG_SHELL.encode()))
     else:
@@ -210,7 +241,9 @@ def emergency_guard(channel: ReportChannel) -> list[Credential]:
     ]
 
 
-def boot_options(target_unit: str, interactive: bool, volatile: bool, machine_id: str | None = None) -> list[str]:
+def boot_options(
+    target_unit: str, interactive: bool, volatile: bool, machine_id: str | None = None
+) -> list[str]:
     """What the harness adds to every kernel command line: boot into `target_unit` (the
     test unit, or the fast path's agent), never wait at a prompt, end the VM on a crash,
     and a machine ID of its own where given (an image with a fixed one then still does

@@ -17,8 +17,8 @@ import html
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from harness.record import RESULT_FILE, TIMELINE_FILE, TestRecord
 from harness.report.timeline_chart import timeline_svg
@@ -59,8 +59,14 @@ def summary(records: list[TestRecord], suite: str, finished: str) -> dict:
     count = {s: sum(1 for c in cases if c.status == s) for s in SUMMARY_STATUS}
     return {
         "suite": suite,
-        "stats": {"tests": len(cases), "ran": len(cases) - count["skip"], "skipped": count["skip"],
-                  "passed": count["pass"], "failed": count["fail"], "errors": count["error"]},
+        "stats": {
+            "tests": len(cases),
+            "ran": len(cases) - count["skip"],
+            "skipped": count["skip"],
+            "passed": count["pass"],
+            "failed": count["fail"],
+            "errors": count["error"],
+        },
         "tests": {c.name: SUMMARY_STATUS[c.status] for c in cases},
         "dateTime": finished,
     }
@@ -79,10 +85,12 @@ def update_run_report(build_dir: Path, tests_dir: Path, run: str, suite: str) ->
     logs.mkdir(parents=True, exist_ok=True)
     with _locked(logs / ".integration-tests.lock"):
         records = records_of_run(tests_dir, run)
-        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         data = summary(records, suite, now)
         paths = (logs / SUMMARY_FILE, logs / REPORT_FILE)
-        for path, text in zip(paths, (json.dumps(data, indent=1) + "\n", render_html(records, data))):
+        for path, text in zip(
+            paths, (json.dumps(data, indent=1) + "\n", render_html(records, data)), strict=True
+        ):
             partial = path.with_suffix(".partial")
             partial.write_text(text)
             partial.replace(path)
@@ -136,32 +144,46 @@ def _test_section(r: TestRecord) -> str:
     e = html.escape
     log_dir = Path(r.log_dir)
     is_open = " open" if r.status != "pass" else ""
-    parts = [f'<section id="{e(r.name)}" class="test test-{r.status}">',
-             f"<h2>{_badge(r.status)} {e(r.name)}</h2>",
-             f'<p class="reason">{e(r.reason)}</p>',
-             f"<p>{r.duration_s:.0f} s &middot; firmware {e(r.firmware or '-')} &middot; backend {e(r.backend)}"
-             f" &middot; boot {e(r.boot or '-')}"
-             f" &middot; started {e(r.started)}</p>"]
+    parts = [
+        f'<section id="{e(r.name)}" class="test test-{r.status}">',
+        f"<h2>{_badge(r.status)} {e(r.name)}</h2>",
+        f'<p class="reason">{e(r.reason)}</p>',
+        f"<p>{r.duration_s:.0f} s &middot; firmware {e(r.firmware or '-')} &middot; backend {e(r.backend)}"
+        f" &middot; boot {e(r.boot or '-')}"
+        f" &middot; started {e(r.started)}</p>",
+    ]
     if r.rerun:
-        parts.append("<ul class=\"rerun\">" + "".join(f"<li><code>{e(c)}</code></li>" for c in r.rerun) + "</ul>")
+        parts.append(
+            '<ul class="rerun">' + "".join(f"<li><code>{e(c)}</code></li>" for c in r.rerun) + "</ul>"
+        )
     if r.subtests:
-        rows = "".join(f'<tr class="subtest subtest-{s.status}"><td>{_badge(s.status)}</td><td>{e(s.name)}</td>'
-                       f"<td>{'' if s.duration_ms is None else f'{s.duration_ms} ms'}</td><td>{e(s.detail)}</td></tr>"
-                       for s in r.subtests)
-        parts.append(f'<table class="subtests"><tr><th></th><th>subtest</th><th>took</th><th></th></tr>{rows}</table>')
+        rows = "".join(
+            f'<tr class="subtest subtest-{s.status}"><td>{_badge(s.status)}</td><td>{e(s.name)}</td>'
+            f"<td>{'' if s.duration_ms is None else f'{s.duration_ms} ms'}</td><td>{e(s.detail)}</td></tr>"
+            for s in r.subtests
+        )
+        parts.append(
+            f'<table class="subtests"><tr><th></th><th>subtest</th><th>took</th><th></th></tr>{rows}</table>'
+        )
     screenshot = _embedded_png(log_dir / "screen.png")
     if screenshot:
-        parts.append(f'<h3>Screen at the end</h3><img class="screenshot" alt="screen of {e(r.name)} at the end" '
-                     f'src="{screenshot}">')
+        parts.append(
+            f'<h3>Screen at the end</h3><img class="screenshot" alt="screen of {e(r.name)} at the end" '
+            f'src="{screenshot}">'
+        )
     timeline = parse_systemctl_show(_read(log_dir / TIMELINE_FILE))
     if timeline is not None:
         parts.append(f"<h3>Boot timeline</h3>{timeline_svg(timeline, highlight=f'{r.name}.service')}")
     if r.journal_excerpt:
-        parts.append(f'<details{is_open}><summary>Journal of {e(r.name)}.service</summary>'
-                     f'<pre class="journal">{e(r.journal_excerpt)}</pre></details>')
+        parts.append(
+            f"<details{is_open}><summary>Journal of {e(r.name)}.service</summary>"
+            f'<pre class="journal">{e(r.journal_excerpt)}</pre></details>'
+        )
     console = _console_text(log_dir / "console.log")
     if console:
-        parts.append(f'<details{is_open}><summary>Console log</summary><pre class="console">{e(console)}</pre></details>')
+        parts.append(
+            f'<details{is_open}><summary>Console log</summary><pre class="console">{e(console)}</pre></details>'
+        )
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -178,20 +200,22 @@ def render_html(records: list[TestRecord], data: dict) -> str:
     e = html.escape
     stats = data["stats"]
     by_status = {s: sum(1 for r in records if r.status == s) for s in ("pass", "fail", "skip", "error")}
-    rows = "".join(f'<tr class="row-{r.status}"><td>{_badge(r.status)}</td><td><a href="#{e(r.name)}">{e(r.name)}</a></td>'
-                   f"<td>{r.duration_s:.0f} s</td><td>{e(r.firmware or '-')}</td><td>{e(r.boot or '-')}</td>"
-                   f"<td>{e(r.backend)}</td>"
-                   f"<td>{len(r.cases())}</td><td>{e(r.reason if r.status != 'pass' else '')}</td></tr>"
-                   for r in records)
+    rows = "".join(
+        f'<tr class="row-{r.status}"><td>{_badge(r.status)}</td><td><a href="#{e(r.name)}">{e(r.name)}</a></td>'
+        f"<td>{r.duration_s:.0f} s</td><td>{e(r.firmware or '-')}</td><td>{e(r.boot or '-')}</td>"
+        f"<td>{e(r.backend)}</td>"
+        f"<td>{len(r.cases())}</td><td>{e(r.reason if r.status != 'pass' else '')}</td></tr>"
+        for r in records
+    )
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{e(data['suite'])}</title><style>{STYLE}</style></head>
+<html lang="en"><head><meta charset="utf-8"><title>{e(data["suite"])}</title><style>{STYLE}</style></head>
 <body>
-<h1>{e(data['suite'])}</h1>
-<p class="counts">Tests: <span id="tests-ok">{by_status['pass']}</span> ok, <span id="tests-fail">{by_status['fail']}</span> failed,
-<span id="tests-skip">{by_status['skip']}</span> skipped, <span id="tests-error">{by_status['error']}</span> errors.
-Cases (as in the JUnit file): <span id="cases-total">{stats['tests']}</span>, <span id="cases-passed">{stats['passed']}</span> passed,
-<span id="cases-failed">{stats['failed']}</span> failed, <span id="cases-skipped">{stats['skipped']}</span> skipped,
-<span id="cases-errors">{stats['errors']}</span> errors. Updated {e(data['dateTime'])}.</p>
+<h1>{e(data["suite"])}</h1>
+<p class="counts">Tests: <span id="tests-ok">{by_status["pass"]}</span> ok, <span id="tests-fail">{by_status["fail"]}</span> failed,
+<span id="tests-skip">{by_status["skip"]}</span> skipped, <span id="tests-error">{by_status["error"]}</span> errors.
+Cases (as in the JUnit file): <span id="cases-total">{stats["tests"]}</span>, <span id="cases-passed">{stats["passed"]}</span> passed,
+<span id="cases-failed">{stats["failed"]}</span> failed, <span id="cases-skipped">{stats["skipped"]}</span> skipped,
+<span id="cases-errors">{stats["errors"]}</span> errors. Updated {e(data["dateTime"])}.</p>
 <table class="tests"><tr><th></th><th>test</th><th>took</th><th>firmware</th><th>boot</th><th>backend</th><th>cases</th><th>reason</th></tr>{rows}</table>
 {"".join(_test_section(r) for r in records)}
 </body></html>

@@ -11,16 +11,16 @@ import contextlib
 import json
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
-from harness.backends.autokit.client import WorkerClient, WorkerError
 from harness.backend import BootPath, BootPlan, Ending, EndingKind, panic_line
 from harness.backends.autokit.board_image import build_board_image
+from harness.backends.autokit.client import WorkerClient, WorkerError
 from harness.declaration import Firmware, TestDeclaration
+from harness.guest.units import CONSOLE_CHANNEL
 from harness.image import Image
 from harness.notify import GuestReport, console_notify_lines
-from harness.guest.units import CONSOLE_CHANNEL
 
 SERIAL_POLL = 2.0
 
@@ -84,15 +84,26 @@ class AutokitBackend:
     def firmware(self, declared: Firmware, image: Image) -> Firmware:
         return Firmware.UEFI  # a board boots what it was flashed with, through its own firmware
 
-    def cold_boot_reason(self, decl: TestDeclaration, firmware: Firmware, env: Mapping[str, str]) -> str | None:
+    def cold_boot_reason(
+        self, decl: TestDeclaration, firmware: Firmware, env: Mapping[str, str]
+    ) -> str | None:
         return "a board is flashed and powered on for every test"
 
     @contextlib.contextmanager
     def boot(self, plan: BootPlan, log_dir: Path) -> Iterator[AutokitMachine]:
-        with tempfile.TemporaryDirectory(prefix=f"harness-{plan.decl.name}-") as tmp, self.client.reserved() as worker:
+        with (
+            tempfile.TemporaryDirectory(prefix=f"harness-{plan.decl.name}-") as tmp,
+            self.client.reserved() as worker,
+        ):
             workdir = Path(tmp)
-            image = build_board_image(plan.image.path, plan.image.uki, plan.decl.name, list(plan.cmdline),
-                                      list(plan.credentials), workdir)
+            image = build_board_image(
+                plan.image.path,
+                plan.image.uki,
+                plan.decl.name,
+                list(plan.cmdline),
+                list(plan.credentials),
+                workdir,
+            )
             capture = "screencapture" in worker.contract().features
             worker.network()
             worker.upload_and_flash(image, workdir)
@@ -110,4 +121,6 @@ class AutokitBackend:
                     with contextlib.suppress(WorkerError, OSError):
                         (log_dir / "frames.tar.gz").write_bytes(worker.stop_capture())
                 with contextlib.suppress(WorkerError, OSError):
-                    (log_dir / "diagnostics.json").write_text(json.dumps(worker.diagnostics(), indent=1) + "\n")
+                    (log_dir / "diagnostics.json").write_text(
+                        json.dumps(worker.diagnostics(), indent=1) + "\n"
+                    )

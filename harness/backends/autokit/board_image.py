@@ -38,16 +38,16 @@ def pe_section(pe: bytes, name: str) -> bytes | None:
         return None
     try:  # a truncated file is no PE: struct.error where a header is cut off
         pe_offset = struct.unpack_from("<I", pe, 0x3C)[0]
-        if pe[pe_offset:pe_offset + 4] != b"PE\0\0":
+        if pe[pe_offset : pe_offset + 4] != b"PE\0\0":
             return None
         sections, optional_size = struct.unpack_from("<H12xH", pe, pe_offset + 6)
         table = pe_offset + 24 + optional_size
         for i in range(sections):
             entry = table + 40 * i
-            raw_name = pe[entry:entry + 8].rstrip(b"\0").decode(errors="replace")
+            raw_name = pe[entry : entry + 8].rstrip(b"\0").decode(errors="replace")
             vsize, _, rsize, pointer = struct.unpack_from("<IIII", pe, entry + 8)
             if raw_name == name:
-                return pe[pointer:pointer + min(vsize, rsize)]
+                return pe[pointer : pointer + min(vsize, rsize)]
     except struct.error:
         return None
     return None
@@ -81,14 +81,17 @@ def _run(cmd: list[str], what: str, stdin: str | None = None) -> str:
     try:
         result = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
     except FileNotFoundError:
-        raise HarnessError(f"{cmd[0]} is not installed, needed to {what}", "run tools/setup (mtools, e2fsprogs)") from None
+        raise HarnessError(
+            f"{cmd[0]} is not installed, needed to {what}", "run tools/setup (mtools, e2fsprogs)"
+        ) from None
     if result.returncode != 0:
         raise HarnessError(f"could not {what}: {cmd[0]}: {result.stderr.strip()[-300:]}")
     return result.stdout
 
 
-def build_board_image(shared: Path, uki: Path | None, title: str, cmdline: list[str],
-                      creds: list[Credential], workdir: Path) -> Path:
+def build_board_image(
+    shared: Path, uki: Path | None, title: str, cmdline: list[str], creds: list[Credential], workdir: Path
+) -> Path:
     out = workdir / "board.raw"
     _run(["cp", "--sparse=always", "--reflink=auto", str(shared), str(out)], "copy the image")
     with out.open("rb") as f:
@@ -96,12 +99,18 @@ def build_board_image(shared: Path, uki: Path | None, title: str, cmdline: list[
     esp = next((p for p in partitions if p.type_uuid == ESP_TYPE), None)
     root = next((p for p in partitions if p.type_uuid in ROOT_PARTITION_TYPES.values()), None)
     if esp is None or root is None or uki is None:
-        raise HarnessError(f"{shared} cannot boot a board: it needs an ESP, a root partition and a UKI",
-                           "build the image with Bootable=yes (mkosi.conf does)")
+        raise HarnessError(
+            f"{shared} cannot boot a board: it needs an ESP, a root partition and a UKI",
+            "build the image with Bootable=yes (mkosi.conf does)",
+        )
     esp_image = f"{out}@@{esp.offset}"
-    ukis = [line.strip().rsplit("/", 1)[-1] for line in
-            _run(["mdir", "-b", "-i", esp_image, "::/EFI/Linux"], "list the UKIs on the ESP").splitlines()
-            if line.strip().endswith(".efi")]
+    ukis = [
+        line.strip().rsplit("/", 1)[-1]
+        for line in _run(
+            ["mdir", "-b", "-i", esp_image, "::/EFI/Linux"], "list the UKIs on the ESP"
+        ).splitlines()
+        if line.strip().endswith(".efi")
+    ]
     if not ukis:
         raise HarnessError(f"{shared}: no UKI in /EFI/Linux on the ESP", "build the image with Bootable=yes")
     full_cmdline = " ".join([uki_cmdline(uki), *cmdline]).strip()
@@ -109,7 +118,10 @@ def build_board_image(shared: Path, uki: Path | None, title: str, cmdline: list[
     entry.write_text(boot_entry(title, ukis[0], full_cmdline))
     loader = workdir / "loader.conf"
     loader.write_text(f"default {ENTRY_NAME}\ntimeout 0\n")
-    _run(["mcopy", "-o", "-i", esp_image, str(entry), f"::/loader/entries/{ENTRY_NAME}"], "write the boot entry")
+    _run(
+        ["mcopy", "-o", "-i", esp_image, str(entry), f"::/loader/entries/{ENTRY_NAME}"],
+        "write the boot entry",
+    )
     _run(["mcopy", "-o", "-i", esp_image, str(loader), "::/loader/loader.conf"], "write loader.conf")
 
     script = []
@@ -117,14 +129,24 @@ def build_board_image(shared: Path, uki: Path | None, title: str, cmdline: list[
         source = workdir / f"file-{i}"
         source.write_bytes(content)
         source.chmod(mode)
-        script += [f"mkdir {path.parent}", f"rm {path}", f"write {source} {path}",
-                   f"set_inode_field {path} uid 0", f"set_inode_field {path} gid 0"]
+        script += [
+            f"mkdir {path.parent}",
+            f"rm {path}",
+            f"write {source} {path}",
+            f"set_inode_field {path} uid 0",
+            f"set_inode_field {path} gid 0",
+        ]
     # debugfs goes on past a failing line (mkdir of an existing directory, rm of a
     # missing file); whether every file landed is checked below.
-    _run(["debugfs", "-w", "-f", "-", f"{out}?offset={root.offset}"], "write the root file system",
-         stdin="\n".join(script) + "\n")
-    listing = _run(["debugfs", "-R", f"ls -p {PurePosixPath('/etc/systemd/system')}", f"{out}?offset={root.offset}"],
-                   "check the root file system")
+    _run(
+        ["debugfs", "-w", "-f", "-", f"{out}?offset={root.offset}"],
+        "write the root file system",
+        stdin="\n".join(script) + "\n",
+    )
+    listing = _run(
+        ["debugfs", "-R", f"ls -p {PurePosixPath('/etc/systemd/system')}", f"{out}?offset={root.offset}"],
+        "check the root file system",
+    )
     for path, _, _ in credential_files(creds):
         if path.parent == PurePosixPath("/etc/systemd/system") and f"/{path.name}/" not in listing:
             raise HarnessError(f"could not write {path} into {out}", "is the root partition full? (debugfs)")

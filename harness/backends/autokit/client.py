@@ -16,8 +16,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 import attrs
 
@@ -46,8 +47,13 @@ class Retry:
 
 
 class WorkerClient:
-    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        timeout: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
@@ -55,8 +61,15 @@ class WorkerClient:
 
     # -- HTTP ---------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, payload=None, body: bytes | None = None,
-                headers: dict[str, str] | None = None, timeout: float | None = None) -> bytes:
+    def request(
+        self,
+        method: str,
+        path: str,
+        payload=None,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> bytes:
         """One HTTP exchange; `payload` is sent as JSON. Returns the body of a 2xx answer."""
         headers = dict(headers or {})
         if payload is not None:
@@ -70,12 +83,15 @@ class WorkerClient:
                 return response.read()
         except urllib.error.HTTPError as e:
             message = e.read().decode(errors="replace").strip() or e.reason
-            raise WorkerError(f"worker {self.url}: {method} {path} answered {e.code}: {message}",
-                              _fix_for_status(e.code)) from None
+            raise WorkerError(
+                f"worker {self.url}: {method} {path} answered {e.code}: {message}", _fix_for_status(e.code)
+            ) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise WorkerError(f"worker {self.url} unreachable ({method} {path}): {reason}",
-                              "check that the worker runs and the URL (-Dautokit-worker / HARNESS_AUTOKIT_WORKER) is right") from None
+            raise WorkerError(
+                f"worker {self.url} unreachable ({method} {path}): {reason}",
+                "check that the worker runs and the URL (-Dautokit-worker / HARNESS_AUTOKIT_WORKER) is right",
+            ) from None
 
     def text(self, method: str, path: str, **kw) -> str:
         return self.request(method, path, **kw).decode(errors="replace").strip()
@@ -85,7 +101,9 @@ class WorkerClient:
         try:
             return json.loads(data or b"null")
         except ValueError:
-            raise WorkerError(f"worker {self.url}: {method} {path} did not answer JSON: {data[:200]!r}") from None
+            raise WorkerError(
+                f"worker {self.url}: {method} {path} did not answer JSON: {data[:200]!r}"
+            ) from None
 
     # -- reservation ----------------------------------------------------------------------
 
@@ -99,8 +117,10 @@ class WorkerClient:
                 raise WorkerError(f"worker {self.url}: /start answered {answer!r}, expected OK or BUSY")
             if attempt + 1 < retry.attempts:
                 self.sleep(retry.delay)
-        raise WorkerError(f"worker {self.url} stayed BUSY for {retry.attempts} tries",
-                          "another run holds it: wait, or tear it down (POST /teardown) if that run is gone")
+        raise WorkerError(
+            f"worker {self.url} stayed BUSY for {retry.attempts} tries",
+            "another run holds it: wait, or tear it down (POST /teardown) if that run is gone",
+        )
 
     def heartbeat(self) -> None:
         self.text("GET", "/heartbeat")
@@ -112,8 +132,9 @@ class WorkerClient:
         self.text("POST", "/teardown")
 
     @contextlib.contextmanager
-    def reserved(self, retry: Retry = Retry(attempts=60, delay=10.0),
-                 interval: float = HEARTBEAT_INTERVAL) -> Iterator["WorkerClient"]:
+    def reserved(
+        self, retry: Retry = Retry(attempts=60, delay=10.0), interval: float = HEARTBEAT_INTERVAL
+    ) -> Iterator[WorkerClient]:
         """Hold the worker for the block: heartbeats keep it, teardown releases it on
         every way out of the block (errors and Ctrl-C included)."""
         self.reserve(retry)
@@ -140,8 +161,11 @@ class WorkerClient:
         c = self.json("GET", "/contract")
         if not isinstance(c, dict):
             raise WorkerError(f"worker {self.url}: /contract is not a JSON object")
-        return Contract(str(c.get("uuid", "")), str(c.get("workerType", "")),
-                        frozenset(str(f) for f in c.get("supportedFeatures", [])))
+        return Contract(
+            str(c.get("uuid", "")),
+            str(c.get("workerType", "")),
+            frozenset(str(f) for f in c.get("supportedFeatures", [])),
+        )
 
     def network(self, wired_nat: bool = True, wireless: dict | None = None) -> None:
         payload = {"wireless": wireless} if wireless else {"wired": {"nat": wired_nat}}
@@ -200,8 +224,12 @@ class WorkerClient:
         for index in range(total):
             gzipped.seek(index * chunk)
             data = gzipped.read(chunk)
-            headers = {"x-chunk-index": str(index), "x-total-chunks": str(total),
-                       "Content-Length": str(len(data)), "Content-Type": "application/octet-stream"}
+            headers = {
+                "x-chunk-index": str(index),
+                "x-total-chunks": str(total),
+                "Content-Length": str(len(data)),
+                "Content-Type": "application/octet-stream",
+            }
             for attempt in range(resend.attempts):
                 try:
                     answer = self.text("POST", "/dut/sendImage", body=data, headers=headers, timeout=600)
@@ -229,10 +257,14 @@ class WorkerClient:
                     raise WorkerError(f"worker {self.url}: unknown flash state {state!r}")
                 self.sleep(poll)
             else:
-                raise WorkerError(f"worker {self.url}: flashing did not finish in {tries} polls",
-                                  "check the worker's SD mux and storage")
-        raise WorkerError(f"worker {self.url}: flashing failed {flash_retry} times (flashState ERROR)",
-                          "check the worker's SD mux, the card, and the worker's log")
+                raise WorkerError(
+                    f"worker {self.url}: flashing did not finish in {tries} polls",
+                    "check the worker's SD mux and storage",
+                )
+        raise WorkerError(
+            f"worker {self.url}: flashing failed {flash_retry} times (flashState ERROR)",
+            "check the worker's SD mux, the card, and the worker's log",
+        )
 
     def upload_and_flash(self, image: Path, workdir: Path, poll: float = 5.0) -> None:
         gz = workdir / (image.name + ".gz")

@@ -27,9 +27,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from harness.accel import detect
+from harness.backends.qemu.backend import (
+    MACHINES,
+    die_with_parent,
+    disk_args,
+    machine_alias,
+    machine_args,
+    qemu_binary,
+    uefi_args,
+)
 from harness.backends.qemu.firmware import copy_nvram, find_ovmf
-from harness.backends.qemu.backend import (MACHINES, die_with_parent, disk_args, machine_alias, machine_args, qemu_binary,
-                                           uefi_args)
 
 ARCH = "x86_64"  # the board's
 CHUNK_MIB = 40
@@ -64,9 +71,17 @@ class VirtualBoard:
         assert self.nvram is not None
         ovmf = find_ovmf(ARCH, machine_alias(qemu_binary(ARCH), MACHINES[ARCH]))
         self.serial_log.write_bytes(b"")
-        cmd = [*machine_args(ARCH, detect(ARCH)), *disk_args(self.disk, "raw"), *uefi_args(ovmf, self.nvram),
-               "-nic", "user,model=virtio-net-pci",
-               "-chardev", f"file,id=serial,path={self.serial_log}", "-serial", "chardev:serial"]
+        cmd = [
+            *machine_args(ARCH, detect(ARCH)),
+            *disk_args(self.disk, "raw"),
+            *uefi_args(ovmf, self.nvram),
+            "-nic",
+            "user,model=virtio-net-pci",
+            "-chardev",
+            f"file,id=serial,path={self.serial_log}",
+            "-serial",
+            "chardev:serial",
+        ]
         # Requests are served by short-lived threads, and the parent-death signal fires
         # when the forking thread ends: the board is started from the owner thread, which
         # lives as long as the worker, so a killed worker takes its board with it.
@@ -74,8 +89,13 @@ class VirtualBoard:
 
     def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
         with (self.dir / "qemu.stderr").open("wb") as stderr:
-            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                                    preexec_fn=die_with_parent)
+            return subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                preexec_fn=die_with_parent,
+            )
 
     def power_off(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -159,7 +179,11 @@ def make_handler(worker: VirtualWorker):
         protocol_version = "HTTP/1.1"
 
         def reply(self, status: int, body) -> None:
-            data = body if isinstance(body, bytes) else (json.dumps(body) if isinstance(body, dict) else body).encode()
+            data = (
+                body
+                if isinstance(body, bytes)
+                else (json.dumps(body) if isinstance(body, dict) else body).encode()
+            )
             self.send_response(status)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -211,8 +235,12 @@ def make_handler(worker: VirtualWorker):
                         return self.reply(411, "Content-Length required")
                     index = self.headers.get("x-chunk-index")
                     total = self.headers.get("x-total-chunks")
-                    return self.reply(200, worker.write_chunk(body, None if index is None else int(index),
-                                                              None if total is None else int(total)))
+                    return self.reply(
+                        200,
+                        worker.write_chunk(
+                            body, None if index is None else int(index), None if total is None else int(total)
+                        ),
+                    )
                 if key == ("POST", "/dut/flashImage"):
                     return self.reply(200, worker.flash())
                 if key == ("GET", "/dut/flashState"):
@@ -227,7 +255,9 @@ def make_handler(worker: VirtualWorker):
         do_GET = do_POST = route
 
         def log_message(self, fmt, *args) -> None:
-            sys.stderr.write(f"virtual-worker: {self.command} {self.path} {args[1] if len(args) > 1 else ''}\n")
+            sys.stderr.write(
+                f"virtual-worker: {self.command} {self.path} {args[1] if len(args) > 1 else ''}\n"
+            )
 
     return Handler
 
@@ -246,13 +276,19 @@ def serve(host: str, port: int, state_dir: Path, token: str, ready=None) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m harness.backends.autokit.virtual_worker", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python3 -m harness.backends.autokit.virtual_worker", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--listen", default="127.0.0.1:8123", help="HOST:PORT (default 127.0.0.1:8123)")
     p.add_argument("--state-dir", default=None, help="where the board's disk and logs live")
-    p.add_argument("--token-file", help="file holding the bearer token (default: $HARNESS_AUTOKIT_TOKEN, else a new one)")
+    p.add_argument(
+        "--token-file", help="file holding the bearer token (default: $HARNESS_AUTOKIT_TOKEN, else a new one)"
+    )
     o = p.parse_args(argv)
     host, _, port = o.listen.rpartition(":")
-    state_dir = Path(o.state_dir or Path(os.environ.get("XDG_STATE_HOME", "/var/tmp")) / "harness-virtual-worker")
+    state_dir = Path(
+        o.state_dir or Path(os.environ.get("XDG_STATE_HOME", "/var/tmp")) / "harness-virtual-worker"
+    )
     state_dir.mkdir(parents=True, exist_ok=True)
     if o.token_file:
         token = Path(o.token_file).read_text().strip()
@@ -267,7 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
 
     def ready(server) -> None:
-        print(f"virtual-worker: listening on http://{host}:{server.server_address[1]}, state in {state_dir}", flush=True)
+        print(
+            f"virtual-worker: listening on http://{host}:{server.server_address[1]}, state in {state_dir}",
+            flush=True,
+        )
 
     serve(host, int(port), state_dir, token, ready)
     return 0

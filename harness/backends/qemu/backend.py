@@ -14,28 +14,58 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, ContextManager, Iterator, Mapping
+from typing import Any
 
 import attrs
 
 from harness.accel import Acceleration
 from harness.backend import BootPath, BootPlan, Ending, EndingKind, panic_line
-from harness.backends.qemu.credentials import cmdline_extra_strings, fw_cfg_args, smbios_args, smbios_credential
+from harness.backends.qemu.credentials import (
+    cmdline_extra_strings,
+    fw_cfg_args,
+    smbios_args,
+    smbios_credential,
+)
+from harness.backends.qemu.firmware import Ovmf, copy_nvram, find_ovmf, resolve_firmware
+from harness.backends.qemu.snapshot import (
+    AGENT_PORT,
+    AGENT_READY,
+    AGENT_UNIT,
+    SEED_BYTES,
+    Snapshot,
+    SnapshotUnavailable,
+    agent_credentials,
+    agent_message,
+    ineligibility,
+    resume_script,
+    shared_snapshot,
+    snapshot_key,
+)
+from harness.backends.qemu.vsock import VMADDR_CID_HOST, VsockNotifyListener, reserve_cid, vsock_available
 from harness.declaration import Credential, Firmware, TestDeclaration
 from harness.errors import HarnessError
-from harness.backends.qemu.firmware import Ovmf, copy_nvram, find_ovmf, resolve_firmware
+from harness.guest.units import (
+    DONE,
+    JOURNAL_PORT,
+    NOTIFY_PORT,
+    VIRTIO_CHANNEL,
+    boot_options,
+    emergency_guard,
+    render_test_unit,
+    testcases_credential,
+)
 from harness.image import Image
-from harness.backends.qemu.vsock import VMADDR_CID_HOST, VsockNotifyListener, reserve_cid, vsock_available
 from harness.notify import GuestReport, read_port_file
-from harness.backends.qemu.snapshot import (AGENT_PORT, AGENT_READY, AGENT_UNIT, SEED_BYTES, Snapshot, SnapshotUnavailable,
-                              agent_credentials, agent_message, resume_script, shared_snapshot, snapshot_key)
 from harness.timeline import decode_timeline
-from harness.guest.units import (DONE, JOURNAL_PORT, NOTIFY_PORT, VIRTIO_CHANNEL, boot_options, emergency_guard, render_test_unit,
-                          testcases_credential)
 
-QEMU_BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64",
-                 "riscv64": "qemu-system-riscv64", "i386": "qemu-system-i386"}
+QEMU_BINARIES = {
+    "x86_64": "qemu-system-x86_64",
+    "aarch64": "qemu-system-aarch64",
+    "riscv64": "qemu-system-riscv64",
+    "i386": "qemu-system-i386",
+}
 MACHINES = {"x86_64": "q35", "i386": "q35", "aarch64": "virt", "riscv64": "virt"}
 # The UART each machine's firmware and boot loader print to (UEFI boots log it); a direct
 # kernel boot logs the virtio console hvc0 instead: an emulated UART costs an exit to QEMU
@@ -99,8 +129,16 @@ class VmConfig:
 
     @classmethod
     def for_plan(cls, plan: BootPlan) -> VmConfig:
-        return cls(plan.decl.name, plan.image, plan.firmware, plan.accel, plan.cmdline, plan.credentials,
-                   plan.interactive, plan.decl.qemu_args)
+        return cls(
+            plan.decl.name,
+            plan.image,
+            plan.firmware,
+            plan.accel,
+            plan.cmdline,
+            plan.credentials,
+            plan.interactive,
+            plan.decl.qemu_args,
+        )
 
 
 def smbios_supported(arch: str, firmware: Firmware) -> bool:
@@ -113,7 +151,7 @@ def qemu_binary(arch: str, env: Mapping[str, str] = os.environ) -> str:
     return env.get("HARNESS_QEMU") or QEMU_BINARIES[arch]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def qemu_major(binary: str) -> int:
     """The major version of a QEMU binary (0 when it cannot tell)."""
     try:
@@ -141,39 +179,63 @@ def machine_args(arch: str, accel: Acceleration) -> list[str]:
     binary = qemu_binary(arch)
     return [
         binary,
-        "-machine", machine,
-        "-accel", accel.kind,
+        "-machine",
+        machine,
+        "-accel",
+        accel.kind,
         *accel.cpu_args(qemu_major(binary)),
-        "-m", "1536M",
-        "-nodefaults", "-no-user-config",
-        "-display", "none",
-        "-object", "rng-random,filename=/dev/urandom,id=rng0",
-        "-device", "virtio-rng-pci,rng=rng0",
+        "-m",
+        "1536M",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-object",
+        "rng-random,filename=/dev/urandom,id=rng0",
+        "-device",
+        "virtio-rng-pci,rng=rng0",
         # The guest hands back the memory it frees: a test's QEMU holds what is in use.
-        "-device", "virtio-balloon-pci,free-page-reporting=on",
+        "-device",
+        "virtio-balloon-pci,free-page-reporting=on",
     ]
 
 
 def disk_args(disk: Path, disk_format: str) -> list[str]:
-    return ["-drive", f"if=none,id=root,file={disk},format={disk_format},discard=unmap,cache=unsafe",
-            "-device", "virtio-blk-pci,drive=root,bootindex=1"]
+    return [
+        "-drive",
+        f"if=none,id=root,file={disk},format={disk_format},discard=unmap,cache=unsafe",
+        "-device",
+        "virtio-blk-pci,drive=root,bootindex=1",
+    ]
 
 
 def uefi_args(ovmf: Ovmf, nvram: Path) -> list[str]:
-    return ["-drive", f"if=pflash,format=raw,readonly=on,file={ovmf.code}",
-            "-drive", f"if=pflash,format=raw,file={nvram}"]
+    return [
+        "-drive",
+        f"if=pflash,format=raw,readonly=on,file={ovmf.code}",
+        "-drive",
+        f"if=pflash,format=raw,file={nvram}",
+    ]
 
 
-def qemu_command(cfg: VmConfig, files: RunFiles, ovmf: Ovmf | None, nvram: Path | None,
-                 vsock_cid: int | None, vhost_fd: int | None, guest_args: list[str],
-                 incoming: Path | None = None) -> list[str]:
+def qemu_command(
+    cfg: VmConfig,
+    files: RunFiles,
+    ovmf: Ovmf | None,
+    nvram: Path | None,
+    vsock_cid: int | None,
+    vhost_fd: int | None,
+    guest_args: list[str],
+    incoming: Path | None = None,
+) -> list[str]:
     """QEMU's argument vector for `cfg`; `guest_args` carry credentials and extras;
     `incoming` is a saved VM to resume instead of booting."""
     disk_format = "raw" if files.disk == cfg.image.path else "qcow2"
     cmd = [
         *machine_args(cfg.image.architecture, cfg.accel),
         *disk_args(files.disk, disk_format),
-        "-qmp", f"unix:{files.qmp},server=on,wait=off",
+        "-qmp",
+        f"unix:{files.qmp},server=on,wait=off",
     ]
     if cfg.interactive:
         cmd += ["-chardev", f"stdio,id=console,mux=on,signal=off,logfile={files.console}"]
@@ -185,16 +247,25 @@ def qemu_command(cfg: VmConfig, files: RunFiles, ovmf: Ovmf | None, nvram: Path 
     else:
         cmd += ["-device", "virtconsole,chardev=console"]
     cmd += [
-        "-chardev", f"file,id=notify,path={files.notify}",
-        "-device", f"virtserialport,chardev=notify,name={NOTIFY_PORT}",
-        "-chardev", f"file,id=journal,path={files.journal_export}",
-        "-device", f"virtserialport,chardev=journal,name={JOURNAL_PORT}",
+        "-chardev",
+        f"file,id=notify,path={files.notify}",
+        "-device",
+        f"virtserialport,chardev=notify,name={NOTIFY_PORT}",
+        "-chardev",
+        f"file,id=journal,path={files.journal_export}",
+        "-device",
+        f"virtserialport,chardev=journal,name={JOURNAL_PORT}",
     ]
     if cfg.agent:
-        cmd += ["-chardev", f"socket,id=agent,path={files.agent},server=on,wait=off",
-                "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",
-                # A resumed VM gets a new generation ID, and the guest kernel reseeds its RNG.
-                "-device", "vmgenid,guid=auto"]
+        cmd += [
+            "-chardev",
+            f"socket,id=agent,path={files.agent},server=on,wait=off",
+            "-device",
+            f"virtserialport,chardev=agent,name={AGENT_PORT}",
+            # A resumed VM gets a new generation ID, and the guest kernel reseeds its RNG.
+            "-device",
+            "vmgenid,guid=auto",
+        ]
     if vsock_cid is not None:
         cmd += ["-device", f"vhost-vsock-pci,guest-cid={vsock_cid},vhostfd={vhost_fd}"]
     if cfg.firmware.is_uefi():
@@ -223,8 +294,15 @@ def die_with_parent() -> None:
 
 
 class QemuMachine:
-    def __init__(self, proc: subprocess.Popen, files: RunFiles, stderr: Path, report: GuestReport,
-                 has_screen: bool = False, interactive: bool = False) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen,
+        files: RunFiles,
+        stderr: Path,
+        report: GuestReport,
+        has_screen: bool = False,
+        interactive: bool = False,
+    ) -> None:
         self.proc = proc
         self.files = files
         self.stderr = stderr
@@ -251,10 +329,8 @@ class QemuMachine:
         # reports its end, which is the screen the report shows.
         if not self.has_screen or self._test_ended:
             return
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self._test_ended = b"X_HARNESS_SERVICE_RESULT=" in self.files.notify.read_bytes()
-        except FileNotFoundError:
-            pass
         now = time.monotonic()
         if self._test_ended or now >= self._next_screenshot:
             self._screenshot()
@@ -345,7 +421,9 @@ class QemuMachine:
                 if status.get("status") == "completed":
                     break
                 if status.get("status") in ("failed", "cancelled"):
-                    raise SnapshotUnavailable(f"QEMU could not save the VM: {status.get('error-desc', status)}")
+                    raise SnapshotUnavailable(
+                        f"QEMU could not save the VM: {status.get('error-desc', status)}"
+                    )
                 time.sleep(0.1)
             qmp.cmd("quit")
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -358,15 +436,19 @@ class QemuMachine:
         deadline = time.monotonic() + timeout
         while self._status() in (None, "inmigrate"):
             if self.proc.poll() is not None or time.monotonic() >= deadline:
-                raise HarnessError(f"QEMU did not resume the booted snapshot: {self.failure_detail() or 'it timed out'}",
-                                   "rerun with HARNESS_COLD_BOOT=1; if it persists, remove the snapshot directory")
+                raise HarnessError(
+                    f"QEMU did not resume the booted snapshot: {self.failure_detail() or 'it timed out'}",
+                    "rerun with HARNESS_COLD_BOOT=1; if it persists, remove the snapshot directory",
+                )
             time.sleep(0.05)
         self._agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._agent.connect(str(self.files.agent))
         self._agent.sendall(message)
         if not self._qmp("cont"):
-            raise HarnessError(f"QEMU would not run the resumed snapshot: {self.failure_detail() or 'no word why'}",
-                               "rerun with HARNESS_COLD_BOOT=1; if it persists, remove the snapshot directory")
+            raise HarnessError(
+                f"QEMU would not run the resumed snapshot: {self.failure_detail() or 'no word why'}",
+                "rerun with HARNESS_COLD_BOOT=1; if it persists, remove the snapshot directory",
+            )
 
     def _status(self) -> str | None:
         """QEMU's run state (inmigrate, paused, running, ...), or None while QMP is not up."""
@@ -433,12 +515,16 @@ def resolve_machine_alias(help_text: str, machine: str) -> str:
 
 def make_overlay(image: Path, overlay: Path, backing_format: str = "raw") -> None:
     """A qcow2 file backed by the image: the VM writes here, the image stays untouched."""
-    result = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", str(image),
-                             str(overlay)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", str(image), str(overlay)],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
-        raise HarnessError(f"qemu-img could not create an overlay of {image}: {result.stderr.strip()}",
-                           "check that qemu-utils is installed and the image is readable")
+        raise HarnessError(
+            f"qemu-img could not create an overlay of {image}: {result.stderr.strip()}",
+            "check that qemu-utils is installed and the image is readable",
+        )
 
 
 @contextlib.contextmanager
@@ -447,9 +533,11 @@ def running_vm(cfg: VmConfig, files: RunFiles, incoming: Path | None = None) -> 
     context QEMU is gone."""
     binary = qemu_binary(cfg.image.architecture) if cfg.image.architecture in QEMU_BINARIES else None
     if binary is None or shutil.which(binary) is None:
-        raise HarnessError(f"the image is {cfg.image.architecture} and {binary or 'no QEMU binary'} is not installed",
-                           "run the set-up script (tools/setup), or install QEMU for that architecture"
-                           " (HARNESS_QEMU names another binary)")
+        raise HarnessError(
+            f"the image is {cfg.image.architecture} and {binary or 'no QEMU binary'} is not installed",
+            "run the set-up script (tools/setup), or install QEMU for that architecture"
+            " (HARNESS_QEMU names another binary)",
+        )
     with contextlib.ExitStack() as stack:
         report = GuestReport()
         ovmf = nvram = None
@@ -464,7 +552,9 @@ def running_vm(cfg: VmConfig, files: RunFiles, incoming: Path | None = None) -> 
             stack.callback(os.close, vhost_fd)
             vsock_cid = reserve_cid(vhost_fd)
             listener = stack.enter_context(VsockNotifyListener(report))
-            credentials.append(Credential("vmm.notify_socket", f"vsock-stream:{VMADDR_CID_HOST}:{listener.port}".encode()))
+            credentials.append(
+                Credential("vmm.notify_socket", f"vsock-stream:{VMADDR_CID_HOST}:{listener.port}".encode())
+            )
 
         if smbios_supported(cfg.image.architecture, cfg.firmware):
             strings = [smbios_credential(c) for c in credentials]
@@ -489,8 +579,14 @@ def running_vm(cfg: VmConfig, files: RunFiles, incoming: Path | None = None) -> 
                 pass_fds=(vhost_fd,) if vhost_fd is not None else (),
                 preexec_fn=die_with_parent,
             )
-        machine = QemuMachine(proc, files, stderr, report, has_screen=cfg.firmware.is_uefi() and not cfg.interactive,
-                              interactive=cfg.interactive)
+        machine = QemuMachine(
+            proc,
+            files,
+            stderr,
+            report,
+            has_screen=cfg.firmware.is_uefi() and not cfg.interactive,
+            interactive=cfg.interactive,
+        )
         stack.callback(machine.kill)
         if listener is not None:
             listener.start()
@@ -508,9 +604,14 @@ def private_tmp(name: str) -> Iterator[Path]:
 def snapshot_config(image: Image, accel: Acceleration) -> VmConfig:
     """The VM that boots to the agent and is saved: what every eligible test resumes."""
     return VmConfig(
-        name="snapshot", image=image, firmware=Firmware.LINUX, accel=accel,
+        name="snapshot",
+        image=image,
+        firmware=Firmware.LINUX,
+        accel=accel,
         cmdline=tuple(boot_options(AGENT_UNIT, interactive=False, volatile=True)),
-        credentials=(*agent_credentials(), *emergency_guard(VIRTIO_CHANNEL)), agent=True)
+        credentials=(*agent_credentials(), *emergency_guard(VIRTIO_CHANNEL)),
+        agent=True,
+    )
 
 
 def make_snapshot(cfg: VmConfig, dest: Path, timeout: float) -> None:
@@ -521,8 +622,13 @@ def make_snapshot(cfg: VmConfig, dest: Path, timeout: float) -> None:
         with running_vm(cfg, files) as machine:
             ending = machine.wait_for_agent(timeout)
             if ending is not None:
-                why = {"timeout": f"timed out after {timeout:.0f} s", "panic": f"kernel panic: {ending.detail}"}.get(
-                    ending.kind, f"QEMU exited with status {ending.machine_status}: {machine.failure_detail()}")
+                why = {
+                    "timeout": f"timed out after {timeout:.0f} s",
+                    "panic": f"kernel panic: {ending.detail}",
+                }.get(
+                    ending.kind,
+                    f"QEMU exited with status {ending.machine_status}: {machine.failure_detail()}",
+                )
                 raise SnapshotUnavailable(f"the snapshot boot failed: {why}")
             timeline = decode_timeline(machine.collect().last("X_HARNESS_TIMELINE"))
             if timeline:
@@ -533,11 +639,19 @@ def make_snapshot(cfg: VmConfig, dest: Path, timeout: float) -> None:
 def send_test(machine: QemuMachine, plan: BootPlan) -> None:
     """Hand a resumed VM's agent the test of `plan`: its unit (the cold boot's, sending
     only its own timeline when the snapshot has the boot's) and its credentials."""
-    unit = render_test_unit(plan.decl, interactive=False, channel=VIRTIO_CHANNEL, whole_journal=plan.whole_journal,
-                            resumed=machine.boot_timeline is not None)
+    unit = render_test_unit(
+        plan.decl,
+        interactive=False,
+        channel=VIRTIO_CHANNEL,
+        whole_journal=plan.whole_journal,
+        resumed=machine.boot_timeline is not None,
+    )
     credentials = (*plan.decl.credentials, testcases_credential())
-    machine.hand_over(agent_message(resume_script(plan.decl.unit_name, unit, credentials, time.time(),
-                                                  os.urandom(SEED_BYTES))))
+    machine.hand_over(
+        agent_message(
+            resume_script(plan.decl.unit_name, unit, credentials, time.time(), os.urandom(SEED_BYTES))
+        )
+    )
 
 
 class QemuBackend:
@@ -552,7 +666,9 @@ class QemuBackend:
     def firmware(self, declared: Firmware, image: Image) -> Firmware:
         return resolve_firmware(declared, image)
 
-    def cold_boot_reason(self, decl: TestDeclaration, firmware: Firmware, env: Mapping[str, str]) -> str | None:
+    def cold_boot_reason(
+        self, decl: TestDeclaration, firmware: Firmware, env: Mapping[str, str]
+    ) -> str | None:
         return ineligibility(decl, firmware, env)
 
     @contextlib.contextmanager
@@ -571,27 +687,34 @@ class QemuBackend:
                 yield stack.enter_context(running_vm(VmConfig.for_plan(plan), files))
                 return
             make_overlay(snapshot.disk, files.disk, backing_format="qcow2")
-            machine = stack.enter_context(running_vm(snapshot_config(plan.image, plan.accel), files, snapshot.state))
+            machine = stack.enter_context(
+                running_vm(snapshot_config(plan.image, plan.accel), files, snapshot.state)
+            )
             machine.boot_path = BootPath.SNAPSHOT
             if snapshot.timeline.is_file():
                 machine.boot_timeline = snapshot.timeline.read_text()
             send_test(machine, plan)
             yield machine
 
-    def booted_snapshot(self, plan: BootPlan) -> ContextManager[Snapshot]:
+    def booted_snapshot(self, plan: BootPlan) -> contextlib.AbstractContextManager[Snapshot]:
         """The booted snapshot for `plan`'s image, made first if needed, held while in use."""
         assert plan.snapshot_dir is not None
         cfg = snapshot_config(plan.image, plan.accel)
         binary = shutil.which(qemu_binary(plan.image.architecture)) or ""
         image = plan.image
-        key = snapshot_key([plan.accel.kind, *plan.accel.cpu_args(qemu_major(binary)), binary],
-                           [p for p in (image.path, image.kernel, image.initrd, Path(binary)) if p is not None])
+        key = snapshot_key(
+            [plan.accel.kind, *plan.accel.cpu_args(qemu_major(binary)), binary],
+            [p for p in (image.path, image.kernel, image.initrd, Path(binary)) if p is not None],
+        )
         # The boot is the agent's: the test's own timeout does not apply to it.
         timeout = SNAPSHOT_BOOT_TIMEOUT * plan.accel.timeout_factor
 
         def make(dest: Path) -> None:
-            print(f"{plan.decl.name}: booting {image.path.name} once to save it as the booted snapshot "
-                  f"{dest.parent / key} (the other eligible tests resume it)", flush=True)
+            print(
+                f"{plan.decl.name}: booting {image.path.name} once to save it as the booted snapshot "
+                f"{dest.parent / key} (the other eligible tests resume it)",
+                flush=True,
+            )
             make_snapshot(cfg, dest, timeout)
 
         return shared_snapshot(plan.snapshot_dir, key, plan.attempt, make)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from harness.declaration import Credential
 from harness.errors import HarnessError

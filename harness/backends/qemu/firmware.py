@@ -35,16 +35,21 @@ def resolve_firmware(declared: Firmware, image: Image) -> Firmware:
     if declared == Firmware.AUTO:
         return Firmware.LINUX if image.kernel else Firmware.UEFI
     if declared.is_linux() and image.kernel is None:
-        raise HarnessError(f"firmware '{declared}' needs the kernel beside {image.path}, and there is none",
-                           "use firmware 'uefi', or build with SplitArtifacts=kernel,initrd,uki")
+        raise HarnessError(
+            f"firmware '{declared}' needs the kernel beside {image.path}, and there is none",
+            "use firmware 'uefi', or build with SplitArtifacts=kernel,initrd,uki",
+        )
     if declared.is_uefi() and not image.has_esp:
-        raise HarnessError(f"firmware 'uefi' needs an EFI system partition in {image.path}, and there is none",
-                           "build the image with Bootable=yes, or use firmware 'linux'")
+        raise HarnessError(
+            f"firmware 'uefi' needs an EFI system partition in {image.path}, and there is none",
+            "build the image with Bootable=yes, or use firmware 'linux'",
+        )
     return declared
 
 
-def select_ovmf(descriptors: list[tuple[Path, dict]], arch: str, machine: str,
-                secure_boot: bool = False) -> Ovmf | None:
+def select_ovmf(
+    descriptors: list[tuple[Path, dict]], arch: str, machine: str, secure_boot: bool = False
+) -> Ovmf | None:
     """The first descriptor (in file-name order, as QEMU's tools read them) that fits."""
     for path, d in sorted(descriptors, key=lambda pd: pd[0].name):
         if "uefi" not in d.get("interface-types", []):
@@ -53,13 +58,19 @@ def select_ovmf(descriptors: list[tuple[Path, dict]], arch: str, machine: str,
         if mapping.get("device") != "flash" or "nvram-template" not in mapping:
             continue
         features = d.get("features", [])
-        if ("secure-boot" in features) != secure_boot or "enrolled-keys" in features and not secure_boot:
+        if ("secure-boot" in features) != secure_boot or ("enrolled-keys" in features and not secure_boot):
             continue
-        if not any(t.get("architecture") == arch and any(fnmatch.fnmatch(machine, m) for m in t.get("machines", []))
-                   for t in d.get("targets", [])):
+        if not any(
+            t.get("architecture") == arch and any(fnmatch.fnmatch(machine, m) for m in t.get("machines", []))
+            for t in d.get("targets", [])
+        ):
             continue
-        return Ovmf(Path(mapping["executable"]["filename"]), Path(mapping["nvram-template"]["filename"]),
-                    secure_boot, d.get("description", path.name))
+        return Ovmf(
+            Path(mapping["executable"]["filename"]),
+            Path(mapping["nvram-template"]["filename"]),
+            secure_boot,
+            d.get("description", path.name),
+        )
     return None
 
 
@@ -78,8 +89,10 @@ def read_descriptors(dirs=DESCRIPTOR_DIRS) -> list[tuple[Path, dict]]:
 def find_ovmf(arch: str, machine: str) -> Ovmf:
     ovmf = select_ovmf(read_descriptors(), arch, machine)
     if ovmf is None:
-        raise HarnessError(f"no UEFI firmware for {arch} ({machine}) in {', '.join(map(str, DESCRIPTOR_DIRS))}",
-                           "install OVMF (Debian: apt-get install ovmf), or use firmware 'linux'")
+        raise HarnessError(
+            f"no UEFI firmware for {arch} ({machine}) in {', '.join(map(str, DESCRIPTOR_DIRS))}",
+            "install OVMF (Debian: apt-get install ovmf), or use firmware 'linux'",
+        )
     return ovmf
 
 

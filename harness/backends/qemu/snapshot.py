@@ -27,8 +27,8 @@ import hashlib
 import os
 import shlex
 import shutil
-from pathlib import Path
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 import attrs
 
@@ -80,17 +80,20 @@ ExecStart=/bin/sh %d/{AGENT_CREDENTIAL}
 
 
 def agent_credentials() -> list[Credential]:
-    return [Credential(f"systemd.extra-unit.{AGENT_UNIT}", agent_unit().encode()),
-            Credential(AGENT_CREDENTIAL, AGENT_SCRIPT.read_bytes()),
-            Credential(TIMELINE_CREDENTIAL, timeline_script().encode())]
+    return [
+        Credential(f"systemd.extra-unit.{AGENT_UNIT}", agent_unit().encode()),
+        Credential(AGENT_CREDENTIAL, AGENT_SCRIPT.read_bytes()),
+        Credential(TIMELINE_CREDENTIAL, timeline_script().encode()),
+    ]
 
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def resume_script(unit_name: str, unit_text: str, credentials: tuple[Credential, ...], now: float,
-                  seed: bytes) -> str:
+def resume_script(
+    unit_name: str, unit_text: str, credentials: tuple[Credential, ...], now: float, seed: bytes
+) -> str:
     """What the agent runs in a resumed VM: the guest's clock stopped when the snapshot was
     saved and its entropy pool is a copy shared by every test, so both are renewed before
     the test unit starts. Credentials go to /run/credstore, where ImportCredential= finds
@@ -100,7 +103,9 @@ def resume_script(unit_name: str, unit_text: str, credentials: tuple[Credential,
         f"printf %s {_b64(seed)} | base64 -d >/dev/urandom",
         "mkdir -p /run/credstore",
     ]
-    lines += [f"printf %s {_b64(c.value)} | base64 -d >/run/credstore/{shlex.quote(c.name)}" for c in credentials]
+    lines += [
+        f"printf %s {_b64(c.value)} | base64 -d >/run/credstore/{shlex.quote(c.name)}" for c in credentials
+    ]
     lines += [
         f"printf %s {_b64(unit_text.encode())} | base64 -d >/run/systemd/system/{unit_name}",
         # No daemon-reload (3 s under emulation): PID 1 has never heard of this unit, so
@@ -215,7 +220,7 @@ def remove_stale(root: Path, keep: str) -> list[str]:
     """Remove the snapshots of other keys that nobody holds; returns the keys removed."""
     removed = []
     for lock_path in root.glob("*.lock"):
-        key = lock_path.name[:-len(".lock")]
+        key = lock_path.name[: -len(".lock")]
         if key == keep:
             continue
         with open(lock_path, "a+") as lock:

@@ -68,7 +68,7 @@ class VsockNotifyListener:
         while True:
             try:
                 conn, _ = self._server.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 if self._stop.is_set():
                     return
                 continue
@@ -82,8 +82,9 @@ class VsockNotifyListener:
                         chunks.append(chunk)
                 self.report.add(b"".join(chunks))
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
