@@ -8,15 +8,20 @@ meson runs it (the command is in meson-logs/testlog.txt).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
 from pathlib import Path
+from types import FrameType
+from typing import NoReturn
 
 from harness.accel import detect
 from harness.declaration import CONFIGURATION_KEY_NAMES, KEY_NAMES, KEYS, Firmware, TestDeclaration, key_table
 from harness.errors import DeclarationError, HarnessError
 from harness.results import EXIT_ERROR
+
+log = logging.getLogger("harness")
 
 
 def _bool(text: str) -> bool:
@@ -49,14 +54,14 @@ class Interrupted(Exception):
     pass
 
 
-def _raise_interrupted(signum, frame):
+def _raise_interrupted(signum: int, frame: FrameType | None) -> NoReturn:
     raise Interrupted(signal.Signals(signum).name)
 
 
-def cmd_run(o) -> int:
+def cmd_run(o: argparse.Namespace) -> int:
     from harness.backends import BackendName, make_backend
     from harness.report.html import current_run, update_run_report
-    from harness.report.tap import tap_comment, tap_lines
+    from harness.report.tap import tap_lines
     from harness.results import Outcome, Status
     from harness.wrapper import RunContext, describe, run_test
 
@@ -70,7 +75,7 @@ def cmd_run(o) -> int:
     tap = o.tap and not interactive  # at a console, people read; meson parses nothing then
     if tap:
         print("TAP version 14", flush=True)
-        sys.stdout = _CommentedOutput(sys.stdout, tap_comment)
+    setup_logging(tap)
     build_dir = Path(o.build_dir) if o.build_dir else None
     tests_dir = (build_dir or Path(".")) / "integration-tests"
     log_dir = Path(o.log_dir) if o.log_dir else tests_dir / decl.name
@@ -87,46 +92,47 @@ def cmd_run(o) -> int:
             decl, Path(o.image), ctx, backend, env, interactive=interactive, timeout_factor=o.timeout_factor
         )
     except Interrupted as e:
-        print(f"{decl.name}: interrupted by {e}; the VM was stopped. Logs: {ctx.log_dir}", flush=True)
+        log.info(f"{decl.name}: interrupted by {e}; the VM was stopped. Logs: {ctx.log_dir}")
         return 130
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         record = ctx.record(decl, backend.name, "", Outcome(Status.ERROR, str(e)))
     record.write()
-    print(describe(record), flush=True)
+    log.info(describe(record))
     if build_dir is not None:
         try:
             summary, report = update_run_report(
                 build_dir, tests_dir, ctx.run, f"integration-tests on {backend.name}"
             )
-            print(f"report: {report}\nsummary: {summary}", flush=True)
+            log.info(f"report: {report}\nsummary: {summary}")
         except OSError as e:  # the verdict stands without a report
-            print(f"warning: could not write the run's report: {e}", flush=True)
+            log.warning(f"warning: could not write the run's report: {e}")
     if tap:
-        sys.stdout = sys.stdout.stream
         print("\n".join(tap_lines(record)[1:]), flush=True)
         # meson reads the verdict from the TAP points; a non-zero status is only for failures.
         return {Status.PASS: 0, Status.SKIP: 0, Status.FAIL: 1, Status.ERROR: EXIT_ERROR}[record.status]
     return record.exit_code
 
 
-class _CommentedOutput:
-    """stdout while TAP is written: whatever the run prints becomes TAP comments."""
+class _TapComments(logging.Formatter):
+    """While TAP is written, the wrapper's own lines are TAP comments: meson shows them
+    and parses only the points."""
 
-    def __init__(self, stream, comment) -> None:
-        self.stream = stream
-        self._comment = comment
-        self._pending = ""
+    def format(self, record: logging.LogRecord) -> str:
+        from harness.report.tap import tap_comment
 
-    def write(self, text: str) -> int:
-        self._pending += text
-        *lines, self._pending = self._pending.split("\n")
-        for line in lines:
-            self.stream.write(self._comment(line) + "\n")
-        return len(text)
+        return tap_comment(super().format(record))
 
-    def flush(self) -> None:
-        self.stream.flush()
+
+def setup_logging(tap: bool) -> None:
+    """The wrapper's messages go to stdout, where meson's log and a person at the
+    console see them; as TAP comments when stdout carries TAP."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_TapComments("%(message)s") if tap else logging.Formatter("%(message)s"))
+    root = logging.getLogger("harness")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
 
 
 def unknown_keys(source: Path, unknown: list[str]) -> DeclarationError:
@@ -156,7 +162,7 @@ def cmd_keys(o: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_accel(o) -> int:
+def cmd_accel(o: argparse.Namespace) -> int:
     accel = detect()
     print(accel.kind, accel.timeout_factor, accel.reason)
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Mapping
 
 import attrs
 
@@ -56,7 +57,7 @@ def cpu_flags(cpuinfo: str) -> set[str]:
     return set()
 
 
-def detect(image_arch: str | None = None, env=os.environ) -> Acceleration:
+def detect(image_arch: str | None = None, env: Mapping[str, str] = os.environ) -> Acceleration:
     forced = env.get("HARNESS_ACCEL")
     if forced in ("kvm", "tcg"):
         return Acceleration(forced, "HARNESS_ACCEL=" + forced)

@@ -44,7 +44,9 @@ def read_export(data: bytes) -> list[dict[str, str]]:
     """The entries of a journal export stream (systemd's Journal Export Format): text
     fields as KEY=VALUE lines, binary ones as KEY, a little-endian 64-bit size and the
     bytes; a blank line ends an entry."""
-    entries, entry, pos = [], {}, 0
+    entries: list[dict[str, str]] = []
+    entry: dict[str, str] = {}
+    pos = 0
     while pos < len(data):
         nl = data.find(b"\n", pos)
         if nl < 0:

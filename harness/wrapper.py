@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import shlex
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from harness.accel import detect
 from harness.backend import Backend, BootPath, BootPlan, EndingKind
@@ -18,6 +20,8 @@ from harness.record import RESULT_FILE, TIMELINE_FILE, TestRecord
 from harness.results import Outcome, Status, classify
 from harness.subtests import subtests_from
 from harness.timeline import decode_timeline, merge_timelines
+
+log = logging.getLogger(__name__)
 
 LOG_FILES = (
     "console.log",
@@ -106,7 +110,7 @@ class RunContext:
         self._t0 = time.monotonic()
 
     def record(
-        self, decl: TestDeclaration, backend: str, firmware: str, outcome: Outcome, **found
+        self, decl: TestDeclaration, backend: str, firmware: str, outcome: Outcome, **found: Any
     ) -> TestRecord:
         journal = found.pop("journal", None)
         return TestRecord(
@@ -167,14 +171,13 @@ def run_test(
     image = Image.open(image_path)
     plan = plan_boot(decl, image, backend, interactive, timeout_factor, env, ctx.snapshot_dir, ctx.run)
     how = "resuming the booted snapshot of" if plan.boot is BootPath.SNAPSHOT else "booting"
-    print(
+    log.info(
         f"{decl.name}: {how} {image.path.name} ({plan.firmware}, {plan.accel.kind}: {plan.accel.reason}; "
         f"timeout {plan.timeout or 'none'}{' s' if plan.timeout else ''}) on {backend.name}"
-        + (f"; cold boot: {plan.cold_reason}" if plan.boot is BootPath.COLD and backend.can_resume else ""),
-        flush=True,
+        + (f"; cold boot: {plan.cold_reason}" if plan.boot is BootPath.COLD and backend.can_resume else "")
     )
     if interactive:
-        print("The console is attached: the test's output follows. Ctrl-a x quits QEMU.", flush=True)
+        log.info("The console is attached: the test's output follows. Ctrl-a x quits QEMU.")
 
     with backend.boot(plan, log_dir) as machine:
         boot_path, boot_timeline = machine.boot_path, machine.boot_timeline

@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from harness.record import RESULT_FILE, TIMELINE_FILE, TestRecord
 from harness.report.timeline_chart import timeline_svg
@@ -51,7 +52,7 @@ def records_of_run(tests_dir: Path, run: str) -> list[TestRecord]:
     return records
 
 
-def summary(records: list[TestRecord], suite: str, finished: str) -> dict:
+def summary(records: list[TestRecord], suite: str, finished: str) -> dict[str, Any]:
     """The per-suite summary hardware-in-the-loop rigs publish, one entry per case (as in
     meson's JUnit file). Infrastructure errors are kept apart: status "error", counted
     in stats.errors, not in stats.failed."""
@@ -195,7 +196,7 @@ def _read(path: Path) -> str:
         return ""
 
 
-def render_html(records: list[TestRecord], data: dict) -> str:
+def render_html(records: list[TestRecord], data: dict[str, Any]) -> str:
     """One self-contained page: no scripts, no network, images inline."""
     e = html.escape
     stats = data["stats"]

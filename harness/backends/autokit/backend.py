@@ -75,7 +75,7 @@ class AutokitBackend:
         self.client = WorkerClient(url, token)
         self.poll = poll
 
-    def unmet_requirements(self, decl) -> list[str]:
+    def unmet_requirements(self, decl: TestDeclaration) -> list[str]:
         if not decl.requires:
             return []
         features = self.client.contract().features

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import attrs
 
@@ -65,7 +65,7 @@ class WorkerClient:
         self,
         method: str,
         path: str,
-        payload=None,
+        payload: object = None,
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
@@ -80,7 +80,8 @@ class WorkerClient:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as response:
-                return response.read()
+                answer: bytes = response.read()
+                return answer
         except urllib.error.HTTPError as e:
             message = e.read().decode(errors="replace").strip() or e.reason
             raise WorkerError(
@@ -93,10 +94,10 @@ class WorkerClient:
                 "check that the worker runs and the URL (-Dautokit-worker / HARNESS_AUTOKIT_WORKER) is right",
             ) from None
 
-    def text(self, method: str, path: str, **kw) -> str:
+    def text(self, method: str, path: str, **kw: Any) -> str:
         return self.request(method, path, **kw).decode(errors="replace").strip()
 
-    def json(self, method: str, path: str, **kw):
+    def json(self, method: str, path: str, **kw: Any) -> Any:
         data = self.request(method, path, **kw)
         try:
             return json.loads(data or b"null")
@@ -167,7 +168,7 @@ class WorkerClient:
             frozenset(str(f) for f in c.get("supportedFeatures", [])),
         )
 
-    def network(self, wired_nat: bool = True, wireless: dict | None = None) -> None:
+    def network(self, wired_nat: bool = True, wireless: dict[str, str] | None = None) -> None:
         payload = {"wireless": wireless} if wireless else {"wired": {"nat": wired_nat}}
         self.text("POST", "/dut/network", payload=payload)
 
@@ -192,7 +193,7 @@ class WorkerClient:
     def keyboard(self, key: str) -> None:
         self.text("POST", "/dut/keyboard", payload={"key": key})
 
-    def diagnostics(self) -> dict:
+    def diagnostics(self) -> dict[str, Any]:
         d = self.json("GET", "/dut/diagnostics")
         return d if isinstance(d, dict) else {}
 

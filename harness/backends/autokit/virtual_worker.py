@@ -22,9 +22,11 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from harness.accel import detect
 from harness.backends.qemu.backend import (
@@ -156,7 +158,7 @@ class VirtualWorker:
             f.write(body)
         return "CHUNK_OK"
 
-    def flash(self) -> dict:
+    def flash(self) -> dict[str, Any]:
         self.flash_state = "PENDING"
 
         def run() -> None:
@@ -170,15 +172,15 @@ class VirtualWorker:
         threading.Thread(target=run, daemon=True).start()
         return {"timeoutTries": 60}
 
-    def contract(self) -> dict:
+    def contract(self) -> dict[str, Any]:
         return {"uuid": self.uuid, "workerType": "qemu", "supportedFeatures": ["dut", "uefi", "serial"]}
 
 
-def make_handler(worker: VirtualWorker):
+def make_handler(worker: VirtualWorker) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def reply(self, status: int, body) -> None:
+        def reply(self, status: int, body: bytes | str | dict[str, Any]) -> None:
             data = (
                 body
                 if isinstance(body, bytes)
@@ -254,7 +256,7 @@ def make_handler(worker: VirtualWorker):
 
         do_GET = do_POST = route
 
-        def log_message(self, fmt, *args) -> None:
+        def log_message(self, format: str, *args: Any) -> None:
             sys.stderr.write(
                 f"virtual-worker: {self.command} {self.path} {args[1] if len(args) > 1 else ''}\n"
             )
@@ -262,7 +264,13 @@ def make_handler(worker: VirtualWorker):
     return Handler
 
 
-def serve(host: str, port: int, state_dir: Path, token: str, ready=None) -> None:
+def serve(
+    host: str,
+    port: int,
+    state_dir: Path,
+    token: str,
+    ready: Callable[[ThreadingHTTPServer], None] | None = None,
+) -> None:
     worker = VirtualWorker(state_dir, token)
     server = ThreadingHTTPServer((host, port), make_handler(worker))
     server.daemon_threads = True
@@ -302,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"virtual-worker: token written to {token_file}", flush=True)
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
 
-    def ready(server) -> None:
+    def ready(server: ThreadingHTTPServer) -> None:
         print(
             f"virtual-worker: listening on http://{host}:{server.server_address[1]}, state in {state_dir}",
             flush=True,

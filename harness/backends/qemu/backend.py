@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import logging
 import os
 import re
 import shlex
@@ -59,6 +60,8 @@ from harness.guest.units import (
 from harness.image import Image
 from harness.notify import GuestReport, read_port_file
 from harness.timeline import decode_timeline
+
+log = logging.getLogger(__name__)
 
 QEMU_BINARIES = {
     "x86_64": "qemu-system-x86_64",
@@ -296,7 +299,7 @@ def die_with_parent() -> None:
 class QemuMachine:
     def __init__(
         self,
-        proc: subprocess.Popen,
+        proc: subprocess.Popen[bytes],
         files: RunFiles,
         stderr: Path,
         report: GuestReport,
@@ -459,7 +462,7 @@ class QemuMachine:
         except Exception:  # QMP not up yet, or QEMU gone: the caller checks which
             return None
 
-    def _qmp(self, command: str, arguments: dict | None = None) -> bool:
+    def _qmp(self, command: str, arguments: dict[str, Any] | None = None) -> bool:
         try:
             with self._qmp_session(5) as qmp:
                 qmp.cmd(command, **(arguments or {}))
@@ -679,7 +682,7 @@ class QemuBackend:
                 try:
                     snapshot = stack.enter_context(self.booted_snapshot(plan))
                 except SnapshotUnavailable as e:
-                    print(f"{plan.decl.name}: no booted snapshot ({e}); booting cold", flush=True)
+                    log.warning(f"{plan.decl.name}: no booted snapshot ({e}); booting cold")
             tmp = stack.enter_context(private_tmp(plan.decl.name))
             files = RunFiles(tmp, log_dir, tmp / "overlay.qcow2")
             if snapshot is None:
@@ -710,10 +713,9 @@ class QemuBackend:
         timeout = SNAPSHOT_BOOT_TIMEOUT * plan.accel.timeout_factor
 
         def make(dest: Path) -> None:
-            print(
+            log.info(
                 f"{plan.decl.name}: booting {image.path.name} once to save it as the booted snapshot "
-                f"{dest.parent / key} (the other eligible tests resume it)",
-                flush=True,
+                f"{dest.parent / key} (the other eligible tests resume it)"
             )
             make_snapshot(cfg, dest, timeout)
 

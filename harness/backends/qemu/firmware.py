@@ -10,7 +10,9 @@ from __future__ import annotations
 import fnmatch
 import json
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -18,6 +20,8 @@ from harness.declaration import Firmware
 from harness.errors import HarnessError
 from harness.image import Image
 
+# A QEMU firmware descriptor (docs/interop/firmware.json), as parsed JSON.
+Descriptor = dict[str, Any]
 DESCRIPTOR_DIRS = (Path("/etc/qemu/firmware"), Path("/usr/share/qemu/firmware"))
 
 
@@ -48,7 +52,7 @@ def resolve_firmware(declared: Firmware, image: Image) -> Firmware:
 
 
 def select_ovmf(
-    descriptors: list[tuple[Path, dict]], arch: str, machine: str, secure_boot: bool = False
+    descriptors: list[tuple[Path, Descriptor]], arch: str, machine: str, secure_boot: bool = False
 ) -> Ovmf | None:
     """The first descriptor (in file-name order, as QEMU's tools read them) that fits."""
     for path, d in sorted(descriptors, key=lambda pd: pd[0].name):
@@ -74,8 +78,8 @@ def select_ovmf(
     return None
 
 
-def read_descriptors(dirs=DESCRIPTOR_DIRS) -> list[tuple[Path, dict]]:
-    found: dict[str, tuple[Path, dict]] = {}
+def read_descriptors(dirs: Iterable[Path] = DESCRIPTOR_DIRS) -> list[tuple[Path, Descriptor]]:
+    found: dict[str, tuple[Path, Descriptor]] = {}
     for directory in dirs:  # an /etc file shadows a /usr/share file of the same name
         for path in sorted(directory.glob("*.json")) if directory.is_dir() else ():
             if path.name not in found:

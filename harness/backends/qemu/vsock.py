@@ -56,7 +56,8 @@ class VsockNotifyListener:
 
     @property
     def port(self) -> int:
-        return self._server.getsockname()[1]
+        port: int = self._server.getsockname()[1]
+        return port
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._serve, name="vsock-notify", daemon=True)
