@@ -240,3 +240,10 @@ def test_library_filter_and_all_passing(tmp_path):
     )
     assert status == 0
     assert lines == ["X_HARNESS_TESTCASE_START=testcase_a", lines[1]] and "testcase_a" in lines[1]
+
+
+def test_an_unreadable_record_is_left_out_of_the_report_with_a_warning(tmp_path, caplog):
+    (tmp_path / "TEST-01-CUT").mkdir()
+    (tmp_path / "TEST-01-CUT" / "result.json").write_text('{"name": "TEST-01-CUT", "stat')
+    assert records_of_run(tmp_path, "run-1") == []
+    assert "TEST-01-CUT/result.json left out of the report" in caplog.text

@@ -15,6 +15,7 @@ import datetime
 import fcntl
 import html
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from typing import Any
 from harness.record import RESULT_FILE, TIMELINE_FILE, TestRecord
 from harness.report.timeline_chart import timeline_svg
 from harness.timeline import parse_systemctl_show
+
+log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "integration-tests-summary.json"
 REPORT_FILE = "integration-tests-report.html"
@@ -45,10 +48,15 @@ def current_run() -> str:
 def records_of_run(tests_dir: Path, run: str) -> list[TestRecord]:
     records = []
     for path in sorted(tests_dir.glob(f"*/{RESULT_FILE}")):
-        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        try:
             record = TestRecord.from_json(path.read_text())
-            if record.run == run:
-                records.append(record)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            # A record cut short or from another version of the harness: the report
+            # goes on without it, and says so where the run's output shows it.
+            log.warning(f"warning: {path} left out of the report: {e!r}")
+            continue
+        if record.run == run:
+            records.append(record)
     return records
 
 

@@ -204,10 +204,6 @@ class WorkerClient:
         """A tar.gz of the JPEG frames captured since start_capture."""
         return self.request("GET", "/dut/capture", timeout=300)
 
-    def live_stream_url(self) -> str:
-        """Where a person can watch the board's screen (an MJPEG stream; needs the token)."""
-        return self.url + "/dut/liveStream"
-
     # -- flashing -------------------------------------------------------------------------
 
     def chunk_size(self) -> int:

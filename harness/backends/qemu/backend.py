@@ -410,7 +410,7 @@ class QemuMachine:
             qmp.connect()
             yield qmp
         finally:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*qmp_errors()):
                 qmp.close()
 
     def save_state(self, state: Path) -> None:
@@ -459,7 +459,7 @@ class QemuMachine:
             with self._qmp_session(5) as qmp:
                 status = qmp.cmd("query-status")
             return str(status["status"]) if isinstance(status, dict) else None
-        except Exception:  # QMP not up yet, or QEMU gone: the caller checks which
+        except qmp_errors():  # QMP not up yet, or QEMU gone: the caller checks which
             return None
 
     def _qmp(self, command: str, arguments: dict[str, Any] | None = None) -> bool:
@@ -467,7 +467,7 @@ class QemuMachine:
             with self._qmp_session(5) as qmp:
                 qmp.cmd(command, **(arguments or {}))
             return True
-        except Exception:  # any QMP trouble means: fall back to force
+        except qmp_errors():  # any QMP trouble means: fall back to force
             return False
 
     def power_off(self, orderly: bool) -> None:
@@ -500,6 +500,15 @@ class QemuMachine:
     def collect(self) -> GuestReport:
         read_port_file(self.files.notify, self.report)
         return self.report
+
+
+def qmp_errors() -> tuple[type[Exception], ...]:
+    """What talking to QEMU over QMP raises when QEMU is not (or no longer) there, or
+    refuses a command. qemu.qmp is imported when first needed: a skipped test or a
+    `validate` does not pay for it."""
+    from qemu.qmp import QMPError
+
+    return (OSError, EOFError, QMPError)
 
 
 def machine_alias(binary: str, machine: str) -> str:
