@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from test_vm import ROOT, SNAPSHOTS, boot_path, harness_leftovers, run_wrapper, wrapper_cmd, wrapper_env
+from e2e import ROOT, SNAPSHOTS, boot_path, harness_leftovers, run_wrapper, wrapper_cmd, wrapper_env
 
 pytestmark = pytest.mark.vm
 
@@ -96,17 +96,6 @@ def test_declared_cold_boot_and_the_switch_are_honoured(image, tmp_path):
     assert r.returncode == 0
     assert "cold boot: the test declares boot: 'cold'" in r.stdout
     assert boot_path(tmp_path) == "cold"
-
-
-@pytest.fixture(scope="module")
-def image():
-    from test_vm import IMAGE
-
-    if not IMAGE.is_file():
-        pytest.fail(
-            f"no image at {IMAGE}: build it with 'meson compile -C build mkosi' (or set HARNESS_IMAGE)"
-        )
-    return IMAGE
 
 
 def teardown_module() -> None:

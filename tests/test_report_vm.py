@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from test_vm import IMAGE, ROOT
+from e2e import IMAGE, ROOT
 
 pytestmark = pytest.mark.vm
 

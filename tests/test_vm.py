@@ -5,105 +5,42 @@ Needs the image from `meson compile -C build mkosi` (or HARNESS_IMAGE=path/image
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-IMAGE = Path(os.environ.get("HARNESS_IMAGE", ROOT / "build" / "mkosi.output" / "image.raw"))
-# The booted snapshot of the image, shared with `meson test` (same image, same harness).
-SNAPSHOTS = Path(os.environ.get("HARNESS_SNAPSHOT_DIR", ROOT / "build" / "integration-tests" / "snapshots"))
+from e2e import ROOT, board_env, boot_path, harness_leftovers, run_wrapper, wrapper_cmd, wrapper_env
 
 pytestmark = pytest.mark.vm
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@pytest.fixture(scope="module")
-def image():
-    if not IMAGE.is_file():
-        pytest.fail(
-            f"no image at {IMAGE}: build it with 'meson compile -C build mkosi' (or set HARNESS_IMAGE)"
+# The same test on both backends, read the same way: a VM here, a board behind the
+# virtual worker there (UEFI, flashed, one serial console).
+@pytest.mark.parametrize("backend", ["qemu", "autokit"])
+def test_failing_guest_fails_with_its_status(image, tmp_path, backend, request):
+    command = "--command=/bin/sh -c 'echo about to fail; exit 3'"
+    if backend == "qemu":
+        r = run_wrapper(image, tmp_path, "TEST-90-FAILS", command)
+    else:
+        worker = request.getfixturevalue("worker_process")
+        r = run_wrapper(
+            image,
+            tmp_path,
+            "TEST-90-FAILS",
+            command,
+            "--timeout=600",
+            "--timeout-factor=1",
+            env=board_env(worker.url),
         )
-    before = sha256(IMAGE)
-    yield IMAGE
-    assert sha256(IMAGE) == before, "a test run wrote to the shared image"
-
-
-def wrapper_cmd(image: Path, tmp_path: Path, name: str, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "harness",
-        "run",
-        f"--name={name}",
-        f"--test-dir={tmp_path}",
-        f"--image={image}",
-        f"--log-dir={tmp_path / 'logs'}",
-        *args,
-    ]
-
-
-def wrapper_env(boot: str = "auto", snapshots: Path = SNAPSHOTS) -> dict[str, str]:
-    """`boot`: auto (the fast path where the test is eligible) or cold (HARNESS_COLD_BOOT=1)."""
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(ROOT),
-        HARNESS_INTERACTIVE="0",
-        HARNESS_SNAPSHOT_DIR=str(snapshots),
-        HARNESS_COLD_BOOT="1" if boot == "cold" else "0",
-    )
-    env.pop("HARNESS_SKIP", None)
-    return env
-
-
-def run_wrapper(
-    image: Path, tmp_path: Path, name: str, *args: str, boot: str = "auto", snapshots: Path = SNAPSHOTS
-) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        wrapper_cmd(image, tmp_path, name, *args),
-        cwd=ROOT,
-        env=wrapper_env(boot, snapshots),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    print(result.stdout, result.stderr)
-    return result
-
-
-def boot_path(tmp_path: Path) -> str:
-    """How the run's VM came up, from its result.json: cold or snapshot."""
-    return json.loads((tmp_path / "logs" / "result.json").read_text())["boot"]
-
-
-def harness_leftovers(name: str) -> tuple[list[str], list[Path]]:
-    """The processes and private directories of this session's wrappers for test NAME
-    (conftest's wrapper_tmpdir gives them a TMPDIR of their own)."""
-    tmp = Path(os.environ["TMPDIR"])
-    procs = subprocess.run(["pgrep", "-af", f"{tmp}/harness-{name}-"], capture_output=True, text=True).stdout
-    procs = [p for p in procs.splitlines() if "pgrep" not in p]
-    return procs, list(tmp.glob(f"harness-{name}-*"))
-
-
-def test_failing_guest_fails_with_its_status_and_keeps_the_journal(image, tmp_path):
-    r = run_wrapper(image, tmp_path, "TEST-90-FAILS", "--command=/bin/sh -c 'echo about to fail; exit 3'")
     assert r.returncode == 1
     assert "TEST-90-FAILS: FAIL: TEST-90-FAILS failed with exit status 3 (expected 123)" in r.stdout
-    assert "meson test -C" in r.stdout and "--interactive TEST-90-FAILS" in r.stdout
+    assert "about to fail" in (tmp_path / "logs" / "console.log").read_text(errors="replace")
+    assert harness_leftovers("TEST-90-FAILS") == ([], [])
+    if backend == "autokit":
+        assert "meson test -C" in r.stdout and "--interactive" not in r.stdout  # a board has no console here
+        return
+    assert "--interactive TEST-90-FAILS" in r.stdout
     journal = tmp_path / "logs" / "journal.journal"
     assert f"journalctl --file {journal} -u TEST-90-FAILS.service" in r.stdout
     text = subprocess.run(
@@ -112,8 +49,6 @@ def test_failing_guest_fails_with_its_status_and_keeps_the_journal(image, tmp_pa
         text=True,
     ).stdout
     assert "about to fail" in text
-    assert "about to fail" in (tmp_path / "logs" / "console.log").read_text(errors="replace")
-    assert harness_leftovers("TEST-90-FAILS") == ([], [])
 
 
 # The same faults on both paths must read the same: a resumed VM is no excuse.

@@ -1,0 +1,111 @@
+"""What the end-to-end tests share: where the image and the snapshots are, how they
+start the wrapper (as meson does, on either backend), and how they look for leftovers.
+The fixtures built on these are in conftest.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = Path(os.environ.get("HARNESS_IMAGE", ROOT / "build" / "mkosi.output" / "image.raw"))
+# The booted snapshot of the image, shared with `meson test` (same image, same harness).
+SNAPSHOTS = Path(os.environ.get("HARNESS_SNAPSHOT_DIR", ROOT / "build" / "integration-tests" / "snapshots"))
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def wrapper_cmd(image: Path, tmp_path: Path, name: str, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "harness",
+        "run",
+        f"--name={name}",
+        f"--test-dir={tmp_path}",
+        f"--image={image}",
+        f"--log-dir={tmp_path / 'logs'}",
+        *args,
+    ]
+
+
+def wrapper_env(boot: str = "auto", snapshots: Path = SNAPSHOTS) -> dict[str, str]:
+    """`boot`: auto (the fast path where the test is eligible) or cold (HARNESS_COLD_BOOT=1)."""
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        HARNESS_INTERACTIVE="0",
+        HARNESS_SNAPSHOT_DIR=str(snapshots),
+        HARNESS_COLD_BOOT="1" if boot == "cold" else "0",
+    )
+    env.pop("HARNESS_SKIP", None)
+    return env
+
+
+def run_wrapper(
+    image: Path,
+    tmp_path: Path,
+    name: str,
+    *args: str,
+    boot: str = "auto",
+    snapshots: Path = SNAPSHOTS,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """The wrapper, run as meson runs it; `env`: another backend's (board_env)."""
+    result = subprocess.run(
+        wrapper_cmd(image, tmp_path, name, *args),
+        cwd=ROOT,
+        env=env or wrapper_env(boot, snapshots),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    print(result.stdout, result.stderr)
+    return result
+
+
+def boot_path(tmp_path: Path) -> str:
+    """How the run's VM came up, from its result.json: cold or snapshot."""
+    return json.loads((tmp_path / "logs" / "result.json").read_text())["boot"]
+
+
+def harness_leftovers(name: str) -> tuple[list[str], list[Path]]:
+    """The processes and private directories of this session's wrappers for test NAME
+    (conftest's wrapper_tmpdir gives them a TMPDIR of their own)."""
+    tmp = Path(os.environ["TMPDIR"])
+    procs = subprocess.run(["pgrep", "-af", f"{tmp}/harness-{name}-"], capture_output=True, text=True).stdout
+    procs = [p for p in procs.splitlines() if "pgrep" not in p]
+    return procs, list(tmp.glob(f"harness-{name}-*"))
+
+
+TOKEN = "e2e-token"  # the virtual worker's, in the end-to-end tests
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def board_env(url: str) -> dict[str, str]:
+    """The wrapper's environment for the autokit backend and the worker at `url`."""
+    return dict(
+        wrapper_env(), HARNESS_BACKEND="autokit", HARNESS_AUTOKIT_WORKER=url, HARNESS_AUTOKIT_TOKEN=TOKEN
+    )
+
+
+def run_on_board(
+    image: Path, tmp_path: Path, url: str, name: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    return run_wrapper(image, tmp_path, name, *args, env=board_env(url))
