@@ -31,7 +31,9 @@ def test_worker_that_disappears_mid_test_is_an_infrastructure_error(image, tmp_p
         while "POST /dut/on" not in worker.log.read_text() and time.monotonic() < deadline:
             time.sleep(1)
         assert "POST /dut/on" in worker.log.read_text(), "the board was never powered on"
-        worker.send_signal(signal.SIGTERM)  # the worker goes away, and takes its board with it
+        # The worker dies without a word (SIGKILL: no teardown runs) and takes its board with
+        # it: the board was started with a parent-death signal (the fixture checks).
+        worker.send_signal(signal.SIGKILL)
         started = time.monotonic()
         out, _ = proc.communicate(timeout=120)
     finally:

@@ -61,7 +61,7 @@ def test_linux_noinitrd_and_persistent_storage():
 
 
 def test_uefi_boot_uses_firmware_and_no_kernel():
-    ovmf = Ovmf(Path("/ovmf/CODE.fd"), Path("/ovmf/VARS.fd"), False, "test")
+    ovmf = Ovmf(Path("/ovmf/CODE.fd"), Path("/ovmf/VARS.fd"), "test")
     cmd = qemu_command(plan("uefi"), FILES, ovmf, Path("/tmp/h/OVMF_VARS.fd"), None, None, [])
     assert "-kernel" not in cmd and "-append" not in cmd
     assert "if=pflash,format=raw,readonly=on,file=/ovmf/CODE.fd" in cmd

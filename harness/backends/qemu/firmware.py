@@ -29,7 +29,6 @@ DESCRIPTOR_DIRS = (Path("/etc/qemu/firmware"), Path("/usr/share/qemu/firmware"))
 class Ovmf:
     code: Path
     vars_template: Path
-    secure_boot: bool
     description: str
 
 
@@ -72,7 +71,6 @@ def select_ovmf(
         return Ovmf(
             Path(mapping["executable"]["filename"]),
             Path(mapping["nvram-template"]["filename"]),
-            secure_boot,
             d.get("description", path.name),
         )
     return None
