@@ -32,6 +32,12 @@ def client(w, token=TOKEN):
     return WorkerClient(w.url, token=token, sleep=lambda s: None)
 
 
+def flashing_client(w):
+    """A client whose wait between flashState polls lasts until the worker's flash has
+    ended: no poll budget to race on a loaded machine."""
+    return WorkerClient(w.url, token=TOKEN, sleep=lambda s: w.wait_for_flash(timeout=120))
+
+
 @pytest.mark.parametrize("token", [None, "wrong"])
 def test_requires_the_bearer_token(worker, token):
     with pytest.raises(WorkerError, match="401: missing or wrong bearer token"):
@@ -57,7 +63,7 @@ def test_device_endpoints_need_a_reservation(worker):
 def test_upload_and_flash_write_the_disk_exactly(worker, tmp_path):
     image = tmp_path / "image.raw"
     image.write_bytes(bytes(range(256)) * 4096)
-    c = client(worker)
+    c = flashing_client(worker)
     with c.reserved():
         c.upload_and_flash(image, tmp_path, poll=0.05)
         assert worker.board.disk.read_bytes() == image.read_bytes()
@@ -66,7 +72,7 @@ def test_upload_and_flash_write_the_disk_exactly(worker, tmp_path):
 
 
 def test_broken_image_gives_flash_state_error(worker, tmp_path):
-    c = client(worker)
+    c = flashing_client(worker)
     c.reserve(Retry(1, 0))
     with open(__file__, "rb") as f:
         c.send_image(f, 100)  # not gzip: the worker cannot write it
@@ -91,3 +97,74 @@ def test_watchdog_releases_a_silent_reservation(worker):
     client(worker).reserve(Retry(1, 0))
     time.sleep(0.6)
     assert client(worker).state() == "IDLE"
+
+
+def send_chunks(c, gz: bytes, order, chunk: int):
+    total = -(-len(gz) // chunk)
+    for index in order:
+        data = gz[index * chunk : (index + 1) * chunk]
+        headers = {
+            "x-chunk-index": str(index),
+            "x-total-chunks": str(total),
+            "Content-Length": str(len(data)),
+        }
+        assert c.text("POST", "/dut/sendImage", body=data, headers=headers) == "CHUNK_OK"
+    return total
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    import harness.backends.autokit.virtual_worker as vw
+
+    monkeypatch.setattr(vw, "CHUNK_MIB", 1)
+    return 1 << 20
+
+
+def gzipped_image(tmp_path, size=3 << 20):
+    import gzip
+    import os
+
+    raw = os.urandom(size)  # incompressible: the upload spans several chunks
+    return raw, gzip.compress(raw, compresslevel=1)
+
+
+def test_chunk_0_resent_after_the_last_still_flashes(worker, tmp_path, small_chunks):
+    raw, gz = gzipped_image(tmp_path)
+    c = flashing_client(worker)
+    c.reserve(Retry(1, 0))
+    total = send_chunks(c, gz, [0, 1, 2, 3], small_chunks)
+    assert total == 4
+    send_chunks(c, gz, [0], small_chunks)  # resent at the end, as a retry would
+    c.flash(poll=0.01)
+    assert worker.board.disk.read_bytes() == raw
+
+
+def test_chunks_out_of_order_and_twice_are_harmless(worker, tmp_path, small_chunks):
+    raw, gz = gzipped_image(tmp_path)
+    c = flashing_client(worker)
+    c.reserve(Retry(1, 0))
+    send_chunks(c, gz, [3, 1, 1, 0, 2, 3], small_chunks)
+    c.flash(poll=0.01)
+    assert worker.board.disk.read_bytes() == raw
+
+
+def test_a_missing_chunk_is_named(worker, tmp_path, small_chunks):
+    _, gz = gzipped_image(tmp_path)
+    c = flashing_client(worker)
+    c.reserve(Retry(1, 0))
+    send_chunks(c, gz, [0, 2, 3], small_chunks)
+    with pytest.raises(WorkerError, match="flashState ERROR"):
+        c.flash(poll=0.01, flash_retry=1)
+    assert (tmp_path / "flash.error").read_text() == "chunks missing from the upload: 1 of 4\n"
+
+
+def test_a_shorter_upload_after_a_longer_one_flashes_only_itself(worker, tmp_path, small_chunks):
+    c = flashing_client(worker)
+    c.reserve(Retry(1, 0))
+    _, long_gz = gzipped_image(tmp_path, 5 << 20)
+    send_chunks(c, long_gz, range(6), small_chunks)
+    c.flash(poll=0.01)
+    raw, gz = gzipped_image(tmp_path, 2 << 20)
+    send_chunks(c, gz, range(3), small_chunks)
+    c.flash(poll=0.01)
+    assert worker.board.disk.read_bytes() == raw

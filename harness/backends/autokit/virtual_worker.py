@@ -28,6 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from harness.accel import detect
 from harness.backends.qemu.backend import (
     MACHINES,
@@ -106,6 +108,25 @@ class VirtualBoard:
         self.proc = None
 
 
+@attrs.define
+class UploadParts:
+    """Which chunks of the upload in progress have arrived."""
+
+    total: int | None = None  # x-total-chunks of the upload; None before the first chunk
+    received: set[int] = attrs.Factory(set)
+    size: int | None = None  # known once the last chunk arrived
+    flashed: bool = False
+
+    def check(self) -> None:
+        if self.total is None:
+            raise RuntimeError("nothing uploaded: POST /dut/sendImage first")
+        missing = sorted(set(range(self.total)) - self.received)
+        if missing:
+            raise RuntimeError(
+                f"chunks missing from the upload: {', '.join(map(str, missing))} of {self.total}"
+            )
+
+
 class VirtualWorker:
     """The worker's state: reservation, watchdog, uploads and flashing."""
 
@@ -115,7 +136,9 @@ class VirtualWorker:
         self.watchdog_seconds = watchdog
         self.board = VirtualBoard(state_dir)
         self.upload = state_dir / "upload.gz"
+        self.upload_parts = UploadParts()
         self.lock = threading.Lock()
+        self._flashing: threading.Thread | None = None
         self.busy = False
         self.flash_state = "IDLE"
         self.watchdog: threading.Timer | None = None
@@ -142,35 +165,55 @@ class VirtualWorker:
             self.watchdog.cancel()
         self.board.power_off()
         self.upload.unlink(missing_ok=True)
+        self.upload_parts = UploadParts()
         with self.lock:
             self.busy = False
             self.flash_state = "IDLE"
         return "OK"
 
     def write_chunk(self, body: bytes, index: int | None, total: int | None) -> str:
+        """Each chunk lands at its own offset, in whatever order and as often as it comes,
+        as upstream workers write them: a resent chunk is harmless."""
         if index is None:
             self.upload.write_bytes(body)
+            self.upload_parts = UploadParts(total=1, received={0}, size=len(body))
             return "OK"
-        if index == 0 or not self.upload.exists():
-            self.upload.write_bytes(b"")
-        with self.upload.open("r+b") as f:
-            f.seek(index * CHUNK_MIB * 1024 * 1024)
+        if total != self.upload_parts.total or self.upload_parts.flashed:  # a new upload begins
+            self.upload.unlink(missing_ok=True)
+            self.upload_parts = UploadParts(total=total)
+        offset = index * CHUNK_MIB * 1024 * 1024
+        with self.upload.open("r+b" if self.upload.exists() else "w+b") as f:
+            f.seek(offset)
             f.write(body)
+        self.upload_parts.received.add(index)
+        if total is not None and index == total - 1:
+            self.upload_parts.size = offset + len(body)
         return "CHUNK_OK"
 
     def flash(self) -> dict[str, Any]:
         self.flash_state = "PENDING"
+        parts = self.upload_parts
+        parts.flashed = True  # a flash again (after ERROR) takes this upload; a chunk begins the next
 
         def run() -> None:
             try:
+                parts.check()
+                with self.upload.open("r+b") as f:
+                    f.truncate(parts.size)  # an earlier, longer upload leaves nothing behind
                 self.board.write_disk(self.upload)
                 self.flash_state = "DONE"
             except Exception as e:  # reported through flashState, as upstream does
                 (self.dir / "flash.error").write_text(f"{e}\n")
                 self.flash_state = "ERROR"
 
-        threading.Thread(target=run, daemon=True).start()
+        self._flashing = threading.Thread(target=run, daemon=True)
+        self._flashing.start()
         return {"timeoutTries": 60}
+
+    def wait_for_flash(self, timeout: float) -> None:
+        """Until the flash in progress has ended (for tests: no poll budget to race)."""
+        if self._flashing is not None:
+            self._flashing.join(timeout)
 
     def contract(self) -> dict[str, Any]:
         return {"uuid": self.uuid, "workerType": "qemu", "supportedFeatures": ["dut", "uefi", "serial"]}
