@@ -47,6 +47,7 @@ class TestRecord:
     journal_excerpt: str = ""  # what the test unit logged
     rerun: tuple[str, ...] = ()  # commands that rerun it / read its journal
     boot: str = ""  # cold, or snapshot (resumed from the booted snapshot); empty when it did not boot
+    retried: int = 0  # boots that crashed (the machine, not the guest) before this verdict
 
     @property
     def exit_code(self) -> int:

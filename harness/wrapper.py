@@ -1,21 +1,27 @@
-"""The whole run of one test: declare -> boot -> collect -> classify -> report."""
+"""The whole run of one test: declare -> plan -> boot -> collect -> classify -> report."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import shlex
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from harness.accel import detect
-from harness.backend import Backend, BootPath, BootPlan, EndingKind
+from harness.backend import Backend, BootPath, BootPlan, Ending, EndingKind
 from harness.declaration import Firmware, Storage, TestDeclaration, skip_reason
+from harness.errors import HarnessError
 from harness.guest.units import boot_options, guest_credentials
 from harness.image import Image
 from harness.journal import keep_journal, unit_excerpt
+from harness.notify import GuestReport
 from harness.record import RESULT_FILE, TIMELINE_FILE, TestRecord
 from harness.results import Outcome, Status, classify
 from harness.subtests import subtests_from
@@ -157,6 +163,8 @@ def run_test(
     log_dir.mkdir(parents=True, exist_ok=True)
     for name in LOG_FILES:
         (log_dir / name).unlink(missing_ok=True)
+    for kept in log_dir.glob("console.crash-*.log"):
+        kept.unlink()
     reason = skip_reason(decl, env)
     if reason:
         return ctx.record(decl, backend.name, "", Outcome(Status.SKIP, reason))
@@ -179,18 +187,26 @@ def run_test(
     if interactive:
         log.info("The console is attached: the test's output follows. Ctrl-a x quits QEMU.")
 
-    with backend.boot(plan, log_dir) as machine:
-        boot_path, boot_timeline = machine.boot_path, machine.boot_timeline
-        ending = machine.wait(plan.timeout)
-        if ending.kind != EndingKind.EXITED:
-            machine.power_off(orderly=ending.kind == EndingKind.TIMEOUT)
-        report = machine.collect()
-        detail = machine.failure_detail()
+    retries = crash_retries(env)
+    run = run_machine(backend, plan, log_dir)
+    for retry in range(1, retries + 1):
+        if not run.crashed:
+            break
+        kept = log_dir / f"console.crash-{retry}.log"
+        with contextlib.suppress(FileNotFoundError):
+            (log_dir / "console.log").replace(kept)
+        log.warning(
+            f"{decl.name}: the {backend.name} machine crashed before the guest said anything "
+            f"({run.crash_description}; console: {kept.name}); booting again ({retry} of {retries})"
+        )
+        run = run_machine(backend, plan, log_dir)
+        run = attrs.evolve(run, retried=retry)
 
-    outcome = classify(decl.name, decl.exit_code, plan.timeout, ending, report, detail)
+    outcome = classify(decl.name, decl.exit_code, plan.timeout, run.ending, run.report, run.detail)
+    report = run.report
     timeline = decode_timeline(report.last("X_HARNESS_TIMELINE"))
-    if timeline and boot_timeline:
-        timeline = merge_timelines(boot_timeline, timeline)
+    if timeline and run.boot_timeline:
+        timeline = merge_timelines(run.boot_timeline, timeline)
     if timeline:
         (log_dir / TIMELINE_FILE).write_text(timeline)
     excerpt = unit_excerpt(log_dir / "journal.export", decl.unit_name)
@@ -205,14 +221,70 @@ def run_test(
         journal=journal,
         journal_excerpt=excerpt,
         subtests=tuple(subtests_from(report, outcome.reason)),
-        boot=str(boot_path),
+        boot=str(run.boot_path),
+        retried=run.retried,
     )
+
+
+@attrs.frozen
+class MachineRun:
+    """One boot of the plan, up to the machine's stop: what ended it and what the guest said."""
+
+    ending: Ending
+    report: GuestReport
+    detail: str  # what the machine said about a crash
+    boot_path: BootPath
+    boot_timeline: str | None
+    retried: int = 0  # boots before this one that crashed
+
+    @property
+    def crashed(self) -> bool:
+        """The machine died on its own before the guest said a word: not the test's doing."""
+        return (
+            self.ending.kind == EndingKind.EXITED
+            and self.ending.machine_status not in (0, None)
+            and not self.report.pairs
+        )
+
+    @property
+    def crash_description(self) -> str:
+        status = self.ending.machine_status or 0
+        how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+        return how + (f": {self.detail}" if self.detail else "")
+
+
+def run_machine(backend: Backend, plan: BootPlan, log_dir: Path) -> MachineRun:
+    with backend.boot(plan, log_dir) as machine:
+        boot_path, boot_timeline = machine.boot_path, machine.boot_timeline
+        ending = machine.wait(plan.timeout)
+        if ending.kind != EndingKind.EXITED:
+            machine.power_off(orderly=ending.kind == EndingKind.TIMEOUT)
+        report = machine.collect()
+        detail = machine.failure_detail()
+    return MachineRun(ending, report, detail, boot_path, boot_timeline)
+
+
+def crash_retries(env: Mapping[str, str]) -> int:
+    """How often a machine that crashes before the guest says anything is booted again
+    (HARNESS_RETRY_QEMU_CRASH, default once): such crashes happen in CI and are not the
+    test's; a second one is an ERROR."""
+    text = env.get("HARNESS_RETRY_QEMU_CRASH", "1")
+    if not text.isdigit():
+        raise HarnessError(
+            f"HARNESS_RETRY_QEMU_CRASH={text!r} is not a number of retries",
+            "use 0 (never retry), 1 (default), ...",
+        )
+    return int(text)
 
 
 def describe(record: TestRecord) -> str:
     """The lines a person reads after a run: verdict, subtests, and on failure where to
     look and how to rerun."""
     how = {"snapshot": "resumed from the booted snapshot", "cold": "cold boot"}.get(record.boot, "")
+    if how and record.retried:
+        how += (
+            f", booted again after {record.retried} crash{'es' if record.retried > 1 else ''} of the machine"
+        )
     took = f" ({record.duration_s:.1f} s, {how})" if how else ""
     lines = [f"{record.name}: {record.status.upper()}: {record.reason}{took}"]
     for s in record.subtests:

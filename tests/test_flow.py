@@ -178,3 +178,33 @@ def test_logs_of_an_earlier_run_are_cleared(tmp_path, image):
     (tmp_path / "logs" / "journal.journal").write_text("old")
     run(tmp_path, image)
     assert not (tmp_path / "logs" / "journal.journal").exists()
+
+
+CRASH = Script(b"", Ending(EndingKind.EXITED, -11), detail="qemu: segfault", console=b"booting...")
+
+
+def test_a_machine_crash_before_the_guest_spoke_is_retried_once(tmp_path, image):
+    record, backend = run(tmp_path, image, [CRASH, passing()])
+    assert record.status == Status.PASS and record.retried == 1 and len(backend.plans) == 2
+    assert "booted again after 1 crash of the machine" in describe(record)
+    assert (tmp_path / "logs" / "console.crash-1.log").read_bytes() == b"booting..."
+
+
+def test_a_second_crash_is_an_error(tmp_path, image):
+    record, backend = run(tmp_path, image, [CRASH])
+    assert record.status == Status.ERROR and record.retried == 1 and len(backend.plans) == 2
+    assert "killed by signal 11" in record.reason
+
+
+def test_crash_retries_can_be_turned_off_and_must_be_a_number(tmp_path, image):
+    record, backend = run(tmp_path, image, [CRASH, passing()], env={**ENV, "HARNESS_RETRY_QEMU_CRASH": "0"})
+    assert record.status == Status.ERROR and len(backend.plans) == 1
+    with pytest.raises(HarnessError, match="HARNESS_RETRY_QEMU_CRASH"):
+        run(tmp_path, image, env={**ENV, "HARNESS_RETRY_QEMU_CRASH": "once"})
+
+
+def test_a_crash_after_the_guest_spoke_is_not_retried(tmp_path, image):
+    record, backend = run(
+        tmp_path, image, [Script(guest_said("READY=1"), Ending(EndingKind.EXITED, -9)), passing()]
+    )
+    assert record.status == Status.ERROR and len(backend.plans) == 1

@@ -87,7 +87,7 @@ class FakeMachine:
 
 @attrs.define
 class FakeBackend:
-    script: Script = attrs.Factory(passing)
+    script: Script | list[Script] = attrs.Factory(passing)  # a list: one per boot, the last repeats
     features: frozenset[str] = FAKE_FEATURES
     name: str = "fake"
     report_channel = VIRTIO_CHANNEL
@@ -109,8 +109,9 @@ class FakeBackend:
 
     @contextlib.contextmanager
     def boot(self, plan: BootPlan, log_dir: Path) -> Iterator[FakeMachine]:
+        scripts = self.script if isinstance(self.script, list) else [self.script]
+        machine = FakeMachine(scripts[min(len(self.plans), len(scripts) - 1)], plan, log_dir)
         self.plans.append(plan)
-        machine = FakeMachine(self.script, plan, log_dir)
         self.machines.append(machine)
         self.running += 1
         try:

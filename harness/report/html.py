@@ -159,7 +159,8 @@ def _test_section(r: TestRecord) -> str:
         f'<p class="reason">{e(r.reason)}</p>',
         f"<p>{r.duration_s:.0f} s &middot; firmware {e(r.firmware or '-')} &middot; backend {e(r.backend)}"
         f" &middot; boot {e(r.boot or '-')}"
-        f" &middot; started {e(r.started)}</p>",
+        + (f" &middot; booted again after {r.retried} crash(es) of the machine" if r.retried else "")
+        + f" &middot; started {e(r.started)}</p>",
     ]
     if r.rerun:
         parts.append(
