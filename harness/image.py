@@ -9,6 +9,7 @@ because the image itself is an ext4 root the host cannot read without mounting i
 from __future__ import annotations
 
 import io
+import re
 import struct
 import uuid
 from collections.abc import Iterator
@@ -46,15 +47,38 @@ class Partition:
         return self.first_lba * self.sector_size
 
 
-def read_gpt(f: BinaryIO) -> list[Partition]:
-    """The used entries of a GUID partition table, for 512- or 4096-byte sectors."""
+def _gpt_header(f: BinaryIO) -> tuple[bytes, int]:
+    """The primary GPT header and the sector size it was found at."""
     for sector in (512, 4096):
         f.seek(sector)
         header = f.read(92)
         if header[:8] == b"EFI PART":
-            break
-    else:
-        raise ValueError("no GPT header (neither at 512 nor at 4096 bytes)")
+            return header, sector
+    raise ValueError("no GPT header (neither at 512 nor at 4096 bytes)")
+
+
+def gpt_problem(f: BinaryIO, size: int) -> str | None:
+    """What is wrong with the disk's GPT as a whole, or None: a file shorter than its
+    partition table says (an interrupted copy) or a backup header that does not match
+    the primary one (a damaged or half-written disk)."""
+    header, sector = _gpt_header(f)
+    backup_lba, _, last_usable = struct.unpack_from("<QQQ", header, 32)
+    needed = (max(backup_lba, last_usable) + 1) * sector
+    if size < needed:
+        return f"it is {size} bytes, shorter than its partition table says ({needed} bytes)"
+    f.seek(backup_lba * sector)
+    backup = f.read(92)
+    if backup[:8] != b"EFI PART":
+        return f"its backup GPT header (sector {backup_lba}) is missing"
+    entries_crc, backup_crc = header[88:92], backup[88:92]
+    if struct.unpack_from("<Q", backup, 32)[0] != 1 or entries_crc != backup_crc:
+        return "its backup GPT header does not match the primary one"
+    return None
+
+
+def read_gpt(f: BinaryIO) -> list[Partition]:
+    """The used entries of a GUID partition table, for 512- or 4096-byte sectors."""
+    header, sector = _gpt_header(f)
     entries_lba, count, entry_size = struct.unpack_from("<QII", header, 72)
     f.seek(entries_lba * sector)
     table = f.read(count * entry_size)
@@ -109,17 +133,31 @@ def elf_architecture(blob: bytes) -> str | None:
     return ELF_MACHINES.get(ELFFile(io.BytesIO(blob)).header["e_machine"])
 
 
-def initrd_architecture(initrd: Path) -> str:
-    """The architecture of the first ELF binary in the initrd's first cpio archive."""
+SYSTEMD_SHARED = re.compile(r"libsystemd-shared-(\d+)[.\w-]*\.so$")
+
+
+def initrd_facts(initrd: Path) -> tuple[str, int | None]:
+    """The image's architecture (of the first ELF binary in the initrd) and its systemd's
+    version (from libsystemd-shared-NNN.so, which every systemd since 241 ships), or None
+    when the initrd does not tell."""
     archive = _decompress(initrd.read_bytes())
-    for _, content in cpio_files(archive):
-        arch = elf_architecture(content)
-        if arch:
-            return arch
-    raise HarnessError(
-        f"found no ELF binary in {initrd} to tell the image's architecture",
-        "rebuild the image: meson compile -C build mkosi",
-    )
+    arch, version = None, None
+    for name, content in cpio_files(archive):
+        arch = arch or elf_architecture(content)
+        found = SYSTEMD_SHARED.search(name)
+        version = version or (int(found.group(1)) if found else None)
+        if arch and version:
+            break
+    if arch is None:
+        raise HarnessError(
+            f"found no ELF binary in {initrd} to tell the image's architecture",
+            "rebuild the image: meson compile -C build mkosi",
+        )
+    return arch, version
+
+
+def initrd_architecture(initrd: Path) -> str:
+    return initrd_facts(initrd)[0]
 
 
 @attrs.frozen
@@ -131,6 +169,7 @@ class Image:
     architecture: str
     root_partuuid: uuid.UUID | None
     has_esp: bool
+    systemd_version: int | None = None  # None: the initrd does not tell
 
     @classmethod
     def open(cls, path: Path) -> Image:
@@ -145,7 +184,8 @@ class Image:
         try:
             with path.open("rb") as f:
                 partitions = read_gpt(f)
-        except (OSError, ValueError) as e:
+                problem = gpt_problem(f, path.stat().st_size)
+        except (OSError, ValueError, struct.error) as e:
             raise HarnessError(
                 f"{path} is not a GPT disk image ({e})",
                 "point the harness at the .raw disk mkosi built (Format=disk)",
@@ -155,7 +195,12 @@ class Image:
                 f"{path} has no initrd beside it ({stem.with_suffix('.initrd').name})",
                 "build with mkosi's default SplitArtifacts (kernel, initrd, uki)",
             )
-        arch = initrd_architecture(initrd)
+        if problem:
+            raise HarnessError(
+                f"{path} is damaged: {problem}",
+                "an interrupted build or copy? rebuild it: meson compile -C build mkosi",
+            )
+        arch, systemd_version = initrd_facts(initrd)
         roots = [p for p in partitions if p.type_uuid == ROOT_PARTITION_TYPES.get(arch)]
         foreign = [
             a
@@ -167,6 +212,11 @@ class Image:
                 f"{path}: the initrd is {arch} but the root partition is for {foreign[0]}",
                 "the image's architecture is inconsistent: rebuild it with one Architecture=",
             )
+        if not roots:
+            raise HarnessError(
+                f"{path} has no {arch} root partition (type {ROOT_PARTITION_TYPES.get(arch)})",
+                "build a disk image with a root partition (mkosi Format=disk)",
+            )
         return cls(
             path,
             kernel,
@@ -175,4 +225,5 @@ class Image:
             arch,
             roots[0].part_uuid if roots else None,
             any(p.type_uuid == ESP_TYPE for p in partitions),
+            systemd_version,
         )

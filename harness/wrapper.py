@@ -18,7 +18,7 @@ from harness.accel import detect
 from harness.backend import Backend, BootPath, BootPlan, Ending, EndingKind
 from harness.declaration import Firmware, Storage, TestDeclaration, skip_reason
 from harness.errors import HarnessError
-from harness.guest.units import boot_options, guest_credentials
+from harness.guest.units import MINIMUM_SYSTEMD, boot_options, guest_credentials
 from harness.image import Image
 from harness.journal import keep_journal, unit_excerpt
 from harness.notify import GuestReport
@@ -177,6 +177,7 @@ def run_test(
             Outcome(Status.SKIP, f"the {backend.name} machine lacks required features: {', '.join(missing)}"),
         )
     image = Image.open(image_path)
+    check_systemd(image)
     plan = plan_boot(decl, image, backend, interactive, timeout_factor, env, ctx.snapshot_dir, ctx.run)
     how = "resuming the booted snapshot of" if plan.boot is BootPath.SNAPSHOT else "booting"
     log.info(
@@ -251,6 +252,17 @@ class MachineRun:
         status = self.ending.machine_status or 0
         how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
         return how + (f": {self.detail}" if self.detail else "")
+
+
+def check_systemd(image: Image) -> None:
+    """An image whose systemd cannot receive the test unit would only time out: say so
+    before anything boots."""
+    if image.systemd_version is not None and image.systemd_version < MINIMUM_SYSTEMD:
+        raise HarnessError(
+            f"{image.path}: its systemd is {image.systemd_version}; the harness needs {MINIMUM_SYSTEMD} or "
+            "later (the test unit arrives as a systemd.extra-unit credential)",
+            "build the image from a newer release, or with a newer systemd (backports)",
+        )
 
 
 def run_machine(backend: Backend, plan: BootPlan, log_dir: Path) -> MachineRun:

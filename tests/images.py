@@ -8,6 +8,7 @@ import gzip
 import struct
 import subprocess
 import uuid
+import zlib
 from pathlib import Path
 
 from harness.image import ESP_TYPE, ROOT_PARTITION_TYPES
@@ -19,18 +20,38 @@ EM_X86_64 = 62
 def gpt(
     partitions: list[tuple[uuid.UUID, uuid.UUID, str, int, int]], sector: int = 512, size: int = 0
 ) -> bytes:
-    """A minimal GPT disk of `size` bytes (at least 40 sectors): header at LBA 1, entries
-    at LBA 2; `partitions` are (type, uuid, label, first LBA, last LBA)."""
+    """A GPT disk of `size` bytes (at least 128 sectors) as partitioning tools write it:
+    header at LBA 1 and entries at LBA 2, their backups at the end of the disk;
+    `partitions` are (type, uuid, label, first LBA, last LBA)."""
     entries = b""
     for type_uuid, part_uuid, label, first, last in partitions:
         e = type_uuid.bytes_le + part_uuid.bytes_le + struct.pack("<QQQ", first, last, 0)
         entries += e + label.encode("utf-16-le").ljust(72, b"\0")
     entries = entries.ljust(128 * 128, b"\0")
-    header = b"EFI PART" + struct.pack("<IIIIQQQQ", 0x10000, 92, 0, 0, 1, 0, 34, 0) + bytes(16)
-    header += struct.pack("<QII", 2, 128, 128)
-    disk = bytearray(max(size, sector * 40))
-    disk[sector : sector + len(header)] = header
-    disk[2 * sector : 2 * sector + len(entries)] = entries
+    disk = bytearray(max(size, sector * 128))
+    last_lba = len(disk) // sector - 1
+    entry_sectors = len(entries) // sector
+    backup_entries = last_lba - entry_sectors
+
+    def header(current: int, alternate: int, entries_lba: int) -> bytes:
+        fields = struct.pack(
+            "<IIIIQQQQ", 0x10000, 92, 0, 0, current, alternate, 2 + entry_sectors, backup_entries - 1
+        )
+        return (
+            b"EFI PART"
+            + fields
+            + bytes(16)
+            + struct.pack("<QIII", entries_lba, 128, 128, zlib.crc32(entries))
+        )
+
+    writes = [
+        (1, header(1, last_lba, 2)),
+        (2, entries),
+        (backup_entries, entries),
+        (last_lba, header(last_lba, 1, backup_entries)),
+    ]
+    for at, data in writes:
+        disk[at * sector : at * sector + len(data)] = data
     return bytes(disk)
 
 
@@ -54,7 +75,7 @@ def cpio(files: list[tuple[str, bytes, int]]) -> bytes:
     return out
 
 
-def write_image(directory: Path, sector: int = 512) -> Path:
+def write_image(directory: Path, sector: int = 512, systemd_version: int = 257) -> Path:
     """image.raw (a GPT with an ESP and an x86-64 root) with the split-out kernel,
     initrd and UKI beside it: enough for Image.open, nothing boots."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -64,9 +85,11 @@ def write_image(directory: Path, sector: int = 512) -> Path:
         (ROOT_PARTITION_TYPES["x86_64"], root, "root-x86-64", 36, 37),
     ]
     (directory / "image.raw").write_bytes(gpt(parts, sector))
-    (directory / "image.initrd").write_bytes(
-        gzip.compress(cpio([("usr/lib/systemd/systemd", elf(EM_X86_64), 0o100755)]))
-    )
+    initrd = [
+        ("usr/lib/systemd/systemd", elf(EM_X86_64), 0o100755),
+        (f"usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-{systemd_version}.so", b"", 0o100644),
+    ]
+    (directory / "image.initrd").write_bytes(gzip.compress(cpio(initrd)))
     (directory / "image.vmlinuz").write_bytes(b"kernel")
     (directory / "image.efi").write_bytes(b"MZ not really a UKI")
     return directory / "image.raw"

@@ -3,9 +3,18 @@ import uuid
 
 import pytest
 import zstandard
-from images import cpio, elf, gpt
+from images import cpio, elf, gpt, write_image
 
-from harness.image import ROOT_PARTITION_TYPES, cpio_files, elf_architecture, initrd_architecture, read_gpt
+from harness.errors import HarnessError
+from harness.image import (
+    ESP_TYPE,
+    ROOT_PARTITION_TYPES,
+    Image,
+    cpio_files,
+    elf_architecture,
+    initrd_architecture,
+    read_gpt,
+)
 
 
 @pytest.mark.parametrize("sector", [512, 4096])
@@ -50,3 +59,52 @@ def test_arch_from_first_elf_in_compressed_initrd(tmp_path):
 def test_elf_architecture():
     assert elf_architecture(elf(62)) == "x86_64"
     assert elf_architecture(b"#!/bin/sh\n") is None
+
+
+@pytest.mark.parametrize("sector", [512, 4096])
+def test_a_whole_image_opens_and_tells_its_systemd(tmp_path, sector):
+    image = Image.open(write_image(tmp_path, sector))
+    assert image.architecture == "x86_64" and image.has_esp and image.root_partuuid is not None
+    assert image.systemd_version == 257
+
+
+def test_a_truncated_image_is_an_error_naming_the_file(tmp_path):
+    path = write_image(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # an interrupted copy
+    with pytest.raises(
+        HarnessError, match=r"image.raw is damaged: it is \d+ bytes, shorter than its partition"
+    ):
+        Image.open(path)
+
+
+def test_a_backup_gpt_that_disagrees_is_an_error(tmp_path):
+    path = write_image(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[-512 + 88 : -512 + 92] = b"\0\0\0\0"  # the backup header's entries CRC
+    path.write_bytes(bytes(data))
+    with pytest.raises(HarnessError, match="backup GPT header does not match"):
+        Image.open(path)
+
+
+def test_no_root_partition_is_an_error(tmp_path):
+    write_image(tmp_path)
+    (tmp_path / "image.raw").write_bytes(gpt([(ESP_TYPE, uuid.uuid4(), "esp", 34, 35)]))
+    with pytest.raises(HarnessError, match="has no x86_64 root partition"):
+        Image.open(tmp_path / "image.raw")
+
+
+def test_not_a_disk_image_is_an_error(tmp_path):
+    write_image(tmp_path)
+    (tmp_path / "image.raw").write_text("#!/bin/sh\n" * 1000)
+    with pytest.raises(HarnessError, match="is not a GPT disk image"):
+        Image.open(tmp_path / "image.raw")
+
+
+def test_an_image_with_too_old_a_systemd_is_refused_before_booting(tmp_path):
+    from harness.wrapper import check_systemd
+
+    image = Image.open(write_image(tmp_path, systemd_version=252))
+    assert image.systemd_version == 252
+    with pytest.raises(HarnessError, match="its systemd is 252; the harness needs 256 or later"):
+        check_systemd(image)

@@ -20,6 +20,9 @@ import attrs
 
 from harness.declaration import RESERVED_CREDENTIAL, Credential, TestDeclaration
 
+# What the guest's systemd must have: the test unit arrives as a systemd.extra-unit.*
+# credential, read by systemd 256 and later.
+MINIMUM_SYSTEMD = 256
 NOTIFY_PORT = "io.harness.notify"
 DONE = "X_HARNESS_DONE"  # the guest's last report line: nothing more will come
 JOURNAL_PORT = "io.harness.journal"
