@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -65,8 +66,8 @@ def cmd_run(o: argparse.Namespace) -> int:
     from harness.results import Outcome, Status
     from harness.wrapper import RunContext, describe, run_test
 
-    decl = TestDeclaration.from_options(o)
     env = dict(os.environ)
+    decl = TestDeclaration.from_options(o, env)
     backend = make_backend(o.backend, o.autokit_worker, env)
     interactive = backend.name == BackendName.QEMU and (
         env.get("HARNESS_INTERACTIVE") == "1"
@@ -168,6 +169,34 @@ def cmd_accel(o: argparse.Namespace) -> int:
     return 0
 
 
+def read_declaration(path: Path) -> list[str]:
+    """The options in a declaration file meson setup wrote: one a line, a backslash and
+    a newline escaped (see test/meson.build)."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise HarnessError(
+            f"cannot read the declaration {path}: {e.strerror}",
+            "meson setup --reconfigure BUILD writes it again",
+        ) from None
+    return [_unescape(line) for line in text.splitlines() if line]
+
+
+def _unescape(line: str) -> str:
+    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), line)
+
+
+def expand_declarations(argv: list[str]) -> list[str]:
+    """`--declaration=FILE` stands for the options in FILE, where they appear."""
+    expanded: list[str] = []
+    for arg in argv:
+        if arg.startswith("--declaration="):
+            expanded += read_declaration(Path(arg.removeprefix("--declaration=")))
+        else:
+            expanded.append(arg)
+    return expanded
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m harness", allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -207,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         func=cmd_keys
     )
 
+    try:
+        argv = expand_declarations(sys.argv[1:] if argv is None else argv)
+    except HarnessError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
     o, unknown = parser.parse_known_args(argv)
     if unknown and not hasattr(o, "test_dir"):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import enum
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import attrs
@@ -102,8 +102,9 @@ KEYS = (
     Key(
         "credentials",
         [],
-        "`NAME=VALUE` (text) or `NAME=@FILE` (bytes of FILE, relative to the test); the test "
-        "reads them in `$CREDENTIALS_DIRECTORY`",
+        "`NAME=VALUE` (text), `NAME=@FILE` (bytes of FILE, relative to the test) or "
+        "`NAME=env:VARIABLE` (the variable's value when the test runs: for secrets); the test reads "
+        "them in `$CREDENTIALS_DIRECTORY`; values are masked in everything the host keeps (see Secrets)",
         repeated=True,
     ),
     Key("qemu-args", [], "extra QEMU arguments", repeated=True),
@@ -165,10 +166,16 @@ class Credential:
 
     name: str
     value: bytes
+    secret: bool = False  # from the environment: a CI secret, say (masked in everything the host keeps)
 
     @classmethod
-    def parse(cls, spec: str, test_dir: Path, source: str) -> Credential:
-        """`NAME=VALUE` (text as written) or `NAME=@FILE` (bytes of FILE, relative to the test)."""
+    def parse(
+        cls, spec: str, test_dir: Path, source: str, env: Mapping[str, str] | None = None
+    ) -> Credential:
+        """`NAME=VALUE` (text as written), `NAME=@FILE` (bytes of FILE, relative to the
+        test) or `NAME=env:VARIABLE` (the variable's value when the test runs, so a secret
+        is in no file and on no command line). Without `env` (at meson setup, where CI's
+        secrets are not set) an env: credential is checked, not read."""
         name, sep, value = spec.partition("=")
         if not sep:
             raise DeclarationError(
@@ -184,6 +191,22 @@ class Credential:
                 f"'{name}' is not a valid credential name",
                 "use letters, digits and . _ - @ : + only",
             )
+        if value.startswith("env:"):
+            variable = value.removeprefix("env:")
+            if not ENV_NAME.fullmatch(variable):
+                raise DeclarationError(
+                    source, "credentials", f"'{name}': '{variable}' is not an environment variable's name"
+                )
+            if env is None:
+                return cls(name, b"", secret=True)
+            if variable not in env:
+                raise DeclarationError(
+                    source,
+                    "credentials",
+                    f"'{name}' comes from ${variable}, which is not set",
+                    f"export {variable} before meson test (in CI: from the secret store)",
+                )
+            return cls(name, env[variable].encode(), secret=True)
         if value.startswith("@"):
             path = test_dir / value[1:]
             try:
@@ -235,8 +258,9 @@ class TestDeclaration:
         return f"{self.name}.service"
 
     @classmethod
-    def from_options(cls, o: argparse.Namespace) -> TestDeclaration:
-        """Build from the wrapper's parsed options (see add_declaration_options)."""
+    def from_options(cls, o: argparse.Namespace, env: Mapping[str, str] | None = None) -> TestDeclaration:
+        """Build from the wrapper's parsed options (see add_declaration_options); `env`
+        is where env: credentials are read from (None: only check them)."""
         test_dir = Path(o.test_dir)
         source = str(test_dir / "meson.build")
 
@@ -261,7 +285,7 @@ class TestDeclaration:
                 f"{o.exit_code} cannot mean success",
                 "use 1..255 except 77 (skip); 0 is what a VM that just powers off reports",
             )
-        credentials = tuple(Credential.parse(c, test_dir, source) for c in o.credentials)
+        credentials = tuple(Credential.parse(c, test_dir, source, env) for c in o.credentials)
         names = [c.name for c in credentials]
         if len(set(names)) != len(names):
             raise bad("credentials", "a credential name is given twice")
@@ -274,7 +298,7 @@ class TestDeclaration:
         for unit in (*o.wants, *o.after):
             if not UNIT_NAME.fullmatch(unit):
                 raise bad("configuration", f"'{unit}' in wants/after is not a unit name")
-        env = tuple(_split_env(e, bad) for e in o.env)
+        unit_env = tuple(_split_env(e, bad) for e in o.env)
         return cls(
             name=o.name,
             source=source,
@@ -295,7 +319,7 @@ class TestDeclaration:
                 command=o.command or DEFAULT_COMMAND.format(name=o.name),
                 wants=tuple(o.wants),
                 after=tuple(o.after),
-                env=env,
+                env=unit_env,
                 unit=tuple(o.unit),
                 service=tuple(o.service),
             ),

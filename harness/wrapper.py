@@ -24,6 +24,7 @@ from harness.journal import keep_journal, unit_excerpt
 from harness.notify import GuestReport
 from harness.record import RESULT_FILE, TIMELINE_FILE, TestRecord
 from harness.results import Outcome, Status, classify
+from harness.secrets import mask_file, mask_text, masked_values
 from harness.subtests import subtests_from
 from harness.timeline import decode_timeline, merge_timelines
 
@@ -203,14 +204,25 @@ def run_test(
         run = run_machine(backend, plan, log_dir)
         run = attrs.evolve(run, retried=retry)
 
-    outcome = classify(decl.name, decl.exit_code, plan.timeout, run.ending, run.report, run.detail)
+    secrets = masked_values(decl)
+    for kept in (*log_dir.glob("console*.log"), log_dir / "diagnostics.json"):
+        mask_file(kept, secrets)
+    mask_file(log_dir / "journal.export", secrets, same_length=True)  # binary fields carry their length
+    outcome = classify(
+        decl.name, decl.exit_code, plan.timeout, run.ending, run.report, mask_text(run.detail, secrets)
+    )
+    outcome = attrs.evolve(outcome, reason=mask_text(outcome.reason, secrets))
     report = run.report
     timeline = decode_timeline(report.last("X_HARNESS_TIMELINE"))
     if timeline and run.boot_timeline:
         timeline = merge_timelines(run.boot_timeline, timeline)
     if timeline:
         (log_dir / TIMELINE_FILE).write_text(timeline)
-    excerpt = unit_excerpt(log_dir / "journal.export", decl.unit_name)
+    excerpt = mask_text(unit_excerpt(log_dir / "journal.export", decl.unit_name), secrets)
+    subtests = tuple(
+        attrs.evolve(s, name=mask_text(s.name, secrets), detail=mask_text(s.detail, secrets))
+        for s in subtests_from(report, outcome.reason)
+    )
     journal = keep_journal(
         log_dir / "journal.export", env.get("HARNESS_SAVE_JOURNAL", "fail"), outcome.status
     )
@@ -221,7 +233,7 @@ def run_test(
         outcome,
         journal=journal,
         journal_excerpt=excerpt,
-        subtests=tuple(subtests_from(report, outcome.reason)),
+        subtests=subtests,
         boot=str(run.boot_path),
         retried=run.retried,
     )

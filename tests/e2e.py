@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -109,3 +110,14 @@ def run_on_board(
     image: Path, tmp_path: Path, url: str, name: str, *args: str
 ) -> subprocess.CompletedProcess[str]:
     return run_wrapper(image, tmp_path, name, *args, env=board_env(url))
+
+
+def meson_project(where: Path) -> Path:
+    """A project of its own with this harness and no tests yet: tests go in where/test."""
+    for name in ("meson.build", "meson_options.txt"):
+        shutil.copy(ROOT / name, where / name)
+    shutil.copytree(ROOT / "harness", where / "harness", ignore=shutil.ignore_patterns("__pycache__"))
+    (where / "test").mkdir()
+    for name in ("meson.build", "declaration.in"):
+        shutil.copy(ROOT / "test" / name, where / "test" / name)
+    return where

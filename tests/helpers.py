@@ -12,5 +12,5 @@ def options(*args: str, name: str = "TEST-99-UNIT", test_dir: str = "/nonexisten
     return p.parse_args([f"--name={name}", f"--test-dir={test_dir}", *args])
 
 
-def declaration(*args: str, **kw) -> TestDeclaration:
-    return TestDeclaration.from_options(options(*args, **kw))
+def declaration(*args: str, env=None, **kw) -> TestDeclaration:
+    return TestDeclaration.from_options(options(*args, **kw), env)

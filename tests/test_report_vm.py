@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from e2e import IMAGE, ROOT
+from e2e import IMAGE, meson_project
 
 pytestmark = pytest.mark.vm
 
@@ -35,11 +34,7 @@ run_testcases
 
 
 def make_project(where: Path) -> Path:
-    for name in ("meson.build", "meson_options.txt"):
-        shutil.copy(ROOT / name, where / name)
-    shutil.copytree(ROOT / "harness", where / "harness", ignore=shutil.ignore_patterns("__pycache__"))
-    (where / "test").mkdir()
-    shutil.copy(ROOT / "test" / "meson.build", where / "test" / "meson.build")
+    meson_project(where)
     failing = where / "test" / FAILING
     failing.mkdir()
     (failing / "cases.sh").write_text(CASES)

@@ -1,0 +1,76 @@
+"""Credentials stay out of command lines and out of what the host keeps of a run."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import declaration
+from images import write_image
+
+from harness.__main__ import main, read_declaration
+from harness.backends.fake import FakeBackend, Script, guest_said
+from harness.declaration import Credential
+from harness.errors import DeclarationError
+from harness.results import Status
+from harness.secrets import mask_bytes, masked_values
+from harness.wrapper import RunContext, run_test
+
+TOKEN = "s3cr3t-t0ken-value"
+
+
+def test_env_credentials_are_read_when_the_test_runs():
+    d = declaration("--credentials=app.token=env:APP_TOKEN", env={"APP_TOKEN": TOKEN})
+    assert d.credentials == (Credential("app.token", TOKEN.encode(), secret=True),)
+
+
+def test_env_credentials_are_only_checked_at_setup():
+    d = declaration("--credentials=app.token=env:APP_TOKEN")  # no environment: meson setup
+    assert d.credentials[0].secret and d.credentials[0].value == b""
+
+
+def test_an_unset_variable_names_the_credential_and_the_variable():
+    with pytest.raises(DeclarationError, match=r"'app.token' comes from \$APP_TOKEN, which is not set"):
+        declaration("--credentials=app.token=env:APP_TOKEN", env={})
+    with pytest.raises(DeclarationError, match="is not an environment variable's name"):
+        declaration("--credentials=app.token=env:1BAD")
+
+
+def test_what_is_masked():
+    d = declaration(
+        "--credentials=a=env:A", "--credentials=short=yes", "--credentials=long=hello world\n", env={"A": "x"}
+    )
+    assert masked_values(d) == [b"hello world\n", b"hello world", b"x"]  # "yes" is too short to hide
+    assert mask_bytes(b"say hello world!", masked_values(d)) == b"say ***!"
+    assert mask_bytes(b"=hello world=", masked_values(d), same_length=True) == b"=***********="
+
+
+def test_a_run_keeps_no_credential_value(tmp_path):
+    image = write_image(tmp_path / "image")
+    said = guest_said("READY=1", f"X_HARNESS_TESTCASE=fail 3 testcase_leak token is {TOKEN}", "EXIT_STATUS=1")
+    export = f"__CURSOR=1\nMESSAGE=the token is {TOKEN}\n_SYSTEMD_UNIT=TEST-99-UNIT.service\n\n".encode()
+    script = Script(
+        said, console=f"[  OK  ] printing {TOKEN} to the console\n".encode(), journal_export=export
+    )
+    decl = declaration("--credentials=app.token=env:APP_TOKEN", env={"APP_TOKEN": TOKEN})
+    ctx = RunContext(tmp_path / "logs", None, "run-1", snapshot_dir=tmp_path / "snapshots")
+    record = run_test(decl, image, ctx, FakeBackend(script), {"HARNESS_ACCEL": "tcg"}, timeout_factor=1)
+    assert record.status == Status.FAIL
+    record.write()
+    kept = {p.name: p.read_bytes() for p in (tmp_path / "logs").iterdir() if p.is_file()}
+    assert {"console.log", "result.json"} <= set(kept)
+    assert [name for name, data in kept.items() if TOKEN.encode() in data] == []
+    assert "printing *** to the console" in kept["console.log"].decode()
+    assert "token is ***" in record.subtests[0].detail
+
+
+def test_the_declaration_file_holds_every_character(tmp_path):
+    value = 'back\\slash, new\nline, "quotes" = @at'
+    escaped = value.replace("\\", "\\\\").replace("\n", "\\n")
+    path = tmp_path / "TEST-99-UNIT.declaration"
+    path.write_text(f"--name=TEST-99-UNIT\n--test-dir={tmp_path}\n--credentials=x={escaped}\n")
+    assert read_declaration(path)[-1] == f"--credentials=x={value}"
+    assert main(["validate", f"--declaration={path}"]) == 0
+
+
+def test_a_missing_declaration_file_is_an_error(tmp_path, capsys):
+    assert main(["validate", f"--declaration={tmp_path / 'gone'}"]) == 99
+    assert "meson setup --reconfigure" in capsys.readouterr().err
