@@ -136,24 +136,34 @@ def elf_architecture(blob: bytes) -> str | None:
 SYSTEMD_SHARED = re.compile(r"libsystemd-shared-(\d+)[.\w-]*\.so$")
 
 
-def initrd_facts(initrd: Path) -> tuple[str, int | None]:
-    """The image's architecture (of the first ELF binary in the initrd) and its systemd's
-    version (from libsystemd-shared-NNN.so, which every systemd since 241 ships), or None
-    when the initrd does not tell."""
+def initrd_facts(initrd: Path) -> tuple[str, int | None, str]:
+    """The image's architecture (of the first ELF binary in the initrd), its systemd's
+    version (from libsystemd-shared-NNN.so, which every systemd since 241 ships) and its
+    operating system (PRETTY_NAME of os-release), as far as the initrd tells (None, "").
+    The initrd is built from the image's own packages, so it speaks for the image."""
     archive = _decompress(initrd.read_bytes())
-    arch, version = None, None
+    arch, version, os_name = None, None, ""
     for name, content in cpio_files(archive):
         arch = arch or elf_architecture(content)
         found = SYSTEMD_SHARED.search(name)
         version = version or (int(found.group(1)) if found else None)
-        if arch and version:
+        if name in ("usr/lib/os-release", "etc/os-release") and not os_name:
+            os_name = pretty_name(content)
+        if arch and version and os_name:
             break
     if arch is None:
         raise HarnessError(
             f"found no ELF binary in {initrd} to tell the image's architecture",
             "rebuild the image: meson compile -C build mkosi",
         )
-    return arch, version
+    return arch, version, os_name
+
+
+def pretty_name(os_release: bytes) -> str:
+    fields = dict(
+        line.partition("=")[::2] for line in os_release.decode(errors="replace").splitlines() if "=" in line
+    )
+    return (fields.get("PRETTY_NAME") or fields.get("NAME") or "").strip().strip("\"'")
 
 
 def initrd_architecture(initrd: Path) -> str:
@@ -170,6 +180,7 @@ class Image:
     root_partuuid: uuid.UUID | None
     has_esp: bool
     systemd_version: int | None = None  # None: the initrd does not tell
+    os_name: str = ""  # PRETTY_NAME of its os-release, e.g. "Debian GNU/Linux 12 (bookworm)"
 
     @classmethod
     def open(cls, path: Path) -> Image:
@@ -200,7 +211,7 @@ class Image:
                 f"{path} is damaged: {problem}",
                 "an interrupted build or copy? rebuild it: meson compile -C build mkosi",
             )
-        arch, systemd_version = initrd_facts(initrd)
+        arch, systemd_version, os_name = initrd_facts(initrd)
         roots = [p for p in partitions if p.type_uuid == ROOT_PARTITION_TYPES.get(arch)]
         foreign = [
             a
@@ -226,4 +237,5 @@ class Image:
             roots[0].part_uuid if roots else None,
             any(p.type_uuid == ESP_TYPE for p in partitions),
             systemd_version,
+            os_name,
         )

@@ -48,6 +48,7 @@ class TestRecord:
     rerun: tuple[str, ...] = ()  # commands that rerun it / read its journal
     boot: str = ""  # cold, or snapshot (resumed from the booted snapshot); empty when it did not boot
     retried: int = 0  # boots that crashed (the machine, not the guest) before this verdict
+    os: str = ""  # the image's operating system (os-release PRETTY_NAME); empty when it did not boot
 
     @property
     def exit_code(self) -> int:

@@ -182,7 +182,8 @@ def run_test(
     plan = plan_boot(decl, image, backend, interactive, timeout_factor, env, ctx.snapshot_dir, ctx.run)
     how = "resuming the booted snapshot of" if plan.boot is BootPath.SNAPSHOT else "booting"
     log.info(
-        f"{decl.name}: {how} {image.path.name} ({plan.firmware}, {plan.accel.kind}: {plan.accel.reason}; "
+        f"{decl.name}: {how} {image.path.name} ({image.os_name or 'unknown OS'}, {plan.firmware}, "
+        f"{plan.accel.kind}: {plan.accel.reason}; "
         f"timeout {plan.timeout or 'none'}{' s' if plan.timeout else ''}) on {backend.name}"
         + (f"; cold boot: {plan.cold_reason}" if plan.boot is BootPath.COLD and backend.can_resume else "")
     )
@@ -236,6 +237,7 @@ def run_test(
         subtests=subtests,
         boot=str(run.boot_path),
         retried=run.retried,
+        os=image.os_name,
     )
 
 

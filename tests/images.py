@@ -88,6 +88,7 @@ def write_image(directory: Path, sector: int = 512, systemd_version: int = 257) 
     initrd = [
         ("usr/lib/systemd/systemd", elf(EM_X86_64), 0o100755),
         (f"usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-{systemd_version}.so", b"", 0o100644),
+        ("usr/lib/os-release", b'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nID=debian\n', 0o100644),
     ]
     (directory / "image.initrd").write_bytes(gzip.compress(cpio(initrd)))
     (directory / "image.vmlinuz").write_bytes(b"kernel")

@@ -66,6 +66,7 @@ def test_a_whole_image_opens_and_tells_its_systemd(tmp_path, sector):
     image = Image.open(write_image(tmp_path, sector))
     assert image.architecture == "x86_64" and image.has_esp and image.root_partuuid is not None
     assert image.systemd_version == 257
+    assert image.os_name == "Debian GNU/Linux 13 (trixie)"
 
 
 def test_a_truncated_image_is_an_error_naming_the_file(tmp_path):

@@ -105,7 +105,7 @@ def test_summary_counts_cases_and_keeps_errors_apart():
             cause="exit-status",
             subtests=(Subtest("a", "pass", 1), Subtest("b", "fail", 1), Subtest("c", "skip", 1)),
         ),
-        record(name="TEST-01-BASIC"),
+        record(name="TEST-01-BASIC", os="Debian GNU/Linux 12 (bookworm)"),
         record(name="TEST-06-SKIP", status="skip", reason="skipped itself"),
         record(name="TEST-09-BROKEN", status="error", reason="no image"),
     ]
@@ -115,6 +115,7 @@ def test_summary_counts_cases_and_keeps_errors_apart():
     assert data["tests"]["TEST-09-BROKEN"] == "error"
     assert data["tests"]["TEST-06-SKIP"] == "skipped"
     assert data["dateTime"] == "2026-11-22T01:00:00+00:00"
+    assert data["os"] == "Debian GNU/Linux 12 (bookworm)"
 
 
 def test_record_round_trips_through_json(tmp_path):

@@ -68,6 +68,8 @@ def summary(records: list[TestRecord], suite: str, finished: str) -> dict[str, A
     count = {s: sum(1 for c in cases if c.status == s) for s in SUMMARY_STATUS}
     return {
         "suite": suite,
+        # The images the records ran on: one, unless build directories were mixed.
+        "os": ", ".join(sorted({r.os for r in records if r.os})),
         "stats": {
             "tests": len(cases),
             "ran": len(cases) - count["skip"],
@@ -221,6 +223,7 @@ def render_html(records: list[TestRecord], data: dict[str, Any]) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>{e(data["suite"])}</title><style>{STYLE}</style></head>
 <body>
 <h1>{e(data["suite"])}</h1>
+<p class="os">{e(data["os"] or "")}</p>
 <p class="counts">Tests: <span id="tests-ok">{by_status["pass"]}</span> ok, <span id="tests-fail">{by_status["fail"]}</span> failed,
 <span id="tests-skip">{by_status["skip"]}</span> skipped, <span id="tests-error">{by_status["error"]}</span> errors.
 Cases (as in the JUnit file): <span id="cases-total">{stats["tests"]}</span>, <span id="cases-passed">{stats["passed"]}</span> passed,

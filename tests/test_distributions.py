@@ -1,0 +1,93 @@
+"""One test tree, many distributions: every distribution and release the README promises
+is a configuration mkosi accepts, and the CI matrix that runs them uses the README's own
+commands. (The matrix runs on GitHub, not here: this is what keeps it honest.)"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOW = ROOT / ".github" / "workflows" / "integration-tests.yml"
+SUPPORTED = {
+    ("debian", "bookworm"),
+    ("debian", "trixie"),
+    ("debian", "testing"),
+    ("ubuntu", "noble"),
+    ("fedora", "42"),
+    ("fedora", "rawhide"),
+    ("arch", "rolling"),
+    ("opensuse", "tumbleweed"),
+    ("centos", "9"),
+    ("centos", "10"),
+}
+
+
+def matrix() -> list[dict[str, str]]:
+    job = yaml.safe_load(WORKFLOW.read_text())["jobs"]["integration-tests"]
+    return [{k: str(v) for k, v in row.items()} for row in job["strategy"]["matrix"]["include"]]
+
+
+def run_steps() -> str:
+    job = yaml.safe_load(WORKFLOW.read_text())["jobs"]["integration-tests"]
+    return "\n".join(step.get("run", "") for step in job["steps"])
+
+
+def test_the_matrix_is_what_the_readme_promises():
+    assert {(row["distribution"], row["release"]) for row in matrix()} == SUPPORTED
+    job = yaml.safe_load(WORKFLOW.read_text())["jobs"]["integration-tests"]
+    assert job["strategy"]["fail-fast"] is False
+    readme = (ROOT / "README.md").read_text()
+    for distribution, release in SUPPORTED:
+        assert f"{distribution} {release}" in readme, "the README's CI matrix section lists it"
+
+
+def test_the_steps_are_the_readmes_commands():
+    readme = (ROOT / "README.md").read_text()
+    steps = run_steps()
+    # The set-up and the main job; the matrix runs the unit tests too, not the VM tests
+    # of the harness itself (those run on our own CI).
+    section = readme[readme.index("## Set up, run, test") : readme.index("The harness's own tests")]
+    commands = [
+        line.strip().split("  #")[0].strip()
+        for line in section.splitlines()
+        if line.startswith("    ") and line.strip() and not line.strip().startswith("#")
+    ]
+    assert commands, "no commands found in the README"
+    for command in commands:
+        # The matrix adds the distribution to meson setup; everything else is verbatim.
+        matrix_options = (
+            " -Dimage-distribution=${{ matrix.distribution }} -Dimage-release=${{ matrix.release }}"
+        )
+        wanted = {command + matrix_options} if command.startswith("meson setup") else {command}
+        assert wanted & {line.strip() for line in steps.splitlines()}, command
+
+
+def test_failed_jobs_keep_their_logs():
+    job = yaml.safe_load(WORKFLOW.read_text())["jobs"]["integration-tests"]
+    upload = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact"))
+    assert upload["if"] == "failure()"
+    paths = upload["with"]["path"]
+    for kept in ("meson-logs", "console", "journal", "result.json"):
+        assert kept in paths
+
+
+@pytest.mark.skipif(shutil.which("mkosi") is None, reason="mkosi is not installed (tools/setup installs it)")
+@pytest.mark.parametrize("distribution, release", sorted(SUPPORTED))
+def test_mkosi_accepts_the_configuration(distribution, release):
+    result = subprocess.run(
+        ["mkosi", "--directory", str(ROOT), "--distribution", distribution, "--release", release, "summary"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(rf"Distribution: {distribution}\b", result.stdout)
+    assert re.search(rf"Release: {release}\b", result.stdout)
+    packages = result.stdout[result.stdout.index("Packages:") :].split("\n\n")[0]
+    assert "systemd" in packages and ("linux" in packages or "kernel" in packages), "no kernel in the image"
