@@ -18,7 +18,7 @@ from harness.accel import detect
 from harness.backend import Backend, BootPath, BootPlan, Ending, EndingKind
 from harness.declaration import Firmware, Storage, TestDeclaration, skip_reason
 from harness.errors import HarnessError
-from harness.guest.units import MINIMUM_SYSTEMD, boot_options, guest_credentials
+from harness.guest.units import IMPORT_CREDENTIAL_SINCE, MINIMUM_SYSTEMD, boot_options, guest_credentials
 from harness.image import Image
 from harness.journal import keep_journal, unit_excerpt
 from harness.notify import GuestReport
@@ -51,12 +51,21 @@ def harness_cmdline(decl: TestDeclaration, interactive: bool) -> list[str]:
 
 
 def choose_boot_path(
-    decl: TestDeclaration, firmware: Firmware, backend: Backend, interactive: bool, env: dict[str, str]
+    decl: TestDeclaration,
+    image: Image,
+    firmware: Firmware,
+    backend: Backend,
+    interactive: bool,
+    env: dict[str, str],
 ) -> tuple[BootPath, str]:
     """Resume a saved boot where the backend allows it for this test; otherwise boot
     cold, and say why."""
     if interactive:
         return BootPath.COLD, "interactive run"
+    if image.systemd_version is not None and image.systemd_version < IMPORT_CREDENTIAL_SINCE:
+        # A resumed guest finds the test's credentials in /run/credstore, which only
+        # ImportCredential= reads.
+        return BootPath.COLD, f"the image's systemd {image.systemd_version} has no ImportCredential= (254)"
     why = backend.cold_boot_reason(decl, firmware, env)
     return (BootPath.COLD, why) if why else (BootPath.SNAPSHOT, "")
 
@@ -74,7 +83,7 @@ def plan_boot(
     accel = detect(image.architecture, env)
     factor = timeout_factor if timeout_factor is not None else accel.timeout_factor
     firmware = backend.firmware(decl.firmware, image)
-    boot, cold_reason = choose_boot_path(decl, firmware, backend, interactive, env)
+    boot, cold_reason = choose_boot_path(decl, image, firmware, backend, interactive, env)
     whole_journal = env.get("HARNESS_SAVE_JOURNAL", "fail") == "1"
     if snapshot_dir is None:
         boot, cold_reason = BootPath.COLD, "no directory for snapshots"
@@ -83,7 +92,9 @@ def plan_boot(
         image=image,
         firmware=firmware,
         cmdline=tuple(harness_cmdline(decl, interactive)),
-        credentials=tuple(guest_credentials(decl, interactive, backend.report_channel, whole_journal))
+        credentials=tuple(
+            guest_credentials(decl, interactive, backend.report_channel, whole_journal, image.systemd_version)
+        )
         + decl.credentials,
         accel=accel,
         timeout=None if interactive else decl.timeout * factor,
@@ -274,7 +285,7 @@ def check_systemd(image: Image) -> None:
     if image.systemd_version is not None and image.systemd_version < MINIMUM_SYSTEMD:
         raise HarnessError(
             f"{image.path}: its systemd is {image.systemd_version}; the harness needs {MINIMUM_SYSTEMD} or "
-            "later (the test unit arrives as a systemd.extra-unit credential)",
+            "later (credentials imported from SMBIOS and fw_cfg)",
             "build the image from a newer release, or with a newer systemd (backports)",
         )
 

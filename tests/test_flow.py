@@ -208,3 +208,13 @@ def test_a_crash_after_the_guest_spoke_is_not_retried(tmp_path, image):
         tmp_path, image, [Script(guest_said("READY=1"), Ending(EndingKind.EXITED, -9)), passing()]
     )
     assert record.status == Status.ERROR and len(backend.plans) == 1
+
+
+def test_an_image_with_systemd_252_boots_cold_and_loads_its_credentials(tmp_path):
+    image = write_image(tmp_path / "image", systemd_version=252)
+    record, backend = run(tmp_path, image, None, "--credentials=greeting=hello")
+    plan = backend.plans[0]
+    assert plan.boot == BootPath.COLD and "has no ImportCredential= (254)" in plan.cold_reason
+    unit = next(c.value.decode() for c in plan.credentials if c.name == "systemd.extra-unit.TEST-99-UNIT.service")
+    assert "LoadCredential=greeting:greeting" in unit and "ImportCredential" not in unit
+    assert record.status == Status.PASS

@@ -20,9 +20,14 @@ import attrs
 
 from harness.declaration import RESERVED_CREDENTIAL, Credential, TestDeclaration
 
-# What the guest's systemd must have: the test unit arrives as a systemd.extra-unit.*
-# credential, read by systemd 256 and later.
-MINIMUM_SYSTEMD = 256
+# What the guest's systemd must have: credentials imported from SMBIOS and fw_cfg (252).
+# The test unit arrives as a systemd.extra-unit.* credential, which systemd reads itself
+# from 256 on; below that, the generator the image build installs
+# (guest/credential-units.generator) does it.
+MINIMUM_SYSTEMD = 252
+# ImportCredential= (254) takes system credentials and the credstore alike; before it,
+# LoadCredential=NAME:NAME reads the system credential of that name.
+IMPORT_CREDENTIAL_SINCE = 254
 NOTIFY_PORT = "io.harness.notify"
 DONE = "X_HARNESS_DONE"  # the guest's last report line: nothing more will come
 JOURNAL_PORT = "io.harness.journal"
@@ -127,7 +132,9 @@ def render_test_unit(
     channel: ReportChannel = VIRTIO_CHANNEL,
     whole_journal: bool = False,
     resumed: bool = False,
+    systemd: int | None = None,
 ) -> str:
+    """The test unit; `systemd` is the guest's version, where the image tells it."""
     u = decl.configuration
     lines = ["[Unit]", f"Description={decl.name} ({decl.source})"]
     lines += [f"Wants={w}" for w in u.wants]
@@ -158,7 +165,11 @@ def render_test_unit(
     else:
         lines += ["StandardOutput=journal+console"]
     lines += [f"Environment={_quote(f'{k}={v}')}" for k, v in (*_testcase_env(channel), *u.env)]
-    lines += [f"ImportCredential={c.name}" for c in (*decl.credentials, testcases_credential())]
+    names = [c.name for c in (*decl.credentials, testcases_credential())]
+    if systemd is None or systemd >= IMPORT_CREDENTIAL_SINCE:
+        lines += [f"ImportCredential={name}" for name in names]
+    else:
+        lines += [f"LoadCredential={name}:{name}" for name in names]
     lines += list(u.service)
     return "\n".join(lines) + "\n"
 
@@ -224,9 +235,10 @@ def guest_credentials(
     interactive: bool,
     channel: ReportChannel = VIRTIO_CHANNEL,
     whole_journal: bool = False,
+    systemd: int | None = None,
 ) -> list[Credential]:
     """The credentials that shape the guest's boot, ahead of the test's own."""
-    unit = render_test_unit(decl, interactive, channel, whole_journal)
+    unit = render_test_unit(decl, interactive, channel, whole_journal, systemd=systemd)
     creds = [Credential(f"systemd.extra-unit.{decl.unit_name}", unit.encode()), testcases_credential()]
     if interactive:
         creds.append(Credential(f"systemd.extra-unit.{DEBUG_SHELL_UNIT}", _DEBUG_SHELL.encode()))
