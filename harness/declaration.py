@@ -333,7 +333,7 @@ def _split_env(spec: str, bad: Callable[[str, str], DeclarationError]) -> tuple[
     return key, value
 
 
-def skip_reason(decl: TestDeclaration, env: dict[str, str]) -> str | None:
+def skip_reason(decl: TestDeclaration, env: Mapping[str, str]) -> str | None:
     """Why this test should not run at all, from its declaration and the HARNESS_* switches."""
     if env.get("HARNESS_INTEGRATION_TESTS", "1") == "0":
         return "integration tests are turned off (HARNESS_INTEGRATION_TESTS=0)"

@@ -171,73 +171,29 @@ def run_test(
     timeout_factor: int | None = None,
 ) -> TestRecord:
     """Run one test; the record says how it went and where its logs are."""
-    log_dir = ctx.log_dir
-    log_dir.mkdir(parents=True, exist_ok=True)
-    for name in LOG_FILES:
-        (log_dir / name).unlink(missing_ok=True)
-    for kept in log_dir.glob("console.crash-*.log"):
-        kept.unlink()
-    reason = skip_reason(decl, env)
-    if reason:
-        return ctx.record(decl, backend.name, "", Outcome(Status.SKIP, reason))
-    missing = backend.unmet_requirements(decl)
-    if missing:
-        return ctx.record(
-            decl,
-            backend.name,
-            "",
-            Outcome(Status.SKIP, f"the {backend.name} machine lacks required features: {', '.join(missing)}"),
-        )
+    clear_logs(ctx.log_dir)
+    skipped = skip_before_boot(decl, backend, env)
+    if skipped:
+        return ctx.record(decl, backend.name, "", skipped)
     image = Image.open(image_path)
     check_systemd(image)
     plan = plan_boot(decl, image, backend, interactive, timeout_factor, env, ctx.snapshot_dir, ctx.run)
-    how = "resuming the booted snapshot of" if plan.boot is BootPath.SNAPSHOT else "booting"
-    log.info(
-        f"{decl.name}: {how} {image.path.name} ({image.os_name or 'unknown OS'}, {plan.firmware}, "
-        f"{plan.accel.kind}: {plan.accel.reason}; "
-        f"timeout {plan.timeout or 'none'}{' s' if plan.timeout else ''}) on {backend.name}"
-        + (f"; cold boot: {plan.cold_reason}" if plan.boot is BootPath.COLD and backend.can_resume else "")
-    )
-    if interactive:
-        log.info("The console is attached: the test's output follows. Ctrl-a x quits QEMU.")
-
-    retries = crash_retries(env)
-    run = run_machine(backend, plan, log_dir)
-    for retry in range(1, retries + 1):
-        if not run.crashed:
-            break
-        kept = log_dir / f"console.crash-{retry}.log"
-        with contextlib.suppress(FileNotFoundError):
-            (log_dir / "console.log").replace(kept)
-        log.warning(
-            f"{decl.name}: the {backend.name} machine crashed before the guest said anything "
-            f"({run.crash_description}; console: {kept.name}); booting again ({retry} of {retries})"
-        )
-        run = run_machine(backend, plan, log_dir)
-        run = attrs.evolve(run, retried=retry)
-
+    announce(decl, image, plan, backend)
+    run = boot_and_wait(backend, plan, ctx.log_dir, crash_retries(env))
     secrets = masked_values(decl)
-    for kept in (*log_dir.glob("console*.log"), log_dir / "diagnostics.json"):
-        mask_file(kept, secrets)
-    mask_file(log_dir / "journal.export", secrets, same_length=True)  # binary fields carry their length
+    mask_logs(ctx.log_dir, secrets)
     outcome = classify(
         decl.name, decl.exit_code, plan.timeout, run.ending, run.report, mask_text(run.detail, secrets)
     )
     outcome = attrs.evolve(outcome, reason=mask_text(outcome.reason, secrets))
-    report = run.report
-    timeline = decode_timeline(report.last("X_HARNESS_TIMELINE"))
-    if timeline and run.boot_timeline:
-        timeline = merge_timelines(run.boot_timeline, timeline)
-    if timeline:
-        (log_dir / TIMELINE_FILE).write_text(timeline)
-    excerpt = mask_text(unit_excerpt(log_dir / "journal.export", decl.unit_name), secrets)
+    keep_timeline(ctx.log_dir, run)
     subtests = tuple(
         attrs.evolve(s, name=mask_text(s.name, secrets), detail=mask_text(s.detail, secrets))
-        for s in subtests_from(report, outcome.reason)
+        for s in subtests_from(run.report, outcome.reason)
     )
-    journal = keep_journal(
-        log_dir / "journal.export", env.get("HARNESS_SAVE_JOURNAL", "fail"), outcome.status
-    )
+    export = ctx.log_dir / "journal.export"
+    excerpt = mask_text(unit_excerpt(export, decl.unit_name), secrets)
+    journal = keep_journal(export, env.get("HARNESS_SAVE_JOURNAL", "fail"), outcome.status)
     return ctx.record(
         decl,
         backend.name,
@@ -250,6 +206,74 @@ def run_test(
         retried=run.retried,
         os=image.os_name,
     )
+
+
+def clear_logs(log_dir: Path) -> None:
+    """An earlier run's logs must not pass for this run's."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for name in LOG_FILES:
+        (log_dir / name).unlink(missing_ok=True)
+    for kept in log_dir.glob("console.crash-*.log"):
+        kept.unlink()
+
+
+def skip_before_boot(decl: TestDeclaration, backend: Backend, env: Mapping[str, str]) -> Outcome | None:
+    reason = skip_reason(decl, env)
+    if reason:
+        return Outcome(Status.SKIP, reason)
+    missing = backend.unmet_requirements(decl)
+    if missing:
+        return Outcome(
+            Status.SKIP, f"the {backend.name} machine lacks required features: {', '.join(missing)}"
+        )
+    return None
+
+
+def announce(decl: TestDeclaration, image: Image, plan: BootPlan, backend: Backend) -> None:
+    """The wrapper's first line: what boots, how, where, and for how long."""
+    how = "resuming the booted snapshot of" if plan.boot is BootPath.SNAPSHOT else "booting"
+    log.info(
+        f"{decl.name}: {how} {image.path.name} ({image.os_name or 'unknown OS'}, {plan.firmware}, "
+        f"{plan.accel.kind}: {plan.accel.reason}; "
+        f"timeout {plan.timeout or 'none'}{' s' if plan.timeout else ''}) on {backend.name}"
+        + (f"; cold boot: {plan.cold_reason}" if plan.boot is BootPath.COLD and backend.can_resume else "")
+    )
+    if plan.interactive:
+        log.info("The console is attached: the test's output follows. Ctrl-a x quits QEMU.")
+
+
+def boot_and_wait(backend: Backend, plan: BootPlan, log_dir: Path, retries: int) -> MachineRun:
+    """One run of the machine, and as many more as `retries` while it crashes before the
+    guest says anything (the crashed boots' consoles are kept beside)."""
+    run = run_machine(backend, plan, log_dir)
+    for retry in range(1, retries + 1):
+        if not run.crashed:
+            break
+        kept = log_dir / f"console.crash-{retry}.log"
+        with contextlib.suppress(FileNotFoundError):
+            (log_dir / "console.log").replace(kept)
+        log.warning(
+            f"{plan.decl.name}: the {backend.name} machine crashed before the guest said anything "
+            f"({run.crash_description}; console: {kept.name}); booting again ({retry} of {retries})"
+        )
+        run = attrs.evolve(run_machine(backend, plan, log_dir), retried=retry)
+    return run
+
+
+def mask_logs(log_dir: Path, secrets: list[bytes]) -> None:
+    for kept in (*log_dir.glob("console*.log"), log_dir / "diagnostics.json"):
+        mask_file(kept, secrets)
+    mask_file(log_dir / "journal.export", secrets, same_length=True)  # binary fields carry their length
+
+
+def keep_timeline(log_dir: Path, run: MachineRun) -> None:
+    """The boot's timeline for the report: a resumed guest sends its test unit's part only,
+    the rest is the snapshot's."""
+    timeline = decode_timeline(run.report.last("X_HARNESS_TIMELINE"))
+    if timeline and run.boot_timeline:
+        timeline = merge_timelines(run.boot_timeline, timeline)
+    if timeline:
+        (log_dir / TIMELINE_FILE).write_text(timeline)
 
 
 @attrs.frozen
