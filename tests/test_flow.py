@@ -215,6 +215,8 @@ def test_an_image_with_systemd_252_boots_cold_and_loads_its_credentials(tmp_path
     record, backend = run(tmp_path, image, None, "--credentials=greeting=hello")
     plan = backend.plans[0]
     assert plan.boot == BootPath.COLD and "has no ImportCredential= (254)" in plan.cold_reason
-    unit = next(c.value.decode() for c in plan.credentials if c.name == "systemd.extra-unit.TEST-99-UNIT.service")
+    unit = next(
+        c.value.decode() for c in plan.credentials if c.name == "systemd.extra-unit.TEST-99-UNIT.service"
+    )
     assert "LoadCredential=greeting:greeting" in unit and "ImportCredential" not in unit
     assert record.status == Status.PASS
