@@ -6,9 +6,10 @@ import subprocess
 import pytest
 from images import write_bootable_image, write_image
 
-from harness.backends.autokit.board_image import ENTRY_NAME, build_board_image, pe_section
+from harness.backends.autokit.board_image import build_board_image
 from harness.declaration import Credential
 from harness.errors import HarnessError
+from harness.esp import ENTRY_NAME, pe_section
 from harness.image import ESP_TYPE, ROOT_PARTITION_TYPES, read_gpt
 
 
@@ -69,3 +70,26 @@ def test_an_image_without_a_uki_cannot_boot_a_board(tmp_path):
 def test_a_truncated_pe_has_no_sections():
     assert pe_section(b"MZ too short", ".cmdline") is None
     assert pe_section(b"MZ" + bytes(58) + b"\xff\xff\x00\x00", ".cmdline") is None
+
+
+def test_the_boot_esp_is_a_gpt_disk_firmware_accepts(tmp_path):
+    from harness.esp import ESP_START, write_boot_esp
+    from harness.image import gpt_problem
+
+    (tmp_path / "BOOTX64.EFI").write_bytes(b"MZ systemd-boot")
+    (tmp_path / "image.efi").write_bytes(b"MZ a UKI" * 1000)
+    disk = write_boot_esp(
+        tmp_path / "boot.img", tmp_path / "BOOTX64.EFI", tmp_path / "image.efi", "T", "root=X quiet"
+    )
+    with disk.open("rb") as f:
+        (esp,) = read_gpt(f)
+        assert gpt_problem(f, disk.stat().st_size) is None
+    assert esp.type_uuid == ESP_TYPE and esp.offset == ESP_START
+    assert disk.read_bytes()[510:512] == b"\x55\xaa"  # the protective MBR
+    entry = subprocess.run(
+        ["mtype", "-i", f"{disk}@@{ESP_START}", f"::/loader/entries/{ENTRY_NAME}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "efi /EFI/Linux/harness.efi" in entry and "options root=X quiet" in entry

@@ -218,5 +218,8 @@ def test_an_image_with_systemd_252_boots_cold_and_loads_its_credentials(tmp_path
     unit = next(
         c.value.decode() for c in plan.credentials if c.name == "systemd.extra-unit.TEST-99-UNIT.service"
     )
-    assert "LoadCredential=greeting:greeting" in unit and "ImportCredential" not in unit
+    assert (
+        "LoadCredential=greeting:/run/systemd/generator/harness-credentials/greeting" in unit
+        and "ImportCredential" not in unit
+    )
     assert record.status == Status.PASS

@@ -26,8 +26,9 @@ from harness.declaration import RESERVED_CREDENTIAL, Credential, TestDeclaration
 # (guest/credential-units.generator) does it.
 MINIMUM_SYSTEMD = 252
 # ImportCredential= (254) takes system credentials and the credstore alike; before it,
-# LoadCredential=NAME:NAME reads the system credential of that name.
+# LoadCredential= reads the test's credentials from where the generator put them.
 IMPORT_CREDENTIAL_SINCE = 254
+OLD_SYSTEMD_CREDENTIALS = "/run/systemd/generator/harness-credentials"
 NOTIFY_PORT = "io.harness.notify"
 DONE = "X_HARNESS_DONE"  # the guest's last report line: nothing more will come
 JOURNAL_PORT = "io.harness.journal"
@@ -169,7 +170,7 @@ def render_test_unit(
     if systemd is None or systemd >= IMPORT_CREDENTIAL_SINCE:
         lines += [f"ImportCredential={name}" for name in names]
     else:
-        lines += [f"LoadCredential={name}:{name}" for name in names]
+        lines += [f"LoadCredential={name}:{OLD_SYSTEMD_CREDENTIALS}/{name}" for name in names]
     lines += list(u.service)
     return "\n".join(lines) + "\n"
 
@@ -226,8 +227,11 @@ def _testcase_env(ch: ReportChannel) -> list[tuple[str, str]]:
 
 
 def testcases_credential() -> Credential:
-    """The guest's subtest library (harness/guest/testcases.sh), sourced by payloads."""
-    return Credential(TESTCASES_CREDENTIAL, TESTCASES_LIBRARY.read_bytes())
+    """The guest's subtest library (harness/guest/testcases.sh), sourced by payloads,
+    without its comment lines: it then fits what older systemd reads from SMBIOS."""
+    lines = TESTCASES_LIBRARY.read_text().splitlines(keepends=True)
+    code = [line for line in lines if line.startswith("#!") or not line.lstrip().startswith("#")]
+    return Credential(TESTCASES_CREDENTIAL, "".join(code).encode())
 
 
 def guest_credentials(

@@ -21,45 +21,12 @@ for the ext4 root, each at its partition's offset.
 
 from __future__ import annotations
 
-import struct
-import subprocess
 from pathlib import Path, PurePosixPath
 
 from harness.declaration import Credential
 from harness.errors import HarnessError
+from harness.esp import ENTRY_NAME, boot_entry, run_tool, uki_cmdline
 from harness.image import ESP_TYPE, ROOT_PARTITION_TYPES, read_gpt
-
-ENTRY_NAME = "harness-test.conf"
-
-
-def pe_section(pe: bytes, name: str) -> bytes | None:
-    """The contents of section `name` of a PE file (a UKI's .cmdline, say)."""
-    if pe[:2] != b"MZ":
-        return None
-    try:  # a truncated file is no PE: struct.error where a header is cut off
-        pe_offset = struct.unpack_from("<I", pe, 0x3C)[0]
-        if pe[pe_offset : pe_offset + 4] != b"PE\0\0":
-            return None
-        sections, optional_size = struct.unpack_from("<H12xH", pe, pe_offset + 6)
-        table = pe_offset + 24 + optional_size
-        for i in range(sections):
-            entry = table + 40 * i
-            raw_name = pe[entry : entry + 8].rstrip(b"\0").decode(errors="replace")
-            vsize, _, rsize, pointer = struct.unpack_from("<IIII", pe, entry + 8)
-            if raw_name == name:
-                return pe[pointer : pointer + min(vsize, rsize)]
-    except struct.error:
-        return None
-    return None
-
-
-def uki_cmdline(uki: Path) -> str:
-    data = pe_section(uki.read_bytes(), ".cmdline")
-    return data.rstrip(b"\0").decode().strip() if data else ""
-
-
-def boot_entry(title: str, uki_name: str, cmdline: str) -> str:
-    return f"title {title}\nefi /EFI/Linux/{uki_name}\noptions {cmdline}\n"
 
 
 def credential_files(creds: list[Credential]) -> list[tuple[PurePosixPath, bytes, int]]:
@@ -77,23 +44,11 @@ def credential_files(creds: list[Credential]) -> list[tuple[PurePosixPath, bytes
     return files
 
 
-def _run(cmd: list[str], what: str, stdin: str | None = None) -> str:
-    try:
-        result = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
-    except FileNotFoundError:
-        raise HarnessError(
-            f"{cmd[0]} is not installed, needed to {what}", "run tools/setup (mtools, e2fsprogs)"
-        ) from None
-    if result.returncode != 0:
-        raise HarnessError(f"could not {what}: {cmd[0]}: {result.stderr.strip()[-300:]}")
-    return result.stdout
-
-
 def build_board_image(
     shared: Path, uki: Path | None, title: str, cmdline: list[str], creds: list[Credential], workdir: Path
 ) -> Path:
     out = workdir / "board.raw"
-    _run(["cp", "--sparse=always", "--reflink=auto", str(shared), str(out)], "copy the image")
+    run_tool(["cp", "--sparse=always", "--reflink=auto", str(shared), str(out)], "copy the image")
     with out.open("rb") as f:
         partitions = read_gpt(f)
     esp = next((p for p in partitions if p.type_uuid == ESP_TYPE), None)
@@ -106,7 +61,7 @@ def build_board_image(
     esp_image = f"{out}@@{esp.offset}"
     ukis = [
         line.strip().rsplit("/", 1)[-1]
-        for line in _run(
+        for line in run_tool(
             ["mdir", "-b", "-i", esp_image, "::/EFI/Linux"], "list the UKIs on the ESP"
         ).splitlines()
         if line.strip().endswith(".efi")
@@ -118,11 +73,11 @@ def build_board_image(
     entry.write_text(boot_entry(title, ukis[0], full_cmdline))
     loader = workdir / "loader.conf"
     loader.write_text(f"default {ENTRY_NAME}\ntimeout 0\n")
-    _run(
+    run_tool(
         ["mcopy", "-o", "-i", esp_image, str(entry), f"::/loader/entries/{ENTRY_NAME}"],
         "write the boot entry",
     )
-    _run(["mcopy", "-o", "-i", esp_image, str(loader), "::/loader/loader.conf"], "write loader.conf")
+    run_tool(["mcopy", "-o", "-i", esp_image, str(loader), "::/loader/loader.conf"], "write loader.conf")
 
     script = []
     for i, (path, content, mode) in enumerate(credential_files(creds)):
@@ -138,12 +93,12 @@ def build_board_image(
         ]
     # debugfs goes on past a failing line (mkdir of an existing directory, rm of a
     # missing file); whether every file landed is checked below.
-    _run(
+    run_tool(
         ["debugfs", "-w", "-f", "-", f"{out}?offset={root.offset}"],
         "write the root file system",
         stdin="\n".join(script) + "\n",
     )
-    listing = _run(
+    listing = run_tool(
         ["debugfs", "-R", f"ls -p {PurePosixPath('/etc/systemd/system')}", f"{out}?offset={root.offset}"],
         "check the root file system",
     )

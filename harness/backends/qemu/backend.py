@@ -47,6 +47,7 @@ from harness.backends.qemu.snapshot import (
 from harness.backends.qemu.vsock import VMADDR_CID_HOST, VsockNotifyListener, reserve_cid, vsock_available
 from harness.declaration import Credential, Firmware, TestDeclaration
 from harness.errors import HarnessError
+from harness.esp import run_tool, uki_cmdline, write_boot_esp
 from harness.guest.units import (
     DONE,
     JOURNAL_PORT,
@@ -57,7 +58,7 @@ from harness.guest.units import (
     render_test_unit,
     testcases_credential,
 )
-from harness.image import Image
+from harness.image import ESP_TYPE, Image, read_gpt
 from harness.notify import GuestReport, read_port_file
 from harness.timeline import decode_timeline
 
@@ -75,6 +76,9 @@ MACHINES = {"x86_64": "q35", "i386": "q35", "aarch64": "virt", "riscv64": "virt"
 # per character, which under TCG is seconds of a boot.
 CONSOLES = {"x86_64": "ttyS0", "i386": "ttyS0", "aarch64": "ttyAMA0", "riscv64": "ttyS0"}
 VIRTIO_CONSOLE = "hvc0"
+# systemd-stub takes the extra command line from SMBIOS (io.systemd.stub.kernel-cmdline-extra)
+# from 254 on; for older images the harness boots the UKI from an ESP of its own.
+STUB_SMBIOS_SINCE = 254
 SNAPSHOT_BOOT_TIMEOUT = 120  # seconds with KVM, for the boot to the agent
 POWERDOWN_GRACE = 30.0  # seconds an orderly shutdown may take under emulation
 SCREENSHOT_INTERVAL = 10.0  # seconds between screenshots while a UEFI test runs
@@ -218,6 +222,30 @@ def uefi_args(ovmf: Ovmf, nvram: Path) -> list[str]:
         f"if=pflash,format=raw,readonly=on,file={ovmf.code}",
         "-drive",
         f"if=pflash,format=raw,file={nvram}",
+    ]
+
+
+def boot_esp_args(cfg: VmConfig, files: RunFiles, cmdline: tuple[str, ...]) -> list[str]:
+    """A boot disk of its own, ahead of the image, for systemd-stub before 254, which takes
+    no command line from SMBIOS: the image's systemd-boot and UKI with one entry carrying
+    the harness's command line (root= too: the image's ESP is not the one booted)."""
+    image = cfg.image
+    if image.uki is None:
+        raise HarnessError(f"{image.path} has no UKI beside it", "build with mkosi's default SplitArtifacts")
+    with image.path.open("rb") as f:
+        esp = next(p for p in read_gpt(f) if p.type_uuid == ESP_TYPE)
+    boot_loader = files.tmp / "BOOTX64.EFI"
+    run_tool(
+        ["mcopy", "-i", f"{image.path}@@{esp.offset}", "::/EFI/BOOT/BOOTX64.EFI", str(boot_loader)],
+        "take systemd-boot from the image's ESP",
+    )
+    line = " ".join([uki_cmdline(image.uki), f"root=PARTUUID={image.root_partuuid}", *cmdline])
+    disk = write_boot_esp(files.tmp / "boot-esp.img", boot_loader, image.uki, cfg.name, line)
+    return [
+        "-drive",
+        f"if=none,id=bootesp,file={disk},format=raw,readonly=on",
+        "-device",
+        "virtio-blk-pci,drive=bootesp,bootindex=0",
     ]
 
 
@@ -576,6 +604,11 @@ def running_vm(cfg: VmConfig, files: RunFiles, incoming: Path | None = None) -> 
                 screen = ("console=tty0", f"console={CONSOLES[cfg.image.architecture]},115200")
                 strings += cmdline_extra_strings((*screen, *cfg.cmdline))
             guest_args = smbios_args(strings, files.tmp)
+            if (
+                cfg.firmware.is_uefi()
+                and (cfg.image.systemd_version or STUB_SMBIOS_SINCE) < STUB_SMBIOS_SINCE
+            ):
+                guest_args += boot_esp_args(cfg, files, (*screen, *cfg.cmdline))
         else:
             guest_args = fw_cfg_args(credentials, files.tmp)
 
