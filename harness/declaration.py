@@ -102,9 +102,9 @@ KEYS = (
     Key(
         "credentials",
         [],
-        "`NAME=VALUE` (text), `NAME=@FILE` (bytes of FILE, relative to the test) or "
-        "`NAME=env:VARIABLE` (the variable's value when the test runs: for secrets); the test reads "
-        "them in `$CREDENTIALS_DIRECTORY`; values are masked in everything the host keeps (see Secrets)",
+        "`NAME=VALUE` (text), `NAME=@FILE` (bytes of FILE, relative to the test; an absolute path "
+        "for a secret) or `NAME=env:VARIABLE`; the test reads them in `$CREDENTIALS_DIRECTORY`; "
+        "values are masked in everything the host keeps (see Secrets)",
         repeated=True,
     ),
     Key("qemu-args", [], "extra QEMU arguments", repeated=True),
@@ -173,9 +173,10 @@ class Credential:
         cls, spec: str, test_dir: Path, source: str, env: Mapping[str, str] | None = None
     ) -> Credential:
         """`NAME=VALUE` (text as written), `NAME=@FILE` (bytes of FILE, relative to the
-        test) or `NAME=env:VARIABLE` (the variable's value when the test runs, so a secret
-        is in no file and on no command line). Without `env` (at meson setup, where CI's
-        secrets are not set) an env: credential is checked, not read."""
+        test; an absolute FILE is taken for a secret) or `NAME=env:VARIABLE` (the
+        variable's value when the test runs). Without `env` (at meson setup, where CI's
+        secrets may not be there yet) env: and absolute @FILE credentials are checked, not
+        read."""
         name, sep, value = spec.partition("=")
         if not sep:
             raise DeclarationError(
@@ -209,8 +210,11 @@ class Credential:
             return cls(name, env[variable].encode(), secret=True)
         if value.startswith("@"):
             path = test_dir / value[1:]
+            secret = Path(value[1:]).is_absolute()  # outside the test's tree: a secret file, say
+            if secret and env is None:
+                return cls(name, b"", secret=True)  # read when the test runs, like env:
             try:
-                return cls(name, path.read_bytes())
+                return cls(name, path.read_bytes(), secret=secret)
             except OSError as e:
                 raise DeclarationError(
                     source,

@@ -114,6 +114,7 @@ def run_on_board(
 
 def meson_project(where: Path) -> Path:
     """A project of its own with this harness and no tests yet: tests go in where/test."""
+    where.mkdir(parents=True, exist_ok=True)
     for name in ("meson.build", "meson_options.txt"):
         shutil.copy(ROOT / name, where / name)
     shutil.copytree(ROOT / "harness", where / "harness", ignore=shutil.ignore_patterns("__pycache__"))
@@ -121,3 +122,20 @@ def meson_project(where: Path) -> Path:
     for name in ("meson.build", "declaration.in"):
         shutil.copy(ROOT / "test" / name, where / "test" / name)
     return where
+
+
+def meson_setup(project: Path, **env: str) -> tuple[Path, dict[str, str]]:
+    """`meson setup build` in `project` against the image built here; the build directory,
+    and the environment to run `meson test` in (HARNESS_* switches a user may have set are
+    dropped, `env` added)."""
+    build = project / "build"
+    run_env = dict(os.environ, HARNESS_INTERACTIVE="0", **env)
+    run_env.pop("HARNESS_SKIP", None)
+    subprocess.run(
+        ["meson", "setup", str(build), "-Dintegration-tests=true", f"-Dmkosi-output={IMAGE.parent}"],
+        cwd=project,
+        env=run_env,
+        check=True,
+        capture_output=True,
+    )
+    return build, run_env

@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from e2e import IMAGE, meson_project
+from e2e import IMAGE, meson_project, meson_setup
 
 pytestmark = pytest.mark.vm
 
@@ -60,16 +60,7 @@ def suite_run(tmp_path_factory):
     if not IMAGE.is_file():
         pytest.fail(f"no image at {IMAGE}: build it with 'meson compile -C build mkosi'")
     project = make_project(tmp_path_factory.mktemp("project"))
-    build = project / "build"
-    env = dict(os.environ, HARNESS_INTERACTIVE="0")
-    env.pop("HARNESS_SKIP", None)
-    subprocess.run(
-        ["meson", "setup", str(build), "-Dintegration-tests=true", f"-Dmkosi-output={IMAGE.parent}"],
-        cwd=project,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    build, env = meson_setup(project)
     result = subprocess.run(
         ["meson", "test", "-C", str(build), "--suite", "integration-tests", "--print-errorlogs"],
         cwd=project,
