@@ -85,14 +85,7 @@ def write_image(directory: Path, sector: int = 512, systemd_version: int = 257) 
         (ROOT_PARTITION_TYPES["x86_64"], root, "root-x86-64", 36, 37),
     ]
     (directory / "image.raw").write_bytes(gpt(parts, sector))
-    initrd = [
-        ("usr/lib/systemd/systemd", elf(EM_X86_64), 0o100755),
-        (f"usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-{systemd_version}.so", b"", 0o100644),
-        ("usr/lib/os-release", b'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nID=debian\n', 0o100644),
-    ]
-    (directory / "image.initrd").write_bytes(gzip.compress(cpio(initrd)))
-    (directory / "image.vmlinuz").write_bytes(b"kernel")
-    (directory / "image.efi").write_bytes(b"MZ not really a UKI")
+    write_split_artifacts(directory, systemd_version)
     return directory / "image.raw"
 
 
@@ -130,3 +123,17 @@ def write_bootable_image(directory: Path, sector: int) -> Path:
     image = directory / "image.raw"
     image.write_bytes(bytes(disk))
     return image
+
+
+def write_split_artifacts(directory: Path, systemd_version: int = 257) -> None:
+    """What mkosi writes beside the disk: kernel, initrd (whose ELF binary, systemd library
+    and os-release tell about the image) and UKI."""
+    initrd = [
+        ("usr/lib/systemd/systemd", elf(EM_X86_64), 0o100755),
+        (f"usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-{systemd_version}.so", b"", 0o100644),
+        ("usr/lib/os-release", b'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nID=debian\n', 0o100644),
+    ]
+    (directory / "image.initrd").write_bytes(gzip.compress(cpio(initrd)))
+    (directory / "image.vmlinuz").write_bytes(b"kernel")
+    if not (directory / "image.efi").exists():
+        (directory / "image.efi").write_bytes(b"MZ not really a UKI")

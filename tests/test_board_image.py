@@ -93,3 +93,24 @@ def test_the_boot_esp_is_a_gpt_disk_firmware_accepts(tmp_path):
         check=True,
     ).stdout
     assert "efi /EFI/Linux/harness.efi" in entry and "options root=X quiet" in entry
+
+
+def test_a_uefi_image_without_its_boot_loader_is_refused_before_booting(tmp_path):
+    from images import write_split_artifacts
+
+    from harness.backends.qemu.firmware import resolve_firmware
+    from harness.declaration import Firmware
+    from harness.image import Image
+
+    shared = write_bootable_image(tmp_path / "image", 512)
+    write_split_artifacts(tmp_path / "image")
+    image = Image.open(shared)
+    with pytest.raises(HarnessError, match=r"has no /EFI/BOOT/BOOTX64\.EFI, which the firmware starts"):
+        resolve_firmware(Firmware.UEFI, image)
+    assert resolve_firmware(Firmware.LINUX, image) == Firmware.LINUX
+    esp, _ = partition_offsets(shared)
+    loader = tmp_path / "BOOTX64.EFI"
+    loader.write_bytes(b"MZ systemd-boot")
+    subprocess.run(["mmd", "-i", f"{shared}@@{esp}", "::/EFI/BOOT"], check=True)
+    subprocess.run(["mcopy", "-i", f"{shared}@@{esp}", str(loader), "::/EFI/BOOT/BOOTX64.EFI"], check=True)
+    assert resolve_firmware(Firmware.UEFI, image) == Firmware.UEFI

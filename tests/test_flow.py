@@ -223,3 +223,12 @@ def test_an_image_with_systemd_252_boots_cold_and_loads_its_credentials(tmp_path
         and "ImportCredential" not in unit
     )
     assert record.status == Status.PASS
+
+
+def test_garbage_on_the_report_channel_is_a_plain_failure(tmp_path, image):
+    garbage = bytes(range(256)) * 64 + b"\nEXIT_STATUS=abc\nX_HARNESS_TESTCASE=maybe 1\n=\n\xff\xfe\n"
+    record, _ = run(tmp_path, image, Script(garbage))
+    assert record.status == Status.FAIL
+    assert (
+        record.reason == "the VM powered off without reporting an exit status (before the test unit started)"
+    )

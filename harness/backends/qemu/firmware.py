@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import shutil
+import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import attrs
 
 from harness.declaration import Firmware
 from harness.errors import HarnessError
-from harness.image import Image
+from harness.image import ESP_TYPE, Image, read_gpt
 
 # A QEMU firmware descriptor (docs/interop/firmware.json), as parsed JSON.
 Descriptor = dict[str, Any]
@@ -47,7 +48,37 @@ def resolve_firmware(declared: Firmware, image: Image) -> Firmware:
             f"firmware 'uefi' needs an EFI system partition in {image.path}, and there is none",
             "build the image with Bootable=yes, or use firmware 'linux'",
         )
+    missing = missing_boot_loader(image) if declared.is_uefi() else None
+    if missing:
+        raise HarnessError(
+            f"firmware 'uefi': the EFI system partition of {image.path} has no {missing}, which the "
+            "firmware starts (it would wait in its shell until the timeout)",
+            "build the image with Bootable=yes and a boot loader (mkosi installs systemd-boot there)",
+        )
     return declared
+
+
+# What UEFI firmware starts from a disk it has no boot entry for (a fresh VM's NVRAM has none).
+REMOVABLE_LOADERS = {
+    "x86_64": "BOOTX64.EFI",
+    "aarch64": "BOOTAA64.EFI",
+    "i386": "BOOTIA32.EFI",
+    "riscv64": "BOOTRISCV64.EFI",
+}
+
+
+def missing_boot_loader(image: Image) -> str | None:
+    """The removable-media boot loader's path when the image's ESP lacks it; None when it
+    is there, or when mtools (tools/setup installs them) are not around to tell."""
+    loader = REMOVABLE_LOADERS.get(image.architecture)
+    if loader is None or shutil.which("mdir") is None:
+        return None
+    with image.path.open("rb") as f:
+        esp = next(p for p in read_gpt(f) if p.type_uuid == ESP_TYPE)
+    listing = subprocess.run(
+        ["mdir", "-b", "-i", f"{image.path}@@{esp.offset}", "::/EFI/BOOT"], capture_output=True, text=True
+    ).stdout
+    return None if f"/{loader}".lower() in listing.lower() else f"/EFI/BOOT/{loader}"
 
 
 def select_ovmf(
