@@ -2,7 +2,8 @@
 
 The test unit is not baked into the image: the harness sends it, and the drop-ins that
 end the VM with the test's status, as credentials (`systemd.extra-unit.*`,
-`systemd.unit-dropin.*`, systemd >= 256). Any image with a recent systemd and the test
+`systemd.unit-dropin.*`: systemd 256 reads them itself, older ones through the generator
+guest/credential-units.generator). Any image with systemd 252 or later and the test
 payload can therefore be tested, and a test's meson.build is the whole truth about it.
 
 The guest reports in the notify protocol's KEY=VALUE lines through a ReportChannel: a
