@@ -87,7 +87,17 @@ def test_mkosi_accepts_the_configuration(distribution, release):
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert re.search(rf"Distribution: {distribution}\b", result.stdout)
-    assert re.search(rf"Release: {release}\b", result.stdout)
-    packages = result.stdout[result.stdout.index("Packages:") :].split("\n\n")[0]
-    assert "systemd" in packages and ("linux" in packages or "kernel" in packages), "no kernel in the image"
+    images = dict(
+        (block.splitlines()[0].strip(), block) for block in re.split(r"(?m)^IMAGE: ", result.stdout)[1:]
+    )
+    assert set(images) == {"initrd", "default"}, "the test image and its initrd from mkosi.images/"
+    image, initrd = images["default"], images["initrd"]
+    assert re.search(rf"Distribution: {distribution}\b", image)
+    assert re.search(rf"Release: {release}\b", image)
+    packages = image[image.index("Packages:") :].split("\n\n")[0]
+    assert "systemd" in packages and re.search(r"(?<![\w-])(linux|kernel)", packages), "no kernel in the image"
+    assert re.search(r"Dependencies: initrd\b", image)
+    assert re.search(r"Initrds: \S*/initrd\.cpio\.zst\b", image), "the image boots the initrd built first"
+    assert re.search(r"Output Format: cpio\b", initrd)
+    initrd_packages = initrd[initrd.index("Packages:") :].split("\n\n")[0]
+    assert "systemd" in initrd_packages and "udev" in initrd_packages or distribution == "arch"
