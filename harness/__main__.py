@@ -15,12 +15,17 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from harness.accel import detect
 from harness.declaration import CONFIGURATION_KEY_NAMES, KEY_NAMES, KEYS, Firmware, TestDeclaration, key_table
-from harness.errors import DeclarationError, HarnessError
+from harness.errors import DeclarationError, HarnessError, LogDirBusy
 from harness.results import EXIT_ERROR
+
+if TYPE_CHECKING:
+    from harness.backend import Backend
+    from harness.record import TestRecord
+    from harness.wrapper import RunContext
 
 log = logging.getLogger("harness")
 
@@ -63,8 +68,8 @@ def cmd_run(o: argparse.Namespace) -> int:
     from harness.backends import BackendName, make_backend
     from harness.report.html import current_run, update_run_report
     from harness.report.tap import tap_lines
-    from harness.results import Outcome, Status
-    from harness.wrapper import RunContext, describe, run_test
+    from harness.results import Status
+    from harness.wrapper import RunContext, owning_log_dir
 
     env = dict(os.environ)
     decl = TestDeclaration.from_options(o, env)
@@ -89,17 +94,16 @@ def cmd_run(o: argparse.Namespace) -> int:
         snapshot_dir=snapshot_dir,
     )
     try:
-        record = run_test(
-            decl, Path(o.image), ctx, backend, env, interactive=interactive, timeout_factor=o.timeout_factor
-        )
+        with owning_log_dir(log_dir, decl.name):
+            record = run_and_record(decl, Path(o.image), ctx, backend, env, interactive, o.timeout_factor)
+    except LogDirBusy as e:  # the other run's logs and verdict stay as they are
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        if tap:
+            print(f"Bail out! {e.what}", flush=True)
+        return EXIT_ERROR
     except Interrupted as e:
         log.info(f"{decl.name}: interrupted by {e}; the VM was stopped. Logs: {ctx.log_dir}")
         return 130
-    except HarnessError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        record = ctx.record(decl, backend.name, "", Outcome(Status.ERROR, str(e)))
-    record.write()
-    log.info(describe(record))
     if build_dir is not None:
         try:
             summary, report = update_run_report(
@@ -113,6 +117,44 @@ def cmd_run(o: argparse.Namespace) -> int:
         # meson reads the verdict from the TAP points; a non-zero status is only for failures.
         return {Status.PASS: 0, Status.SKIP: 0, Status.FAIL: 1, Status.ERROR: EXIT_ERROR}[record.status]
     return record.exit_code
+
+
+def run_and_record(
+    decl: TestDeclaration,
+    image: Path,
+    ctx: RunContext,
+    backend: Backend,
+    env: dict[str, str],
+    interactive: bool,
+    timeout_factor: int | None,
+) -> TestRecord:
+    """Run the test and write its result.json; an infrastructure fault is its verdict."""
+    import attrs
+
+    from harness.results import Outcome, Status
+    from harness.wrapper import describe, run_test
+
+    try:
+        record = run_test(
+            decl, image, ctx, backend, env, interactive=interactive, timeout_factor=timeout_factor
+        )
+    except HarnessError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        record = ctx.record(decl, backend.name, "", Outcome(Status.ERROR, str(e)))
+    except OSError as e:  # the disk of the log directory filled up, most likely
+        what = HarnessError(
+            f"could not write the logs in {ctx.log_dir}: {e.strerror or e}",
+            "free space on that file system and rerun the test",
+        )
+        print(f"error: {what}", file=sys.stderr, flush=True)
+        record = ctx.record(decl, backend.name, "", Outcome(Status.ERROR, str(what)))
+    try:
+        record.write()
+    except OSError as e:  # the verdict still reaches meson, by the exit status and this line
+        print(f"error: could not write {ctx.log_dir}/result.json: {e.strerror or e}", file=sys.stderr)
+        record = attrs.evolve(record, status=Status.ERROR, reason=f"{record.reason}; result.json unwritten")
+    log.info(describe(record))
+    return record
 
 
 class _TapComments(logging.Formatter):

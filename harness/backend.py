@@ -32,6 +32,12 @@ class EndingKind(enum.StrEnum):
     EXITED = "exited"  # the machine stopped by itself
     TIMEOUT = "timeout"
     PANIC = "panic"
+    CONSOLE_FLOOD = "console flood"  # stopped: the guest wrote more than the console limit
+
+
+# What a console log may hold before the machine is stopped (HARNESS_CONSOLE_LIMIT_MB):
+# a guest stuck printing in a loop must not fill the disk, nor the report that shows it.
+CONSOLE_LIMIT = 64 * 2**20
 
 
 PANIC_MARKERS = (b"Kernel panic - not syncing", b"---[ end Kernel panic")
@@ -44,6 +50,14 @@ def panic_line(console: bytes) -> str | None:
         if at >= 0:
             return console[at:].split(b"\n")[0].decode(errors="replace").strip()
     return None
+
+
+def cut_log(path: Path, limit: int) -> None:
+    """Cut a log the machine no longer writes to `limit` bytes, and say so at its end."""
+    with path.open("r+b") as f:
+        f.truncate(limit)
+        f.seek(0, 2)
+        f.write(f"\n[harness: the log is cut here, at {limit // 2**20} MB; the guest wrote more]\n".encode())
 
 
 @attrs.frozen
@@ -63,6 +77,7 @@ class BootPlan:
     snapshot_dir: Path | None = None  # where booted snapshots are kept
     attempt: str = ""  # the `meson test` run: a failed snapshot boot is not retried in it
     whole_journal: bool = False  # the guest sends its whole journal even when the test passed
+    console_limit: int = CONSOLE_LIMIT  # bytes of console output before the machine is stopped
 
 
 @attrs.frozen

@@ -25,3 +25,7 @@ class DeclarationError(HarnessError):
         super().__init__(f"{source}: '{key}': {problem}", fix)
         self.source = source
         self.key = key
+
+
+class LogDirBusy(HarnessError):
+    """Another run of the same test holds its log directory: this run writes nothing there."""

@@ -89,6 +89,10 @@ class TestRecord:
     def write(self) -> Path:
         path = Path(self.log_dir) / RESULT_FILE
         partial = path.with_suffix(".partial")
-        partial.write_text(self.to_json())
-        partial.replace(path)
+        try:
+            partial.write_text(self.to_json())
+            partial.replace(path)
+        except OSError:
+            partial.unlink(missing_ok=True)  # half a file would be read as a record
+            raise
         return path

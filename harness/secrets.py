@@ -51,5 +51,10 @@ def mask_file(path: Path, values: list[bytes], same_length: bool = False) -> Non
     masked = mask_bytes(data, values, same_length)
     if masked != data:
         partial = path.with_name(path.name + ".partial")
-        partial.write_bytes(masked)
-        partial.replace(path)
+        try:
+            partial.write_bytes(masked)
+            partial.replace(path)
+        except OSError:  # e.g. a full disk: better no log than one that shows the secret
+            partial.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+            raise

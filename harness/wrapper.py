@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import logging
+import os
 import shlex
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from harness.accel import detect
-from harness.backend import Backend, BootPath, BootPlan, Ending, EndingKind
+from harness.backend import CONSOLE_LIMIT, Backend, BootPath, BootPlan, Ending, EndingKind
 from harness.declaration import Firmware, Storage, TestDeclaration, skip_reason
-from harness.errors import HarnessError
+from harness.errors import HarnessError, LogDirBusy
 from harness.guest.units import IMPORT_CREDENTIAL_SINCE, MINIMUM_SYSTEMD, boot_options, guest_credentials
 from harness.image import Image
 from harness.journal import keep_journal, unit_excerpt
@@ -104,7 +106,20 @@ def plan_boot(
         snapshot_dir=snapshot_dir,
         attempt=attempt,
         whole_journal=whole_journal,
+        console_limit=console_limit(env),
     )
+
+
+def console_limit(env: Mapping[str, str]) -> int:
+    text = env.get("HARNESS_CONSOLE_LIMIT_MB", "")
+    if not text:
+        return CONSOLE_LIMIT
+    if not text.isdigit() or int(text) == 0:
+        raise HarnessError(
+            f"HARNESS_CONSOLE_LIMIT_MB='{text}' is not a number of megabytes",
+            f"set it to a whole number above 0, or unset it (default {CONSOLE_LIMIT // 2**20})",
+        )
+    return int(text) * 2**20
 
 
 class RunContext:
@@ -172,6 +187,7 @@ def run_test(
 ) -> TestRecord:
     """Run one test; the record says how it went and where its logs are."""
     clear_logs(ctx.log_dir)
+    check_log_space(ctx.log_dir)
     skipped = skip_before_boot(decl, backend, env)
     if skipped:
         return ctx.record(decl, backend.name, "", skipped)
@@ -208,6 +224,35 @@ def run_test(
     )
 
 
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def owning_log_dir(log_dir: Path, name: str) -> Iterator[None]:
+    """One run of a test at a time in its log directory: a second `meson test` on the same
+    build directory would delete the first run's logs while its VM writes them and put
+    its own verdict in their place. The second run stops at once instead (LogDirBusy),
+    touching nothing; the lock is the kernel's, so it goes with the process, however it
+    ends, and the file left behind binds nobody."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / LOCK_FILE, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise LogDirBusy(
+                f"{name} is already running with its logs in {log_dir} (process {holder}); "
+                "this run would overwrite them, so it did not start",
+                "wait for the other run, or run this one from a build directory of its own "
+                "(meson setup build2 ...)",
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
 def clear_logs(log_dir: Path) -> None:
     """An earlier run's logs must not pass for this run's."""
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -215,6 +260,22 @@ def clear_logs(log_dir: Path) -> None:
         (log_dir / name).unlink(missing_ok=True)
     for kept in log_dir.glob("console.crash-*.log"):
         kept.unlink()
+
+
+MIN_LOG_SPACE = 16 * 2**20  # bytes: a failing test's console log and journal fit, mostly
+
+
+def check_log_space(log_dir: Path) -> None:
+    """A full disk under the log directory would lose the logs half-way, and the verdict
+    with them: better not to start."""
+    st = os.statvfs(log_dir)
+    free = st.f_bavail * st.f_frsize
+    if free < MIN_LOG_SPACE:
+        raise HarnessError(
+            f"only {free // 2**20} MB free for the logs in {log_dir} (a run needs "
+            f"{MIN_LOG_SPACE // 2**20} MB at least)",
+            "free space on that file system, or give the build directory another disk",
+        )
 
 
 def skip_before_boot(decl: TestDeclaration, backend: Backend, env: Mapping[str, str]) -> Outcome | None:

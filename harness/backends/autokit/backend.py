@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from harness.backend import BootPath, BootPlan, Ending, EndingKind, panic_line
+from harness.backend import CONSOLE_LIMIT, BootPath, BootPlan, Ending, EndingKind, cut_log, panic_line
 from harness.backends.autokit.board_image import build_board_image
 from harness.backends.autokit.client import WorkerClient, WorkerError
 from harness.declaration import Firmware, TestDeclaration
@@ -33,10 +33,13 @@ class AutokitMachine:
         self.boot_timeline: str | None = None
         self.poll = poll
         self.report = GuestReport()
+        self.console_limit = CONSOLE_LIMIT
 
     def _read_serial(self) -> bytes:
         data = self.worker.serial()
-        self.console_log.write_bytes(data)
+        self.console_log.write_bytes(data[: self.console_limit])
+        if len(data) > self.console_limit:  # the worker keeps it all; the log keeps the limit
+            cut_log(self.console_log, self.console_limit)
         self.report = GuestReport()
         self.report.add(console_notify_lines(data, CONSOLE_CHANNEL.prefix.encode()))
         return data
@@ -45,6 +48,13 @@ class AutokitMachine:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             console = self._read_serial()
+            if len(console) > self.console_limit:
+                self.worker.power_off()
+                return Ending(
+                    EndingKind.CONSOLE_FLOOD,
+                    detail=f"the board wrote more than {self.console_limit // 2**20} MB to its console "
+                    "(HARNESS_CONSOLE_LIMIT_MB); it was powered off and console.log cut there,",
+                )
             if self.report.last("X_HARNESS_SERVICE_RESULT") is not None or self.report.entered_emergency:
                 return Ending(EndingKind.EXITED)
             panic = panic_line(console)
@@ -112,6 +122,7 @@ class AutokitBackend:
                 worker.start_capture()
             worker.power_on()
             machine = AutokitMachine(worker, log_dir, self.poll)
+            machine.console_limit = plan.console_limit
             try:
                 yield machine
             finally:

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 
 from harness.accel import Acceleration
-from harness.backend import BootPath, BootPlan, Ending, EndingKind, panic_line
+from harness.backend import CONSOLE_LIMIT, BootPath, BootPlan, Ending, EndingKind, cut_log, panic_line
 from harness.backends.qemu.credentials import (
     cmdline_extra_strings,
     fw_cfg_args,
@@ -82,6 +82,7 @@ STUB_SMBIOS_SINCE = 254
 SNAPSHOT_BOOT_TIMEOUT = 120  # seconds with KVM, for the boot to the agent
 POWERDOWN_GRACE = 30.0  # seconds an orderly shutdown may take under emulation
 SCREENSHOT_INTERVAL = 10.0  # seconds between screenshots while a UEFI test runs
+CONSOLE_READ = 16 * 2**20  # bytes of console output looked at (for a panic) per poll, at most
 
 
 @attrs.frozen
@@ -343,6 +344,7 @@ class QemuMachine:
         self.interactive = interactive
         self.boot_path = BootPath.COLD
         self.boot_timeline: str | None = None  # a resumed VM's boot, from its snapshot
+        self.console_limit = CONSOLE_LIMIT
         self._console_offset = 0
         self._console_tail = b""
         self._next_screenshot = 0.0
@@ -371,7 +373,7 @@ class QemuMachine:
         try:
             with self.files.console.open("rb") as f:
                 f.seek(self._console_offset)
-                chunk = f.read()
+                chunk = f.read(CONSOLE_READ)  # what a flooding guest wrote since: read in turns
         except FileNotFoundError:
             return None
         self._console_offset += len(chunk)
@@ -404,10 +406,25 @@ class QemuMachine:
                 if self.has_screen:
                     self._screenshot()
                 return Ending(EndingKind.PANIC, detail=panic)
+            if self._console_offset > self.console_limit:
+                return self._stop_flood()
             if deadline is not None and time.monotonic() >= deadline:
                 if self.has_screen:
                     self._screenshot()
                 return Ending(EndingKind.TIMEOUT)
+
+    def _stop_flood(self) -> Ending:
+        """Stop a VM whose guest writes more to its console than a log may hold, and cut
+        the log there: a guest stuck printing would otherwise fill the disk."""
+        self.proc.kill()
+        self.proc.wait()
+        cut_log(self.files.console, self.console_limit)
+        mb = self.console_limit // 2**20
+        return Ending(
+            EndingKind.CONSOLE_FLOOD,
+            detail=f"the guest wrote more than {mb} MB to its console (HARNESS_CONSOLE_LIMIT_MB); "
+            "the VM was stopped and console.log cut there,",
+        )
 
     def wait_for_agent(self, timeout: float) -> Ending | None:
         """Block until the fast path's agent says it waits for a test (None), or the boot
@@ -640,10 +657,34 @@ def running_vm(cfg: VmConfig, files: RunFiles, incoming: Path | None = None) -> 
 
 @contextlib.contextmanager
 def private_tmp(name: str) -> Iterator[Path]:
-    # Short path in /tmp: unix socket names are limited to 108 bytes.
-    with tempfile.TemporaryDirectory(prefix=f"harness-{name}-") as tmp:
+    # Short path in /tmp: unix socket names are limited to 108 bytes. The wrapper's PID in
+    # the name tells a later run whose directory it is.
+    sweep_orphans(Path(tempfile.gettempdir()))
+    with tempfile.TemporaryDirectory(prefix=f"harness-{name}-p{os.getpid()}-") as tmp:
         os.chmod(tmp, 0o700)
         yield Path(tmp)
+
+
+ORPHAN = re.compile(r"^harness-.*-p(\d+)-[a-z0-9_]+$")
+
+
+def sweep_orphans(tmp: Path) -> None:
+    """Remove the private directories of wrappers that were killed outright (SIGKILL runs
+    no clean-up): their QEMU died with them (PR_SET_PDEATHSIG), their overlay is litter."""
+    for directory in tmp.glob("harness-*"):
+        m = ORPHAN.match(directory.name)
+        if m and not process_alive(int(m.group(1))):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def snapshot_config(image: Image, accel: Acceleration) -> VmConfig:
@@ -729,13 +770,16 @@ class QemuBackend:
             files = RunFiles(tmp, log_dir, tmp / "overlay.qcow2")
             if snapshot is None:
                 make_overlay(plan.image.path, files.disk)
-                yield stack.enter_context(running_vm(VmConfig.for_plan(plan), files))
+                machine = stack.enter_context(running_vm(VmConfig.for_plan(plan), files))
+                machine.console_limit = plan.console_limit
+                yield machine
                 return
             make_overlay(snapshot.disk, files.disk, backing_format="qcow2")
             machine = stack.enter_context(
                 running_vm(snapshot_config(plan.image, plan.accel), files, snapshot.state)
             )
             machine.boot_path = BootPath.SNAPSHOT
+            machine.console_limit = plan.console_limit
             if snapshot.timeline.is_file():
                 machine.boot_timeline = snapshot.timeline.read_text()
             send_test(machine, plan)
