@@ -95,8 +95,11 @@ def read_gpt(f: BinaryIO) -> list[Partition]:
     return partitions
 
 
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
 def _decompress(data: bytes) -> bytes:
-    if data[:4] == b"\x28\xb5\x2f\xfd":
+    if data[:4] == ZSTD_MAGIC:
         import zstandard
 
         return zstandard.ZstdDecompressor().decompressobj().decompress(data)
@@ -109,6 +112,20 @@ def _decompress(data: bytes) -> bytes:
 
         return gzip.GzipFile(fileobj=io.BytesIO(data)).read()
     return data
+
+
+def initrd_archives(data: bytes) -> Iterator[bytes]:
+    """The cpio archives of an initrd: mkosi appends the kernel's modules as a
+    zstd-compressed archive of their own; other compressions are read as one archive."""
+    while data:
+        if data[:4] != ZSTD_MAGIC:
+            yield _decompress(data)
+            return
+        import zstandard
+
+        frame = zstandard.ZstdDecompressor().decompressobj()
+        yield frame.decompress(data)
+        data = frame.unused_data.lstrip(b"\0")
 
 
 def cpio_files(archive: bytes) -> Iterator[tuple[str, bytes]]:
@@ -136,27 +153,51 @@ def elf_architecture(blob: bytes) -> str | None:
 SYSTEMD_SHARED = re.compile(r"libsystemd-shared-(\d+)[.\w-]*\.so$")
 
 
-def initrd_facts(initrd: Path) -> tuple[str, int | None, str]:
-    """The image's architecture (of the first ELF binary in the initrd), its systemd's
-    version (from libsystemd-shared-NNN.so, which every systemd since 241 ships) and its
-    operating system (PRETTY_NAME of os-release), as far as the initrd tells (None, "").
-    The initrd is built from the image's own packages, so it speaks for the image."""
-    archive = _decompress(initrd.read_bytes())
+MODULE = re.compile(r"/([^/]+)\.ko(\.(xz|zst|gz))?$")  # a module's file in the initrd
+BUILTIN = re.compile(r"/([^/\n]+)\.ko$", re.MULTILINE)  # a line of modules.builtin
+
+
+@attrs.frozen
+class InitrdFacts:
+    """What the initrd tells of the image; it is built from the image's own packages, so
+    it speaks for the image."""
+
+    architecture: str  # of the first ELF binary
+    systemd_version: int | None  # from libsystemd-shared-NNN.so (every systemd since 241)
+    os_name: str  # PRETTY_NAME of os-release
+    # The drivers there before the root is mounted: built into the kernel (its
+    # modules.builtin) or modules in the initrd; None if the initrd carries no
+    # modules.builtin to tell.
+    drivers: frozenset[str] | None
+
+
+def initrd_facts(initrd: Path) -> InitrdFacts:
     arch, version, os_name = None, None, ""
-    for name, content in cpio_files(archive):
-        arch = arch or elf_architecture(content)
-        found = SYSTEMD_SHARED.search(name)
-        version = version or (int(found.group(1)) if found else None)
-        if name in ("usr/lib/os-release", "etc/os-release") and not os_name:
-            os_name = pretty_name(content)
-        if arch and version and os_name:
-            break
+    modules: set[str] = set()
+    builtin: set[str] | None = None
+    for archive in initrd_archives(initrd.read_bytes()):
+        for name, content in cpio_files(archive):
+            arch = arch or elf_architecture(content)
+            found = SYSTEMD_SHARED.search(name)
+            version = version or (int(found.group(1)) if found else None)
+            if name in ("usr/lib/os-release", "etc/os-release") and not os_name:
+                os_name = pretty_name(content)
+            if module := MODULE.search(name):
+                modules.add(driver_name(module.group(1)))
+            if name.endswith("/modules.builtin"):
+                builtin = (builtin or set()) | {
+                    driver_name(m.group(1)) for m in BUILTIN.finditer(content.decode(errors="replace"))
+                }
     if arch is None:
         raise HarnessError(
             f"found no ELF binary in {initrd} to tell the image's architecture",
             "rebuild the image: meson compile -C build mkosi",
         )
-    return arch, version, os_name
+    return InitrdFacts(arch, version, os_name, None if builtin is None else frozenset(modules | builtin))
+
+
+def driver_name(module: str) -> str:
+    return module.replace("-", "_")  # the kernel treats both alike
 
 
 def pretty_name(os_release: bytes) -> str:
@@ -167,7 +208,7 @@ def pretty_name(os_release: bytes) -> str:
 
 
 def initrd_architecture(initrd: Path) -> str:
-    return initrd_facts(initrd)[0]
+    return initrd_facts(initrd).architecture
 
 
 @attrs.frozen
@@ -181,6 +222,7 @@ class Image:
     has_esp: bool
     systemd_version: int | None = None  # None: the initrd does not tell
     os_name: str = ""  # PRETTY_NAME of its os-release, e.g. "Debian GNU/Linux 12 (bookworm)"
+    initrd_drivers: frozenset[str] | None = None  # see InitrdFacts.drivers
 
     @classmethod
     def open(cls, path: Path) -> Image:
@@ -211,7 +253,8 @@ class Image:
                 f"{path} is damaged: {problem}",
                 "an interrupted build or copy? rebuild it: meson compile -C build mkosi",
             )
-        arch, systemd_version, os_name = initrd_facts(initrd)
+        facts = initrd_facts(initrd)
+        arch = facts.architecture
         roots = [p for p in partitions if p.type_uuid == ROOT_PARTITION_TYPES.get(arch)]
         foreign = [
             a
@@ -236,6 +279,7 @@ class Image:
             arch,
             roots[0].part_uuid if roots else None,
             any(p.type_uuid == ESP_TYPE for p in partitions),
-            systemd_version,
-            os_name,
+            facts.systemd_version,
+            facts.os_name,
+            facts.drivers,
         )

@@ -137,3 +137,31 @@ def write_split_artifacts(directory: Path, systemd_version: int = 257) -> None:
     (directory / "image.vmlinuz").write_bytes(b"kernel")
     if not (directory / "image.efi").exists():
         (directory / "image.efi").write_bytes(b"MZ not really a UKI")
+
+
+def write_initrd_with_modules(directory: Path, modules: list[str], builtin: list[str]) -> None:
+    """image.initrd as mkosi writes it: the initrd, then the kernel's modules as an archive
+    of their own (its `modules` files, and modules.builtin naming `builtin`), each
+    zstd-compressed."""
+    import zstandard
+
+    kver = "usr/lib/modules/6.1.0-test"
+    main = cpio(
+        [
+            ("usr/lib/systemd/systemd", elf(EM_X86_64), 0o100755),
+            ("usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-252.so", b"", 0o100644),
+            ("usr/lib/os-release", b'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n', 0o100644),
+        ]
+    )
+    kmods = cpio(
+        [
+            *[(f"{kver}/kernel/drivers/{m}.ko.xz", b"module", 0o100644) for m in modules],
+            (
+                f"{kver}/modules.builtin",
+                "".join(f"kernel/drivers/{m}.ko\n" for m in builtin).encode(),
+                0o100644,
+            ),
+        ]
+    )
+    zstd = zstandard.ZstdCompressor()
+    (directory / "image.initrd").write_bytes(zstd.compress(main) + zstd.compress(kmods))

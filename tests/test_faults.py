@@ -38,7 +38,7 @@ from e2e import (
     wrapper_env,
 )
 from helpers import declaration
-from images import write_bootable_image, write_image, write_split_artifacts
+from images import write_bootable_image, write_image, write_initrd_with_modules, write_split_artifacts
 from stub_worker import StubWorker
 
 from harness.__main__ import main, run_and_record
@@ -46,8 +46,10 @@ from harness.backend import EndingKind
 from harness.backends.autokit.client import WorkerClient, WorkerError
 from harness.backends.fake import FakeBackend, Script, passing
 from harness.backends.qemu import firmware
-from harness.backends.qemu.backend import QemuMachine, RunFiles, sweep_orphans
+from harness.backends.qemu.backend import QemuBackend, QemuMachine, RunFiles, sweep_orphans
+from harness.declaration import Firmware
 from harness.errors import HarnessError, LogDirBusy
+from harness.image import Image
 from harness.notify import GuestReport
 from harness.results import Status
 from harness.wrapper import RunContext, console_limit, owning_log_dir
@@ -125,6 +127,21 @@ def test_the_console_limit_is_a_number_of_megabytes():
     assert console_limit({"HARNESS_CONSOLE_LIMIT_MB": "5"}) == 5 * MB
     with pytest.raises(HarnessError, match="HARNESS_CONSOLE_LIMIT_MB='lots' is not a number of megabytes"):
         console_limit({"HARNESS_CONSOLE_LIMIT_MB": "lots"})
+
+
+# --- an image a VM cannot boot -----------------------------------------------------------
+
+
+def test_an_initrd_without_the_virtio_drivers_is_an_error_before_booting(tmp_path):
+    write_image(tmp_path)
+    write_initrd_with_modules(tmp_path, ["block/virtio_blk"], ["char/virtio_console"])
+    image = Image.open(tmp_path / "image.raw")
+    with pytest.raises(HarnessError) as e:
+        QemuBackend().firmware(Firmware.AUTO, image)
+    assert f"the initrd of {image.path} has no virtio_pci driver, nor is it built into the kernel" in str(
+        e.value
+    )
+    assert "KernelModulesInitrdInclude=" in e.value.fix
 
 
 # --- no UEFI firmware ------------------------------------------------------------------

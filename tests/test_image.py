@@ -3,7 +3,7 @@ import uuid
 
 import pytest
 import zstandard
-from images import cpio, elf, gpt, write_image
+from images import cpio, elf, gpt, write_image, write_initrd_with_modules
 
 from harness.errors import HarnessError
 from harness.image import (
@@ -109,3 +109,16 @@ def test_an_image_with_too_old_a_systemd_is_refused_before_booting(tmp_path):
     assert image.systemd_version == 251
     with pytest.raises(HarnessError, match="its systemd is 251; the harness needs 252 or later"):
         check_systemd(image)
+
+
+def test_the_initrd_tells_which_drivers_are_there_before_the_root(tmp_path):
+    write_image(tmp_path)
+    write_initrd_with_modules(tmp_path, ["block/virtio_blk", "virtio/virtio-pci"], ["char/virtio_console"])
+    image = Image.open(tmp_path / "image.raw")
+    assert image.systemd_version == 252 and image.os_name == "Debian GNU/Linux 12 (bookworm)"
+    assert image.initrd_drivers == {"virtio_blk", "virtio_pci", "virtio_console"}
+
+
+def test_an_initrd_without_modules_builtin_tells_no_drivers(tmp_path):
+    image = Image.open(write_image(tmp_path))
+    assert image.initrd_drivers is None

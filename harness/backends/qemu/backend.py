@@ -665,6 +665,19 @@ def private_tmp(name: str) -> Iterator[Path]:
         yield Path(tmp)
 
 
+# What a VM here needs before its root is mounted: the PCI transport, the disk, and the
+# console and report ports (virtio-serial).
+VM_DRIVERS = ("virtio_pci", "virtio_blk", "virtio_console")
+
+
+def missing_drivers(image: Image) -> list[str]:
+    """The drivers of VM_DRIVERS that neither the kernel nor the initrd has; none when the
+    initrd does not tell (it carries no modules.builtin)."""
+    if image.initrd_drivers is None:
+        return []
+    return [d for d in VM_DRIVERS if d not in image.initrd_drivers]
+
+
 ORPHAN = re.compile(r"^harness-.*-p(\d+)-[a-z0-9_]+$")
 
 
@@ -750,6 +763,16 @@ class QemuBackend:
         return [f for f in decl.requires if f not in self.features]
 
     def firmware(self, declared: Firmware, image: Image) -> Firmware:
+        """The firmware to boot `image` with, once it is clear a VM here can boot it."""
+        # Without an initrd the kernel alone must have them; what it builds in is not told apart here.
+        missing = missing_drivers(image) if declared != Firmware.LINUX_NOINITRD else []
+        if missing:
+            raise HarnessError(
+                f"the initrd of {image.path} has no {', '.join(missing)} driver, nor is it built into "
+                "the kernel: the VM could not find its disk or report (it would hang until the timeout)",
+                "add the modules to the initrd (mkosi: KernelModulesInitrdInclude=, as in this project's "
+                "mkosi.conf; dracut: add_drivers+=)",
+            )
         return resolve_firmware(declared, image)
 
     def cold_boot_reason(
