@@ -17,6 +17,7 @@ as QEMU would, a tmpfs that fills up, the fake backend); the others boot the rea
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -162,6 +163,10 @@ def test_missing_uefi_firmware_is_an_error_before_qemu_starts(tmp_path, monkeypa
     monkeypatch.setenv("HARNESS_ACCEL", "tcg")
     monkeypatch.setenv("HARNESS_INTERACTIVE", "0")
     monkeypatch.setenv("HARNESS_COLD_BOOT", "1")
+    logger = logging.getLogger("harness")  # main() sets up the wrapper's logging: undone afterwards
+    for attribute in ("handlers", "propagate", "level"):
+        value = getattr(logger, attribute)
+        monkeypatch.setattr(logger, attribute, list(value) if attribute == "handlers" else value)
     status = main(
         [
             "run",
