@@ -767,9 +767,12 @@ class QemuBackend:
         # Without an initrd the kernel alone must have them; what it builds in is not told apart here.
         missing = missing_drivers(image) if declared != Firmware.LINUX_NOINITRD else []
         if missing:
+            drivers = f"{', '.join(missing)} driver" + (
+                "s, nor are they" if len(missing) > 1 else ", nor is it"
+            )
             raise HarnessError(
-                f"the initrd of {image.path} has no {', '.join(missing)} driver, nor is it built into "
-                "the kernel: the VM could not find its disk or report (it would hang until the timeout)",
+                f"the initrd of {image.path} has no {drivers} built into the kernel: the VM could not "
+                "find its disk or report (it would hang until the timeout)",
                 "add the modules to the initrd (mkosi: KernelModulesInitrdInclude=, as in this project's "
                 "mkosi.conf; dracut: add_drivers+=)",
             )
