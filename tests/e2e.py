@@ -11,6 +11,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +76,36 @@ def run_wrapper(
     )
     print(result.stdout, result.stderr)
     return result
+
+
+def start_wrapper(
+    image: Path, tmp_path: Path, name: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """The wrapper as run_wrapper runs it, in the background, its output in a pipe."""
+    return subprocess.Popen(
+        wrapper_cmd(image, tmp_path, name, *args),
+        cwd=ROOT,
+        env=env or wrapper_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_until(condition: Callable[[], object], timeout: float, failure: str, poll: float = 0.5) -> None:
+    """Poll `condition` until it holds; after `timeout` seconds the test fails with `failure`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(poll)
+
+
+def wait_for_console(console: Path, marker: str, timeout: float = 300) -> None:
+    wait_until(
+        lambda: console.is_file() and marker in console.read_text(errors="replace"),
+        timeout,
+        f"{marker!r} never appeared on the console",
+    )
 
 
 def boot_path(tmp_path: Path) -> str:

@@ -125,14 +125,20 @@ def write_bootable_image(directory: Path, sector: int) -> Path:
     return image
 
 
+def initrd_core(systemd_version: int, pretty_name: str) -> list[tuple[str, bytes, int]]:
+    """The files of an initrd that tell about the image: an ELF binary, systemd's library
+    (its version in the name) and os-release."""
+    return [
+        ("usr/lib/systemd/systemd", elf(EM_X86_64), 0o100755),
+        (f"usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-{systemd_version}.so", b"", 0o100644),
+        ("usr/lib/os-release", f'PRETTY_NAME="{pretty_name}"\nID=debian\n'.encode(), 0o100644),
+    ]
+
+
 def write_split_artifacts(directory: Path, systemd_version: int = 257) -> None:
     """What mkosi writes beside the disk: kernel, initrd (whose ELF binary, systemd library
     and os-release tell about the image) and UKI."""
-    initrd = [
-        ("usr/lib/systemd/systemd", elf(EM_X86_64), 0o100755),
-        (f"usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-{systemd_version}.so", b"", 0o100644),
-        ("usr/lib/os-release", b'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nID=debian\n', 0o100644),
-    ]
+    initrd = initrd_core(systemd_version, "Debian GNU/Linux 13 (trixie)")
     (directory / "image.initrd").write_bytes(gzip.compress(cpio(initrd)))
     (directory / "image.vmlinuz").write_bytes(b"kernel")
     if not (directory / "image.efi").exists():
@@ -146,13 +152,7 @@ def write_initrd_with_modules(directory: Path, modules: list[str], builtin: list
     import zstandard
 
     kver = "usr/lib/modules/6.1.0-test"
-    main = cpio(
-        [
-            ("usr/lib/systemd/systemd", elf(EM_X86_64), 0o100755),
-            ("usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-252.so", b"", 0o100644),
-            ("usr/lib/os-release", b'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n', 0o100644),
-        ]
-    )
+    main = cpio(initrd_core(252, "Debian GNU/Linux 12 (bookworm)"))
     kmods = cpio(
         [
             *[(f"{kver}/kernel/drivers/{m}.ko.xz", b"module", 0o100644) for m in modules],

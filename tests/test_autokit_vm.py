@@ -4,11 +4,10 @@ virtual worker with its QEMU board (or a stub worker where the point is a broken
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 
 import pytest
-from e2e import ROOT, board_env, harness_leftovers, run_on_board, wrapper_cmd
+from e2e import board_env, harness_leftovers, run_on_board, start_wrapper, wait_until
 from stub_worker import StubWorker
 
 pytestmark = pytest.mark.vm
@@ -16,21 +15,17 @@ pytestmark = pytest.mark.vm
 
 def test_worker_that_disappears_mid_test_is_an_infrastructure_error(image, tmp_path, worker_process):
     worker = worker_process
-    proc = subprocess.Popen(
-        wrapper_cmd(
-            image, tmp_path, "TEST-81-GONE", "--command=sleep infinity", "--timeout=600", "--timeout-factor=1"
-        ),
-        cwd=ROOT,
+    proc = start_wrapper(
+        image,
+        tmp_path,
+        "TEST-81-GONE",
+        "--command=sleep infinity",
+        "--timeout=600",
+        "--timeout-factor=1",
         env=board_env(worker.url),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
     )
     try:
-        deadline = time.monotonic() + 300
-        while "POST /dut/on" not in worker.log.read_text() and time.monotonic() < deadline:
-            time.sleep(1)
-        assert "POST /dut/on" in worker.log.read_text(), "the board was never powered on"
+        wait_until(lambda: "POST /dut/on" in worker.log.read_text(), 300, "the board was never powered on", 1)
         # The worker dies without a word (SIGKILL: no teardown runs) and takes its board with
         # it: the board was started with a parent-death signal (the fixture checks).
         worker.send_signal(signal.SIGKILL)

@@ -9,7 +9,15 @@ import subprocess
 import time
 
 import pytest
-from e2e import ROOT, SNAPSHOTS, boot_path, harness_leftovers, run_wrapper, wrapper_cmd, wrapper_env
+from e2e import (
+    SNAPSHOTS,
+    boot_path,
+    harness_leftovers,
+    run_wrapper,
+    start_wrapper,
+    wait_until,
+    wrapper_env,
+)
 
 pytestmark = pytest.mark.vm
 
@@ -64,19 +72,9 @@ def test_snapshot_is_not_reused_after_the_image_changes(image, tmp_path):
 def test_ctrl_c_during_the_snapshot_boot_leaves_nothing(image, tmp_path):
     snapshots = tmp_path / "snapshots"
     name = "TEST-85-INTERRUPTED"
-    proc = subprocess.Popen(
-        wrapper_cmd(image, tmp_path, name, "--command=true"),
-        cwd=ROOT,
-        env=wrapper_env("auto", snapshots),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_wrapper(image, tmp_path, name, "--command=true", env=wrapper_env("auto", snapshots))
     try:
-        deadline = time.monotonic() + 60
-        while not harness_leftovers("snapshot")[0] and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert harness_leftovers("snapshot")[0], "the snapshot boot never started"
+        wait_until(lambda: harness_leftovers("snapshot")[0], 60, "the snapshot boot never started")
         time.sleep(5)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)

@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e import (
@@ -35,6 +36,9 @@ from e2e import (
     meson_project,
     meson_setup,
     run_wrapper,
+    start_wrapper,
+    wait_for_console,
+    wait_until,
     wrapper_cmd,
     wrapper_env,
 )
@@ -43,7 +47,7 @@ from images import write_bootable_image, write_image, write_initrd_with_modules,
 from stub_worker import StubWorker
 
 from harness.__main__ import main, run_and_record
-from harness.backend import EndingKind
+from harness.backend import Ending, EndingKind
 from harness.backends.autokit.client import WorkerClient, WorkerError
 from harness.backends.fake import FakeBackend, Script, passing
 from harness.backends.qemu import firmware
@@ -52,7 +56,7 @@ from harness.declaration import Firmware
 from harness.errors import HarnessError, LogDirBusy
 from harness.image import Image
 from harness.notify import GuestReport
-from harness.results import Status
+from harness.results import Status, classify
 from harness.wrapper import RunContext, console_limit, owning_log_dir
 
 ENV = {"HARNESS_ACCEL": "tcg"}
@@ -110,13 +114,8 @@ def test_a_flooding_console_stops_the_machine_and_the_log_is_cut(tmp_path):
 
 
 def test_a_flooding_console_is_the_tests_failure(tmp_path):
-    from harness.backend import Ending
-    from harness.notify import GuestReport as Report
-    from harness.results import classify
-
     ending = Ending(EndingKind.CONSOLE_FLOOD, detail="the guest wrote more than 64 MB to its console; ...,")
-    report = Report()
-    outcome = classify("TEST-81-FLOOD", 123, 100, ending, report)
+    outcome = classify("TEST-81-FLOOD", 123, 100, ending, GuestReport())
     assert outcome.status == Status.FAIL
     assert (
         outcome.reason == "the guest wrote more than 64 MB to its console; ..., before the test unit started"
@@ -279,26 +278,6 @@ def test_a_disk_filling_up_during_the_run_is_an_error_and_leaves_no_half_file(tm
 # --- end to end: the real image -------------------------------------------------------
 
 
-def start_wrapper(image: Path, tmp_path: Path, name: str, *args: str, env=None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        wrapper_cmd(image, tmp_path, name, *args),
-        cwd=ROOT,
-        env=env or wrapper_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def wait_for_console(console: Path, marker: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if console.is_file() and marker in console.read_text(errors="replace"):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"{marker!r} never appeared on the console")
-
-
 def qemu_of(name: str) -> list[int]:
     out = subprocess.run(
         ["pgrep", "-f", f"qemu-system.*{os.environ['TMPDIR']}/harness-{name}-"],
@@ -333,10 +312,7 @@ def test_the_wrappers_vm_dies_with_it_and_its_directory_is_swept(image, tmp_path
         wait_for_console(tmp_path / "logs" / "console.log", "test-is-running")
         proc.send_signal(signal.SIGKILL)  # no clean-up runs in the wrapper
         proc.wait(timeout=10)
-        deadline = time.monotonic() + 30
-        while qemu_of(name) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert qemu_of(name) == [], "QEMU outlived its wrapper"
+        wait_until(lambda: not qemu_of(name), 30, "QEMU outlived its wrapper")
     finally:
         proc.kill()
     assert harness_leftovers(name)[1], "expected the killed wrapper's directory, for the next run to sweep"
@@ -361,31 +337,48 @@ def test_a_guest_flooding_its_console_fails_with_the_log_cut(image, tmp_path):
     assert harness_leftovers(name) == ([], [])
 
 
-@pytest.mark.vm
-def test_two_meson_test_runs_on_one_build_directory(image, tmp_path):
-    name = "TEST-88-SLOW"
+def project_with_test(
+    tmp_path: Path, name: str, configuration: str, keys: str = ""
+) -> tuple[Path, Path, dict[str, str]]:
+    """A meson project of its own with one test `name` (its `configuration` entries and
+    other `keys`), set up against the built image: project, build directory, environment."""
     project = meson_project(tmp_path / "project")
     (project / "test" / name).mkdir()
-    (project / "test" / name / "meson.build").write_text("""\
-integration_tests += [integration_test_template + {
+    (project / "test" / name / "meson.build").write_text(f"""\
+integration_tests += [integration_test_template + {{
         'name' : fs.name(meson.current_source_dir()),
-        'configuration' : {'command' : '/bin/sh -c "echo first-run-is-here; sleep 15; exit 123"'},
-}]
+        {keys}
+        'configuration' : {{{configuration}}},
+}}]
 """)
     build, env = meson_setup(project, HARNESS_SNAPSHOT_DIR=str(SNAPSHOTS))
-    logs = build / "integration-tests" / name
-    first = subprocess.Popen(
+    return project, build, env
+
+
+def start_meson_test(
+    project: Path, build: Path, env: dict[str, str], name: str, **popen: Any
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         ["meson", "test", "-C", str(build), name],
         cwd=project,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        **popen,
     )
+
+
+@pytest.mark.vm
+def test_two_meson_test_runs_on_one_build_directory(image, tmp_path):
+    name = "TEST-88-SLOW"
+    project, build, env = project_with_test(
+        tmp_path, name, """'command' : '/bin/sh -c "echo first-run-is-here; sleep 15; exit 123"'"""
+    )
+    logs = build / "integration-tests" / name
+    first = start_meson_test(project, build, env, name)
     try:
-        deadline = time.monotonic() + 300
-        while not (logs / "console.log").is_file() and time.monotonic() < deadline:
-            time.sleep(0.5)
+        wait_until((logs / "console.log").is_file, 300, "the first run's VM never started")
         second = subprocess.run(
             ["meson", "test", "-C", str(build), "--print-errorlogs", name],
             cwd=project,
@@ -466,19 +459,9 @@ def test_broken_boot_ends_at_once_instead_of_at_the_timeout(image, tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_interrupted_run_leaves_no_process_or_file(image, tmp_path, signum):
     name = f"TEST-93-INTERRUPTED{signum}"
-    proc = subprocess.Popen(
-        wrapper_cmd(image, tmp_path, name, "--command=sleep infinity"),
-        cwd=ROOT,
-        env=wrapper_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_wrapper(image, tmp_path, name, "--command=sleep infinity")
     try:
-        deadline = time.monotonic() + 60
-        while not harness_leftovers(name)[0] and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert harness_leftovers(name)[0], "QEMU never started"
+        wait_until(lambda: harness_leftovers(name)[0], 60, "QEMU never started")
         time.sleep(3)
         proc.send_signal(signum)
         out, _ = proc.communicate(timeout=30)
@@ -501,31 +484,16 @@ def test_missing_image_is_an_infrastructure_error(tmp_path):
 @pytest.mark.parametrize("during", ["boot", "test"])
 def test_meson_test_interrupted_leaves_no_vm(tmp_path, signum, during):
     name = f"TEST-89-{during.upper()}-{signum.name}"
-    project = meson_project(tmp_path / "project")
-    (project / "test" / name).mkdir()
-    boot = "'boot' : 'cold'," if during == "boot" else ""
-    (project / "test" / name / "meson.build").write_text(f"""\
-integration_tests += [integration_test_template + {{
-        'name' : fs.name(meson.current_source_dir()),
-        {boot}
-        'configuration' : {{'command' : '/bin/sh -c "echo test-is-running; sleep infinity"'}},
-}}]
-""")
-    build, env = meson_setup(project, HARNESS_SNAPSHOT_DIR=str(SNAPSHOTS))
-    meson = subprocess.Popen(
-        ["meson", "test", "-C", str(build), name],
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # meson leads its group, as at a terminal: SIGINT is Ctrl-C
+    project, build, env = project_with_test(
+        tmp_path,
+        name,
+        """'command' : '/bin/sh -c "echo test-is-running; sleep infinity"'""",
+        "'boot' : 'cold'," if during == "boot" else "",
     )
+    # meson leads its group, as at a terminal: SIGINT is Ctrl-C
+    meson = start_meson_test(project, build, env, name, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while not qemu_of(name) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert qemu_of(name), "QEMU never started"
+        wait_until(lambda: qemu_of(name), 300, "QEMU never started")
         if during == "boot":
             time.sleep(3)
         else:
@@ -536,10 +504,7 @@ integration_tests += [integration_test_template + {{
         meson.kill()
     print(out)
     assert meson.returncode != 0
-    deadline = time.monotonic() + 10
-    while qemu_of(name) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert qemu_of(name) == [], "QEMU outlived meson test"
+    wait_until(lambda: not qemu_of(name), 10, "QEMU outlived meson test")
     # meson gives a test half a second after SIGTERM before it kills the whole group; a
     # private directory the wrapper had no time to remove is the next run's to sweep.
     sweep_orphans(Path(os.environ["TMPDIR"]))

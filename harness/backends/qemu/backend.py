@@ -797,18 +797,16 @@ class QemuBackend:
             if snapshot is None:
                 make_overlay(plan.image.path, files.disk)
                 machine = stack.enter_context(running_vm(VmConfig.for_plan(plan), files))
-                machine.console_limit = plan.console_limit
-                yield machine
-                return
-            make_overlay(snapshot.disk, files.disk, backing_format="qcow2")
-            machine = stack.enter_context(
-                running_vm(snapshot_config(plan.image, plan.accel), files, snapshot.state)
-            )
-            machine.boot_path = BootPath.SNAPSHOT
+            else:
+                make_overlay(snapshot.disk, files.disk, backing_format="qcow2")
+                machine = stack.enter_context(
+                    running_vm(snapshot_config(plan.image, plan.accel), files, snapshot.state)
+                )
+                machine.boot_path = BootPath.SNAPSHOT
+                if snapshot.timeline.is_file():
+                    machine.boot_timeline = snapshot.timeline.read_text()
+                send_test(machine, plan)
             machine.console_limit = plan.console_limit
-            if snapshot.timeline.is_file():
-                machine.boot_timeline = snapshot.timeline.read_text()
-            send_test(machine, plan)
             yield machine
 
     def booted_snapshot(self, plan: BootPlan) -> contextlib.AbstractContextManager[Snapshot]:
