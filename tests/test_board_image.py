@@ -6,7 +6,7 @@ import subprocess
 import pytest
 from images import write_bootable_image, write_image
 
-from harness.backends.autokit.board_image import build_board_image
+from harness.board_image import build_board_image
 from harness.declaration import Credential
 from harness.errors import HarnessError
 from harness.esp import ENTRY_NAME, pe_section

@@ -15,8 +15,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from harness.backend import CONSOLE_LIMIT, BootPath, BootPlan, Ending, EndingKind, cut_log, panic_line
-from harness.backends.autokit.board_image import build_board_image
 from harness.backends.autokit.client import WorkerClient, WorkerError
+from harness.board_image import build_board_image
 from harness.declaration import Firmware, TestDeclaration
 from harness.guest.units import CONSOLE_CHANNEL
 from harness.image import Image
