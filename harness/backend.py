@@ -33,6 +33,7 @@ class EndingKind(enum.StrEnum):
     TIMEOUT = "timeout"
     PANIC = "panic"
     CONSOLE_FLOOD = "console flood"  # stopped: the guest wrote more than the console limit
+    INFRASTRUCTURE = "infrastructure"  # what runs the machine failed (a lab's job, not the test)
 
 
 # What a console log may hold before the machine is stopped (HARNESS_CONSOLE_LIMIT_MB):
@@ -92,6 +93,7 @@ class Ending:
 class Machine(Protocol):
     boot_path: BootPath  # how it really came up (a failed snapshot falls back to cold)
     boot_timeline: str | None  # the boot's timeline when it happened elsewhere (a snapshot's)
+    job_url: str  # where a lab shows the run (a LAVA job's page); empty on this host
 
     def wait(self, timeout: float | None) -> Ending:
         """Block until the machine stops by itself, panics, or `timeout` seconds pass."""

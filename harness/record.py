@@ -49,6 +49,7 @@ class TestRecord:
     boot: str = ""  # cold, or snapshot (resumed from the booted snapshot); empty when it did not boot
     retried: int = 0  # boots that crashed (the machine, not the guest) before this verdict
     os: str = ""  # the image's operating system (os-release PRETTY_NAME); empty when it did not boot
+    job_url: str = ""  # the lab's page of this run (a LAVA job); empty when it ran elsewhere
 
     @property
     def exit_code(self) -> int:

@@ -61,6 +61,8 @@ def classify(
         return Outcome(Status.FAIL, f"kernel panic {started}: {ending.detail}")
     if ending.kind == EndingKind.CONSOLE_FLOOD:
         return Outcome(Status.FAIL, f"{ending.detail} {started}")
+    if ending.kind == EndingKind.INFRASTRUCTURE:
+        return Outcome(Status.ERROR, f"{ending.detail} ({started})")
     status = report.exit_status(expected)
     if status is None:
         if ending.machine_status not in (0, None):

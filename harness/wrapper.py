@@ -221,6 +221,7 @@ def run_test(
         boot=str(run.boot_path),
         retried=run.retried,
         os=image.os_name,
+        job_url=run.job_url,
     )
 
 
@@ -347,6 +348,7 @@ class MachineRun:
     boot_path: BootPath
     boot_timeline: str | None
     retried: int = 0  # boots before this one that crashed
+    job_url: str = ""  # the lab's page of the run (a LAVA job), if a lab ran it
 
     @property
     def crashed(self) -> bool:
@@ -383,7 +385,8 @@ def run_machine(backend: Backend, plan: BootPlan, log_dir: Path) -> MachineRun:
             machine.power_off(orderly=ending.kind == EndingKind.TIMEOUT)
         report = machine.collect()
         detail = machine.failure_detail()
-    return MachineRun(ending, report, detail, boot_path, boot_timeline)
+        job_url = machine.job_url
+    return MachineRun(ending, report, detail, boot_path, boot_timeline, job_url=job_url)
 
 
 def crash_retries(env: Mapping[str, str]) -> int:
@@ -409,6 +412,8 @@ def describe(record: TestRecord) -> str:
         )
     took = f" ({record.duration_s:.1f} s, {how})" if how else ""
     lines = [f"{record.name}: {record.status.upper()}: {record.reason}{took}"]
+    if record.job_url:
+        lines.append(f"  job:         {record.job_url}")
     for s in record.subtests:
         lines.append(f"  {s.status.upper():4} {s.name}" + (f": {s.detail}" if s.detail else ""))
     if record.status.is_failure():

@@ -37,6 +37,7 @@ class Script:
     console: bytes = b""
     boot_path: BootPath | None = None  # None: what the plan asked for
     journal_export: bytes = b""  # the guest's journal, as it arrives on its port
+    job_url: str = ""  # as a lab's machine gives it
 
 
 def guest_said(*lines: str) -> bytes:
@@ -63,6 +64,10 @@ class FakeMachine:
     @property
     def boot_timeline(self) -> str | None:
         return None
+
+    @property
+    def job_url(self) -> str:
+        return self.script.job_url
 
     def wait(self, timeout: float | None) -> Ending:
         (self.log_dir / "console.log").write_bytes(self.script.console)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import attrs
 
-from harness.declaration import RESERVED_CREDENTIAL, Credential, TestDeclaration
+from harness.declaration import RESERVED_CREDENTIAL, SKIP_EXIT, Credential, TestDeclaration
 
 # What the guest's systemd must have: credentials imported from SMBIOS and fw_cfg (252).
 # The test unit arrives as a systemd.extra-unit.* credential, which systemd reads itself
@@ -32,6 +32,7 @@ IMPORT_CREDENTIAL_SINCE = 254
 OLD_SYSTEMD_CREDENTIALS = "/run/systemd/generator/harness-credentials"
 NOTIFY_PORT = "io.harness.notify"
 DONE = "X_HARNESS_DONE"  # the guest's last report line: nothing more will come
+TEST_VERDICT = "X_HARNESS_TEST"  # "pass|fail|skip 0 NAME": the guest's view, for labs (LAVA)
 JOURNAL_PORT = "io.harness.journal"
 EMERGENCY_UNIT = "harness-emergency-exit.service"
 DEBUG_SHELL_UNIT = "harness-debug-shell.service"
@@ -79,7 +80,20 @@ def _report_start(ch: ReportChannel) -> str:
     return f"-/bin/sh -c '{ch.write(['READY=1'])} || :'"
 
 
-def _report_end(ch: ReportChannel, unit_name: str, whole_journal: bool) -> str:
+def _verdict_line(ch: ReportChannel, name: str, expected: int) -> str:
+    # The test's verdict as the guest sees it, in the subtests' line format: a lab that
+    # only watches the console (LAVA's monitor) lists the test beside its subtests from
+    # it. The harness itself decides from the exit status (notify.derive_exit_status, which
+    # this follows), and does not read this line.
+    return (
+        f'if [ "$SERVICE_RESULT" = success ]; then s={expected};'
+        ' elif [ "$EXIT_CODE" = exited ]; then s="$EXIT_STATUS"; else s=1; fi;'
+        f' case "$$s" in {expected}) v=pass;; {SKIP_EXIT}) v=skip;; *) v=fail;; esac; '
+        + ch.write([f"{TEST_VERDICT}=%%s 0 {name}"], "$$v")
+    )
+
+
+def _report_end(ch: ReportChannel, unit_name: str, whole_journal: bool, verdict: str) -> str:
     # Runs after the test, with systemd's SERVICE_RESULT/EXIT_CODE/EXIT_STATUS in the
     # environment: the host turns these into the status PID 1 exits with. Then the
     # journal goes out on its own port (VMs only), so it is there even when the disk is
@@ -96,7 +110,7 @@ def _report_end(ch: ReportChannel, unit_name: str, whole_journal: bool) -> str:
     if not whole_journal:
         export += f' $$( [ "$SERVICE_RESULT" = success ] && echo -u {unit_name})'
     return (
-        f"-/bin/sh -c '{report};"
+        f"-/bin/sh -c '{report}; {verdict};"
         f" test -c /dev/virtio-ports/{JOURNAL_PORT} && journalctl --sync && {export} >/dev/virtio-ports/{JOURNAL_PORT};"
         " :'"
     )
@@ -159,7 +173,7 @@ def render_test_unit(
         "TimeoutStartSec=infinity",
         f"ExecStartPre={_report_start(channel)}",
         f"ExecStart={u.command}",
-        f"ExecStopPost={_report_end(channel, decl.unit_name, whole_journal or interactive)}",
+        f"ExecStopPost={_report_end(channel, decl.unit_name, whole_journal or interactive, _verdict_line(channel, decl.name, decl.exit_code))}",
         f"ExecStopPost={_report_timeline(channel, decl.unit_name if resumed else '*')}",
     ]
     if interactive:

@@ -162,7 +162,9 @@ def _test_section(r: TestRecord) -> str:
         f"<p>{r.duration_s:.0f} s &middot; firmware {e(r.firmware or '-')} &middot; backend {e(r.backend)}"
         f" &middot; boot {e(r.boot or '-')}"
         + (f" &middot; booted again after {r.retried} crash(es) of the machine" if r.retried else "")
-        + f" &middot; started {e(r.started)}</p>",
+        + f" &middot; started {e(r.started)}"
+        + (f' &middot; <a class="job" href="{e(r.job_url)}">job in the lab</a>' if r.job_url else "")
+        + "</p>",
     ]
     if r.rerun:
         parts.append(

@@ -31,6 +31,7 @@ class AutokitMachine:
         self.console_log = log_dir / "console.log"
         self.boot_path = BootPath.COLD  # a board is flashed and powered on for every test
         self.boot_timeline: str | None = None
+        self.job_url = ""
         self.poll = poll
         self.report = GuestReport()
         self.console_limit = CONSOLE_LIMIT

@@ -344,6 +344,7 @@ class QemuMachine:
         self.interactive = interactive
         self.boot_path = BootPath.COLD
         self.boot_timeline: str | None = None  # a resumed VM's boot, from its snapshot
+        self.job_url = ""
         self.console_limit = CONSOLE_LIMIT
         self._console_offset = 0
         self._console_tail = b""
