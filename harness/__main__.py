@@ -8,6 +8,7 @@ meson runs it (the command is in meson-logs/testlog.txt).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -56,6 +57,16 @@ def add_declaration_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(f"--{key.name}", default=str(key.default), help=key.meaning)
 
 
+def add_backend_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--autokit-worker", default="", help="the worker's URL; HARNESS_AUTOKIT_WORKER overrides")
+    p.add_argument("--lava-url", default="", help="the LAVA server's URL; HARNESS_LAVA_URL overrides")
+    p.add_argument(
+        "--lava-device-type",
+        default="qemu",
+        help="the LAVA device type the jobs ask for; HARNESS_LAVA_DEVICE_TYPE overrides",
+    )
+
+
 class Interrupted(Exception):
     pass
 
@@ -65,7 +76,7 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> NoReturn:
 
 
 def cmd_run(o: argparse.Namespace) -> int:
-    from harness.backends import BackendName, make_backend
+    from harness.backends import BackendName, BackendOptions, make_backend
     from harness.report.html import current_run, update_run_report
     from harness.report.tap import tap_lines
     from harness.results import Status
@@ -73,7 +84,7 @@ def cmd_run(o: argparse.Namespace) -> int:
 
     env = dict(os.environ)
     decl = TestDeclaration.from_options(o, env)
-    backend = make_backend(o.backend, o.autokit_worker, env)
+    backend = make_backend(o.backend, BackendOptions(o.autokit_worker, o.lava_url, o.lava_device_type), env)
     interactive = backend.name == BackendName.QEMU and (
         env.get("HARNESS_INTERACTIVE") == "1"
         or (env.get("HARNESS_INTERACTIVE") != "0" and sys.stdin.isatty() and sys.stdout.isatty())
@@ -205,6 +216,56 @@ def cmd_keys(o: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lava_job(o: argparse.Namespace) -> int:
+    """Prints the LAVA job meson test would submit for one test, and writes its board image."""
+    from harness.backends.lava.backend import write_job
+
+    build_dir = Path(o.build_dir)
+    run_args = meson_test_args(build_dir, o.name)
+    parser = argparse.ArgumentParser(allow_abbrev=False)
+    add_declaration_options(parser)
+    add_backend_options(parser)
+    for option in ("--image", "--timeout-factor", "--tap", "--build-dir", "--backend"):
+        parser.add_argument(option, action="store_true" if option == "--tap" else "store")
+    run, _ = parser.parse_known_args(expand_declarations(run_args))
+    env = dict(os.environ)
+    decl = TestDeclaration.from_options(run, env)
+    out_dir = build_dir / "integration-tests" / decl.name
+    definition, image = write_job(
+        decl,
+        Path(run.image),
+        int(run.timeout_factor) if run.timeout_factor else None,
+        env.get("HARNESS_LAVA_DEVICE_TYPE") or run.lava_device_type,
+        out_dir,
+        env,
+    )
+    print(definition, end="")
+    print(
+        f"board image: {image} (it holds the test's credentials; the job fetches it by file://, which "
+        "works where the lab's dispatcher runs on this machine: elsewhere, put it where the dispatcher "
+        "can fetch it and change the url)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def meson_test_args(build_dir: Path, name: str) -> list[str]:
+    """The arguments meson gives `python3 -m harness run` for the test `name`."""
+    try:
+        tests = json.loads((build_dir / "meson-info" / "intro-tests.json").read_text())
+    except (OSError, ValueError) as e:
+        raise HarnessError(
+            f"cannot read the tests of {build_dir} ({e})",
+            "meson setup BUILD -Dintegration-tests=true, and pass that directory with -C",
+        ) from None
+    for t in tests:
+        if t["name"] == name and "run" in t["cmd"]:
+            cmd: list[str] = t["cmd"]
+            return cmd[cmd.index("run") + 1 :]
+    names = ", ".join(sorted(t["name"] for t in tests if "run" in t["cmd"])) or "none"
+    raise HarnessError(f"{build_dir} has no test {name}", f"use one of: {names}")
+
+
 def cmd_accel(o: argparse.Namespace) -> int:
     accel = detect()
     print(accel.kind, accel.timeout_factor, accel.reason)
@@ -252,10 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--timeout-factor", type=int, help="multiply the timeout (default: 1 with KVM, more with TCG)"
     )
-    run.add_argument("--backend", default="qemu", help="qemu (default) or autokit; HARNESS_BACKEND overrides")
     run.add_argument(
-        "--autokit-worker", default="", help="the worker's URL; HARNESS_AUTOKIT_WORKER overrides"
+        "--backend", default="qemu", help="qemu (default), autokit or lava; HARNESS_BACKEND overrides"
     )
+    add_backend_options(run)
     run.add_argument(
         "--snapshot-dir",
         help="where booted snapshots are kept (default: beside the log directory; "
@@ -277,6 +338,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("keys", help="print the table of declaration keys (as in the README)").set_defaults(
         func=cmd_keys
     )
+    lava_job = sub.add_parser(
+        "lava-job",
+        help="print the LAVA job definition of a test, as the lava backend submits it",
+        allow_abbrev=False,
+    )
+    lava_job.add_argument("name", help="the test, e.g. TEST-01-BASIC")
+    lava_job.add_argument(
+        "-C", dest="build_dir", default="build", help="meson's build directory (default: build)"
+    )
+    lava_job.set_defaults(func=cmd_lava_job)
 
     try:
         argv = expand_declarations(sys.argv[1:] if argv is None else argv)

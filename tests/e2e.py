@@ -156,15 +156,22 @@ def meson_project(where: Path) -> Path:
     return where
 
 
-def meson_setup(project: Path, **env: str) -> tuple[Path, dict[str, str]]:
-    """`meson setup build` in `project` against the image built here; the build directory,
-    and the environment to run `meson test` in (HARNESS_* switches a user may have set are
-    dropped, `env` added)."""
+def meson_setup(project: Path, *options: str, **env: str) -> tuple[Path, dict[str, str]]:
+    """`meson setup build` in `project` against the image built here, with `options`; the
+    build directory, and the environment to run `meson test` in (HARNESS_* switches a user
+    may have set are dropped, `env` added)."""
     build = project / "build"
     run_env = dict(os.environ, HARNESS_INTERACTIVE="0", **env)
     run_env.pop("HARNESS_SKIP", None)
     subprocess.run(
-        ["meson", "setup", str(build), "-Dintegration-tests=true", f"-Dmkosi-output={IMAGE.parent}"],
+        [
+            "meson",
+            "setup",
+            str(build),
+            "-Dintegration-tests=true",
+            f"-Dmkosi-output={IMAGE.parent}",
+            *options,
+        ],
         cwd=project,
         env=run_env,
         check=True,

@@ -232,3 +232,14 @@ def test_garbage_on_the_report_channel_is_a_plain_failure(tmp_path, image):
     assert (
         record.reason == "the VM powered off without reporting an exit status (before the test unit started)"
     )
+
+
+def test_a_lab_s_failure_is_an_error_with_the_job_s_address(tmp_path, image):
+    url = "http://lava.invalid/scheduler/job/7"
+    ending = Ending(EndingKind.INFRASTRUCTURE, detail="LAVA job 7 ended Incomplete: the device is offline")
+    record, _ = run(tmp_path, image, Script(ending=ending, job_url=url))
+    assert record.status == Status.ERROR
+    assert (
+        record.reason == "LAVA job 7 ended Incomplete: the device is offline (before the test unit started)"
+    )
+    assert record.job_url == url and f"  job:         {url}" in describe(record)

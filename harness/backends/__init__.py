@@ -1,6 +1,7 @@
 """The machines a test can run on, one subpackage each, all behind the `Backend` protocol
 of harness.backend: `qemu` boots VMs on this host, `autokit` drives a board through an
-autokit worker, `fake` scripts an ending for the unit tests of the flow.
+autokit worker, `lava` submits jobs to a LAVA lab, `fake` scripts an ending for the unit
+tests of the flow.
 
 A backend depends on the core (declaration, plan, notify protocol, guest units); the
 core never imports a backend: `make_backend` is called by the command line only.
@@ -11,6 +12,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 
+import attrs
+
 from harness.backend import Backend
 from harness.errors import HarnessError
 
@@ -18,9 +21,20 @@ from harness.errors import HarnessError
 class BackendName(enum.StrEnum):
     QEMU = "qemu"
     AUTOKIT = "autokit"
+    LAVA = "lava"
 
 
-def make_backend(name: str, autokit_worker: str, env: Mapping[str, str]) -> Backend:
+@attrs.frozen
+class BackendOptions:
+    """What meson's options say about the backends (-Dautokit-worker, -Dlava-url, ...);
+    HARNESS_* variables override them for one run."""
+
+    autokit_worker: str = ""
+    lava_url: str = ""
+    lava_device_type: str = "qemu"
+
+
+def make_backend(name: str, options: BackendOptions, env: Mapping[str, str]) -> Backend:
     """The backend meson's options ask for, overridden by HARNESS_* for one run. Each is
     imported only when chosen: a VM run does not load the worker client, and back."""
     name = env.get("HARNESS_BACKEND") or name
@@ -31,7 +45,7 @@ def make_backend(name: str, autokit_worker: str, env: Mapping[str, str]) -> Back
     if name == BackendName.AUTOKIT:
         from harness.backends.autokit.backend import AutokitBackend
 
-        url = env.get("HARNESS_AUTOKIT_WORKER") or autokit_worker
+        url = env.get("HARNESS_AUTOKIT_WORKER") or options.autokit_worker
         if not url:
             raise HarnessError(
                 "the autokit backend needs a worker URL",
@@ -39,6 +53,21 @@ def make_backend(name: str, autokit_worker: str, env: Mapping[str, str]) -> Back
                 "or set HARNESS_AUTOKIT_WORKER",
             )
         return AutokitBackend(url, env.get("HARNESS_AUTOKIT_TOKEN") or None)
+    if name == BackendName.LAVA:
+        from harness.backends.lava.backend import LavaBackend, queue_limit
+
+        url = env.get("HARNESS_LAVA_URL") or options.lava_url
+        if not url:
+            raise HarnessError(
+                "the lava backend needs the LAVA server's URL",
+                "meson setup -Dtest-backend=lava -Dlava-url=http://HOST:PORT, or set HARNESS_LAVA_URL",
+            )
+        return LavaBackend(
+            url,
+            env.get("HARNESS_LAVA_DEVICE_TYPE") or options.lava_device_type,
+            env.get("HARNESS_LAVA_TOKEN") or None,
+            queue_limit=queue_limit(env),
+        )
     raise HarnessError(
         f"unknown backend '{name}'", f"use one of: {', '.join(BackendName)} (-Dtest-backend, HARNESS_BACKEND)"
     )

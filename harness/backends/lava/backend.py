@@ -1,0 +1,266 @@
+"""The LAVA backend: the same tests as jobs in a LAVA lab, whose scheduler shares the
+boards, queues the jobs and keeps their logs.
+
+Per test: build the board image (as for an autokit board), write the job definition
+(job.py) beside the logs, submit it, and follow the job: its log's console lines go into
+console.log as they come, where the harness reads the guest's report lines, a kernel
+panic and a flood as it does for a VM. The harness keeps the test's timeout itself and
+cancels the job when it decides (timeout, panic, flood, Ctrl-C); the job's health
+speaks only when the guest said nothing of its end: Complete is the guest's silence (FAIL,
+as for a VM), Incomplete or Canceled by someone else is the lab's fault (ERROR).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from harness.backend import CONSOLE_LIMIT, BootPath, BootPlan, Ending, EndingKind, cut_log, panic_line
+from harness.backends.lava.client import CANCELED, COMPLETE, JobState, LabError, LavaClient
+from harness.backends.lava.job import job_definition
+from harness.board_image import build_board_image
+from harness.declaration import Firmware, TestDeclaration
+from harness.errors import HarnessError
+from harness.guest.units import CONSOLE_CHANNEL
+from harness.image import Image
+from harness.notify import GuestReport, console_notify_lines
+
+log = logging.getLogger(__name__)
+
+POLL = 2.0  # s between two looks at the job
+QUEUE_LIMIT = 600  # s a job may wait for a device (HARNESS_LAVA_QUEUE_TIMEOUT)
+FINISH_GRACE = 120  # s the job may take to finish once the guest has said its last word
+JOB_FILE = "lava-job.yaml"
+
+
+class LavaMachine:
+    """One submitted job, seen as a machine: its console is the job log's target lines."""
+
+    def __init__(
+        self,
+        client: LavaClient,
+        job_id: int,
+        log_dir: Path,
+        poll: float = POLL,
+        queue_limit: float = QUEUE_LIMIT,
+        console_limit: int = CONSOLE_LIMIT,
+    ) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.job_url = client.job_url(job_id)
+        self.boot_path = BootPath.COLD  # a lab's device boots the test's own image every time
+        self.boot_timeline: str | None = None
+        self.console_log = log_dir / "console.log"
+        self.console_log.write_bytes(b"")
+        self.console_size = 0  # bytes console.log holds, up to the limit
+        self.panic: str | None = None  # the kernel's panic line, once the console shows one
+        self.written = 0  # bytes the device printed, the part past the limit included
+        self.log_lines = 0  # lines of the job log read so far
+        self.poll = poll
+        self.queue_limit = queue_limit
+        self.console_limit = console_limit
+        self.state = JobState(job_id, "Submitted", "Unknown", "", "")
+        self.cancelled = False  # the harness asked LAVA to cancel the job
+        self.report = GuestReport()
+
+    def _follow(self) -> None:
+        """Read the job's state and its new log lines; the console lines go to console.log."""
+        self.state = self.client.job(self.job_id)
+        lines = self.client.log(self.job_id, self.log_lines)
+        self.log_lines += len(lines)
+        # One log entry is one whole console line: each batch is read on its own.
+        new = b"".join(f"{line.message}\n".encode() for line in lines if line.level == "target")
+        self.written += len(new)
+        kept = new[: max(0, self.console_limit - self.console_size)]
+        if kept:
+            self.console_size += len(kept)
+            with self.console_log.open("ab") as f:
+                f.write(kept)
+            self.report.add(console_notify_lines(kept, CONSOLE_CHANNEL.prefix.encode()))
+            self.panic = self.panic or panic_line(kept)
+
+    def _guest_ended(self) -> bool:
+        return self.report.last("X_HARNESS_SERVICE_RESULT") is not None or self.report.entered_emergency
+
+    def wait(self, timeout: float | None) -> Ending:
+        submitted = time.monotonic()
+        deadline: float | None = None  # the test's time starts with the device's first line
+        guest_ended_at: float | None = None
+        while True:
+            self._follow()
+            now = time.monotonic()
+            if self.written > self.console_limit:
+                self.cancel()
+                cut_log(self.console_log, self.console_limit)
+                return Ending(
+                    EndingKind.CONSOLE_FLOOD,
+                    detail=f"the device wrote more than {self.console_limit // 2**20} MB to its console "
+                    "(HARNESS_CONSOLE_LIMIT_MB); the LAVA job was canceled and console.log cut there,",
+                )
+            if self.state.finished:
+                return self._ending()
+            if self._guest_ended():
+                guest_ended_at = guest_ended_at or now
+                if now - guest_ended_at > FINISH_GRACE:  # the lab is slow to wind up: the test is done
+                    self.cancel()
+                    return Ending(EndingKind.EXITED, 0)
+            elif self.panic:
+                self.cancel()
+                return Ending(EndingKind.PANIC, detail=self.panic)
+            if self.state.queued and now - submitted > self.queue_limit:
+                self.cancel()
+                return Ending(
+                    EndingKind.INFRASTRUCTURE,
+                    detail=f"LAVA job {self.job_id} waited {self.queue_limit:.0f} s for a device and got none "
+                    "(HARNESS_LAVA_QUEUE_TIMEOUT); it was canceled",
+                )
+            if deadline is None and self.console_size and timeout is not None:
+                deadline = now + timeout
+            if deadline is not None and now >= deadline and guest_ended_at is None:
+                self.cancel()
+                return Ending(EndingKind.TIMEOUT)
+            time.sleep(self.poll)
+
+    def _ending(self) -> Ending:
+        """How a finished job ended, for the classifier: the guest's word first."""
+        if self._guest_ended() or self.state.health == COMPLETE:
+            return Ending(EndingKind.EXITED, 0)
+        comment = f": {self.state.failure_comment}" if self.state.failure_comment else ""
+        who = " in the lab" if self.state.health == CANCELED else ""
+        return Ending(
+            EndingKind.INFRASTRUCTURE,
+            detail=f"LAVA job {self.job_id} ended {self.state.health}{who}{comment} (see {self.job_url})",
+        )
+
+    def cancel(self) -> None:
+        if not self.state.finished and not self.cancelled:
+            self.cancelled = True
+            self.client.cancel(self.job_id)
+
+    def power_off(self, orderly: bool) -> None:
+        self.cancel()
+
+    def collect(self) -> GuestReport:
+        with contextlib.suppress(LabError):  # the log's last lines, when the lab still answers
+            self._follow()
+        return self.report
+
+    def failure_detail(self) -> str:
+        return ""
+
+
+class LavaBackend:
+    name = "lava"
+    report_channel = CONSOLE_CHANNEL
+    can_resume = False
+
+    def __init__(
+        self,
+        url: str,
+        device_type: str,
+        token: str | None,
+        poll: float = POLL,
+        queue_limit: float = QUEUE_LIMIT,
+    ) -> None:
+        self.client = LavaClient(url, token)
+        self.device_type = device_type
+        self.poll = poll
+        self.queue_limit = queue_limit
+
+    def unmet_requirements(self, decl: TestDeclaration) -> list[str]:
+        """`requires` are device tags: met when one device of the type has them all."""
+        if not decl.requires:
+            return []
+        devices = self.client.device_tags(self.device_type)
+        if any(set(decl.requires) <= tags for tags in devices):
+            return []
+        return [f"no {self.device_type} device has the tags {', '.join(decl.requires)}"]
+
+    def firmware(self, declared: Firmware, image: Image) -> Firmware:
+        return Firmware.UEFI  # the device boots its image through its own firmware
+
+    def cold_boot_reason(
+        self, decl: TestDeclaration, firmware: Firmware, env: Mapping[str, str]
+    ) -> str | None:
+        return "a lab's device boots every test's own image"
+
+    def definition(self, plan: BootPlan, image_url: str) -> str:
+        return job_definition(
+            plan.decl.name,
+            plan.timeout or 0,
+            image_url,
+            self.device_type,
+            plan.decl.requires,
+            plan.image.architecture,
+        )
+
+    @contextlib.contextmanager
+    def boot(self, plan: BootPlan, log_dir: Path) -> Iterator[LavaMachine]:
+        # The image must stay until the dispatcher has copied it: the directory goes
+        # when the job has ended (or was canceled).
+        with tempfile.TemporaryDirectory(prefix=f"harness-{plan.decl.name}-lava-") as tmp:
+            image = board_image(plan, Path(tmp))
+            definition = self.definition(plan, image.as_uri())
+            (log_dir / JOB_FILE).write_text(definition)
+            job_id = self.client.submit(definition)
+            machine = LavaMachine(
+                self.client, job_id, log_dir, self.poll, self.queue_limit, plan.console_limit
+            )
+            log.info(f"{plan.decl.name}: LAVA job {job_id}: {machine.job_url}")
+            try:
+                yield machine
+            finally:
+                with contextlib.suppress(LabError):
+                    machine.cancel()
+
+
+def board_image(plan: BootPlan, workdir: Path) -> Path:
+    """The test's board image. It holds the test's credentials: its directory stays
+    private (0700), so the dispatcher reads it as root, as Debian's lava-worker runs."""
+    return build_board_image(
+        plan.image.path,
+        plan.image.uki,
+        plan.decl.name,
+        list(plan.cmdline),
+        list(plan.credentials),
+        workdir,
+    )
+
+
+def write_job(
+    decl: TestDeclaration,
+    image_path: Path,
+    timeout_factor: int | None,
+    device_type: str,
+    out_dir: Path,
+    env: dict[str, str],
+) -> tuple[str, Path]:
+    """The job definition the backend would submit for `decl`, and its board image,
+    written to `out_dir` for someone who submits by hand (`python3 -m harness lava-job`)."""
+    from harness.wrapper import plan_boot
+
+    backend = LavaBackend("", device_type, None)
+    plan = plan_boot(decl, Image.open(image_path), backend, False, timeout_factor, env)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"harness-{decl.name}-lava-") as tmp:
+        image = board_image(plan, Path(tmp)).replace(out_dir / "board.raw")
+    image.chmod(0o600)
+    definition = backend.definition(plan, image.absolute().as_uri())
+    (out_dir / JOB_FILE).write_text(definition)
+    return definition, image
+
+
+def queue_limit(env: Mapping[str, str]) -> float:
+    text = env.get("HARNESS_LAVA_QUEUE_TIMEOUT", "")
+    if not text:
+        return QUEUE_LIMIT
+    if not text.isdigit():
+        raise HarnessError(
+            f"HARNESS_LAVA_QUEUE_TIMEOUT='{text}' is not a number of seconds",
+            f"set it to a whole number of seconds, or unset it (default {QUEUE_LIMIT})",
+        )
+    return float(text)
