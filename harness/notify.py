@@ -10,6 +10,7 @@ SuccessAction=/FailureAction=exit would report.
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 
 import attrs
@@ -26,14 +27,40 @@ def parse_notify(data: bytes) -> list[tuple[str, str]]:
     return pairs
 
 
+# A kernel message's start, as printk writes it to the console: "[   22.307169] ".
+KERNEL_MESSAGE = re.compile(rb"\[\s*\d+\.\d+\] ")
+
+
 def console_notify_lines(console: bytes, prefix: bytes) -> bytes:
-    """The KEY=VALUE lines a board's units wrote to its serial console after `prefix`."""
+    """The KEY=VALUE lines a board's units wrote to its serial console after `prefix`.
+
+    The kernel writes its messages to the same console, a line at a time, and may do so in
+    the middle of one of ours: `KEY=VAL[   22.3] scsi host4: ahci`, the rest of our line
+    following on the next line that is not the kernel's. Such lines are put back together:
+    `KEY=VALUE` must not read `VAL[   22.3] ...`."""
+    lines = [line.rstrip(b"\r") for line in console.split(b"\n")]
     out = []
-    for line in console.split(b"\n"):
+    for i, line in enumerate(lines):
         at = line.find(prefix)
-        if at >= 0:
-            out.append(line[at + len(prefix) :].rstrip(b"\r"))
+        if at < 0:
+            continue
+        ours = line[at + len(prefix) :]
+        kernel = KERNEL_MESSAGE.search(ours)
+        if kernel:
+            ours = ours[: kernel.start()] + _rest_of_line(lines[i + 1 : i + 50], prefix)
+        out.append(ours)
     return b"\n".join(out)
+
+
+def _rest_of_line(following: list[bytes], prefix: bytes) -> bytes:
+    """The rest of a line of ours the kernel cut: the first following line that is
+    neither the kernel's nor another of ours."""
+    for line in following:
+        if prefix in line:
+            return b""
+        if not KERNEL_MESSAGE.match(line):
+            return line
+    return b""
 
 
 def derive_exit_status(service_result: str, exit_code: str, exit_status: str, success_status: int) -> int:

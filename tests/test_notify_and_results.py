@@ -1,7 +1,7 @@
 import pytest
 
 from harness.backend import Ending
-from harness.notify import GuestReport, derive_exit_status, parse_notify
+from harness.notify import GuestReport, console_notify_lines, derive_exit_status, parse_notify
 from harness.results import classify
 
 
@@ -71,3 +71,22 @@ def test_classify(ending, data, status, exit_code, words):
     o = classify("TEST-99-X", 123, 60, ending, report(data))
     assert (o.status, o.exit_code) == (status, exit_code)
     assert words in o.reason
+
+
+def test_console_lines_cut_by_kernel_messages_are_put_back_together():
+    """As a LAVA qemu device's console showed it: the kernel printed in the middle of the
+    unit's lines, whose rest followed on the next line that was not the kernel's."""
+    console = (
+        b"[   22.245340] scsi host3: ahci\r\n"
+        b"HARNESS_NOTIFY X_HARNESS_SERVICE_RESULT=success[   22.307169] scsi host4: ahci\r\n"
+        b"\r\n"
+        b"HARNESS_NOTIFY X_HARNESS_EXIT_CODE=exited\r\n"
+        b"HARNESS_NOTIFY X_HARNESS_TIMELINE=[   22.689699] ata6: SATA link down\r\n"
+        b"[   22.692279] ata3: SATA link up 1.5 Gbps\r\n"
+        b"H4sIAAAA\r\n"
+        b"HARNESS_NOTIFY X_HARNESS_DONE=1\r\n"
+    )
+    assert console_notify_lines(console, b"HARNESS_NOTIFY ") == (
+        b"X_HARNESS_SERVICE_RESULT=success\nX_HARNESS_EXIT_CODE=exited\n"
+        b"X_HARNESS_TIMELINE=H4sIAAAA\nX_HARNESS_DONE=1"
+    )
