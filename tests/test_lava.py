@@ -331,3 +331,12 @@ def test_the_guest_s_verdict_line_follows_the_harness_s_rule(result, code, statu
     env = {"SERVICE_RESULT": result, "EXIT_CODE": code, "EXIT_STATUS": status, "PATH": "/usr/bin:/bin"}
     out = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True).stdout
     assert f"{CONSOLE_CHANNEL.prefix}X_HARNESS_TEST={verdict} 0 TEST-99-UNIT\n" in out
+
+
+def test_a_job_slow_to_finish_after_the_guest_s_end_is_left_to_finish(tmp_path):
+    """The lab's worker may notice the end only at its next ping: the guest's word decides,
+    and the job is not canceled (it would show Canceled in the lab)."""
+    lab = ScriptedLab([RUNNING], console(*PASSING))
+    _, ending, report = follow(lab, tmp_path, finish_grace=0)
+    assert ending.kind == EndingKind.EXITED and lab.cancelled == []
+    assert classify("TEST-99-LAB", 0, 60, ending, report).status == Status.PASS

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,9 +25,11 @@ import yaml
 from e2e import (
     IMAGE,
     ROOT,
+    free_port,
     harness_leftovers,
     meson_project,
     meson_setup,
+    run_wrapper,
     start_wrapper,
     wait_until,
     wrapper_env,
@@ -119,8 +122,11 @@ def test_each_test_is_a_lava_job_with_its_subtests(lab_run, token):
         job_id = url.rsplit("/", 1)[1]
         with urllib.request.urlopen(url, timeout=30) as page:  # the web UI's page, public
             assert page.status == 200 and f"{job_id}" in page.read().decode(errors="replace")
+        # The wrapper may be done before the lab has seen the job end (the worker's ping).
+        path = f"jobs/{job_id}/"
+        wait_until(lambda path=path: lava_api(path, token)["state"] == "Finished", 60, "job unfinished")
         job = lava_api(f"jobs/{job_id}/", token)
-        assert (job["state"], job["health"]) == ("Finished", "Complete")
+        assert job["health"] == "Complete"
         written = (build / "integration-tests" / name / "lava-job.yaml").read_text()
         assert yaml.safe_load(job["definition"]) == yaml.safe_load(written)  # LAVA sorts the keys
         cases = {
@@ -181,3 +187,36 @@ def test_ctrl_c_cancels_the_job_and_leaves_nothing(image, tmp_path, token):
         lambda: lava_api(f"jobs/{job_id}/", token)["health"] == "Canceled", 120, "the job was not canceled"
     )
     assert harness_leftovers(name) == ([], [])
+
+
+def test_a_lab_elsewhere_fetches_the_image_from_a_web_server(image, tmp_path, token):
+    """HARNESS_LAVA_IMAGE_DIR and _URL: the image goes into a directory a web server serves
+    (python's http.server here), under a name nobody can guess, and is gone after the job."""
+    served = tmp_path / "served"
+    served.mkdir()
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(served)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = dict(
+        wrapper_env(),
+        HARNESS_BACKEND="lava",
+        HARNESS_LAVA_URL=LAVA_URL,
+        HARNESS_LAVA_TOKEN=token,
+        HARNESS_LAVA_IMAGE_DIR=str(served),
+        HARNESS_LAVA_IMAGE_URL=f"http://127.0.0.1:{port}/",
+    )
+    try:
+        result = run_wrapper(
+            image, tmp_path, "TEST-94-FETCHED", "--command=/bin/true", "--exit-code=0", env=env
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert result.returncode == 0
+    job = yaml.safe_load((tmp_path / "logs" / "lava-job.yaml").read_text())
+    url = job["actions"][0]["deploy"]["images"]["disk"]["url"]
+    assert re.fullmatch(rf"http://127\.0\.0\.1:{port}/[\w-]{{20,}}/board\.raw", url)
+    assert list(served.iterdir()) == []

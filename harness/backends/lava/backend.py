@@ -33,7 +33,10 @@ log = logging.getLogger(__name__)
 
 POLL = 2.0  # s between two looks at the job
 QUEUE_LIMIT = 600  # s a job may wait for a device (HARNESS_LAVA_QUEUE_TIMEOUT)
-FINISH_GRACE = 120  # s the job may take to finish once the guest has said its last word
+# s the job may take to be seen finished once the guest has reported its end (a lab's
+# worker notices a finished job at its next ping, every 20 s by default); past it, the
+# guest's word is the verdict and the job is left to finish by itself.
+FINISH_GRACE = 30
 JOB_FILE = "lava-job.yaml"
 
 
@@ -48,6 +51,7 @@ class LavaMachine:
         poll: float = POLL,
         queue_limit: float = QUEUE_LIMIT,
         console_limit: int = CONSOLE_LIMIT,
+        finish_grace: float = FINISH_GRACE,
     ) -> None:
         self.client = client
         self.job_id = job_id
@@ -56,13 +60,14 @@ class LavaMachine:
         self.boot_timeline: str | None = None
         self.console_log = log_dir / "console.log"
         self.console_log.write_bytes(b"")
-        self.console_size = 0  # bytes console.log holds, up to the limit
+        self.console = b""  # what console.log holds, up to the limit
         self.panic: str | None = None  # the kernel's panic line, once the console shows one
         self.written = 0  # bytes the device printed, the part past the limit included
         self.log_lines = 0  # lines of the job log read so far
         self.poll = poll
         self.queue_limit = queue_limit
         self.console_limit = console_limit
+        self.finish_grace = finish_grace
         self.state = JobState(job_id, "Submitted", "Unknown", "", "")
         self.cancelled = False  # the harness asked LAVA to cancel the job
         self.report = GuestReport()
@@ -72,18 +77,19 @@ class LavaMachine:
         self.state = self.client.job(self.job_id)
         lines = self.client.log(self.job_id, self.log_lines)
         self.log_lines += len(lines)
-        # One log entry is one whole console line: each batch is read on its own.
         new = b"".join(f"{line.message}\n".encode() for line in lines if line.level == "target")
         self.written += len(new)
-        kept = new[: max(0, self.console_limit - self.console_size)]
+        kept = new[: max(0, self.console_limit - len(self.console))]
         if kept:
-            self.console_size += len(kept)
+            self.console += kept
             with self.console_log.open("ab") as f:
                 f.write(kept)
-            self.report.add(console_notify_lines(kept, CONSOLE_CHANNEL.prefix.encode()))
+            # The whole console again: a line of ours the kernel cut may end in this batch.
+            self.report = GuestReport()
+            self.report.add(console_notify_lines(self.console, CONSOLE_CHANNEL.prefix.encode()))
             self.panic = self.panic or panic_line(kept)
 
-    def _guest_ended(self) -> bool:
+    def guest_ended(self) -> bool:
         return self.report.last("X_HARNESS_SERVICE_RESULT") is not None or self.report.entered_emergency
 
     def wait(self, timeout: float | None) -> Ending:
@@ -103,10 +109,9 @@ class LavaMachine:
                 )
             if self.state.finished:
                 return self._ending()
-            if self._guest_ended():
+            if self.guest_ended():
                 guest_ended_at = guest_ended_at or now
-                if now - guest_ended_at > FINISH_GRACE:  # the lab is slow to wind up: the test is done
-                    self.cancel()
+                if now - guest_ended_at > self.finish_grace:
                     return Ending(EndingKind.EXITED, 0)
             elif self.panic:
                 self.cancel()
@@ -118,7 +123,7 @@ class LavaMachine:
                     detail=f"LAVA job {self.job_id} waited {self.queue_limit:.0f} s for a device and got none "
                     "(HARNESS_LAVA_QUEUE_TIMEOUT); it was canceled",
                 )
-            if deadline is None and self.console_size and timeout is not None:
+            if deadline is None and self.console and timeout is not None:
                 deadline = now + timeout
             if deadline is not None and now >= deadline and guest_ended_at is None:
                 self.cancel()
@@ -127,7 +132,7 @@ class LavaMachine:
 
     def _ending(self) -> Ending:
         """How a finished job ended, for the classifier: the guest's word first."""
-        if self._guest_ended() or self.state.health == COMPLETE:
+        if self.guest_ended() or self.state.health == COMPLETE:
             return Ending(EndingKind.EXITED, 0)
         comment = f": {self.state.failure_comment}" if self.state.failure_comment else ""
         who = " in the lab" if self.state.health == CANCELED else ""
@@ -214,8 +219,9 @@ class LavaBackend:
             try:
                 yield machine
             finally:
-                with contextlib.suppress(LabError):
-                    machine.cancel()
+                if not machine.guest_ended():  # a job whose test is over winds up by itself
+                    with contextlib.suppress(LabError):
+                        machine.cancel()
 
 
 def board_image(plan: BootPlan, workdir: Path) -> Path:
