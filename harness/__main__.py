@@ -65,6 +65,15 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
         default="qemu",
         help="the LAVA device type the jobs ask for; HARNESS_LAVA_DEVICE_TYPE overrides",
     )
+    p.add_argument(
+        "--lava-image-dir",
+        default="",
+        help="where to put the images for a lab whose dispatchers run elsewhere (a web server's "
+        "directory); HARNESS_LAVA_IMAGE_DIR overrides",
+    )
+    p.add_argument(
+        "--lava-image-url", default="", help="that directory's URL; HARNESS_LAVA_IMAGE_URL overrides"
+    )
 
 
 class Interrupted(Exception):
@@ -84,7 +93,11 @@ def cmd_run(o: argparse.Namespace) -> int:
 
     env = dict(os.environ)
     decl = TestDeclaration.from_options(o, env)
-    backend = make_backend(o.backend, BackendOptions(o.autokit_worker, o.lava_url, o.lava_device_type), env)
+    backend = make_backend(
+        o.backend,
+        BackendOptions(o.autokit_worker, o.lava_url, o.lava_device_type, o.lava_image_dir, o.lava_image_url),
+        env,
+    )
     interactive = backend.name == BackendName.QEMU and (
         env.get("HARNESS_INTERACTIVE") == "1"
         or (env.get("HARNESS_INTERACTIVE") != "0" and sys.stdin.isatty() and sys.stdout.isatty())

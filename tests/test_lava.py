@@ -15,7 +15,14 @@ from helpers import declaration
 
 from harness.backend import EndingKind
 from harness.backends.lava import job as lava_job
-from harness.backends.lava.backend import LavaBackend, LavaMachine, queue_limit
+from harness.backends.lava.backend import (
+    ImageServer,
+    LavaBackend,
+    LavaMachine,
+    image_server,
+    offered,
+    queue_limit,
+)
 from harness.backends.lava.client import JobState, LabError, LavaClient, LogLine
 from harness.errors import HarnessError
 from harness.guest.units import CONSOLE_CHANNEL, render_test_unit
@@ -340,3 +347,26 @@ def test_a_job_slow_to_finish_after_the_guest_s_end_is_left_to_finish(tmp_path):
     _, ending, report = follow(lab, tmp_path, finish_grace=0)
     assert ending.kind == EndingKind.EXITED and lab.cancelled == []
     assert classify("TEST-99-LAB", 0, 60, ending, report).status == Status.PASS
+
+
+def test_the_image_server_needs_its_directory_and_url_together(tmp_path):
+    assert image_server("", "") is None
+    with pytest.raises(HarnessError, match="both the directory for the images and its URL"):
+        image_server(str(tmp_path), "")
+    with pytest.raises(HarnessError, match="does not exist"):
+        image_server(str(tmp_path / "nowhere"), "http://files.invalid/lava")
+    assert image_server(str(tmp_path), "http://x/") == ImageServer(tmp_path, "http://x/")
+
+
+def test_an_image_offered_by_the_server_is_gone_after_the_job(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    image = tmp_path / "board.raw"
+    image.write_bytes(b"image")
+    with offered(image, ImageServer(served, "http://files.invalid/lava/")) as url:
+        (shelf,) = served.iterdir()
+        assert url == f"http://files.invalid/lava/{shelf.name}/board.raw" and len(shelf.name) >= 24
+        assert (shelf / "board.raw").read_bytes() == b"image"
+    assert list(served.iterdir()) == []
+    with offered(image.with_name("other.raw"), None) as url:
+        assert url == f"file://{tmp_path}/other.raw"

@@ -209,9 +209,7 @@ def test_a_lab_elsewhere_fetches_the_image_from_a_web_server(image, tmp_path, to
         HARNESS_LAVA_IMAGE_URL=f"http://127.0.0.1:{port}/",
     )
     try:
-        result = run_wrapper(
-            image, tmp_path, "TEST-94-FETCHED", "--command=/bin/true", "--exit-code=0", env=env
-        )
+        result = run_wrapper(image, tmp_path, "TEST-94-FETCHED", "--command=/bin/true", env=env)
     finally:
         server.terminate()
         server.wait(timeout=30)

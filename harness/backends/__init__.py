@@ -32,6 +32,8 @@ class BackendOptions:
     autokit_worker: str = ""
     lava_url: str = ""
     lava_device_type: str = "qemu"
+    lava_image_dir: str = ""
+    lava_image_url: str = ""
 
 
 def make_backend(name: str, options: BackendOptions, env: Mapping[str, str]) -> Backend:
@@ -54,7 +56,7 @@ def make_backend(name: str, options: BackendOptions, env: Mapping[str, str]) -> 
             )
         return AutokitBackend(url, env.get("HARNESS_AUTOKIT_TOKEN") or None)
     if name == BackendName.LAVA:
-        from harness.backends.lava.backend import LavaBackend, queue_limit
+        from harness.backends.lava.backend import LavaBackend, image_server, queue_limit
 
         url = env.get("HARNESS_LAVA_URL") or options.lava_url
         if not url:
@@ -67,6 +69,10 @@ def make_backend(name: str, options: BackendOptions, env: Mapping[str, str]) -> 
             env.get("HARNESS_LAVA_DEVICE_TYPE") or options.lava_device_type,
             env.get("HARNESS_LAVA_TOKEN") or None,
             queue_limit=queue_limit(env),
+            image_server=image_server(
+                env.get("HARNESS_LAVA_IMAGE_DIR") or options.lava_image_dir,
+                env.get("HARNESS_LAVA_IMAGE_URL") or options.lava_image_url,
+            ),
         )
     raise HarnessError(
         f"unknown backend '{name}'", f"use one of: {', '.join(BackendName)} (-Dtest-backend, HARNESS_BACKEND)"

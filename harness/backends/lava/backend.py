@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+import attrs
 
 from harness.backend import CONSOLE_LIMIT, BootPath, BootPlan, Ending, EndingKind, cut_log, panic_line
 from harness.backends.lava.client import CANCELED, COMPLETE, JobState, LabError, LavaClient
@@ -170,11 +174,13 @@ class LavaBackend:
         token: str | None,
         poll: float = POLL,
         queue_limit: float = QUEUE_LIMIT,
+        image_server: ImageServer | None = None,
     ) -> None:
         self.client = LavaClient(url, token)
         self.device_type = device_type
         self.poll = poll
         self.queue_limit = queue_limit
+        self.image_server = image_server
 
     def unmet_requirements(self, decl: TestDeclaration) -> list[str]:
         """`requires` are device tags: met when one device of the type has them all."""
@@ -207,9 +213,11 @@ class LavaBackend:
     def boot(self, plan: BootPlan, log_dir: Path) -> Iterator[LavaMachine]:
         # The image must stay until the dispatcher has copied it: the directory goes
         # when the job has ended (or was canceled).
-        with tempfile.TemporaryDirectory(prefix=f"harness-{plan.decl.name}-lava-") as tmp:
-            image = board_image(plan, Path(tmp))
-            definition = self.definition(plan, image.as_uri())
+        with (
+            tempfile.TemporaryDirectory(prefix=f"harness-{plan.decl.name}-lava-") as tmp,
+            offered(board_image(plan, Path(tmp)), self.image_server) as url,
+        ):
+            definition = self.definition(plan, url)
             (log_dir / JOB_FILE).write_text(definition)
             job_id = self.client.submit(definition)
             machine = LavaMachine(
@@ -222,6 +230,52 @@ class LavaBackend:
                 if not machine.guest_ended():  # a job whose test is over winds up by itself
                     with contextlib.suppress(LabError):
                         machine.cancel()
+
+
+@attrs.frozen
+class ImageServer:
+    """A directory a web server serves to the lab's dispatchers, and its URL there, for a
+    lab whose dispatchers run elsewhere (HARNESS_LAVA_IMAGE_DIR and HARNESS_LAVA_IMAGE_URL)."""
+
+    directory: Path
+    url: str
+
+
+def image_server(directory: str, url: str) -> ImageServer | None:
+    """The image server the options name, if any; both or neither must be given."""
+    if not directory and not url:
+        return None
+    if not (directory and url):
+        raise HarnessError(
+            "the lava backend needs both the directory for the images and its URL, or neither",
+            "set -Dlava-image-dir and -Dlava-image-url (HARNESS_LAVA_IMAGE_DIR, HARNESS_LAVA_IMAGE_URL) "
+            "together; leave both empty where the lab's dispatcher runs on this machine (file://)",
+        )
+    if not Path(directory).is_dir():
+        raise HarnessError(
+            f"the directory for the LAVA images, {directory}, does not exist",
+            "create it (the directory your web server serves as the image URL), or fix -Dlava-image-dir",
+        )
+    return ImageServer(Path(directory), url)
+
+
+@contextlib.contextmanager
+def offered(image: Path, server: ImageServer | None) -> Iterator[str]:
+    """The URL the lab's dispatcher fetches the test's image from while the job lasts: the
+    file itself where the dispatcher runs on this machine; else the image server, in a
+    directory of its own whose name nobody can guess (the image holds the test's
+    credentials), removed when the job is over."""
+    if server is None:
+        yield image.as_uri()
+        return
+    shelf = server.directory / secrets.token_urlsafe(18)
+    shelf.mkdir(mode=0o755)
+    try:
+        shutil.move(image, shelf / image.name)
+        (shelf / image.name).chmod(0o644)  # for the web server, which may be another user
+        yield f"{server.url.rstrip('/')}/{shelf.name}/{image.name}"
+    finally:
+        shutil.rmtree(shelf, ignore_errors=True)
 
 
 def board_image(plan: BootPlan, workdir: Path) -> Path:
