@@ -178,3 +178,43 @@ def meson_setup(project: Path, *options: str, **env: str) -> tuple[Path, dict[st
         capture_output=True,
     )
     return build, run_env
+
+
+CASES_WITH_A_FAILURE = """\
+. "$HARNESS_TESTCASES_LIB"
+testcase_1_passes() { echo "all is well"; }
+testcase_2_fails_on_purpose() { echo "this subtest fails on purpose"; test -e /nonexistent; }
+testcase_3_skips() { harness_skip "nothing to do here"; }
+run_testcases
+"""
+
+
+def add_test_with_a_failing_subtest(project: Path, name: str, firmware: str = "linux") -> None:
+    """A test in `project` whose payload has a passing, a failing and a skipping subtest;
+    sent as a credential, so the shared image needs no rebuild."""
+    test = project / "test" / name
+    test.mkdir()
+    (test / "cases.sh").write_text(CASES_WITH_A_FAILURE)
+    (test / "meson.build").write_text(f"""\
+integration_tests += [integration_test_template + {{
+        'name' : fs.name(meson.current_source_dir()),
+        'timeout' : 120,
+        'firmware' : '{firmware}',
+        'credentials' : ['cases.sh=@cases.sh'],
+        'configuration' : {{'command' : '/bin/bash %d/cases.sh'}},
+}}]
+""")
+
+
+def meson_test_suite(project: Path, build: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`meson test --suite integration-tests` on the project's build directory, printed."""
+    result = subprocess.run(
+        ["meson", "test", "-C", str(build), "--suite", "integration-tests", "--print-errorlogs"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    print(result.stdout, result.stderr)
+    return result

@@ -370,3 +370,32 @@ def test_an_image_offered_by_the_server_is_gone_after_the_job(tmp_path):
     assert list(served.iterdir()) == []
     with offered(image.with_name("other.raw"), None) as url:
         assert url == f"file://{tmp_path}/other.raw"
+
+
+def test_a_server_that_stops_answering_for_a_moment_is_waited_for(tmp_path, monkeypatch):
+    lab = ScriptedLab([RUNNING, RUNNING, COMPLETE], console(*PASSING), per_poll=10)
+    answers = iter([LabError("LAVA at http://lava.invalid: GET jobs/7/ answered 502: Bad Gateway")])
+
+    def job(job_id):
+        for error in answers:
+            raise error
+        return ScriptedLab.job(lab, job_id)
+
+    monkeypatch.setattr(lab, "job", job)
+    monkeypatch.setattr("harness.backends.lava.backend.time.sleep", lambda s: None)
+    _, ending, report = follow(lab, tmp_path)
+    assert classify("TEST-99-LAB", 0, 60, ending, report).status == Status.PASS
+
+
+def test_a_server_gone_for_good_is_an_error(tmp_path, monkeypatch):
+    lab = ScriptedLab([RUNNING])
+    clock = iter(range(0, 10_000, 20))
+    monkeypatch.setattr("harness.backends.lava.backend.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("harness.backends.lava.backend.time.sleep", lambda s: None)
+
+    def job(job_id):
+        raise LabError("LAVA at http://lava.invalid unreachable (GET jobs/7/): Connection refused")
+
+    monkeypatch.setattr(lab, "job", job)
+    with pytest.raises(LabError, match="unreachable"):
+        follow(lab, tmp_path)

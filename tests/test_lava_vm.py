@@ -25,10 +25,12 @@ import yaml
 from e2e import (
     IMAGE,
     ROOT,
+    add_test_with_a_failing_subtest,
     free_port,
     harness_leftovers,
     meson_project,
     meson_setup,
+    meson_test_suite,
     run_wrapper,
     start_wrapper,
     wait_until,
@@ -40,13 +42,6 @@ pytestmark = [pytest.mark.vm, pytest.mark.lava]
 LAVA_URL = os.environ.get("LAVA_URL", "http://127.0.0.1:8000")
 TOKEN_FILE = Path(os.environ.get("LAVA_TOKEN_FILE", "/var/lib/harness-lava/token"))
 FAILING = "TEST-90-FAILING-SUBTEST"
-CASES = """\
-. "$HARNESS_TESTCASES_LIB"
-testcase_1_passes() { echo "all is well"; }
-testcase_2_fails_on_purpose() { echo "this subtest fails on purpose"; test -e /nonexistent; }
-testcase_3_skips() { harness_skip "nothing to do here"; }
-run_testcases
-"""
 
 
 def lava_api(path: str, token: str) -> dict:
@@ -71,30 +66,11 @@ def lab_run(tmp_path_factory, token):
         pytest.fail(f"no image at {IMAGE}: build it with 'meson compile -C build mkosi'")
     project = meson_project(tmp_path_factory.mktemp("project"))
     shutil.copytree(ROOT / "test" / "TEST-01-BASIC", project / "test" / "TEST-01-BASIC")
-    failing = project / "test" / FAILING
-    failing.mkdir()
-    (failing / "cases.sh").write_text(CASES)
-    (failing / "meson.build").write_text("""\
-integration_tests += [integration_test_template + {
-        'name' : fs.name(meson.current_source_dir()),
-        'timeout' : 120,
-        'credentials' : ['cases.sh=@cases.sh'],
-        'configuration' : {'command' : '/bin/bash %d/cases.sh'},
-}]
-""")
+    add_test_with_a_failing_subtest(project, FAILING)
     build, env = meson_setup(
         project, "-Dtest-backend=lava", f"-Dlava-url={LAVA_URL}", HARNESS_LAVA_TOKEN=token
     )
-    result = subprocess.run(
-        ["meson", "test", "-C", str(build), "--suite", "integration-tests", "--print-errorlogs"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    print(result.stdout, result.stderr)
-    return result, build
+    return meson_test_suite(project, build, env), build
 
 
 def record(build: Path, name: str) -> dict:

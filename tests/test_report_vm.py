@@ -12,41 +12,21 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from e2e import IMAGE, meson_project, meson_setup
+from e2e import IMAGE, add_test_with_a_failing_subtest, meson_project, meson_setup, meson_test_suite
 
 pytestmark = pytest.mark.vm
 
 CHROMIUM = "/usr/bin/chromium"
 FAILING = "TEST-90-FAILING-SUBTEST"
 
-CASES = """\
-. "$HARNESS_TESTCASES_LIB"
-testcase_1_passes() { echo "all is well"; }
-testcase_2_fails_on_purpose() { echo "this subtest fails on purpose"; test -e /nonexistent; }
-testcase_3_skips() { harness_skip "nothing to do here"; }
-run_testcases
-"""
-
 
 def make_project(where: Path) -> Path:
     meson_project(where)
-    failing = where / "test" / FAILING
-    failing.mkdir()
-    (failing / "cases.sh").write_text(CASES)
-    (failing / "meson.build").write_text("""\
-integration_tests += [integration_test_template + {
-        'name' : fs.name(meson.current_source_dir()),
-        'timeout' : 120,
-        'firmware' : 'uefi',
-        'credentials' : ['cases.sh=@cases.sh'],
-        'configuration' : {'command' : '/bin/bash %d/cases.sh'},
-}]
-""")
+    add_test_with_a_failing_subtest(where, FAILING, firmware="uefi")
     disabled = where / "test" / "TEST-91-DISABLED"
     disabled.mkdir()
     (disabled / "meson.build").write_text("""\
@@ -61,16 +41,7 @@ def suite_run(tmp_path_factory):
         pytest.fail(f"no image at {IMAGE}: build it with 'meson compile -C build mkosi'")
     project = make_project(tmp_path_factory.mktemp("project"))
     build, env = meson_setup(project)
-    result = subprocess.run(
-        ["meson", "test", "-C", str(build), "--suite", "integration-tests", "--print-errorlogs"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    print(result.stdout, result.stderr)
-    return result, build
+    return meson_test_suite(project, build, env), build
 
 
 def junit_counts(build: Path) -> tuple[dict, list[tuple[str, str]]]:

@@ -41,6 +41,9 @@ QUEUE_LIMIT = 600  # s a job may wait for a device (HARNESS_LAVA_QUEUE_TIMEOUT)
 # worker notices a finished job at its next ping, every 20 s by default); past it, the
 # guest's word is the verdict and the job is left to finish by itself.
 FINISH_GRACE = 30
+# s the server may fail to answer while a job is followed (a restart, a proxy's 502)
+# before the test is an ERROR: the job goes on in the lab meanwhile.
+SERVER_PATIENCE = 60
 JOB_FILE = "lava-job.yaml"
 
 
@@ -100,8 +103,18 @@ class LavaMachine:
         submitted = time.monotonic()
         deadline: float | None = None  # the test's time starts with the device's first line
         guest_ended_at: float | None = None
+        unanswered_since: float | None = None
         while True:
-            self._follow()
+            try:
+                self._follow()
+                unanswered_since = None
+            except LabError as e:
+                unanswered_since = unanswered_since or time.monotonic()
+                if time.monotonic() - unanswered_since > SERVER_PATIENCE:
+                    raise
+                log.warning(f"warning: {e.what}; trying again")
+                time.sleep(self.poll or 1)
+                continue
             now = time.monotonic()
             if self.written > self.console_limit:
                 self.cancel()
