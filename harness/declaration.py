@@ -123,7 +123,12 @@ KEYS = (
         "boot cold; `cold`: always boot",
         choices=BootMode,
     ),
-    Key("requires", [], "features a hardware worker must offer", repeated=True),
+    Key(
+        "requires",
+        [],
+        "features the machine must offer (a worker's features, LAVA device tags)",
+        repeated=True,
+    ),
     Key("configuration", {}, "the test unit, a dict of the keys below"),
     Key(
         "command",
