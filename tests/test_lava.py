@@ -77,6 +77,9 @@ class ScriptedLab:
     def cancel(self, job_id):
         self.cancelled.append(job_id)
 
+    def job_error(self, job_id):
+        return "Infrastructure: the device did not power on"
+
 
 def state(name, health="Unknown", comment=""):
     return JobState(7, name, health, "qemu-01", comment)
@@ -118,6 +121,13 @@ def test_an_incomplete_job_without_the_guest_s_word_is_an_error(tmp_path):
     assert outcome.status == Status.ERROR
     assert "LAVA job 7 ended Incomplete: lava test monitoring has timed out" in outcome.reason
     assert f"{URL}/scheduler/job/7" in outcome.reason
+
+
+def test_an_incomplete_job_says_what_lava_s_results_say(tmp_path):
+    lab = ScriptedLab([RUNNING, state("Finished", "Incomplete")], console("booting"))
+    _, ending, report = follow(lab, tmp_path)
+    reason = classify("TEST-99-LAB", 0, 60, ending, report).reason
+    assert reason.startswith("LAVA job 7 ended Incomplete: Infrastructure: the device did not power on")
 
 
 def test_a_job_canceled_in_the_lab_is_an_error(tmp_path):
@@ -256,6 +266,14 @@ class StubLava(BaseHTTPRequestHandler):
                 ]
             },
             "/api/v0.2/tags/?limit=500": {"results": [{"id": 1, "name": "hdmi"}, {"id": 2, "name": "usb"}]},
+            "/api/v0.2/jobs/7/tests/?suite__name=lava&name=job": {
+                "results": [
+                    {
+                        "name": "job",
+                        "metadata": "case: job\nerror_msg: 'Unable to get\n  x'\nerror_type: Job\n",
+                    }
+                ]
+            },
         }
         if self.path not in routes:
             return self.answer(404, {"detail": "Not found."})
@@ -290,6 +308,7 @@ def test_the_client_speaks_lava_s_rest_api(lava):
     ]
     assert client.log(7, 3) == []  # no new lines: LAVA answers 404
     assert client.device_tags("qemu") == [frozenset({"hdmi", "usb"})]
+    assert client.job_error(7) == "Job: Unable to get x"
     client.cancel(7)
     assert StubLava.requests[-1][:2] == ("GET", "/api/v0.2/jobs/7/cancel/")
     assert client.job_url(7) == f"{lava}/scheduler/job/7"

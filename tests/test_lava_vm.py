@@ -194,3 +194,47 @@ def test_a_lab_elsewhere_fetches_the_image_from_a_web_server(image, tmp_path, to
     url = job["actions"][0]["deploy"]["images"]["disk"]["url"]
     assert re.fullmatch(rf"http://127\.0\.0\.1:{port}/[\w-]{{20,}}/board\.raw", url)
     assert list(served.iterdir()) == []
+
+
+def test_a_job_the_lab_cannot_run_is_an_error(image, tmp_path, token):
+    """The lab cannot fetch the image (the URL names a directory the web server does not
+    serve: 404): LAVA ends the job Incomplete, and the test is an ERROR that names the job
+    and LAVA's reason, never a FAIL."""
+    served, elsewhere = tmp_path / "served", tmp_path / "elsewhere"
+    served.mkdir()
+    elsewhere.mkdir()
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(elsewhere),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = dict(
+        wrapper_env(),
+        HARNESS_BACKEND="lava",
+        HARNESS_LAVA_URL=LAVA_URL,
+        HARNESS_LAVA_TOKEN=token,
+        HARNESS_LAVA_IMAGE_DIR=str(served),
+        HARNESS_LAVA_IMAGE_URL=f"http://127.0.0.1:{port}/",
+    )
+    try:
+        result = run_wrapper(image, tmp_path, "TEST-95-UNFETCHABLE", "--command=/bin/true", env=env)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert result.returncode == 99
+    found = json.loads((tmp_path / "logs" / "result.json").read_text())
+    assert found["status"] == "error" and found["job_url"]
+    assert re.match(
+        r"LAVA job \d+ ended Incomplete: Job: Invalid job data: .*Resource unavailable.*404", found["reason"]
+    )
+    assert list(served.iterdir()) == []

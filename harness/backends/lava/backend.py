@@ -151,7 +151,11 @@ class LavaMachine:
         """How a finished job ended, for the classifier: the guest's word first."""
         if self.guest_ended() or self.state.health == COMPLETE:
             return Ending(EndingKind.EXITED, 0)
-        comment = f": {self.state.failure_comment}" if self.state.failure_comment else ""
+        reason = self.state.failure_comment
+        if not reason and self.state.health != CANCELED:
+            with contextlib.suppress(LabError):
+                reason = self.client.job_error(self.job_id)
+        comment = f": {reason}" if reason else ""
         who = " in the lab" if self.state.health == CANCELED else ""
         return Ending(
             EndingKind.INFRASTRUCTURE,

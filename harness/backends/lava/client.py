@@ -127,6 +127,19 @@ class LavaClient:
             if isinstance(e, dict)
         ]
 
+    def job_error(self, job_id: int) -> str:
+        """Why LAVA ended the job Incomplete, as its own `job` result says (error_type:
+        error_msg); empty when it says nothing."""
+        results = self.json("GET", f"jobs/{job_id}/tests/?suite__name=lava&name=job").get("results", [])
+        for result in results:
+            if result.get("name") != "job":
+                continue
+            metadata = yaml.safe_load(result.get("metadata") or "") or {}
+            if isinstance(metadata, dict) and metadata.get("error_msg"):
+                text = f"{metadata.get('error_type', 'Error')}: {metadata['error_msg']}"
+                return " ".join(text.split())[:400]
+        return ""
+
     def cancel(self, job_id: int) -> None:
         # LAVA 2023.01 cancels on GET (a POST is refused with 405).
         self.request("GET", f"jobs/{job_id}/cancel/")
