@@ -418,3 +418,15 @@ def test_a_server_gone_for_good_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(lab, "job", job)
     with pytest.raises(LabError, match="unreachable"):
         follow(lab, tmp_path)
+
+
+def test_lava_job_names_what_is_wrong_with_its_build_directory(tmp_path, capsys):
+    from harness.__main__ import main
+
+    assert main(["lava-job", "-C", str(tmp_path), "TEST-01-BASIC"]) == 99
+    assert "cannot read the tests of" in capsys.readouterr().err
+    (tmp_path / "meson-info").mkdir()
+    tests = [{"name": "TEST-02-X", "cmd": ["python3", "-m", "harness", "run", "--tap"]}]
+    (tmp_path / "meson-info" / "intro-tests.json").write_text(json.dumps(tests))
+    assert main(["lava-job", "-C", str(tmp_path), "TEST-01-BASIC"]) == 99
+    assert "has no test TEST-01-BASIC\n  fix: use one of: TEST-02-X" in capsys.readouterr().err
