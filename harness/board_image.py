@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+from harness.backend import BootPlan
 from harness.declaration import Credential
 from harness.errors import HarnessError
 from harness.esp import ENTRY_NAME, boot_entry, run_tool, uki_cmdline
@@ -106,3 +107,11 @@ def build_board_image(
         if path.parent == PurePosixPath("/etc/systemd/system") and f"/{path.name}/" not in listing:
             raise HarnessError(f"could not write {path} into {out}", "is the root partition full? (debugfs)")
     return out
+
+
+def plan_board_image(plan: BootPlan, workdir: Path) -> Path:
+    """The board image of one planned boot: the plan's image, command line and credentials.
+    It holds the test's credentials: `workdir` must stay private."""
+    return build_board_image(
+        plan.image.path, plan.image.uki, plan.decl.name, list(plan.cmdline), list(plan.credentials), workdir
+    )

@@ -10,6 +10,7 @@ LAVA_URL and LAVA_TOKEN_FILE say where the lab is (tools/lava-local's defaults).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -75,6 +77,38 @@ def lab_run(tmp_path_factory, token):
 
 def record(build: Path, name: str) -> dict:
     return json.loads((build / "integration-tests" / name / "result.json").read_text())
+
+
+def lava_env(token: str, **extra: str) -> dict[str, str]:
+    """The wrapper's environment for the lava backend and the lab here."""
+    return dict(
+        wrapper_env(), HARNESS_BACKEND="lava", HARNESS_LAVA_URL=LAVA_URL, HARNESS_LAVA_TOKEN=token, **extra
+    )
+
+
+@contextlib.contextmanager
+def web_server(directory: Path) -> Iterator[str]:
+    """python's http.server serving `directory` on a free port; its URL."""
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(directory),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_verdicts_and_subtests(lab_run):
@@ -146,7 +180,7 @@ def test_lava_job_prints_what_the_backend_submits(lab_run):
 
 
 def test_ctrl_c_cancels_the_job_and_leaves_nothing(image, tmp_path, token):
-    env = dict(wrapper_env(), HARNESS_BACKEND="lava", HARNESS_LAVA_URL=LAVA_URL, HARNESS_LAVA_TOKEN=token)
+    env = lava_env(token)
     name = "TEST-93-INTERRUPTED"
     wrapper = start_wrapper(image, tmp_path, name, "--command=/bin/sleep 600", env=env)
     job_id = ""
@@ -170,29 +204,13 @@ def test_a_lab_elsewhere_fetches_the_image_from_a_web_server(image, tmp_path, to
     (python's http.server here), under a name nobody can guess, and is gone after the job."""
     served = tmp_path / "served"
     served.mkdir()
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(served)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    env = dict(
-        wrapper_env(),
-        HARNESS_BACKEND="lava",
-        HARNESS_LAVA_URL=LAVA_URL,
-        HARNESS_LAVA_TOKEN=token,
-        HARNESS_LAVA_IMAGE_DIR=str(served),
-        HARNESS_LAVA_IMAGE_URL=f"http://127.0.0.1:{port}/",
-    )
-    try:
+    with web_server(served) as url:
+        env = lava_env(token, HARNESS_LAVA_IMAGE_DIR=str(served), HARNESS_LAVA_IMAGE_URL=url)
         result = run_wrapper(image, tmp_path, "TEST-94-FETCHED", "--command=/bin/true", env=env)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     assert result.returncode == 0
     job = yaml.safe_load((tmp_path / "logs" / "lava-job.yaml").read_text())
-    url = job["actions"][0]["deploy"]["images"]["disk"]["url"]
-    assert re.fullmatch(rf"http://127\.0\.0\.1:{port}/[\w-]{{20,}}/board\.raw", url)
+    fetched = job["actions"][0]["deploy"]["images"]["disk"]["url"]
+    assert re.fullmatch(rf"{re.escape(url)}[\w-]{{20,}}/board\.raw", fetched)
     assert list(served.iterdir()) == []
 
 
@@ -203,34 +221,9 @@ def test_a_job_the_lab_cannot_run_is_an_error(image, tmp_path, token):
     served, elsewhere = tmp_path / "served", tmp_path / "elsewhere"
     served.mkdir()
     elsewhere.mkdir()
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "http.server",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-            str(elsewhere),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    env = dict(
-        wrapper_env(),
-        HARNESS_BACKEND="lava",
-        HARNESS_LAVA_URL=LAVA_URL,
-        HARNESS_LAVA_TOKEN=token,
-        HARNESS_LAVA_IMAGE_DIR=str(served),
-        HARNESS_LAVA_IMAGE_URL=f"http://127.0.0.1:{port}/",
-    )
-    try:
+    with web_server(elsewhere) as url:
+        env = lava_env(token, HARNESS_LAVA_IMAGE_DIR=str(served), HARNESS_LAVA_IMAGE_URL=url)
         result = run_wrapper(image, tmp_path, "TEST-95-UNFETCHABLE", "--command=/bin/true", env=env)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     assert result.returncode == 99
     found = json.loads((tmp_path / "logs" / "result.json").read_text())
     assert found["status"] == "error" and found["job_url"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness.backend import CONSOLE_LIMIT, BootPath, BootPlan, Ending, EndingKind, cut_log, panic_line
 from harness.backends.autokit.client import WorkerClient, WorkerError
-from harness.board_image import build_board_image
+from harness.board_image import plan_board_image
 from harness.declaration import Firmware, TestDeclaration
 from harness.guest.units import CONSOLE_CHANNEL
 from harness.image import Image
@@ -107,14 +107,7 @@ class AutokitBackend:
             self.client.reserved() as worker,
         ):
             workdir = Path(tmp)
-            image = build_board_image(
-                plan.image.path,
-                plan.image.uki,
-                plan.decl.name,
-                list(plan.cmdline),
-                list(plan.credentials),
-                workdir,
-            )
+            image = plan_board_image(plan, workdir)
             capture = "screencapture" in worker.contract().features
             worker.network()
             worker.upload_and_flash(image, workdir)

@@ -26,7 +26,7 @@ import attrs
 from harness.backend import CONSOLE_LIMIT, BootPath, BootPlan, Ending, EndingKind, cut_log, panic_line
 from harness.backends.lava.client import CANCELED, COMPLETE, JobState, LabError, LavaClient
 from harness.backends.lava.job import job_definition
-from harness.board_image import build_board_image
+from harness.board_image import plan_board_image
 from harness.declaration import Firmware, TestDeclaration
 from harness.errors import HarnessError
 from harness.guest.units import CONSOLE_CHANNEL
@@ -232,7 +232,9 @@ class LavaBackend:
         # when the job has ended (or was canceled).
         with (
             tempfile.TemporaryDirectory(prefix=f"harness-{plan.decl.name}-lava-") as tmp,
-            offered(board_image(plan, Path(tmp)), self.image_server) as url,
+            # The image's directory stays private (0700): a dispatcher on this machine reads
+            # it as root, as Debian's lava-worker runs.
+            offered(plan_board_image(plan, Path(tmp)), self.image_server) as url,
         ):
             definition = self.definition(plan, url)
             (log_dir / JOB_FILE).write_text(definition)
@@ -295,19 +297,6 @@ def offered(image: Path, server: ImageServer | None) -> Iterator[str]:
         shutil.rmtree(shelf, ignore_errors=True)
 
 
-def board_image(plan: BootPlan, workdir: Path) -> Path:
-    """The test's board image. It holds the test's credentials: its directory stays
-    private (0700), so the dispatcher reads it as root, as Debian's lava-worker runs."""
-    return build_board_image(
-        plan.image.path,
-        plan.image.uki,
-        plan.decl.name,
-        list(plan.cmdline),
-        list(plan.credentials),
-        workdir,
-    )
-
-
 def write_job(
     decl: TestDeclaration,
     image_path: Path,
@@ -323,8 +312,9 @@ def write_job(
     backend = LavaBackend("", device_type, None)
     plan = plan_boot(decl, Image.open(image_path), backend, False, timeout_factor, env)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"harness-{decl.name}-lava-") as tmp:
-        image = board_image(plan, Path(tmp)).replace(out_dir / "board.raw")
+    # Built beside its place: a rename across file systems would fail.
+    with tempfile.TemporaryDirectory(prefix=".board-", dir=out_dir) as tmp:
+        image = plan_board_image(plan, Path(tmp)).replace(out_dir / "board.raw")
     image.chmod(0o600)
     definition = backend.definition(plan, image.absolute().as_uri())
     (out_dir / JOB_FILE).write_text(definition)
