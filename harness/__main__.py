@@ -24,7 +24,7 @@ from harness.errors import DeclarationError, HarnessError, LogDirBusy
 from harness.results import EXIT_ERROR
 
 if TYPE_CHECKING:
-    from harness.backend import Backend
+    from harness.machine import Backend
     from harness.record import TestRecord
     from harness.wrapper import RunContext
 
@@ -86,10 +86,11 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> NoReturn:
 
 def cmd_run(o: argparse.Namespace) -> int:
     from harness.backends import BackendName, BackendOptions, make_backend
+    from harness.log_dir import owning_log_dir
     from harness.report.html import current_run, update_run_report
     from harness.report.tap import tap_lines
     from harness.results import Status
-    from harness.wrapper import RunContext, owning_log_dir
+    from harness.wrapper import RunContext
 
     env = dict(os.environ)
     decl = TestDeclaration.from_options(o, env)
@@ -155,8 +156,9 @@ def run_and_record(
     """Run the test and write its result.json; an infrastructure fault is its verdict."""
     import attrs
 
+    from harness.report.text import describe
     from harness.results import Outcome, Status
-    from harness.wrapper import describe, run_test
+    from harness.wrapper import run_test
 
     try:
         record = run_test(
@@ -212,10 +214,10 @@ def unknown_keys(source: Path, unknown: list[str]) -> DeclarationError:
 def meson_priority(decl: TestDeclaration) -> int:
     """meson's priority for the test: the declared one, and among equals the tests that
     must boot cold start first, so the fast ones fill in around them."""
-    from harness.backends.qemu.snapshot import ineligibility
+    from harness.plan import resume_blocker
 
     declared = decl.firmware if decl.firmware != Firmware.AUTO else Firmware.LINUX
-    return decl.priority * 2 + (1 if ineligibility(decl, declared, {}) else 0)
+    return decl.priority * 2 + (1 if resume_blocker(decl, declared, {}) else 0)
 
 
 def cmd_validate(o: argparse.Namespace) -> int:

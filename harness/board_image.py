@@ -23,11 +23,11 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from harness.backend import BootPlan
 from harness.declaration import Credential
 from harness.errors import HarnessError
 from harness.esp import ENTRY_NAME, boot_entry, run_tool, uki_cmdline
 from harness.image import ESP_TYPE, ROOT_PARTITION_TYPES, read_gpt
+from harness.plan import BootPlan
 
 
 def credential_files(creds: list[Credential]) -> list[tuple[PurePosixPath, bytes, int]]:
@@ -113,5 +113,5 @@ def plan_board_image(plan: BootPlan, workdir: Path) -> Path:
     """The board image of one planned boot: the plan's image, command line and credentials.
     It holds the test's credentials: `workdir` must stay private."""
     return build_board_image(
-        plan.image.path, plan.image.uki, plan.decl.name, list(plan.cmdline), list(plan.credentials), workdir
+        plan.image.path, plan.image.uki, plan.name, list(plan.cmdline), list(plan.credentials), workdir
     )

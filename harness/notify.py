@@ -5,15 +5,38 @@ Two channels carry it. With vsock, PID 1 reports READY=1 and EXIT_STATUS= itself
 virtio-serial port works everywhere: the test unit writes READY=1 when it starts and the
 unit's result when it ends, from which `GuestReport.exit_status` derives what PID 1's
 SuccessAction=/FailureAction=exit would report.
+
+Every key of the protocol is a `Notify` member here: the guest's units are rendered from
+them and every reader looks them up by them; only the guest's shell scripts
+(guest/agent.sh, guest/testcases.sh) spell the harness's keys out.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
+
+
+class Notify(enum.StrEnum):
+    """The keys of the notify lines: systemd's own, and the harness's (X_HARNESS_*)."""
+
+    READY = "READY"  # the test unit started (PID 1 says it too, over vsock)
+    EXIT_STATUS = "EXIT_STATUS"  # PID 1's exit status, over vsock
+    SERVICE_RESULT = "X_HARNESS_SERVICE_RESULT"  # the test unit ended: systemd's $SERVICE_RESULT
+    EXIT_CODE = "X_HARNESS_EXIT_CODE"  # ... its $EXIT_CODE (exited, killed, dumped)
+    UNIT_EXIT_STATUS = "X_HARNESS_EXIT_STATUS"  # ... its $EXIT_STATUS
+    EMERGENCY = "X_HARNESS_EMERGENCY"  # the boot fell into emergency or rescue mode
+    TIMELINE = "X_HARNESS_TIMELINE"  # the boot's timeline, gzipped and base64-encoded
+    TEST = "X_HARNESS_TEST"  # "pass|fail|skip 0 NAME": the guest's view of its verdict, for labs
+    TESTCASE_START = "X_HARNESS_TESTCASE_START"  # NAME: a subtest begins
+    TESTCASE = "X_HARNESS_TESTCASE"  # "RESULT MS NAME DETAIL": a subtest ended
+    DONE = "X_HARNESS_DONE"  # the guest's last line: nothing more will come
+    AGENT_READY = "X_HARNESS_AGENT_READY"  # the fast path's agent waits for a test
 
 
 def parse_notify(data: bytes) -> list[tuple[str, str]]:
@@ -90,25 +113,39 @@ class GuestReport:
 
     @property
     def test_started(self) -> bool:
-        return self.last("READY") == "1"
+        return self.last(Notify.READY) == "1"
 
     @property
     def entered_emergency(self) -> bool:
-        return self.last("X_HARNESS_EMERGENCY") == "1"
+        return self.last(Notify.EMERGENCY) == "1"
+
+    @property
+    def test_ended(self) -> bool:
+        """The test unit has ended (or the boot never will reach it)."""
+        return self.last(Notify.SERVICE_RESULT) is not None or self.entered_emergency
+
+    @property
+    def said_all(self) -> bool:
+        """The guest's last word came: the test's DONE, or the agent waiting for a test."""
+        return self.last(Notify.DONE) == "1" or self.last(Notify.AGENT_READY) == "1"
 
     def exit_status(self, success_status: int) -> int | None:
-        status = self.last("EXIT_STATUS")  # PID 1's own word wins where it arrived
+        status = self.last(Notify.EXIT_STATUS)  # PID 1's own word wins where it arrived
         if status is not None and status.isdigit():
             return int(status)
-        result = self.last("X_HARNESS_SERVICE_RESULT")
+        result = self.last(Notify.SERVICE_RESULT)
         if result is None:
             return None
         return derive_exit_status(
             result,
-            self.last("X_HARNESS_EXIT_CODE") or "",
-            self.last("X_HARNESS_EXIT_STATUS") or "",
+            self.last(Notify.EXIT_CODE) or "",
+            self.last(Notify.UNIT_EXIT_STATUS) or "",
             success_status,
         )
+
+    def masked(self, hide: Callable[[str], str]) -> GuestReport:
+        """The report with every value passed through `hide` (the timeline is no text)."""
+        return GuestReport([(k, v if k == Notify.TIMELINE else hide(v)) for k, v in self.pairs])
 
 
 def read_port_file(path: Path, report: GuestReport) -> None:

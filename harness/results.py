@@ -6,8 +6,8 @@ import enum
 
 import attrs
 
-from harness.backend import Ending, EndingKind
 from harness.declaration import SKIP_EXIT
+from harness.machine import Ending, EndingKind
 from harness.notify import GuestReport
 
 

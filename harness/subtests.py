@@ -1,7 +1,7 @@
 """Subtests: the named cases a payload runs with harness/guest/testcases.sh.
 
-The guest says `X_HARNESS_TESTCASE_START=NAME` before a case and
-`X_HARNESS_TESTCASE=RESULT MS NAME DETAIL` after it. A case that started and never ended
+The guest says `Notify.TESTCASE_START=NAME` before a case and
+`Notify.TESTCASE=RESULT MS NAME DETAIL` after it. A case that started and never ended
 (the VM timed out, panicked or died in it) is a failure that names how the run ended.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import attrs
 
-from harness.notify import GuestReport
+from harness.notify import GuestReport, Notify
 from harness.results import Status
 
 RESULTS = (Status.PASS, Status.FAIL, Status.SKIP)
@@ -28,9 +28,9 @@ def subtests_from(report: GuestReport, unfinished_reason: str) -> list[Subtest]:
     ended: dict[str, Subtest] = {}
     order: list[str] = []
     for key, value in report.pairs:
-        if key == "X_HARNESS_TESTCASE_START" and value and value not in order:
+        if key == Notify.TESTCASE_START and value and value not in order:
             order.append(value)
-        elif key == "X_HARNESS_TESTCASE":
+        elif key == Notify.TESTCASE:
             parsed = _parse_end(value)
             if parsed is not None:
                 if parsed.name not in order:

@@ -1,7 +1,7 @@
 """The guest's boot timeline: what `systemd-analyze plot` shows, drawn by the host.
 
 The guest sends `systemctl show` output for the manager and every unit (gzipped,
-base64, one X_HARNESS_TIMELINE= line); this module turns it into phases and unit bars
+base64, one Notify.TIMELINE line); this module turns it into phases and unit bars
 (report/timeline_chart.py draws them for the HTML report).
 """
 
@@ -37,7 +37,7 @@ class Timeline:
 
 
 def decode_timeline(value: str | None) -> str | None:
-    """The guest's `systemctl show` text from its X_HARNESS_TIMELINE= value."""
+    """The guest's `systemctl show` text from its Notify.TIMELINE value."""
     if not value:
         return None
     try:

@@ -1,125 +1,35 @@
-"""The whole run of one test: declare -> plan -> boot -> collect -> classify -> report."""
+"""The whole run of one test: declare -> plan -> boot -> watch -> collect -> classify -> report."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import logging
-import os
 import shlex
 import time
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from harness.accel import detect
-from harness.backend import CONSOLE_LIMIT, Backend, BootPath, BootPlan, Ending, EndingKind
-from harness.declaration import Firmware, Storage, TestDeclaration, skip_reason
-from harness.errors import HarnessError, LogDirBusy
-from harness.guest.units import IMPORT_CREDENTIAL_SINCE, MINIMUM_SYSTEMD, boot_options, guest_credentials
+from harness.declaration import TestDeclaration, skip_reason
+from harness.errors import HarnessError
+from harness.guest.units import MINIMUM_SYSTEMD
 from harness.image import Image
 from harness.journal import keep_journal, unit_excerpt
-from harness.notify import GuestReport
-from harness.record import RESULT_FILE, TIMELINE_FILE, TestRecord
+from harness.log_dir import CONSOLE_FILE, JOURNAL_EXPORT, check_log_space, clear_logs
+from harness.machine import Backend, Ending, EndingKind, LogFile
+from harness.notify import GuestReport, Notify
+from harness.plan import BootPath, BootPlan, plan_boot
+from harness.record import TIMELINE_FILE, TestRecord
 from harness.results import Outcome, Status, classify
 from harness.secrets import mask_file, mask_text, masked_values
 from harness.subtests import subtests_from
 from harness.timeline import decode_timeline, merge_timelines
+from harness.watch import power_off_after, watch
 
 log = logging.getLogger(__name__)
-
-LOG_FILES = (
-    "console.log",
-    "journal.export",
-    "journal.journal",
-    "qemu-command.txt",
-    "diagnostics.json",
-    "frames.tar.gz",
-    "screen.png",
-    TIMELINE_FILE,
-    RESULT_FILE,
-)
-
-
-def harness_cmdline(decl: TestDeclaration, interactive: bool) -> list[str]:
-    """What every test's kernel command line gets, ahead of the test's own additions."""
-    return boot_options(
-        decl.unit_name, interactive, volatile=decl.storage == Storage.VOLATILE, machine_id=uuid.uuid4().hex
-    ) + list(decl.cmdline)
-
-
-def choose_boot_path(
-    decl: TestDeclaration,
-    image: Image,
-    firmware: Firmware,
-    backend: Backend,
-    interactive: bool,
-    env: dict[str, str],
-) -> tuple[BootPath, str]:
-    """Resume a saved boot where the backend allows it for this test; otherwise boot
-    cold, and say why."""
-    if interactive:
-        return BootPath.COLD, "interactive run"
-    if image.systemd_version is not None and image.systemd_version < IMPORT_CREDENTIAL_SINCE:
-        # A resumed guest finds the test's credentials in /run/credstore, which only
-        # ImportCredential= reads.
-        return BootPath.COLD, f"the image's systemd {image.systemd_version} has no ImportCredential= (254)"
-    why = backend.cold_boot_reason(decl, firmware, env)
-    return (BootPath.COLD, why) if why else (BootPath.SNAPSHOT, "")
-
-
-def plan_boot(
-    decl: TestDeclaration,
-    image: Image,
-    backend: Backend,
-    interactive: bool,
-    timeout_factor: int | None,
-    env: dict[str, str],
-    snapshot_dir: Path | None = None,
-    attempt: str = "",
-) -> BootPlan:
-    accel = detect(image.architecture, env)
-    factor = timeout_factor if timeout_factor is not None else accel.timeout_factor
-    firmware = backend.firmware(decl.firmware, image)
-    boot, cold_reason = choose_boot_path(decl, image, firmware, backend, interactive, env)
-    whole_journal = env.get("HARNESS_SAVE_JOURNAL", "fail") == "1"
-    if snapshot_dir is None:
-        boot, cold_reason = BootPath.COLD, "no directory for snapshots"
-    return BootPlan(
-        decl=decl,
-        image=image,
-        firmware=firmware,
-        cmdline=tuple(harness_cmdline(decl, interactive)),
-        credentials=tuple(
-            guest_credentials(decl, interactive, backend.report_channel, whole_journal, image.systemd_version)
-        )
-        + decl.credentials,
-        accel=accel,
-        timeout=None if interactive else decl.timeout * factor,
-        interactive=interactive,
-        boot=boot,
-        cold_reason=cold_reason,
-        snapshot_dir=snapshot_dir,
-        attempt=attempt,
-        whole_journal=whole_journal,
-        console_limit=console_limit(env),
-    )
-
-
-def console_limit(env: Mapping[str, str]) -> int:
-    text = env.get("HARNESS_CONSOLE_LIMIT_MB", "")
-    if not text:
-        return CONSOLE_LIMIT
-    if not text.isdigit() or int(text) == 0:
-        raise HarnessError(
-            f"HARNESS_CONSOLE_LIMIT_MB='{text}' is not a number of megabytes",
-            f"set it to a whole number above 0, or unset it (default {CONSOLE_LIMIT // 2**20})",
-        )
-    return int(text) * 2**20
 
 
 class RunContext:
@@ -186,7 +96,7 @@ def run_test(
     timeout_factor: int | None = None,
 ) -> TestRecord:
     """Run one test; the record says how it went and where its logs are."""
-    clear_logs(ctx.log_dir)
+    clear_logs(ctx.log_dir, backend.log_files)
     check_log_space(ctx.log_dir)
     skipped = skip_before_boot(decl, backend, env)
     if skipped:
@@ -196,19 +106,10 @@ def run_test(
     plan = plan_boot(decl, image, backend, interactive, timeout_factor, env, ctx.snapshot_dir, ctx.run)
     announce(decl, image, plan, backend)
     run = boot_and_wait(backend, plan, ctx.log_dir, crash_retries(env))
-    secrets = masked_values(decl)
-    mask_logs(ctx.log_dir, secrets)
-    outcome = classify(
-        decl.name, decl.exit_code, plan.timeout, run.ending, run.report, mask_text(run.detail, secrets)
-    )
-    outcome = attrs.evolve(outcome, reason=mask_text(outcome.reason, secrets))
+    run = withhold_secrets(run, ctx.log_dir, masked_values(decl), backend.log_files)
+    outcome = classify(decl.name, decl.exit_code, plan.timeout, run.ending, run.report, run.detail)
     keep_timeline(ctx.log_dir, run)
-    subtests = tuple(
-        attrs.evolve(s, name=mask_text(s.name, secrets), detail=mask_text(s.detail, secrets))
-        for s in subtests_from(run.report, outcome.reason)
-    )
-    export = ctx.log_dir / "journal.export"
-    excerpt = mask_text(unit_excerpt(export, decl.unit_name), secrets)
+    export = ctx.log_dir / JOURNAL_EXPORT
     journal = keep_journal(export, env.get("HARNESS_SAVE_JOURNAL", "fail"), outcome.status)
     return ctx.record(
         decl,
@@ -216,67 +117,13 @@ def run_test(
         plan.firmware,
         outcome,
         journal=journal,
-        journal_excerpt=excerpt,
-        subtests=subtests,
+        journal_excerpt=unit_excerpt(export, decl.unit_name),
+        subtests=tuple(subtests_from(run.report, outcome.reason)),
         boot=str(run.boot_path),
         retried=run.retried,
         os=image.os_name,
         job_url=run.job_url,
     )
-
-
-LOCK_FILE = ".lock"
-
-
-@contextlib.contextmanager
-def owning_log_dir(log_dir: Path, name: str) -> Iterator[None]:
-    """One run of a test at a time in its log directory: a second `meson test` on the same
-    build directory would delete the first run's logs while its VM writes them and put
-    its own verdict in their place. The second run stops at once instead (LogDirBusy),
-    touching nothing; the lock is the kernel's, so it goes with the process, however it
-    ends, and the file left behind binds nobody."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / LOCK_FILE, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "unknown"
-            raise LogDirBusy(
-                f"{name} is already running with its logs in {log_dir} (process {holder}); "
-                "this run would overwrite them, so it did not start",
-                "wait for the other run, or run this one from a build directory of its own "
-                "(meson setup build2 ...)",
-            ) from None
-        lock.truncate(0)
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
-        yield
-
-
-def clear_logs(log_dir: Path) -> None:
-    """An earlier run's logs must not pass for this run's."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    for name in LOG_FILES:
-        (log_dir / name).unlink(missing_ok=True)
-    for kept in log_dir.glob("console.crash-*.log"):
-        kept.unlink()
-
-
-MIN_LOG_SPACE = 16 * 2**20  # bytes: a failing test's console log and journal fit, mostly
-
-
-def check_log_space(log_dir: Path) -> None:
-    """A full disk under the log directory would lose the logs half-way, and the verdict
-    with them: better not to start."""
-    st = os.statvfs(log_dir)
-    free = st.f_bavail * st.f_frsize
-    if free < MIN_LOG_SPACE:
-        raise HarnessError(
-            f"only {free // 2**20} MB free for the logs in {log_dir} (a run needs "
-            f"{MIN_LOG_SPACE // 2**20} MB at least)",
-            "free space on that file system, or give the build directory another disk",
-        )
 
 
 def skip_before_boot(decl: TestDeclaration, backend: Backend, env: Mapping[str, str]) -> Outcome | None:
@@ -313,7 +160,7 @@ def boot_and_wait(backend: Backend, plan: BootPlan, log_dir: Path, retries: int)
             break
         kept = log_dir / f"console.crash-{retry}.log"
         with contextlib.suppress(FileNotFoundError):
-            (log_dir / "console.log").replace(kept)
+            (log_dir / CONSOLE_FILE).replace(kept)
         log.warning(
             f"{plan.decl.name}: the {backend.name} machine crashed before the guest said anything "
             f"({run.crash_description}; console: {kept.name}); booting again ({retry} of {retries})"
@@ -322,16 +169,30 @@ def boot_and_wait(backend: Backend, plan: BootPlan, log_dir: Path, retries: int)
     return run
 
 
-def mask_logs(log_dir: Path, secrets: list[bytes]) -> None:
-    for kept in (*log_dir.glob("console*.log"), log_dir / "diagnostics.json"):
+def withhold_secrets(
+    run: MachineRun, log_dir: Path, secrets: list[bytes], backend_files: tuple[LogFile, ...]
+) -> MachineRun:
+    """The one place where secrets are masked: as the machine's words and logs enter the
+    run, so that nothing drawn from them later (verdict, subtests, journal, record,
+    report) can hold one."""
+    if not secrets:
+        return run
+    texts = (*log_dir.glob("console*.log"), *(log_dir / f.name for f in backend_files if f.text))
+    for kept in texts:
         mask_file(kept, secrets)
-    mask_file(log_dir / "journal.export", secrets, same_length=True)  # binary fields carry their length
+    mask_file(log_dir / JOURNAL_EXPORT, secrets, same_length=True)  # binary fields carry their length
+
+    def hide(text: str) -> str:
+        return mask_text(text, secrets)
+
+    ending = attrs.evolve(run.ending, detail=hide(run.ending.detail))
+    return attrs.evolve(run, ending=ending, report=run.report.masked(hide), detail=hide(run.detail))
 
 
 def keep_timeline(log_dir: Path, run: MachineRun) -> None:
     """The boot's timeline for the report: a resumed guest sends its test unit's part only,
     the rest is the snapshot's."""
-    timeline = decode_timeline(run.report.last("X_HARNESS_TIMELINE"))
+    timeline = decode_timeline(run.report.last(Notify.TIMELINE))
     if timeline and run.boot_timeline:
         timeline = merge_timelines(run.boot_timeline, timeline)
     if timeline:
@@ -379,14 +240,16 @@ def check_systemd(image: Image) -> None:
 
 def run_machine(backend: Backend, plan: BootPlan, log_dir: Path) -> MachineRun:
     with backend.boot(plan, log_dir) as machine:
-        boot_path, boot_timeline = machine.boot_path, machine.boot_timeline
-        ending = machine.wait(plan.timeout)
-        if ending.kind != EndingKind.EXITED:
-            machine.power_off(orderly=ending.kind == EndingKind.TIMEOUT)
-        report = machine.collect()
-        detail = machine.failure_detail()
-        job_url = machine.job_url
-    return MachineRun(ending, report, detail, boot_path, boot_timeline, job_url=job_url)
+        ending = watch(machine, plan.timeout, plan.console_limit)
+        power_off_after(machine, ending)
+        return MachineRun(
+            ending,
+            machine.collect(),
+            machine.failure_detail(),
+            machine.boot_path,
+            machine.boot_timeline,
+            job_url=machine.job_url,
+        )
 
 
 def crash_retries(env: Mapping[str, str]) -> int:
@@ -400,28 +263,3 @@ def crash_retries(env: Mapping[str, str]) -> int:
             "use 0 (never retry), 1 (default), ...",
         )
     return int(text)
-
-
-def describe(record: TestRecord) -> str:
-    """The lines a person reads after a run: verdict, subtests, and on failure where to
-    look and how to rerun."""
-    how = {"snapshot": "resumed from the booted snapshot", "cold": "cold boot"}.get(record.boot, "")
-    if how and record.retried:
-        how += (
-            f", booted again after {record.retried} crash{'es' if record.retried > 1 else ''} of the machine"
-        )
-    took = f" ({record.duration_s:.1f} s, {how})" if how else ""
-    lines = [f"{record.name}: {record.status.upper()}: {record.reason}{took}"]
-    if record.job_url:
-        lines.append(f"  job:         {record.job_url}")
-    for s in record.subtests:
-        lines.append(f"  {s.status.upper():4} {s.name}" + (f": {s.detail}" if s.detail else ""))
-    if record.status.is_failure():
-        console = Path(record.log_dir) / "console.log"
-        if console.exists():
-            lines.append(f"  console log: {console}")
-        labels = ("rerun:      ", "journal:    ")
-        lines += [
-            f"  {label} {command}" for label, command in zip(labels, record.rerun, strict=False)
-        ]  # a rerun, and a journal when kept
-    return "\n".join(lines)

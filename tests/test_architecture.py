@@ -63,3 +63,39 @@ def test_every_module_says_why_it_exists():
         if ast.get_docstring(ast.parse(p.read_text())) is None
     ]
     assert not missing
+
+
+def test_backends_do_not_call_up_into_the_flow():
+    """A backend gets what it needs from the plan; the wrapper and the command line are
+    above it."""
+    wrong = {
+        f"{p.relative_to(HARNESS)} imports {m}"
+        for p in modules("backends")
+        for m in imported_modules(p)
+        if m in ("harness.wrapper", "harness.__main__")
+    }
+    assert not wrong
+
+
+def test_the_notify_keys_are_spelled_out_in_one_module():
+    """The harness's notify keys live in notify.Notify; only the guest's shell scripts
+    (which cannot import it) spell them out."""
+    spelled = [
+        str(p.relative_to(HARNESS))
+        for p in HARNESS.rglob("*")
+        if p.is_file()
+        and p.suffix != ".sh"
+        and p != HARNESS / "notify.py"
+        and "__pycache__" not in p.parts
+        and "X_HARNESS_" in p.read_text(errors="replace")
+    ]
+    assert not spelled
+
+
+def test_no_module_is_too_long_to_read_whole():
+    long = [
+        f"{p.relative_to(HARNESS)}: {n} lines"
+        for p in HARNESS.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 400
+    ]
+    assert not long

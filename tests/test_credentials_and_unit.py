@@ -59,10 +59,11 @@ def test_interactive_unit_keeps_the_vm_up_on_failure():
 
 
 def test_guest_credentials_include_emergency_guard_only_when_unattended():
-    names = [c.name for c in guest_credentials(declaration(), interactive=False)]
+    d = declaration()
+    names = [c.name for c in guest_credentials(d, render_test_unit(d, False), interactive=False)]
     assert names[0] == "systemd.extra-unit.TEST-99-UNIT.service"
     assert "systemd.unit-dropin.emergency.target~harness" in names
-    assert [c.name for c in guest_credentials(declaration(), interactive=True)] == [
+    assert [c.name for c in guest_credentials(d, render_test_unit(d, True), interactive=True)] == [
         names[0],
         "harness.testcases",
         "systemd.extra-unit.harness-debug-shell.service",

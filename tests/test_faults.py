@@ -47,17 +47,22 @@ from images import write_bootable_image, write_image, write_initrd_with_modules,
 from stub_worker import StubWorker
 
 from harness.__main__ import main, run_and_record
-from harness.backend import Ending, EndingKind
 from harness.backends.autokit.client import WorkerClient, WorkerError
 from harness.backends.fake import FakeBackend, Script, passing
 from harness.backends.qemu import firmware
-from harness.backends.qemu.backend import QemuBackend, QemuMachine, RunFiles, sweep_orphans
+from harness.backends.qemu.backend import QemuBackend
+from harness.backends.qemu.command import RunFiles
+from harness.backends.qemu.machine import QemuMachine, sweep_orphans
 from harness.declaration import Firmware
 from harness.errors import HarnessError, LogDirBusy
 from harness.image import Image
+from harness.log_dir import owning_log_dir
+from harness.machine import Ending, EndingKind
 from harness.notify import GuestReport
+from harness.plan import console_limit
 from harness.results import Status, classify
-from harness.wrapper import RunContext, console_limit, owning_log_dir
+from harness.watch import watch
+from harness.wrapper import RunContext
 
 ENV = {"HARNESS_ACCEL": "tcg"}
 MB = 2**20
@@ -100,9 +105,8 @@ def test_a_flooding_console_stops_the_machine_and_the_log_is_cut(tmp_path):
     # What QEMU does with a guest printing in a loop: write the console file, endlessly.
     flood = subprocess.Popen(["sh", "-c", f"exec yes flood-line-of-a-stuck-guest > {files.console}"])
     machine = QemuMachine(flood, files, files.tmp / "stderr", GuestReport())
-    machine.console_limit = 2 * MB
     try:
-        ending = machine.wait(timeout=60)
+        ending = watch(machine, 60, 2 * MB)
     finally:
         flood.kill()
         flood.wait()

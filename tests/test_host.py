@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from harness.accel import Acceleration, cpu_flags, kvm_usable
-from harness.backends.qemu.backend import resolve_machine_alias
+from harness.backends.qemu.command import resolve_machine_alias
 from harness.backends.qemu.firmware import select_ovmf
 
 

@@ -13,7 +13,6 @@ import pytest
 import yaml
 from helpers import declaration
 
-from harness.backend import EndingKind
 from harness.backends.lava import job as lava_job
 from harness.backends.lava.backend import (
     ImageServer,
@@ -26,7 +25,10 @@ from harness.backends.lava.backend import (
 from harness.backends.lava.client import JobState, LabError, LavaClient, LogLine
 from harness.errors import HarnessError
 from harness.guest.units import CONSOLE_CHANNEL, render_test_unit
+from harness.machine import EndingKind
+from harness.plan import CONSOLE_LIMIT
 from harness.results import Status, classify
+from harness.watch import power_off_after, watch
 
 URL = "http://lava.invalid"
 
@@ -88,9 +90,11 @@ def state(name, health="Unknown", comment=""):
 RUNNING, COMPLETE = state("Running"), state("Finished", "Complete")
 
 
-def follow(lab, tmp_path, timeout=60.0, **kw):
-    machine = LavaMachine(lab, 7, tmp_path, poll=0, **kw)
-    ending = machine.wait(timeout)
+def follow(lab, tmp_path, timeout=60.0, console_limit=CONSOLE_LIMIT, **kw):
+    """The machine watched as the flow watches it (wrapper.run_machine)."""
+    machine = LavaMachine(lab, 7, tmp_path, poll=0, console_limit=console_limit, **kw)
+    ending = watch(machine, timeout, console_limit)
+    power_off_after(machine, ending)
     return machine, ending, machine.collect()
 
 

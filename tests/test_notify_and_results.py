@@ -1,6 +1,6 @@
 import pytest
 
-from harness.backend import Ending
+from harness.machine import Ending
 from harness.notify import GuestReport, console_notify_lines, derive_exit_status, parse_notify
 from harness.results import classify
 

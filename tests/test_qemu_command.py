@@ -4,11 +4,11 @@ from pathlib import Path
 from helpers import declaration
 
 from harness.accel import Acceleration
-from harness.backend import BootPlan
-from harness.backends.qemu.backend import RunFiles, VmConfig, kernel_cmdline, qemu_command, snapshot_config
+from harness.backends.qemu.command import RunFiles, VmConfig, kernel_cmdline, qemu_command
 from harness.backends.qemu.firmware import Ovmf
+from harness.backends.qemu.snapshot import snapshot_config
 from harness.image import Image
-from harness.wrapper import harness_cmdline
+from harness.plan import BootPlan, harness_cmdline
 
 ROOT = uuid.UUID("8ce23b7e-642d-4dbe-827e-8b2ffc70816e")
 
@@ -26,7 +26,16 @@ def plan(firmware="linux", accel="tcg", *args):
     )
     return VmConfig.for_plan(
         BootPlan(
-            d, image, firmware, tuple(harness_cmdline(d, False)), (), Acceleration(accel, "test"), 60, False
+            decl=d,
+            image=image,
+            firmware=firmware,
+            cmdline=tuple(harness_cmdline(d, False)),
+            unit="",
+            test_credentials=(),
+            credentials=(),
+            accel=Acceleration(accel, "test"),
+            timeout=60,
+            interactive=False,
         )
     )
 

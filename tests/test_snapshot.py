@@ -10,17 +10,16 @@ from pathlib import Path
 import pytest
 from helpers import declaration
 
-from harness.backend import BootPath
 from harness.backends.qemu.snapshot import (
     SnapshotUnavailable,
     agent_message,
-    ineligibility,
     remove_stale,
     resume_script,
     shared_snapshot,
     snapshot_key,
 )
 from harness.declaration import Credential
+from harness.plan import BootPath, resume_blocker
 
 
 def fake_make(dest: Path) -> None:
@@ -40,11 +39,11 @@ def fake_make(dest: Path) -> None:
     ],
 )
 def test_who_may_resume(args, env, why):
-    assert ineligibility(declaration(*args), "linux", env) == why
+    assert resume_blocker(declaration(*args), "linux", env) == why
 
 
 def test_uefi_boots_cold():
-    assert ineligibility(declaration(), "uefi", {}) == "firmware uefi"
+    assert resume_blocker(declaration(), "uefi", {}) == "firmware uefi"
     assert str(BootPath.SNAPSHOT) == "snapshot"
 
 

@@ -1,5 +1,5 @@
 """The machines a test can run on, one subpackage each, all behind the `Backend` protocol
-of harness.backend: `qemu` boots VMs on this host, `autokit` drives a board through an
+of harness.machine: `qemu` boots VMs on this host, `autokit` drives a board through an
 autokit worker, `lava` submits jobs to a LAVA lab, `fake` scripts an ending for the unit
 tests of the flow.
 
@@ -14,8 +14,8 @@ from collections.abc import Mapping
 
 import attrs
 
-from harness.backend import Backend
 from harness.errors import HarnessError
+from harness.machine import Backend
 
 
 class BackendName(enum.StrEnum):

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import attrs
 
-from harness.backend import BootPath, BootPlan, Ending, EndingKind
 from harness.declaration import Firmware, TestDeclaration
 from harness.guest.units import VIRTIO_CHANNEL
 from harness.image import Image
+from harness.machine import Ending, EndingKind, LogFile, Look, WatchRules
 from harness.notify import GuestReport
+from harness.plan import BootPath, BootPlan
 
 FAKE_FEATURES = frozenset({"dut", "serial"})
 
@@ -56,6 +57,12 @@ class FakeMachine:
     log_dir: Path
     powered_off: list[bool] = attrs.Factory(list)  # `orderly` of every power_off()
     collected: bool = False
+    what_it_is = "the fake machine"
+    watch_rules = WatchRules(poll=0)
+
+    @property
+    def console_log(self) -> Path:
+        return self.log_dir / "console.log"
 
     @property
     def boot_path(self) -> BootPath:
@@ -69,11 +76,15 @@ class FakeMachine:
     def job_url(self) -> str:
         return self.script.job_url
 
-    def wait(self, timeout: float | None) -> Ending:
-        (self.log_dir / "console.log").write_bytes(self.script.console)
+    def look(self) -> Look:
+        """The whole script at the first look: what the guest said, and how it ended."""
+        self.console_log.write_bytes(self.script.console)
         if self.script.raises is not None:
             raise self.script.raises
-        return self.script.ending
+        report = GuestReport()
+        report.add(self.script.report)
+        console = self.script.console
+        return Look(report, console, len(console), stopped=self.script.ending)
 
     def power_off(self, orderly: bool) -> None:
         self.powered_off.append(orderly)
@@ -96,6 +107,7 @@ class FakeBackend:
     features: frozenset[str] = FAKE_FEATURES
     name: str = "fake"
     report_channel = VIRTIO_CHANNEL
+    log_files: tuple[LogFile, ...] = ()
     can_resume: bool = True
     plans: list[BootPlan] = attrs.Factory(list)
     machines: list[FakeMachine] = attrs.Factory(list)

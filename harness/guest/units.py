@@ -20,6 +20,7 @@ from pathlib import Path
 import attrs
 
 from harness.declaration import RESERVED_CREDENTIAL, SKIP_EXIT, Credential, TestDeclaration
+from harness.notify import Notify
 
 # What the guest's systemd must have: credentials imported from SMBIOS and fw_cfg (252).
 # The test unit arrives as a systemd.extra-unit.* credential, which systemd reads itself
@@ -31,13 +32,14 @@ MINIMUM_SYSTEMD = 252
 IMPORT_CREDENTIAL_SINCE = 254
 OLD_SYSTEMD_CREDENTIALS = "/run/systemd/generator/harness-credentials"
 NOTIFY_PORT = "io.harness.notify"
-DONE = "X_HARNESS_DONE"  # the guest's last report line: nothing more will come
-TEST_VERDICT = "X_HARNESS_TEST"  # "pass|fail|skip 0 NAME": the guest's view, for labs (LAVA)
 JOURNAL_PORT = "io.harness.journal"
 EMERGENCY_UNIT = "harness-emergency-exit.service"
 DEBUG_SHELL_UNIT = "harness-debug-shell.service"
 TESTCASES_CREDENTIAL = RESERVED_CREDENTIAL
 TESTCASES_LIBRARY = Path(__file__).parent / "testcases.sh"
+# Made by the fast path's hand-over in a resumed guest: its test unit then sends only its
+# own part of the timeline (the host has the boot's from the snapshot).
+RESUMED_MARK = "/run/harness-resumed"
 # The unit properties `systemd-analyze plot` draws its chart from, plus the manager's boot
 # phases. systemd-analyze itself refuses while the boot is unfinished, which it is as
 # long as the test unit (the boot's target) runs, so the guest sends the raw properties.
@@ -89,7 +91,7 @@ def _verdict_line(ch: ReportChannel, name: str, expected: int) -> str:
         f'if [ "$SERVICE_RESULT" = success ]; then s={expected};'
         ' elif [ "$EXIT_CODE" = exited ]; then s="$EXIT_STATUS"; else s=1; fi;'
         f' case "$$s" in {expected}) v=pass;; {SKIP_EXIT}) v=skip;; *) v=fail;; esac; '
-        + ch.write([f"{TEST_VERDICT}=%%s 0 {name}"], "$$v")
+        + ch.write([f"{Notify.TEST}=%%s 0 {name}"], "$$v")
     )
 
 
@@ -101,7 +103,7 @@ def _report_end(ch: ReportChannel, unit_name: str, whole_journal: bool, verdict:
     # else only the test unit's part, which is what the report shows (exporting the
     # whole journal costs seconds under emulation).
     report = ch.write(
-        ["X_HARNESS_SERVICE_RESULT=%%s", "X_HARNESS_EXIT_CODE=%%s", "X_HARNESS_EXIT_STATUS=%%s"],
+        [f"{Notify.SERVICE_RESULT}=%%s", f"{Notify.EXIT_CODE}=%%s", f"{Notify.UNIT_EXIT_STATUS}=%%s"],
         "$SERVICE_RESULT",
         "$EXIT_CODE",
         "$EXIT_STATUS",
@@ -116,18 +118,19 @@ def _report_end(ch: ReportChannel, unit_name: str, whole_journal: bool, verdict:
     )
 
 
-def _report_timeline(ch: ReportChannel, units: str) -> str:
+def _report_timeline(ch: ReportChannel, unit_name: str) -> str:
     # The boot timeline, gzipped and base64-encoded into one line (about 10 kB): short
     # enough for a board's serial console too. Then the mark that the guest has said all
     # it will say: the host may end the VM from here without waiting for a shutdown.
-    # `units`: "*" for every unit (3 s under emulation), or the test unit's name alone
-    # when the host has the rest of the boot from the snapshot.
+    # Every unit's (3 s under emulation), or the test unit's alone in a guest resumed from
+    # a snapshot (RESUMED_MARK), whose boot the host has already.
     unit_props = ",".join(TIMELINE_UNIT_PROPERTIES)
     manager = ",".join(TIMELINE_MANAGER_PROPERTIES)
+    units = f'$$(test -e {RESUMED_MARK} && echo {unit_name} || echo "*")'
     return (
-        f'-/bin/sh -c \'test -c {ch.device} && {{ printf "{ch.prefix}X_HARNESS_TIMELINE=";'
+        f'-/bin/sh -c \'test -c {ch.device} && {{ printf "{ch.prefix}{Notify.TIMELINE}=";'
         f' {{ systemctl show -p {manager}; echo UptimeSeconds=$$(cut -d" " -f1 /proc/uptime); echo; systemctl show -p {unit_props} "{units}"; }} | gzip -1 | base64 -w0;'
-        f' echo; printf "{ch.prefix}{DONE}=1\\n"; }} >{ch.device}; :\''
+        f' echo; printf "{ch.prefix}{Notify.DONE}=1\\n"; }} >{ch.device}; :\''
     )
 
 
@@ -147,7 +150,6 @@ def render_test_unit(
     interactive: bool,
     channel: ReportChannel = VIRTIO_CHANNEL,
     whole_journal: bool = False,
-    resumed: bool = False,
     systemd: int | None = None,
 ) -> str:
     """The test unit; `systemd` is the guest's version, where the image tells it."""
@@ -174,7 +176,7 @@ def render_test_unit(
         f"ExecStartPre={_report_start(channel)}",
         f"ExecStart={u.command}",
         f"ExecStopPost={_report_end(channel, decl.unit_name, whole_journal or interactive, _verdict_line(channel, decl.name, decl.exit_code))}",
-        f"ExecStopPost={_report_timeline(channel, decl.unit_name if resumed else '*')}",
+        f"ExecStopPost={_report_timeline(channel, decl.unit_name)}",
     ]
     if interactive:
         lines += ["StandardInput=tty", "StandardOutput=tty", "StandardError=tty", "TTYPath=/dev/console"]
@@ -203,7 +205,7 @@ FailureAction=exit
 
 [Service]
 Type=oneshot
-ExecStartPre=-/bin/sh -c '{ch.write(["X_HARNESS_EMERGENCY=1"])} || :'
+ExecStartPre=-/bin/sh -c '{ch.write([f"{Notify.EMERGENCY}=1"])} || :'
 ExecStart=false
 """
 
@@ -250,14 +252,10 @@ def testcases_credential() -> Credential:
 
 
 def guest_credentials(
-    decl: TestDeclaration,
-    interactive: bool,
-    channel: ReportChannel = VIRTIO_CHANNEL,
-    whole_journal: bool = False,
-    systemd: int | None = None,
+    decl: TestDeclaration, unit: str, interactive: bool, channel: ReportChannel = VIRTIO_CHANNEL
 ) -> list[Credential]:
-    """The credentials that shape the guest's boot, ahead of the test's own."""
-    unit = render_test_unit(decl, interactive, channel, whole_journal, systemd=systemd)
+    """The credentials that shape the guest's boot, ahead of the test's own: the test
+    `unit` (render_test_unit's), the subtest library and the harness's helper units."""
     creds = [Credential(f"systemd.extra-unit.{decl.unit_name}", unit.encode()), testcases_credential()]
     if interactive:
         creds.append(Credential(f"systemd.extra-unit.{DEBUG_SHELL_UNIT}", _DEBUG_SHELL.encode()))

@@ -10,60 +10,51 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from harness.backend import CONSOLE_LIMIT, BootPath, BootPlan, Ending, EndingKind, cut_log, panic_line
 from harness.backends.autokit.client import WorkerClient, WorkerError
+from harness.board_console import BoardConsole
 from harness.board_image import plan_board_image
 from harness.declaration import Firmware, TestDeclaration
 from harness.guest.units import CONSOLE_CHANNEL
 from harness.image import Image
-from harness.notify import GuestReport, console_notify_lines
+from harness.machine import LogFile, Look, WatchRules
+from harness.notify import GuestReport
+from harness.plan import CONSOLE_LIMIT, BootPath, BootPlan
 
 SERIAL_POLL = 2.0
+FRAMES_FILE = "frames.tar.gz"  # the screen capture's frames, where the worker has one
 
 
 class AutokitMachine:
-    def __init__(self, worker: WorkerClient, log_dir: Path, poll: float = SERIAL_POLL) -> None:
+    what_it_is = "the board"
+
+    def __init__(
+        self,
+        worker: WorkerClient,
+        log_dir: Path,
+        poll: float = SERIAL_POLL,
+        console_limit: int = CONSOLE_LIMIT,
+    ) -> None:
         self.worker = worker
         self.console_log = log_dir / "console.log"
+        self.console = BoardConsole(self.console_log, console_limit)
         self.boot_path = BootPath.COLD  # a board is flashed and powered on for every test
         self.boot_timeline: str | None = None
         self.job_url = ""
-        self.poll = poll
-        self.report = GuestReport()
-        self.console_limit = CONSOLE_LIMIT
+        # The board is powered off once its test unit has ended: no last word waited for.
+        self.watch_rules = WatchRules(poll=poll, end_at_last_word=False, finish_grace=0)
 
     def _read_serial(self) -> bytes:
-        data = self.worker.serial()
-        self.console_log.write_bytes(data[: self.console_limit])
-        if len(data) > self.console_limit:  # the worker keeps it all; the log keeps the limit
-            cut_log(self.console_log, self.console_limit)
-        self.report = GuestReport()
-        self.report.add(console_notify_lines(data, CONSOLE_CHANNEL.prefix.encode()))
-        return data
+        """What the serial log gained since the last read (the worker serves all of it)."""
+        new = self.worker.serial()[self.console.written :]
+        self.console.add(new)
+        return new
 
-    def wait(self, timeout: float | None) -> Ending:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            console = self._read_serial()
-            if len(console) > self.console_limit:
-                self.worker.power_off()
-                return Ending(
-                    EndingKind.CONSOLE_FLOOD,
-                    detail=f"the board wrote more than {self.console_limit // 2**20} MB to its console "
-                    "(HARNESS_CONSOLE_LIMIT_MB); it was powered off and console.log cut there,",
-                )
-            if self.report.last("X_HARNESS_SERVICE_RESULT") is not None or self.report.entered_emergency:
-                return Ending(EndingKind.EXITED)
-            panic = panic_line(console)
-            if panic:
-                return Ending(EndingKind.PANIC, detail=panic)
-            if deadline is not None and time.monotonic() >= deadline:
-                return Ending(EndingKind.TIMEOUT)
-            time.sleep(self.poll)
+    def look(self) -> Look:
+        new = self._read_serial()
+        return Look(self.console.report, new, self.console.written)
 
     def power_off(self, orderly: bool) -> None:
         self.worker.power_off()
@@ -71,7 +62,7 @@ class AutokitMachine:
     def collect(self) -> GuestReport:
         with contextlib.suppress(WorkerError):
             self._read_serial()
-        return self.report
+        return self.console.report
 
     def failure_detail(self) -> str:
         return ""
@@ -81,6 +72,7 @@ class AutokitBackend:
     name = "autokit"
     report_channel = CONSOLE_CHANNEL
     can_resume = False
+    log_files: tuple[LogFile, ...] = (LogFile("diagnostics.json"), LogFile(FRAMES_FILE, text=False))
 
     def __init__(self, url: str, token: str | None = None, poll: float = SERIAL_POLL) -> None:
         self.client = WorkerClient(url, token)
@@ -115,8 +107,7 @@ class AutokitBackend:
             if capture:
                 worker.start_capture()
             worker.power_on()
-            machine = AutokitMachine(worker, log_dir, self.poll)
-            machine.console_limit = plan.console_limit
+            machine = AutokitMachine(worker, log_dir, self.poll, plan.console_limit)
             try:
                 yield machine
             finally:
@@ -124,7 +115,7 @@ class AutokitBackend:
                     worker.power_off()
                 if capture:
                     with contextlib.suppress(WorkerError, OSError):
-                        (log_dir / "frames.tar.gz").write_bytes(worker.stop_capture())
+                        (log_dir / FRAMES_FILE).write_bytes(worker.stop_capture())
                 with contextlib.suppress(WorkerError, OSError):
                     (log_dir / "diagnostics.json").write_text(
                         json.dumps(worker.diagnostics(), indent=1) + "\n"

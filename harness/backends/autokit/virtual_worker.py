@@ -31,9 +31,8 @@ from typing import Any
 import attrs
 
 from harness.accel import detect
-from harness.backends.qemu.backend import (
+from harness.backends.qemu.command import (
     MACHINES,
-    die_with_parent,
     disk_args,
     machine_alias,
     machine_args,
@@ -41,6 +40,7 @@ from harness.backends.qemu.backend import (
     uefi_args,
 )
 from harness.backends.qemu.firmware import copy_nvram, find_ovmf
+from harness.backends.qemu.machine import die_with_parent
 
 ARCH = "x86_64"  # the board's
 CHUNK_MIB = 40

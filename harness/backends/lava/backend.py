@@ -23,15 +23,18 @@ from pathlib import Path
 
 import attrs
 
-from harness.backend import CONSOLE_LIMIT, BootPath, BootPlan, Ending, EndingKind, cut_log, panic_line
 from harness.backends.lava.client import CANCELED, COMPLETE, JobState, LabError, LavaClient
 from harness.backends.lava.job import job_definition
+from harness.board_console import BoardConsole
 from harness.board_image import plan_board_image
 from harness.declaration import Firmware, TestDeclaration
 from harness.errors import HarnessError
 from harness.guest.units import CONSOLE_CHANNEL
 from harness.image import Image
-from harness.notify import GuestReport, console_notify_lines
+from harness.machine import Ending, EndingKind, LogFile, Look, WatchRules
+from harness.notify import GuestReport
+from harness.plan import CONSOLE_LIMIT, BootPath, BootPlan, plan_boot
+from harness.watch import Deadline
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,8 @@ JOB_FILE = "lava-job.yaml"
 class LavaMachine:
     """One submitted job, seen as a machine: its console is the job log's target lines."""
 
+    what_it_is = "the LAVA job"
+
     def __init__(
         self,
         client: LavaClient,
@@ -66,86 +71,55 @@ class LavaMachine:
         self.boot_path = BootPath.COLD  # a lab's device boots the test's own image every time
         self.boot_timeline: str | None = None
         self.console_log = log_dir / "console.log"
-        self.console_log.write_bytes(b"")
-        self.console = b""  # what console.log holds, up to the limit
-        self.panic: str | None = None  # the kernel's panic line, once the console shows one
-        self.written = 0  # bytes the device printed, the part past the limit included
+        self.console = BoardConsole(self.console_log, console_limit)
         self.log_lines = 0  # lines of the job log read so far
         self.poll = poll
         self.queue_limit = queue_limit
-        self.console_limit = console_limit
-        self.finish_grace = finish_grace
+        self.queued_until = Deadline.after(queue_limit)
+        self.unanswered: Deadline | None = None  # since the server stopped answering: how long it may
+        # The guest's word decides once it came; the job then winds up by itself (a lab's
+        # worker notices it finished at its next ping), and is waited for a while.
+        self.watch_rules = WatchRules(poll=poll, end_at_last_word=False, finish_grace=finish_grace)
         self.state = JobState(job_id, "Submitted", "Unknown", "", "")
         self.cancelled = False  # the harness asked LAVA to cancel the job
-        self.report = GuestReport()
 
-    def _follow(self) -> None:
+    def _follow(self) -> bytes:
         """Read the job's state and its new log lines; the console lines go to console.log."""
         self.state = self.client.job(self.job_id)
         lines = self.client.log(self.job_id, self.log_lines)
         self.log_lines += len(lines)
         new = b"".join(f"{line.message}\n".encode() for line in lines if line.level == "target")
-        self.written += len(new)
-        kept = new[: max(0, self.console_limit - len(self.console))]
-        if kept:
-            self.console += kept
-            with self.console_log.open("ab") as f:
-                f.write(kept)
-            # The whole console again: a line of ours the kernel cut may end in this batch.
-            self.report = GuestReport()
-            self.report.add(console_notify_lines(self.console, CONSOLE_CHANNEL.prefix.encode()))
-            self.panic = self.panic or panic_line(kept)
+        self.console.add(new)
+        return new
 
     def guest_ended(self) -> bool:
-        return self.report.last("X_HARNESS_SERVICE_RESULT") is not None or self.report.entered_emergency
+        return self.console.report.test_ended
 
-    def wait(self, timeout: float | None) -> Ending:
-        submitted = time.monotonic()
-        deadline: float | None = None  # the test's time starts with the device's first line
-        guest_ended_at: float | None = None
-        unanswered_since: float | None = None
-        while True:
-            try:
-                self._follow()
-                unanswered_since = None
-            except LabError as e:
-                unanswered_since = unanswered_since or time.monotonic()
-                if time.monotonic() - unanswered_since > SERVER_PATIENCE:
-                    raise
-                log.warning(f"warning: {e.what}; trying again")
-                time.sleep(self.poll or 1)
-                continue
-            now = time.monotonic()
-            if self.written > self.console_limit:
-                self.cancel()
-                cut_log(self.console_log, self.console_limit)
-                return Ending(
-                    EndingKind.CONSOLE_FLOOD,
-                    detail=f"the device wrote more than {self.console_limit // 2**20} MB to its console "
-                    "(HARNESS_CONSOLE_LIMIT_MB); the LAVA job was canceled and console.log cut there,",
-                )
-            if self.state.finished:
-                return self._ending()
-            if self.guest_ended():
-                guest_ended_at = guest_ended_at or now
-                if now - guest_ended_at > self.finish_grace:
-                    return Ending(EndingKind.EXITED, 0)
-            elif self.panic:
-                self.cancel()
-                return Ending(EndingKind.PANIC, detail=self.panic)
-            if self.state.queued and now - submitted > self.queue_limit:
-                self.cancel()
-                return Ending(
-                    EndingKind.INFRASTRUCTURE,
-                    detail=f"LAVA job {self.job_id} waited {self.queue_limit:.0f} s for a device and got none "
-                    "(HARNESS_LAVA_QUEUE_TIMEOUT); it was canceled",
-                )
-            if deadline is None and self.console and timeout is not None:
-                deadline = now + timeout
-            if deadline is not None and now >= deadline and guest_ended_at is None:
-                self.cancel()
-                return Ending(EndingKind.TIMEOUT)
-            time.sleep(self.poll)
+    def look(self) -> Look:
+        try:
+            new = self._follow()
+            self.unanswered = None
+        except LabError as e:  # a restart, a proxy's 502: the job goes on in the lab meanwhile
+            self.unanswered = self.unanswered or Deadline.after(SERVER_PATIENCE)
+            if self.unanswered.passed():
+                raise
+            log.warning(f"warning: {e.what}; trying again")
+            time.sleep(self.poll or 1)
+            new = b""
+        # The test's time starts with the device's first line, not while the job waits.
+        return Look(self.console.report, new, self.console.written, self._stopped(), bool(self.console.kept))
+
+    def _stopped(self) -> Ending | None:
+        if self.state.finished:
+            return self._ending()
+        if self.state.queued and self.queued_until.passed():
+            self.cancel()
+            return Ending(
+                EndingKind.INFRASTRUCTURE,
+                detail=f"LAVA job {self.job_id} waited {self.queue_limit:.0f} s for a device and got none "
+                "(HARNESS_LAVA_QUEUE_TIMEOUT); it was canceled",
+            )
+        return None
 
     def _ending(self) -> Ending:
         """How a finished job ended, for the classifier: the guest's word first."""
@@ -173,7 +147,7 @@ class LavaMachine:
     def collect(self) -> GuestReport:
         with contextlib.suppress(LabError):  # the log's last lines, when the lab still answers
             self._follow()
-        return self.report
+        return self.console.report
 
     def failure_detail(self) -> str:
         return ""
@@ -183,6 +157,7 @@ class LavaBackend:
     name = "lava"
     report_channel = CONSOLE_CHANNEL
     can_resume = False
+    log_files: tuple[LogFile, ...] = (LogFile(JOB_FILE),)
 
     def __init__(
         self,
@@ -218,7 +193,7 @@ class LavaBackend:
 
     def definition(self, plan: BootPlan, image_url: str) -> str:
         return job_definition(
-            plan.decl.name,
+            plan.name,
             plan.timeout or 0,
             image_url,
             self.device_type,
@@ -242,7 +217,7 @@ class LavaBackend:
             machine = LavaMachine(
                 self.client, job_id, log_dir, self.poll, self.queue_limit, plan.console_limit
             )
-            log.info(f"{plan.decl.name}: LAVA job {job_id}: {machine.job_url}")
+            log.info(f"{plan.name}: LAVA job {job_id}: {machine.job_url}")
             try:
                 yield machine
             finally:
@@ -307,8 +282,6 @@ def write_job(
 ) -> tuple[str, Path]:
     """The job definition the backend would submit for `decl`, and its board image,
     written to `out_dir` for someone who submits by hand (`python3 -m harness lava-job`)."""
-    from harness.wrapper import plan_boot
-
     backend = LavaBackend("", device_type, None)
     plan = plan_boot(decl, Image.open(image_path), backend, False, timeout_factor, env)
     out_dir.mkdir(parents=True, exist_ok=True)

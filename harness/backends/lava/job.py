@@ -5,7 +5,7 @@ The image is the per-test board image (harness.board_image): the test unit, its
 credentials and its kernel command line are inside it, so the job itself carries no
 secret and needs no login or shell on the device. The monitor starts at the test unit's
 first report line and ends at the guest's last; every subtest line and the guest's
-verdict line (X_HARNESS_TEST) become a LAVA test case, so LAVA's results list the test
+verdict line (Notify.TEST) become a LAVA test case, so LAVA's results list the test
 and its subtests as the harness's report does.
 
 LAVA's timeouts are the test's plus a margin: the harness decides a timeout itself (it
@@ -18,7 +18,8 @@ import math
 
 import yaml
 
-from harness.guest.units import CONSOLE_CHANNEL, DONE, TEST_VERDICT
+from harness.guest.units import CONSOLE_CHANNEL
+from harness.notify import Notify
 
 DEPLOY_TIMEOUT = 600  # s: the dispatcher fetches and copies the image (~900 MB here)
 BOOT_TIMEOUT = 120  # s: to start the device; the boot itself is the test's time
@@ -29,9 +30,9 @@ MARGIN = 120  # s: LAVA gives up this long after the harness would have
 # while the console still arrives: a case's name counts once the character after it has
 # arrived too, or a name cut by the serial line's pace would be taken for the whole.
 START = f"{CONSOLE_CHANNEL.prefix}READY=1"
-END = f"{CONSOLE_CHANNEL.prefix}{DONE}=1"
+END = f"{CONSOLE_CHANNEL.prefix}{Notify.DONE}=1"
 CASE = (
-    f"{CONSOLE_CHANNEL.prefix}X_HARNESS_(?:TESTCASE|{TEST_VERDICT.removeprefix('X_HARNESS_')})="
+    f"{CONSOLE_CHANNEL.prefix}(?:{Notify.TESTCASE}|{Notify.TEST})="
     + r"(?P<result>pass|fail|skip) \d+ (?P<test_case_id>[^ \r\n]+)(?=[ \r\n])"
 )
 

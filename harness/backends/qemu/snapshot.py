@@ -9,13 +9,16 @@ its credentials, start the unit. The unit is the same as on a cold boot and repo
 the same channel, so TAP, subtests, journal, timeline and report do not change.
 
 A test is eligible when nothing it declares changes what happens before the agent runs
-(`ineligibility` says why not). The snapshot is keyed to the image, the harness's own
+(`plan.resume_blocker` says why not). The snapshot is keyed to the image, the harness's own
 files and the QEMU binary; it lives in the build directory and is shared by parallel
 `meson test` processes under file locks: the first one makes it, the others wait, all
 hold a shared lock while they use it, and a stale snapshot is removed by whoever makes
 the next one, once nobody holds it. What the guest can still tell: the machine-id and
 boot ID are the snapshot boot's (journald and D-Bus take them when PID 1 starts; giving
 each test a new one would split its journal), and /proc/cmdline names the agent's unit.
+
+This file holds the whole path: `booted_snapshot` (keyed, shared, made by
+`make_snapshot` when missing), `resumed_vm` (a test's VM from it, handed its test).
 """
 
 from __future__ import annotations
@@ -24,46 +27,45 @@ import base64
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import shlex
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import attrs
 
-from harness.declaration import BootMode, Credential, Firmware, Storage, TestDeclaration
-from harness.guest.units import timeline_script
+from harness.accel import Acceleration
+from harness.backends.qemu.command import RunFiles, VmConfig, qemu_binary, qemu_major
+from harness.backends.qemu.machine import QemuMachine, make_overlay, private_tmp, running_vm
+from harness.declaration import Credential, Firmware
+from harness.errors import HarnessError
+from harness.guest.units import RESUMED_MARK, VIRTIO_CHANNEL, boot_options, emergency_guard, timeline_script
+from harness.image import Image
+from harness.notify import Notify
+from harness.plan import BootPlan
+from harness.timeline import decode_timeline
+from harness.watch import Deadline, watch
 
-AGENT_PORT = "io.harness.agent"
+log = logging.getLogger(__name__)
+
 AGENT_UNIT = "harness-agent.service"
 AGENT_CREDENTIAL = "harness.agent"
 TIMELINE_CREDENTIAL = "harness.timeline"
 HARNESS_DIR = Path(__file__).resolve().parents[2]  # the package: its code is part of the key
 AGENT_SCRIPT = HARNESS_DIR / "guest" / "agent.sh"
-AGENT_READY = "X_HARNESS_AGENT_READY"
 SEED_BYTES = 64
+SNAPSHOT_BOOT_TIMEOUT = 120  # seconds with KVM, for the boot to the agent
+RESUME_TIMEOUT = 60  # seconds QEMU may take to load the saved state
+SAVE_TIMEOUT = 300  # seconds QEMU may take to write it (~350 MB)
 
 
 class SnapshotUnavailable(Exception):
     """The snapshot could not be made (its boot failed): tests boot cold instead."""
-
-
-def ineligibility(decl: TestDeclaration, firmware: Firmware, env: Mapping[str, str]) -> str | None:
-    """Why this test must boot cold, or None when it may resume the snapshot."""
-    if env.get("HARNESS_COLD_BOOT") == "1":
-        return "HARNESS_COLD_BOOT=1"
-    if decl.boot == BootMode.COLD:
-        return "the test declares boot: 'cold'"
-    if firmware != Firmware.LINUX:
-        return f"firmware {firmware}"
-    if decl.storage != Storage.VOLATILE:
-        return f"storage {decl.storage}"
-    if decl.cmdline:
-        return "the test adds to the kernel command line"
-    if decl.qemu_args:
-        return "the test adds QEMU arguments"
-    return None
 
 
 def agent_unit() -> str:
@@ -102,6 +104,7 @@ def resume_script(
         f"date -s @{now:.3f} >/dev/null",
         f"printf %s {_b64(seed)} | base64 -d >/dev/urandom",
         "mkdir -p /run/credstore",
+        f": >{RESUMED_MARK}",
     ]
     lines += [
         f"printf %s {_b64(c.value)} | base64 -d >/run/credstore/{shlex.quote(c.name)}" for c in credentials
@@ -236,3 +239,116 @@ def remove_stale(root: Path, keep: str) -> list[str]:
             lock_path.unlink(missing_ok=True)
             removed.append(key)
     return removed
+
+
+def snapshot_config(image: Image, accel: Acceleration) -> VmConfig:
+    """The VM that boots to the agent and is saved: what every eligible test resumes."""
+    return VmConfig(
+        name="snapshot",
+        image=image,
+        firmware=Firmware.LINUX,
+        accel=accel,
+        cmdline=tuple(boot_options(AGENT_UNIT, interactive=False, volatile=True)),
+        credentials=(*agent_credentials(), *emergency_guard(VIRTIO_CHANNEL)),
+        agent=True,
+    )
+
+
+def booted_snapshot(plan: BootPlan) -> contextlib.AbstractContextManager[Snapshot]:
+    """The booted snapshot for `plan`'s image, made first if needed, held while in use."""
+    assert plan.snapshot_dir is not None
+    cfg = snapshot_config(plan.image, plan.accel)
+    binary = shutil.which(qemu_binary(plan.image.architecture)) or ""
+    image = plan.image
+    key = snapshot_key(
+        [plan.accel.kind, *plan.accel.cpu_args(qemu_major(binary)), binary],
+        [p for p in (image.path, image.kernel, image.initrd, Path(binary)) if p is not None],
+    )
+    # The boot is the agent's: the test's own timeout does not apply to it.
+    timeout = SNAPSHOT_BOOT_TIMEOUT * plan.accel.timeout_factor
+
+    def make(dest: Path) -> None:
+        log.info(
+            f"{plan.name}: booting {image.path.name} once to save it as the booted snapshot "
+            f"{dest.parent / key} (the other eligible tests resume it)"
+        )
+        make_snapshot(cfg, dest, timeout, plan.console_limit)
+
+    return shared_snapshot(plan.snapshot_dir, key, plan.attempt, make)
+
+
+def make_snapshot(cfg: VmConfig, dest: Path, timeout: float, console_limit: int) -> None:
+    """Boot `cfg` until its agent waits, then save the VM into `dest` (state + disk)."""
+    with private_tmp(cfg.name) as tmp:
+        files = RunFiles(tmp, dest, Snapshot(dest).disk)
+        make_overlay(cfg.image.path, files.disk)
+        with running_vm(cfg, files) as machine:
+            ending = watch(machine, timeout, console_limit)
+            report = machine.collect()
+            if report.last(Notify.AGENT_READY) != "1":
+                why = {
+                    "timeout": f"timed out after {timeout:.0f} s",
+                    "panic": f"kernel panic: {ending.detail}",
+                }.get(
+                    ending.kind,
+                    f"QEMU exited with status {ending.machine_status}: {machine.failure_detail()}",
+                )
+                raise SnapshotUnavailable(f"the snapshot boot failed: {why}")
+            timeline = decode_timeline(report.last(Notify.TIMELINE))
+            if timeline:
+                Snapshot(dest).timeline.write_text(timeline)
+            save_state(machine, Snapshot(dest).state)
+
+
+def save_state(machine: QemuMachine, state: Path) -> None:
+    """Stop the VM, write its memory and device state to `state`, and quit QEMU."""
+    with machine.qmp_session(30) as qmp:
+        qmp.cmd("stop")
+        qmp.cmd("migrate", uri="exec:cat >" + shlex.quote(str(state)))
+
+        def saved() -> bool:
+            status = qmp.cmd("query-migrate")
+            assert isinstance(status, dict)
+            if status.get("status") in ("failed", "cancelled"):
+                raise SnapshotUnavailable(f"QEMU could not save the VM: {status.get('error-desc', status)}")
+            return status.get("status") == "completed"
+
+        if not Deadline.after(SAVE_TIMEOUT).wait_for(saved, 0.1):
+            raise SnapshotUnavailable(f"QEMU took more than {SAVE_TIMEOUT} s to save the VM")
+        qmp.cmd("quit")
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        machine.proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def resumed_vm(snapshot: Snapshot, plan: BootPlan, files: RunFiles) -> Iterator[QemuMachine]:
+    """A VM of `plan`'s test resumed from `snapshot` on its own overlay, its agent handed
+    the test; on leaving, QEMU and the agent's connection are gone."""
+    make_overlay(snapshot.disk, files.disk, backing_format="qcow2")
+    timeline = snapshot.timeline.read_text() if snapshot.timeline.is_file() else None
+    cfg = snapshot_config(plan.image, plan.accel)
+    with running_vm(cfg, files, snapshot.state, timeline) as machine, socket.socket(socket.AF_UNIX) as agent:
+        script = resume_script(
+            plan.decl.unit_name, plan.unit, plan.test_credentials, time.time(), os.urandom(SEED_BYTES)
+        )
+        hand_over(machine, agent, agent_message(script))
+        yield machine
+
+
+def hand_over(machine: QemuMachine, agent: socket.socket, message: bytes) -> None:
+    """Once QEMU has loaded the saved state, connect to the agent's port, send it the
+    test, and let the VM run (it was saved stopped, so it loads paused)."""
+    loaded = Deadline.after(RESUME_TIMEOUT).wait_for(
+        lambda: machine.proc.poll() is not None or machine.run_state() not in (None, "inmigrate"), 0.05
+    )
+    fix = "rerun with HARNESS_COLD_BOOT=1; if it persists, remove the snapshot directory"
+    if not loaded or machine.proc.poll() is not None:
+        raise HarnessError(
+            f"QEMU did not resume the booted snapshot: {machine.failure_detail() or 'it timed out'}", fix
+        )
+    agent.connect(str(machine.files.agent))
+    agent.sendall(message)
+    if not machine.qmp("cont"):
+        raise HarnessError(
+            f"QEMU would not run the resumed snapshot: {machine.failure_detail() or 'no word why'}", fix
+        )

@@ -1,0 +1,311 @@
+"""QEMU's whole command line for a test's VM, as pure functions of what the VM is
+(`VmConfig`) and where its files live (`RunFiles`): the machine, disk, firmware, console
+and report ports, and the credentials the guest gets. The virtual worker's board and
+tools/bench build theirs from the same pieces.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shlex
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+
+from harness.accel import Acceleration
+from harness.backends.qemu.credentials import (
+    cmdline_extra_strings,
+    fw_cfg_args,
+    smbios_args,
+    smbios_credential,
+)
+from harness.backends.qemu.firmware import Ovmf
+from harness.declaration import Credential, Firmware
+from harness.errors import HarnessError
+from harness.esp import run_tool, uki_cmdline, write_boot_esp
+from harness.guest.units import JOURNAL_PORT, NOTIFY_PORT
+from harness.image import ESP_TYPE, Image, read_gpt
+from harness.plan import BootPlan
+
+AGENT_PORT = "io.harness.agent"  # the fast path's agent reads its test here (guest/agent.sh)
+
+QEMU_BINARIES = {
+    "x86_64": "qemu-system-x86_64",
+    "aarch64": "qemu-system-aarch64",
+    "riscv64": "qemu-system-riscv64",
+    "i386": "qemu-system-i386",
+}
+MACHINES = {"x86_64": "q35", "i386": "q35", "aarch64": "virt", "riscv64": "virt"}
+# The UART each machine's firmware and boot loader print to (UEFI boots log it); a direct
+# kernel boot logs the virtio console hvc0 instead: an emulated UART costs an exit to QEMU
+# per character, which under TCG is seconds of a boot.
+CONSOLES = {"x86_64": "ttyS0", "i386": "ttyS0", "aarch64": "ttyAMA0", "riscv64": "ttyS0"}
+VIRTIO_CONSOLE = "hvc0"
+# systemd-stub takes the extra command line from SMBIOS (io.systemd.stub.kernel-cmdline-extra)
+# from 254 on; for older images the harness boots the UKI from an ESP of its own.
+STUB_SMBIOS_SINCE = 254
+
+
+@attrs.frozen
+class RunFiles:
+    """Where one VM's files live: `tmp` is private and removed afterwards, `logs` is kept,
+    `disk` is the overlay the VM writes (in `tmp`, or in a snapshot being made)."""
+
+    tmp: Path
+    logs: Path
+    disk: Path
+
+    @property
+    def qmp(self) -> Path:
+        return self.tmp / "qmp.sock"
+
+    @property
+    def agent(self) -> Path:
+        return self.tmp / "agent.sock"
+
+    @property
+    def notify(self) -> Path:
+        return self.tmp / "notify.port"
+
+    @property
+    def console(self) -> Path:
+        return self.logs / "console.log"
+
+    @property
+    def journal_export(self) -> Path:
+        return self.logs / "journal.export"
+
+    @property
+    def screenshot(self) -> Path:
+        return self.logs / "screen.png"
+
+
+@attrs.frozen
+class VmConfig:
+    """What decides a VM's devices and what its guest gets at boot. A booted snapshot and
+    every VM resumed from it share one, so their QEMU command lines match, as migration
+    requires; only the files differ."""
+
+    name: str  # names the temporary directory
+    image: Image
+    firmware: Firmware = attrs.field(converter=Firmware)  # resolved: never AUTO
+    accel: Acceleration
+    cmdline: tuple[str, ...]  # what the harness and the test add to the kernel command line
+    credentials: tuple[Credential, ...]
+    interactive: bool = False
+    qemu_args: tuple[str, ...] = ()
+    agent: bool = False  # the fast path's agent port (and no vsock: a snapshot cannot keep a CID)
+
+    @classmethod
+    def for_plan(cls, plan: BootPlan) -> VmConfig:
+        return cls(
+            plan.name,
+            plan.image,
+            plan.firmware,
+            plan.accel,
+            plan.cmdline,
+            plan.credentials,
+            plan.interactive,
+            plan.decl.qemu_args,
+        )
+
+
+def smbios_supported(arch: str, firmware: Firmware) -> bool:
+    # On x86 SeaBIOS and OVMF both publish SMBIOS; on other machines only UEFI does.
+    return arch in ("x86_64", "i386") or firmware.is_uefi()
+
+
+def qemu_binary(arch: str, env: Mapping[str, str] = os.environ) -> str:
+    """QEMU for the image's architecture: HARNESS_QEMU when set, else the one on PATH."""
+    return env.get("HARNESS_QEMU") or QEMU_BINARIES[arch]
+
+
+@functools.cache
+def qemu_major(binary: str) -> int:
+    """The major version of a QEMU binary (0 when it cannot tell)."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        return 0
+    match = re.search(r"version (\d+)\.", out)
+    return int(match.group(1)) if match else 0
+
+
+def kernel_cmdline(cfg: VmConfig) -> list[str]:
+    """The whole command line of a direct kernel boot."""
+    base = [f"console={VIRTIO_CONSOLE}"]
+    if cfg.image.root_partuuid:
+        base = [f"root=PARTUUID={cfg.image.root_partuuid}", *base]
+    return [*base, *cfg.cmdline]
+
+
+def machine_args(arch: str, accel: Acceleration) -> list[str]:
+    """QEMU and the machine every VM of the harness is: the same for a test's VM and the
+    virtual worker's board."""
+    machine = MACHINES[arch]
+    if machine == "q35":
+        machine += ",hpet=off"  # the HPET costs time under emulation and nothing needs it
+    binary = qemu_binary(arch)
+    return [
+        binary,
+        "-machine",
+        machine,
+        "-accel",
+        accel.kind,
+        *accel.cpu_args(qemu_major(binary)),
+        "-m",
+        "1536M",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-object",
+        "rng-random,filename=/dev/urandom,id=rng0",
+        "-device",
+        "virtio-rng-pci,rng=rng0",
+        # The guest hands back the memory it frees: a test's QEMU holds what is in use.
+        "-device",
+        "virtio-balloon-pci,free-page-reporting=on",
+    ]
+
+
+def disk_args(disk: Path, disk_format: str) -> list[str]:
+    return [
+        "-drive",
+        f"if=none,id=root,file={disk},format={disk_format},discard=unmap,cache=unsafe",
+        "-device",
+        "virtio-blk-pci,drive=root,bootindex=1",
+    ]
+
+
+def uefi_args(ovmf: Ovmf, nvram: Path) -> list[str]:
+    return [
+        "-drive",
+        f"if=pflash,format=raw,readonly=on,file={ovmf.code}",
+        "-drive",
+        f"if=pflash,format=raw,file={nvram}",
+    ]
+
+
+def boot_esp_args(cfg: VmConfig, files: RunFiles, cmdline: tuple[str, ...]) -> list[str]:
+    """A boot disk of its own, ahead of the image, for systemd-stub before 254, which takes
+    no command line from SMBIOS: the image's systemd-boot and UKI with one entry carrying
+    the harness's command line (root= too: the image's ESP is not the one booted)."""
+    image = cfg.image
+    if image.uki is None:
+        raise HarnessError(f"{image.path} has no UKI beside it", "build with mkosi's default SplitArtifacts")
+    with image.path.open("rb") as f:
+        esp = next(p for p in read_gpt(f) if p.type_uuid == ESP_TYPE)
+    boot_loader = files.tmp / "BOOTX64.EFI"
+    run_tool(
+        ["mcopy", "-i", f"{image.path}@@{esp.offset}", "::/EFI/BOOT/BOOTX64.EFI", str(boot_loader)],
+        "take systemd-boot from the image's ESP",
+    )
+    line = " ".join([uki_cmdline(image.uki), f"root=PARTUUID={image.root_partuuid}", *cmdline])
+    disk = write_boot_esp(files.tmp / "boot-esp.img", boot_loader, image.uki, cfg.name, line)
+    return [
+        "-drive",
+        f"if=none,id=bootesp,file={disk},format=raw,readonly=on",
+        "-device",
+        "virtio-blk-pci,drive=bootesp,bootindex=0",
+    ]
+
+
+def guest_args(cfg: VmConfig, files: RunFiles, credentials: list[Credential]) -> list[str]:
+    """What the guest gets besides its disk: `credentials` and the extra command line of a
+    UEFI boot, as SMBIOS strings (fw_cfg where the machine has no SMBIOS), each read by
+    QEMU from a private file in `files.tmp`."""
+    if not smbios_supported(cfg.image.architecture, cfg.firmware):
+        return fw_cfg_args(credentials, files.tmp)
+    strings = [smbios_credential(c) for c in credentials]
+    if not cfg.firmware.is_uefi():
+        return smbios_args(strings, files.tmp)
+    # The kernel's messages on the screen too, for the screenshot; the serial console
+    # named last stays /dev/console, the one we log.
+    extra = ("console=tty0", f"console={CONSOLES[cfg.image.architecture]},115200", *cfg.cmdline)
+    args = smbios_args([*strings, *cmdline_extra_strings(extra)], files.tmp)
+    if (cfg.image.systemd_version or STUB_SMBIOS_SINCE) < STUB_SMBIOS_SINCE:
+        args += boot_esp_args(cfg, files, extra)
+    return args
+
+
+def qemu_command(
+    cfg: VmConfig,
+    files: RunFiles,
+    ovmf: Ovmf | None,
+    nvram: Path | None,
+    vsock_cid: int | None,
+    vhost_fd: int | None,
+    guest_args: list[str],
+    incoming: Path | None = None,
+) -> list[str]:
+    """QEMU's argument vector for `cfg`; `guest_args` carry credentials and extras;
+    `incoming` is a saved VM to resume instead of booting."""
+    disk_format = "raw" if files.disk == cfg.image.path else "qcow2"
+    cmd = [
+        *machine_args(cfg.image.architecture, cfg.accel),
+        *disk_args(files.disk, disk_format),
+        "-qmp",
+        f"unix:{files.qmp},server=on,wait=off",
+    ]
+    if cfg.interactive:
+        cmd += ["-chardev", f"stdio,id=console,mux=on,signal=off,logfile={files.console}"]
+    else:
+        cmd += ["-chardev", f"file,id=console,path={files.console}"]
+    cmd += ["-device", "virtio-serial-pci,id=vser0"]
+    if cfg.firmware.is_uefi():
+        cmd += ["-serial", "chardev:console"]
+    else:
+        cmd += ["-device", "virtconsole,chardev=console"]
+    cmd += [
+        "-chardev",
+        f"file,id=notify,path={files.notify}",
+        "-device",
+        f"virtserialport,chardev=notify,name={NOTIFY_PORT}",
+        "-chardev",
+        f"file,id=journal,path={files.journal_export}",
+        "-device",
+        f"virtserialport,chardev=journal,name={JOURNAL_PORT}",
+    ]
+    if cfg.agent:
+        cmd += [
+            "-chardev",
+            f"socket,id=agent,path={files.agent},server=on,wait=off",
+            "-device",
+            f"virtserialport,chardev=agent,name={AGENT_PORT}",
+            # A resumed VM gets a new generation ID, and the guest kernel reseeds its RNG.
+            "-device",
+            "vmgenid,guid=auto",
+        ]
+    if vsock_cid is not None:
+        cmd += ["-device", f"vhost-vsock-pci,guest-cid={vsock_cid},vhostfd={vhost_fd}"]
+    if cfg.firmware.is_uefi():
+        assert ovmf and nvram
+        cmd += [*uefi_args(ovmf, nvram), "-device", "VGA"]  # a screen, for the report's screenshot
+    else:
+        assert cfg.image.kernel
+        cmd += ["-kernel", str(cfg.image.kernel), "-append", " ".join(kernel_cmdline(cfg))]
+        if cfg.firmware == Firmware.LINUX:
+            assert cfg.image.initrd
+            cmd += ["-initrd", str(cfg.image.initrd)]
+    if incoming is not None:
+        cmd += ["-incoming", "exec:cat " + shlex.quote(str(incoming))]
+    return cmd + guest_args + list(cfg.qemu_args)
+
+
+def machine_alias(binary: str, machine: str) -> str:
+    """The versioned machine type behind an alias (q35 -> pc-q35-7.2), for firmware matching."""
+    out = subprocess.run([binary, "-machine", "help"], capture_output=True, text=True).stdout
+    return resolve_machine_alias(out, machine)
+
+
+def resolve_machine_alias(help_text: str, machine: str) -> str:
+    for line in help_text.splitlines():
+        words = line.split()
+        if words and words[0] == machine and "(alias of" in line:
+            return line.rsplit("(alias of", 1)[1].strip(" )")
+    return machine

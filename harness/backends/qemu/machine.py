@@ -1,0 +1,299 @@
+"""One QEMU process, owned: started by `running_vm` and gone when its context ends, with
+QMP to talk to it, its console and report port read for the watch, and power.
+
+Everything the process leaves on disk lives in a private temporary directory
+(`private_tmp`) or in the test's log directory; QEMU dies with the wrapper even when the
+wrapper is SIGKILLed (PR_SET_PDEATHSIG), and the next run sweeps the directory such a
+wrapper leaves (`sweep_orphans`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from harness.backends.qemu.command import (
+    MACHINES,
+    QEMU_BINARIES,
+    RunFiles,
+    VmConfig,
+    guest_args,
+    machine_alias,
+    qemu_binary,
+    qemu_command,
+)
+from harness.backends.qemu.firmware import copy_nvram, find_ovmf
+from harness.backends.qemu.vsock import VMADDR_CID_HOST, VsockNotifyListener, reserve_cid, vsock_available
+from harness.declaration import Credential
+from harness.errors import HarnessError
+from harness.machine import Ending, EndingKind, Look, WatchRules
+from harness.notify import GuestReport, read_port_file
+from harness.plan import BootPath
+
+POWERDOWN_GRACE = 30.0  # seconds an orderly shutdown may take under emulation
+SCREENSHOT_INTERVAL = 10.0  # seconds between screenshots while a UEFI test runs
+CONSOLE_READ = 16 * 2**20  # bytes of console output looked at (for a panic) per look, at most
+
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """For Popen's preexec_fn: runs in the child between fork and exec, so QEMU does not
+    outlive its owner even when the owner is SIGKILLed. The signal fires when the forking
+    *thread* ends, so QEMU must be spawned from a thread that lives as long as the VM."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def qmp_errors() -> tuple[type[Exception], ...]:
+    """What talking to QEMU over QMP raises when QEMU is not (or no longer) there, or
+    refuses a command. qemu.qmp is imported when first needed: a skipped test or a
+    `validate` does not pay for it."""
+    from qemu.qmp import QMPError
+
+    return (OSError, EOFError, QMPError)
+
+
+class QemuMachine:
+    what_it_is = "the VM"
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        files: RunFiles,
+        stderr: Path,
+        report: GuestReport,
+        has_screen: bool = False,
+        interactive: bool = False,
+        boot_path: BootPath = BootPath.COLD,
+        boot_timeline: str | None = None,  # a resumed VM's: its boot happened in the snapshot
+    ) -> None:
+        self.proc = proc
+        self.files = files
+        self.stderr = stderr
+        self.report = report  # what arrives over vsock; the port's lines are read from its file
+        self.console_log = files.console
+        self.has_screen = has_screen
+        self.boot_path = boot_path
+        self.boot_timeline = boot_timeline
+        self.job_url = ""
+        self.watch_rules = WatchRules(end_at_last_word=not interactive)
+        self._console_offset = 0
+        self._next_screenshot = 0.0
+        self._test_ended = False
+
+    def look(self) -> Look:
+        status = self.proc.poll()
+        report = GuestReport([*self.report.pairs])
+        with contextlib.suppress(FileNotFoundError):
+            report.add(self.files.notify.read_bytes())
+        if status is not None:
+            return Look(report, stopped=Ending(EndingKind.EXITED, status))
+        self._watch_screen(report.test_ended)
+        return Look(report, self._read_console(), self._console_offset)
+
+    def _read_console(self) -> bytes:
+        try:
+            with self.files.console.open("rb") as f:
+                f.seek(self._console_offset)
+                chunk = f.read(CONSOLE_READ)  # what a flooding guest wrote since: read in turns
+        except FileNotFoundError:
+            return b""
+        self._console_offset += len(chunk)
+        return chunk
+
+    def _watch_screen(self, test_ended: bool) -> None:
+        # Periodically while the test runs, and once more the moment the test unit
+        # reports its end, which is the screen the report shows.
+        if not self.has_screen or self._test_ended:
+            return
+        self._test_ended = test_ended
+        now = time.monotonic()
+        if test_ended or now >= self._next_screenshot:
+            self.screenshot()
+            self._next_screenshot = now + SCREENSHOT_INTERVAL
+
+    def screenshot(self) -> None:
+        """The screen as it is now, through QMP; the last one taken is the one kept."""
+        partial = self.files.tmp / "screen.png"
+        if self.qmp("screendump", filename=str(partial), format="png") and partial.is_file():
+            os.replace(partial, self.files.screenshot)
+
+    @contextlib.contextmanager
+    def qmp_session(self, timeout: float) -> Iterator[Any]:
+        """One QMP connection to this VM's QEMU, closed on leaving."""
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        qmp = QEMUMonitorProtocol(str(self.files.qmp))
+        try:
+            qmp.settimeout(timeout)
+            qmp.connect()
+            yield qmp
+        finally:
+            with contextlib.suppress(*qmp_errors()):
+                qmp.close()
+
+    def qmp(self, command: str, **arguments: Any) -> bool:
+        """Send one QMP command; False when QEMU is not there or refused it."""
+        try:
+            with self.qmp_session(5) as qmp:
+                qmp.cmd(command, **arguments)
+            return True
+        except qmp_errors():
+            return False
+
+    def run_state(self) -> str | None:
+        """QEMU's run state (inmigrate, paused, running, ...), or None while QMP is not up."""
+        try:
+            with self.qmp_session(5) as qmp:
+                status = qmp.cmd("query-status")
+            return str(status["status"]) if isinstance(status, dict) else None
+        except qmp_errors():  # QMP not up yet, or QEMU gone: the caller checks which
+            return None
+
+    def power_off(self, orderly: bool) -> None:
+        if self.proc.poll() is not None:
+            return
+        if self.has_screen:
+            self.screenshot()  # the screen as the test left it: a timeout's, a panic's
+        if orderly and self.qmp("system_powerdown"):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=POWERDOWN_GRACE)
+                return
+        if self.qmp("quit"):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=3)
+                return
+        self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def failure_detail(self) -> str:
+        try:
+            lines = self.stderr.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(lines[-3:])
+
+    def collect(self) -> GuestReport:
+        read_port_file(self.files.notify, self.report)
+        return self.report
+
+
+def make_overlay(image: Path, overlay: Path, backing_format: str = "raw") -> None:
+    """A qcow2 file backed by the image: the VM writes here, the image stays untouched."""
+    result = subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", str(image), str(overlay)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise HarnessError(
+            f"qemu-img could not create an overlay of {image}: {result.stderr.strip()}",
+            "check that qemu-utils is installed and the image is readable",
+        )
+
+
+@contextlib.contextmanager
+def running_vm(
+    cfg: VmConfig, files: RunFiles, incoming: Path | None = None, boot_timeline: str | None = None
+) -> Iterator[QemuMachine]:
+    """Start QEMU for `cfg` on `files` (booting, or resuming the saved VM `incoming`,
+    whose boot's timeline is `boot_timeline`); on leaving the context QEMU is gone."""
+    binary = qemu_binary(cfg.image.architecture) if cfg.image.architecture in QEMU_BINARIES else None
+    if binary is None or shutil.which(binary) is None:
+        raise HarnessError(
+            f"the image is {cfg.image.architecture} and {binary or 'no QEMU binary'} is not installed",
+            "run the set-up script (tools/setup), or install QEMU for that architecture"
+            " (HARNESS_QEMU names another binary)",
+        )
+    with contextlib.ExitStack() as stack:
+        report = GuestReport()
+        ovmf = nvram = None
+        if cfg.firmware.is_uefi():
+            ovmf = find_ovmf(cfg.image.architecture, machine_alias(binary, MACHINES[cfg.image.architecture]))
+            nvram = copy_nvram(ovmf, files.tmp)
+
+        credentials = list(cfg.credentials)
+        vsock_cid = vhost_fd = listener = None
+        if vsock_available() and not cfg.agent:
+            vhost_fd = os.open("/dev/vhost-vsock", os.O_RDWR | os.O_CLOEXEC)
+            stack.callback(os.close, vhost_fd)
+            vsock_cid = reserve_cid(vhost_fd)
+            listener = stack.enter_context(VsockNotifyListener(report))
+            credentials.append(
+                Credential("vmm.notify_socket", f"vsock-stream:{VMADDR_CID_HOST}:{listener.port}".encode())
+            )
+
+        args = guest_args(cfg, files, credentials)
+        cmd = qemu_command(cfg, files, ovmf, nvram, vsock_cid, vhost_fd, args, incoming)
+        (files.logs / "qemu-command.txt").write_text(" ".join(cmd) + "\n")
+        stderr = files.tmp / "qemu.stderr"
+        with stderr.open("wb") as err:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=None if cfg.interactive else subprocess.DEVNULL,
+                stdout=None if cfg.interactive else subprocess.DEVNULL,
+                stderr=err,
+                pass_fds=(vhost_fd,) if vhost_fd is not None else (),
+                preexec_fn=die_with_parent,
+            )
+        machine = QemuMachine(
+            proc,
+            files,
+            stderr,
+            report,
+            has_screen=cfg.firmware.is_uefi() and not cfg.interactive,
+            interactive=cfg.interactive,
+            boot_path=BootPath.COLD if incoming is None else BootPath.SNAPSHOT,
+            boot_timeline=boot_timeline,
+        )
+        stack.callback(machine.kill)
+        if listener is not None:
+            listener.start()
+        yield machine
+
+
+@contextlib.contextmanager
+def private_tmp(name: str) -> Iterator[Path]:
+    # Short path in /tmp: unix socket names are limited to 108 bytes. The wrapper's PID in
+    # the name tells a later run whose directory it is.
+    sweep_orphans(Path(tempfile.gettempdir()))
+    with tempfile.TemporaryDirectory(prefix=f"harness-{name}-p{os.getpid()}-") as tmp:
+        os.chmod(tmp, 0o700)
+        yield Path(tmp)
+
+
+ORPHAN = re.compile(r"^harness-.*-p(\d+)-[a-z0-9_]+$")
+
+
+def sweep_orphans(tmp: Path) -> None:
+    """Remove the private directories of wrappers that were killed outright (SIGKILL runs
+    no clean-up): their QEMU died with them (PR_SET_PDEATHSIG), their overlay is litter."""
+    for directory in tmp.glob("harness-*"):
+        m = ORPHAN.match(directory.name)
+        if m and not process_alive(int(m.group(1))):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True

@@ -1,0 +1,169 @@
+"""The plan of one boot: everything a machine needs to run a test, and nothing about how a
+machine does it.
+
+`plan_boot` decides it once, in the core: firmware (the backend resolves `auto`), the
+kernel command line, the test unit (rendered once: a cold boot gets it as a credential,
+a resumed VM is handed it), credentials, acceleration, timeout, and the boot path: cold,
+or resumed from a saved boot where the backend allows it for this test. Backends read the
+plan; none renders the test unit again or reaches back into the flow.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+
+from harness.accel import Acceleration, detect
+from harness.declaration import BootMode, Credential, Firmware, Storage, TestDeclaration
+from harness.errors import HarnessError
+from harness.guest.units import (
+    IMPORT_CREDENTIAL_SINCE,
+    boot_options,
+    guest_credentials,
+    render_test_unit,
+    testcases_credential,
+)
+from harness.image import Image
+
+if TYPE_CHECKING:
+    from harness.machine import Backend
+
+# What a console log may hold before the machine is stopped (HARNESS_CONSOLE_LIMIT_MB):
+# a guest stuck printing in a loop must not fill the disk, nor the report that shows it.
+CONSOLE_LIMIT = 64 * 2**20
+
+
+class BootPath(enum.StrEnum):
+    """How a test's machine came up: booted from scratch, or resumed from a saved boot."""
+
+    COLD = "cold"
+    SNAPSHOT = "snapshot"
+
+
+@attrs.frozen
+class BootPlan:
+    """One boot of one test, independent of what runs it."""
+
+    decl: TestDeclaration
+    image: Image
+    firmware: Firmware = attrs.field(converter=Firmware)  # resolved: never AUTO
+    cmdline: tuple[str, ...]  # what the harness and the test add to the kernel command line
+    unit: str  # the test unit, rendered for this boot
+    test_credentials: tuple[Credential, ...]  # the test's own, and its subtest library
+    credentials: tuple[Credential, ...]  # all a cold boot gets: the unit, helpers, the test's
+    accel: Acceleration
+    timeout: float | None  # None: wait for as long as the person at the console likes
+    interactive: bool
+    boot: BootPath = BootPath.COLD  # what the plan asks for; the machine says what it did
+    cold_reason: str = ""  # why the test cannot resume the booted snapshot
+    snapshot_dir: Path | None = None  # where booted snapshots are kept
+    attempt: str = ""  # the `meson test` run: a failed snapshot boot is not retried in it
+    whole_journal: bool = False  # the guest sends its whole journal even when the test passed
+    console_limit: int = CONSOLE_LIMIT  # bytes of console output before the machine is stopped
+
+    @property
+    def name(self) -> str:
+        return self.decl.name
+
+
+def resume_blocker(decl: TestDeclaration, firmware: Firmware, env: Mapping[str, str]) -> str | None:
+    """What in a declaration keeps a test from resuming a booted snapshot, which is a
+    direct-linux boot with volatile storage and nothing added to the command line or the
+    machine; None when nothing does."""
+    if env.get("HARNESS_COLD_BOOT") == "1":
+        return "HARNESS_COLD_BOOT=1"
+    if decl.boot == BootMode.COLD:
+        return "the test declares boot: 'cold'"
+    if firmware != Firmware.LINUX:
+        return f"firmware {firmware}"
+    if decl.storage != Storage.VOLATILE:
+        return f"storage {decl.storage}"
+    if decl.cmdline:
+        return "the test adds to the kernel command line"
+    if decl.qemu_args:
+        return "the test adds QEMU arguments"
+    return None
+
+
+def harness_cmdline(decl: TestDeclaration, interactive: bool) -> list[str]:
+    """What every test's kernel command line gets, ahead of the test's own additions."""
+    return boot_options(
+        decl.unit_name, interactive, volatile=decl.storage == Storage.VOLATILE, machine_id=uuid.uuid4().hex
+    ) + list(decl.cmdline)
+
+
+def choose_boot_path(
+    decl: TestDeclaration,
+    image: Image,
+    firmware: Firmware,
+    backend: Backend,
+    interactive: bool,
+    env: dict[str, str],
+) -> tuple[BootPath, str]:
+    """Resume a saved boot where the backend allows it for this test; otherwise boot
+    cold, and say why."""
+    if interactive:
+        return BootPath.COLD, "interactive run"
+    if image.systemd_version is not None and image.systemd_version < IMPORT_CREDENTIAL_SINCE:
+        # A resumed guest finds the test's credentials in /run/credstore, which only
+        # ImportCredential= reads.
+        return BootPath.COLD, f"the image's systemd {image.systemd_version} has no ImportCredential= (254)"
+    why = backend.cold_boot_reason(decl, firmware, env)
+    return (BootPath.COLD, why) if why else (BootPath.SNAPSHOT, "")
+
+
+def plan_boot(
+    decl: TestDeclaration,
+    image: Image,
+    backend: Backend,
+    interactive: bool,
+    timeout_factor: int | None,
+    env: dict[str, str],
+    snapshot_dir: Path | None = None,
+    attempt: str = "",
+) -> BootPlan:
+    accel = detect(image.architecture, env)
+    factor = timeout_factor if timeout_factor is not None else accel.timeout_factor
+    firmware = backend.firmware(decl.firmware, image)
+    boot, cold_reason = choose_boot_path(decl, image, firmware, backend, interactive, env)
+    whole_journal = env.get("HARNESS_SAVE_JOURNAL", "fail") == "1"
+    if snapshot_dir is None:
+        boot, cold_reason = BootPath.COLD, "no directory for snapshots"
+    channel = backend.report_channel
+    unit = render_test_unit(decl, interactive, channel, whole_journal, image.systemd_version)
+    test_credentials = (*decl.credentials, testcases_credential())
+    return BootPlan(
+        decl=decl,
+        image=image,
+        firmware=firmware,
+        cmdline=tuple(harness_cmdline(decl, interactive)),
+        unit=unit,
+        test_credentials=test_credentials,
+        credentials=(*guest_credentials(decl, unit, interactive, channel), *decl.credentials),
+        accel=accel,
+        timeout=None if interactive else decl.timeout * factor,
+        interactive=interactive,
+        boot=boot,
+        cold_reason=cold_reason,
+        snapshot_dir=snapshot_dir,
+        attempt=attempt,
+        whole_journal=whole_journal,
+        console_limit=console_limit(env),
+    )
+
+
+def console_limit(env: Mapping[str, str]) -> int:
+    text = env.get("HARNESS_CONSOLE_LIMIT_MB", "")
+    if not text:
+        return CONSOLE_LIMIT
+    if not text.isdigit() or int(text) == 0:
+        raise HarnessError(
+            f"HARNESS_CONSOLE_LIMIT_MB='{text}' is not a number of megabytes",
+            f"set it to a whole number above 0, or unset it (default {CONSOLE_LIMIT // 2**20})",
+        )
+    return int(text) * 2**20
