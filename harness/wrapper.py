@@ -110,6 +110,7 @@ def run_test(
     outcome = classify(decl.name, decl.exit_code, plan.timeout, run.ending, run.report, run.detail)
     keep_timeline(ctx.log_dir, run)
     export = ctx.log_dir / JOURNAL_EXPORT
+    excerpt = unit_excerpt(export, decl.unit_name)  # before keep_journal converts the export
     journal = keep_journal(export, env.get("HARNESS_SAVE_JOURNAL", "fail"), outcome.status)
     return ctx.record(
         decl,
@@ -117,7 +118,7 @@ def run_test(
         plan.firmware,
         outcome,
         journal=journal,
-        journal_excerpt=unit_excerpt(export, decl.unit_name),
+        journal_excerpt=excerpt,
         subtests=tuple(subtests_from(run.report, outcome.reason)),
         boot=str(run.boot_path),
         retried=run.retried,
