@@ -99,9 +99,14 @@ def cmd_run(o: argparse.Namespace) -> int:
         BackendOptions(o.autokit_worker, o.lava_url, o.lava_device_type, o.lava_image_dir, o.lava_image_url),
         env,
     )
-    interactive = backend.name == BackendName.QEMU and (
-        env.get("HARNESS_INTERACTIVE") == "1"
-        or (env.get("HARNESS_INTERACTIVE") != "0" and sys.stdin.isatty() and sys.stdout.isatty())
+    # A host-driven test is driven by its pytest file, not by a person at the console.
+    interactive = (
+        backend.name == BackendName.QEMU
+        and decl.host is None
+        and (
+            env.get("HARNESS_INTERACTIVE") == "1"
+            or (env.get("HARNESS_INTERACTIVE") != "0" and sys.stdin.isatty() and sys.stdout.isatty())
+        )
     )
     tap = o.tap and not interactive  # at a console, people read; meson parses nothing then
     if tap:
@@ -217,7 +222,7 @@ def meson_priority(decl: TestDeclaration) -> int:
     from harness.plan import resume_blocker
 
     declared = decl.firmware if decl.firmware != Firmware.AUTO else Firmware.LINUX
-    return decl.priority * 2 + (1 if resume_blocker(decl, declared, {}) else 0)
+    return decl.priority * 2 + (1 if decl.host or resume_blocker(decl, declared, {}) else 0)
 
 
 def cmd_validate(o: argparse.Namespace) -> int:

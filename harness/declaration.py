@@ -129,6 +129,12 @@ KEYS = (
         "features the machine must offer (a worker's features, LAVA device tags)",
         repeated=True,
     ),
+    Key(
+        "host",
+        "",
+        "a pytest file of the test's directory that drives the machine from the host (see Host-driven "
+        "tests); the guest then boots its default target, with no test unit",
+    ),
     Key("configuration", {}, "the test unit, a dict of the keys below"),
     Key(
         "command",
@@ -260,6 +266,7 @@ class TestDeclaration:
     storage: Storage = Storage.VOLATILE
     boot: BootMode = BootMode.AUTO
     requires: tuple[str, ...] = ()
+    host: Path | None = None  # the host-side pytest file, for a host-driven test
     configuration: Configuration = Configuration(command="")
 
     @property
@@ -308,6 +315,7 @@ class TestDeclaration:
             if not UNIT_NAME.fullmatch(unit):
                 raise bad("configuration", f"'{unit}' in wants/after is not a unit name")
         unit_env = tuple(_split_env(e, bad) for e in o.env)
+        host = _host_file(o.host, test_dir, bad) if o.host else None
         return cls(
             name=o.name,
             source=source,
@@ -324,6 +332,7 @@ class TestDeclaration:
             storage=Storage(o.storage),
             boot=BootMode(o.boot),
             requires=tuple(o.requires),
+            host=host,
             configuration=Configuration(
                 command=o.command or DEFAULT_COMMAND.format(name=o.name),
                 wants=tuple(o.wants),
@@ -333,6 +342,18 @@ class TestDeclaration:
                 service=tuple(o.service),
             ),
         )
+
+
+def _host_file(name: str, test_dir: Path, bad: Callable[[str, str, str], DeclarationError]) -> Path:
+    """The host test's file: a Python file of the test's own directory."""
+    path = test_dir / name
+    if "/" in name or not name.endswith(".py"):
+        raise bad(
+            "host", f"'{name}' is not a Python file name", "name a file of the test's directory: 'test_x.py'"
+        )
+    if not path.is_file():
+        raise bad("host", f"{path} does not exist", "create it, or fix the name")
+    return path
 
 
 def _split_env(spec: str, bad: Callable[[str, str], DeclarationError]) -> tuple[str, str]:

@@ -15,7 +15,8 @@ from harness.record import RESULT_FILE, TIMELINE_FILE
 
 CONSOLE_FILE = "console.log"
 JOURNAL_EXPORT = "journal.export"  # the guest's journal as its port carried it
-CORE_FILES = (CONSOLE_FILE, JOURNAL_EXPORT, "journal.journal", TIMELINE_FILE, RESULT_FILE)
+HOST_TEST_LOG = "host-test.log"  # pytest's output of a host-driven test
+CORE_FILES = (CONSOLE_FILE, JOURNAL_EXPORT, "journal.journal", HOST_TEST_LOG, TIMELINE_FILE, RESULT_FILE)
 LOCK_FILE = ".lock"
 MIN_LOG_SPACE = 16 * 2**20  # bytes: a failing test's console log and journal fit, mostly
 

@@ -16,6 +16,7 @@ from typing import Protocol
 import attrs
 
 from harness.declaration import Firmware, TestDeclaration
+from harness.driven import Controls
 from harness.guest.units import ReportChannel
 from harness.image import Image
 from harness.notify import GuestReport
@@ -91,12 +92,16 @@ class Machine(Protocol):
     def failure_detail(self) -> str:
         """What the machine itself said about a crash (e.g. QEMU's stderr), for errors."""
 
+    def controls(self) -> Controls:
+        """What a host-driven test drives it with (backends whose `drives_host_tests`)."""
+
 
 class Backend(Protocol):
     name: str
     report_channel: ReportChannel  # where the guest's units report
     can_resume: bool  # offers the fast path (a booted snapshot)
     log_files: tuple[LogFile, ...]  # what its machines write beside console.log
+    drives_host_tests: bool  # its machines can be driven by a host-driven test (Machine.controls)
 
     def unmet_requirements(self, decl: TestDeclaration) -> list[str]:
         """The declared `requires` features this backend's machine lacks."""

@@ -24,6 +24,8 @@ from harness.errors import HarnessError
 from harness.guest.units import (
     IMPORT_CREDENTIAL_SINCE,
     boot_options,
+    control_credentials,
+    emergency_guard,
     guest_credentials,
     render_test_unit,
     testcases_credential,
@@ -59,6 +61,7 @@ class BootPlan:
     accel: Acceleration
     timeout: float | None  # None: wait for as long as the person at the console likes
     interactive: bool
+    timeout_factor: float = 1  # what the declared timeout was multiplied by (TCG)
     boot: BootPath = BootPath.COLD  # what the plan asks for; the machine says what it did
     cold_reason: str = ""  # why the test cannot resume the booted snapshot
     snapshot_dir: Path | None = None  # where booted snapshots are kept
@@ -91,9 +94,11 @@ def resume_blocker(decl: TestDeclaration, firmware: Firmware, env: Mapping[str, 
 
 
 def harness_cmdline(decl: TestDeclaration, interactive: bool) -> list[str]:
-    """What every test's kernel command line gets, ahead of the test's own additions."""
+    """What every test's kernel command line gets, ahead of the test's own additions: a
+    host-driven test boots the image's default target, the others their test unit."""
+    target = None if decl.host else decl.unit_name
     return boot_options(
-        decl.unit_name, interactive, volatile=decl.storage == Storage.VOLATILE, machine_id=uuid.uuid4().hex
+        target, interactive, volatile=decl.storage == Storage.VOLATILE, machine_id=uuid.uuid4().hex
     ) + list(decl.cmdline)
 
 
@@ -109,6 +114,9 @@ def choose_boot_path(
     cold, and say why."""
     if interactive:
         return BootPath.COLD, "interactive run"
+    if decl.host:
+        # A reboot of a resumed VM would boot into the snapshot's agent, not the test's boot.
+        return BootPath.COLD, "a host-driven test boots cold"
     if image.systemd_version is not None and image.systemd_version < IMPORT_CREDENTIAL_SINCE:
         # A resumed guest finds the test's credentials in /run/credstore, which only
         # ImportCredential= reads.
@@ -135,7 +143,12 @@ def plan_boot(
     if snapshot_dir is None:
         boot, cold_reason = BootPath.COLD, "no directory for snapshots"
     channel = backend.report_channel
-    unit = render_test_unit(decl, interactive, channel, whole_journal, image.systemd_version)
+    if decl.host:  # no test unit: the control agent takes the host's commands
+        unit = ""
+        boot_credentials = (*control_credentials(), *emergency_guard(channel))
+    else:
+        unit = render_test_unit(decl, interactive, channel, whole_journal, image.systemd_version)
+        boot_credentials = tuple(guest_credentials(decl, unit, interactive, channel))
     test_credentials = (*decl.credentials, testcases_credential())
     return BootPlan(
         decl=decl,
@@ -144,10 +157,11 @@ def plan_boot(
         cmdline=tuple(harness_cmdline(decl, interactive)),
         unit=unit,
         test_credentials=test_credentials,
-        credentials=(*guest_credentials(decl, unit, interactive, channel), *decl.credentials),
+        credentials=(*boot_credentials, *decl.credentials),
         accel=accel,
         timeout=None if interactive else decl.timeout * factor,
         interactive=interactive,
+        timeout_factor=factor,
         boot=boot,
         cold_reason=cold_reason,
         snapshot_dir=snapshot_dir,

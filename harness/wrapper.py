@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import logging
 import shlex
 import time
@@ -14,11 +15,12 @@ from typing import Any
 import attrs
 
 from harness.declaration import TestDeclaration, skip_reason
+from harness.driven import DrivenMachine, MachineError
 from harness.errors import HarnessError
 from harness.guest.units import MINIMUM_SYSTEMD
 from harness.image import Image
 from harness.journal import keep_journal, unit_excerpt
-from harness.log_dir import CONSOLE_FILE, JOURNAL_EXPORT, check_log_space, clear_logs
+from harness.log_dir import CONSOLE_FILE, HOST_TEST_LOG, JOURNAL_EXPORT, check_log_space, clear_logs
 from harness.machine import Backend, Ending, EndingKind, LogFile
 from harness.notify import GuestReport, Notify
 from harness.plan import BootPath, BootPlan, plan_boot
@@ -105,6 +107,8 @@ def run_test(
     check_systemd(image)
     plan = plan_boot(decl, image, backend, interactive, timeout_factor, env, ctx.snapshot_dir, ctx.run)
     announce(decl, image, plan, backend)
+    if decl.host is not None:
+        return drive(decl, decl.host, image, plan, backend, ctx, env)
     run = boot_and_wait(backend, plan, ctx.log_dir, crash_retries(env))
     run = withhold_secrets(run, ctx.log_dir, masked_values(decl), backend.log_files)
     outcome = classify(decl.name, decl.exit_code, plan.timeout, run.ending, run.report, run.detail)
@@ -131,6 +135,12 @@ def skip_before_boot(decl: TestDeclaration, backend: Backend, env: Mapping[str, 
     reason = skip_reason(decl, env)
     if reason:
         return Outcome(Status.SKIP, reason)
+    if decl.host and not backend.drives_host_tests:
+        return Outcome(
+            Status.SKIP,
+            f"a host-driven test, and the {backend.name} backend's machines cannot be driven from the "
+            "host (a LAVA job runs without the harness at the controls); it runs on qemu",
+        )
     missing = backend.unmet_requirements(decl)
     if missing:
         return Outcome(
@@ -170,6 +180,65 @@ def boot_and_wait(backend: Backend, plan: BootPlan, log_dir: Path, retries: int)
     return run
 
 
+def drive(
+    decl: TestDeclaration,
+    file: Path,
+    image: Image,
+    plan: BootPlan,
+    backend: Backend,
+    ctx: RunContext,
+    env: Mapping[str, str],
+) -> TestRecord:
+    """A host-driven test: boot as planned, hand the machine to the test's pytest file,
+    and take its steps as the subtests (harness/host_test.py)."""
+    from harness.host_test import host_outcome, run_host_test
+
+    secrets = masked_values(decl)
+    with backend.boot(plan, ctx.log_dir) as machine:
+        driven = DrivenMachine(machine.controls(), plan.timeout_factor)
+        run = run_host_test(file, driven, ctx.log_dir, plan.timeout)
+        outcome = host_outcome(file, run)
+        wanted = outcome.status.is_failure() or env.get("HARNESS_SAVE_JOURNAL") == "1"
+        if wanted and driven.boot and driven.answered and not run.error:
+            keep_journal_export(driven, ctx.log_dir)
+        machine.power_off(orderly=False)
+        boot_path, job_url = machine.boot_path, machine.job_url
+    mask_logs(ctx.log_dir, secrets, backend.log_files)
+    hide = functools.partial(mask_text, values=secrets)
+    export = ctx.log_dir / JOURNAL_EXPORT
+    return ctx.record(
+        decl,
+        backend.name,
+        plan.firmware,
+        attrs.evolve(outcome, reason=hide(outcome.reason)),
+        journal=keep_journal(export, env.get("HARNESS_SAVE_JOURNAL", "fail"), outcome.status),
+        subtests=tuple(attrs.evolve(s, detail=hide(s.detail)) for s in run.steps),
+        boot=str(boot_path),
+        os=image.os_name,
+        job_url=job_url,
+    )
+
+
+def keep_journal_export(driven: DrivenMachine, log_dir: Path) -> None:
+    """The guest's journal, every boot it kept, for a failed host-driven test."""
+    with contextlib.suppress(MachineError):
+        (log_dir / JOURNAL_EXPORT).write_bytes(driven.check("journalctl -o export", timeout=120).stdout)
+
+
+def mask_logs(log_dir: Path, secrets: list[bytes], backend_files: tuple[LogFile, ...]) -> None:
+    """Mask the secrets in every log the run keeps: console, journal, the backend's."""
+    if not secrets:
+        return
+    texts = (
+        *log_dir.glob("console*.log"),
+        log_dir / HOST_TEST_LOG,
+        *(log_dir / f.name for f in backend_files if f.text),
+    )
+    for kept in texts:
+        mask_file(kept, secrets)
+    mask_file(log_dir / JOURNAL_EXPORT, secrets, same_length=True)  # binary fields carry their length
+
+
 def withhold_secrets(
     run: MachineRun, log_dir: Path, secrets: list[bytes], backend_files: tuple[LogFile, ...]
 ) -> MachineRun:
@@ -178,10 +247,7 @@ def withhold_secrets(
     report) can hold one."""
     if not secrets:
         return run
-    texts = (*log_dir.glob("console*.log"), *(log_dir / f.name for f in backend_files if f.text))
-    for kept in texts:
-        mask_file(kept, secrets)
-    mask_file(log_dir / JOURNAL_EXPORT, secrets, same_length=True)  # binary fields carry their length
+    mask_logs(log_dir, secrets, backend_files)
 
     def hide(text: str) -> str:
         return mask_text(text, secrets)

@@ -3,6 +3,10 @@
 milliseconds for every way a run can end. labgrid keeps its fake driver for the same
 reason.
 
+For host-driven tests the fake machine's `controls()` is a `FakeGuest`: a control agent
+that runs each command with the host's own sh (in a directory of its own), boots again
+when rebooted or powered on, and can be told to stop answering.
+
 A `Script` says what the "guest" reported (notify lines, as a VM's port would carry
 them), how the machine stopped, and optionally an exception the wait raises (Ctrl-C, a
 crash of the machine). The backend keeps every plan it was given and whether each
@@ -11,9 +15,13 @@ machine was powered off and left, so tests can check that nothing is left runnin
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -39,6 +47,8 @@ class Script:
     boot_path: BootPath | None = None  # None: what the plan asked for
     journal_export: bytes = b""  # the guest's journal, as it arrives on its port
     job_url: str = ""  # as a lab's machine gives it
+    answers: int | None = None  # host-driven: commands the guest answers before it goes silent
+    comes_up: bool = True  # host-driven: the first boot answers
 
 
 def guest_said(*lines: str) -> bytes:
@@ -50,6 +60,90 @@ def passing(exit_status: int = 123) -> Script:
     return Script(guest_said("READY=1", f"EXIT_STATUS={exit_status}"))
 
 
+REBOOT = "systemctl --no-block reboot"
+
+
+@attrs.define
+class FakeGuest:
+    """The control agent of a fake machine (guest/control.sh's protocol), in-process."""
+
+    console_log: Path
+    root: Path  # where its commands run
+    answers: int | None = None  # commands answered before it stops answering; None: all
+    comes_up: bool = True
+    powered: bool = True
+    boots: int = 0
+    stopped: str | None = None  # why it can no longer be driven
+    typed: bytearray = attrs.Factory(bytearray)  # what was sent to its console
+    ran: list[str] = attrs.Factory(list)  # the commands it was sent
+    qmp_calls: list[tuple[str, dict[str, Any]]] = attrs.Factory(list)
+    _out: bytearray = attrs.Factory(bytearray)
+
+    def __attrs_post_init__(self) -> None:
+        if self.comes_up:
+            self._boot()
+
+    def _boot(self) -> None:
+        self.boots += 1
+        with self.console_log.open("ab") as f:
+            f.write(f"fake boot {self.boots}\n".encode())
+        self._out += f"H boot-{self.boots}\n".encode()
+
+    def send(self, data: bytes) -> None:
+        for line in data.decode().splitlines():
+            words = line.split(" ")
+            if not self.powered or len(words) != 4 or words[0] != "C":
+                continue
+            if self.answers is not None:
+                if self.answers == 0:
+                    continue  # silent from here on
+                self.answers -= 1
+            script = base64.b64decode(words[3]).decode()
+            self.ran.append(script)
+            status, out, err = self._run(script, float(words[2]))
+            self._out += b"R %s %d %s %s\n" % (
+                words[1].encode(),
+                status,
+                base64.b64encode(out),
+                base64.b64encode(err),
+            )
+            if script == REBOOT:
+                self._boot()
+
+    def _run(self, script: str, timeout: float) -> tuple[int, bytes, bytes]:
+        if script == REBOOT:
+            return 0, b"", b""
+        try:
+            done = subprocess.run(["sh", "-c", script], cwd=self.root, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return 124, b"", b""
+        return done.returncode, done.stdout, done.stderr
+
+    def receive(self, timeout: float) -> bytes:
+        if not self._out:
+            time.sleep(min(timeout, 0.01))
+        out, self._out = bytes(self._out), bytearray()
+        return out
+
+    def send_console(self, data: bytes) -> None:
+        self.typed += data
+
+    def power_off(self) -> None:
+        self.powered = False
+        self._out.clear()
+
+    def power_on(self) -> None:
+        self.powered = True
+        self._boot()
+
+    def gone(self) -> str | None:
+        return self.stopped
+
+    def qmp(self, command: str, arguments: dict[str, Any]) -> Any:
+        self.qmp_calls.append((command, arguments))
+        return {}
+
+
 @attrs.define
 class FakeMachine:
     script: Script
@@ -57,6 +151,7 @@ class FakeMachine:
     log_dir: Path
     powered_off: list[bool] = attrs.Factory(list)  # `orderly` of every power_off()
     collected: bool = False
+    guest: FakeGuest | None = None  # made when a host-driven test asks for the controls
     what_it_is = "the fake machine"
     watch_rules = WatchRules(poll=0)
 
@@ -100,6 +195,13 @@ class FakeMachine:
     def failure_detail(self) -> str:
         return self.script.detail
 
+    def controls(self) -> FakeGuest:
+        if self.guest is None:
+            root = self.log_dir / "fake-guest"
+            root.mkdir(exist_ok=True)
+            self.guest = FakeGuest(self.console_log, root, self.script.answers, self.script.comes_up)
+        return self.guest
+
 
 @attrs.define
 class FakeBackend:
@@ -108,6 +210,7 @@ class FakeBackend:
     name: str = "fake"
     report_channel = VIRTIO_CHANNEL
     log_files: tuple[LogFile, ...] = ()
+    drives_host_tests: bool = True
     can_resume: bool = True
     plans: list[BootPlan] = attrs.Factory(list)
     machines: list[FakeMachine] = attrs.Factory(list)

@@ -33,6 +33,10 @@ IMPORT_CREDENTIAL_SINCE = 254
 OLD_SYSTEMD_CREDENTIALS = "/run/systemd/generator/harness-credentials"
 NOTIFY_PORT = "io.harness.notify"
 JOURNAL_PORT = "io.harness.journal"
+CONTROL_PORT = "io.harness.control"  # a host-driven test's commands (guest/control.sh)
+CONTROL_UNIT = "harness-control.service"
+CONTROL_CREDENTIAL = "harness.control"
+CONTROL_SCRIPT = Path(__file__).parent / "control.sh"
 EMERGENCY_UNIT = "harness-emergency-exit.service"
 DEBUG_SHELL_UNIT = "harness-debug-shell.service"
 TESTCASES_CREDENTIAL = RESERVED_CREDENTIAL
@@ -274,15 +278,16 @@ def emergency_guard(channel: ReportChannel) -> list[Credential]:
 
 
 def boot_options(
-    target_unit: str, interactive: bool, volatile: bool, machine_id: str | None = None
+    target_unit: str | None, interactive: bool, volatile: bool, machine_id: str | None = None
 ) -> list[str]:
     """What the harness adds to every kernel command line: boot into `target_unit` (the
-    test unit, or the fast path's agent), never wait at a prompt, end the VM on a crash,
-    and a machine ID of its own where given (an image with a fixed one then still does
-    not boot as if for the first time)."""
+    test unit, or the fast path's agent; None: the image's default target, as for a
+    host-driven test), never wait at a prompt, end the VM on a crash, and a machine ID of
+    its own where given (an image with a fixed one then still does not boot as if for the
+    first time)."""
     options = [
         "rw",  # a UKI's own command line may leave the root read-only
-        f"systemd.unit={target_unit}",
+        *([f"systemd.unit={target_unit}"] if target_unit else []),
         *([f"systemd.machine_id={machine_id}"] if machine_id else []),
         "systemd.firstboot=no",  # first boot would wait for a keypress
         "systemd.crash_action=poweroff",  # a crashing PID 1 ends the VM, not the timeout
@@ -292,6 +297,31 @@ def boot_options(
     if volatile:
         options.append("systemd.volatile=overlay")  # writes stay in memory, gone at reboot
     return options
+
+
+def control_credentials() -> list[Credential]:
+    """What a host-driven test's guest gets instead of a test unit: the control agent
+    (guest/control.sh), started at every boot once basic.target is reached, so that the
+    host can drive it whatever the rest of the boot does."""
+    unit = f"""\
+[Unit]
+Description=Run the host's commands (a host-driven test)
+DefaultDependencies=no
+After=sysinit.target
+# The initrd's systemd reads the same credentials: the agent runs in the booted system only.
+ConditionPathExists=!/etc/initrd-release
+
+[Service]
+Type=exec
+ImportCredential={CONTROL_CREDENTIAL}
+ExecStart=/bin/sh %d/{CONTROL_CREDENTIAL}
+Restart=always
+"""
+    return [
+        Credential(f"systemd.extra-unit.{CONTROL_UNIT}", unit.encode()),
+        Credential(CONTROL_CREDENTIAL, CONTROL_SCRIPT.read_bytes()),
+        Credential("systemd.unit-dropin.basic.target~harness", f"[Unit]\nWants={CONTROL_UNIT}\n".encode()),
+    ]
 
 
 def _quote(value: str) -> str:

@@ -17,6 +17,8 @@ from harness.backends.autokit.client import WorkerClient, WorkerError
 from harness.board_console import BoardConsole
 from harness.board_image import plan_board_image
 from harness.declaration import Firmware, TestDeclaration
+from harness.driven import Controls
+from harness.errors import HarnessError
 from harness.guest.units import CONSOLE_CHANNEL
 from harness.image import Image
 from harness.machine import LogFile, Look, WatchRules
@@ -67,11 +69,17 @@ class AutokitMachine:
     def failure_detail(self) -> str:
         return ""
 
+    def controls(self) -> Controls:
+        raise HarnessError(
+            f"{self.what_it_is} cannot be driven from the host", "run host-driven tests on qemu"
+        )
+
 
 class AutokitBackend:
     name = "autokit"
     report_channel = CONSOLE_CHANNEL
     can_resume = False
+    drives_host_tests = False
     log_files: tuple[LogFile, ...] = (LogFile("diagnostics.json"), LogFile(FRAMES_FILE, text=False))
 
     def __init__(self, url: str, token: str | None = None, poll: float = SERIAL_POLL) -> None:

@@ -28,6 +28,7 @@ from harness.backends.lava.job import job_definition
 from harness.board_console import BoardConsole
 from harness.board_image import plan_board_image
 from harness.declaration import Firmware, TestDeclaration
+from harness.driven import Controls
 from harness.errors import HarnessError
 from harness.guest.units import CONSOLE_CHANNEL
 from harness.image import Image
@@ -152,11 +153,17 @@ class LavaMachine:
     def failure_detail(self) -> str:
         return ""
 
+    def controls(self) -> Controls:
+        raise HarnessError(
+            f"{self.what_it_is} cannot be driven from the host", "run host-driven tests on qemu"
+        )
+
 
 class LavaBackend:
     name = "lava"
     report_channel = CONSOLE_CHANNEL
     can_resume = False
+    drives_host_tests = False
     log_files: tuple[LogFile, ...] = (LogFile(JOB_FILE),)
 
     def __init__(

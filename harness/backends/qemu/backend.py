@@ -44,6 +44,7 @@ class QemuBackend:
     report_channel = VIRTIO_CHANNEL
     features = frozenset({"dut", "uefi", "serial"})
     can_resume = True
+    drives_host_tests = True
     log_files: tuple[LogFile, ...] = (LogFile("qemu-command.txt"), LogFile("screen.png", text=False))
 
     def unmet_requirements(self, decl: TestDeclaration) -> list[str]:

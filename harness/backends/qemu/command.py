@@ -27,7 +27,7 @@ from harness.backends.qemu.firmware import Ovmf
 from harness.declaration import Credential, Firmware
 from harness.errors import HarnessError
 from harness.esp import run_tool, uki_cmdline, write_boot_esp
-from harness.guest.units import JOURNAL_PORT, NOTIFY_PORT
+from harness.guest.units import CONTROL_PORT, JOURNAL_PORT, NOTIFY_PORT
 from harness.image import ESP_TYPE, Image, read_gpt
 from harness.plan import BootPlan
 
@@ -68,6 +68,14 @@ class RunFiles:
         return self.tmp / "agent.sock"
 
     @property
+    def control(self) -> Path:
+        return self.tmp / "control.sock"
+
+    @property
+    def console_input(self) -> Path:
+        return self.tmp / "console.sock"
+
+    @property
     def notify(self) -> Path:
         return self.tmp / "notify.port"
 
@@ -99,6 +107,7 @@ class VmConfig:
     interactive: bool = False
     qemu_args: tuple[str, ...] = ()
     agent: bool = False  # the fast path's agent port (and no vsock: a snapshot cannot keep a CID)
+    control: bool = False  # a host-driven test: its control port, and a console to type on
 
     @classmethod
     def for_plan(cls, plan: BootPlan) -> VmConfig:
@@ -111,6 +120,7 @@ class VmConfig:
             plan.credentials,
             plan.interactive,
             plan.decl.qemu_args,
+            control=plan.decl.host is not None,
         )
 
 
@@ -254,6 +264,11 @@ def qemu_command(
     ]
     if cfg.interactive:
         cmd += ["-chardev", f"stdio,id=console,mux=on,signal=off,logfile={files.console}"]
+    elif cfg.control:  # logged as always, and a socket to type on
+        cmd += [
+            "-chardev",
+            f"socket,id=console,path={files.console_input},server=on,wait=off,logfile={files.console}",
+        ]
     else:
         cmd += ["-chardev", f"file,id=console,path={files.console}"]
     cmd += ["-device", "virtio-serial-pci,id=vser0"]
@@ -280,6 +295,13 @@ def qemu_command(
             # A resumed VM gets a new generation ID, and the guest kernel reseeds its RNG.
             "-device",
             "vmgenid,guid=auto",
+        ]
+    if cfg.control:
+        cmd += [
+            "-chardev",
+            f"socket,id=control,path={files.control},server=on,wait=off",
+            "-device",
+            f"virtserialport,chardev=control,name={CONTROL_PORT}",
         ]
     if vsock_cid is not None:
         cmd += ["-device", f"vhost-vsock-pci,guest-cid={vsock_cid},vhostfd={vhost_fd}"]

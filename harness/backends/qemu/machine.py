@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.backends.qemu.command import (
     MACHINES,
@@ -39,6 +39,9 @@ from harness.errors import HarnessError
 from harness.machine import Ending, EndingKind, Look, WatchRules
 from harness.notify import GuestReport, read_port_file
 from harness.plan import BootPath
+
+if TYPE_CHECKING:
+    from harness.backends.qemu.controls import VmControls
 
 POWERDOWN_GRACE = 30.0  # seconds an orderly shutdown may take under emulation
 SCREENSHOT_INTERVAL = 10.0  # seconds between screenshots while a UEFI test runs
@@ -91,6 +94,7 @@ class QemuMachine:
         self._console_offset = 0
         self._next_screenshot = 0.0
         self._test_ended = False
+        self._controls: VmControls | None = None
 
     def look(self) -> Look:
         status = self.proc.poll()
@@ -180,6 +184,8 @@ class QemuMachine:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self._controls is not None:
+            self._controls.close()
 
     def failure_detail(self) -> str:
         try:
@@ -191,6 +197,14 @@ class QemuMachine:
     def collect(self) -> GuestReport:
         read_port_file(self.files.notify, self.report)
         return self.report
+
+    def controls(self) -> VmControls:
+        """The VM as a host-driven test drives it (its config has the control port)."""
+        from harness.backends.qemu.controls import VmControls
+
+        if self._controls is None:
+            self._controls = VmControls(self)
+        return self._controls
 
 
 def make_overlay(image: Path, overlay: Path, backing_format: str = "raw") -> None:

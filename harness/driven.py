@@ -1,0 +1,271 @@
+"""The machine a host-driven test holds: `DrivenMachine`, the `machine` fixture of a host
+test's pytest file, the same on every backend that can be driven.
+
+It runs shell commands in the guest (`run`, `check`), moves files both ways (`put`,
+`get`), reboots it from inside (`reboot`), cuts and restores its power from outside
+(`power_off`, `power_on`, `power_cycle`), waits for a boot (`wait_booted`, `boot`), reads
+and types on its console (`console.expect`, `console.sendline`) and, on a VM, passes QMP
+commands through (`qmp`). Commands travel to the guest's control agent
+(guest/control.sh) through a backend's `Controls`, which need no network or ssh in the
+image: a line protocol, base64 inside, so binary output and any size survive.
+
+Every call has a timeout (in seconds with KVM, multiplied like the test's own) and fails
+with a `MachineError` naming the call, the command and the console's last lines: a guest
+that stops answering fails the step, it never hangs the test.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+import shlex
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+
+RUN_TIMEOUT = 60.0  # s, with KVM, for one command
+BOOT_TIMEOUT = 120.0  # s, with KVM, for a boot to answer
+
+
+class MachineError(AssertionError):
+    """A call on the machine did not do what it should: the step fails, saying why. An
+    AssertionError, so that pytest shows it as a failed step."""
+
+
+class Controls(Protocol):
+    """What a backend's machine offers a host-driven test, in primitives."""
+
+    console_log: Path
+
+    def send(self, data: bytes) -> None:
+        """Write to the control agent's channel."""
+
+    def receive(self, timeout: float) -> bytes:
+        """What the agent's channel carried since, waiting up to `timeout` s for something."""
+
+    def send_console(self, data: bytes) -> None:
+        """Type on the serial console."""
+
+    def power_off(self) -> None:
+        """Cut the power: no shutdown, the disk kept as it is."""
+
+    def power_on(self) -> None:
+        """Power on again: the machine boots from its disk."""
+
+    def gone(self) -> str | None:
+        """Why the machine can no longer be driven (it stopped by itself), or None."""
+
+    def qmp(self, command: str, arguments: dict[str, Any]) -> Any:
+        """A QMP command's answer (VMs); raises MachineError elsewhere."""
+
+
+@attrs.frozen
+class CommandResult:
+    command: str
+    status: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def text(self) -> str:
+        """stdout as text, without its last newline."""
+        return self.stdout.decode(errors="replace").removesuffix("\n")
+
+    def __str__(self) -> str:
+        out = self.stdout.decode(errors="replace").strip()
+        err = self.stderr.decode(errors="replace").strip()
+        return f"'{self.command}' exited with status {self.status}; stdout: {out!r}; stderr: {err!r}"
+
+
+class Console:
+    """The serial console as pexpect shows one: `expect` a pattern in what the machine
+    printed (every boot's, from the start of the test on; each match moves past itself),
+    `sendline` to type."""
+
+    def __init__(self, controls: Controls, factor: float) -> None:
+        self._controls = controls
+        self._factor = factor
+        self._offset = 0
+        self.before = ""  # what came between the previous match and the last one
+        self.after = ""  # the last match
+
+    def expect(self, pattern: str, timeout: float = BOOT_TIMEOUT) -> re.Match[str]:
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout * self._factor
+        while True:
+            text = self._unread()
+            match = regex.search(text)
+            if match:
+                self.before, self.after = text[: match.start()], match.group(0)
+                self._offset += len(text[: match.end()].encode(errors="surrogateescape"))
+                return match
+            gone = self._controls.gone()
+            if gone or time.monotonic() >= deadline:
+                tail = "\n".join(text.splitlines()[-5:])
+                why = gone or f"not within {timeout * self._factor:.0f} s"
+                raise MachineError(f"console.expect({pattern!r}): {why}; the console's last lines:\n{tail}")
+            time.sleep(0.1)
+
+    def sendline(self, line: str = "") -> None:
+        self._controls.send_console(line.encode() + b"\n")
+
+    def _unread(self) -> str:
+        try:
+            with self._controls.console_log.open("rb") as f:
+                f.seek(self._offset)
+                return f.read().decode(errors="surrogateescape")
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, lines: int = 5) -> str:
+        """The console's last lines, for error messages."""
+        try:
+            data = self._controls.console_log.read_bytes()[-4096:]
+        except FileNotFoundError:
+            return ""
+        return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+class DrivenMachine:
+    """The machine of a host-driven test (the `machine` fixture). Timeouts are seconds
+    with KVM; under emulation they are multiplied by the test's timeout factor."""
+
+    def __init__(self, controls: Controls, timeout_factor: float = 1) -> None:
+        self._controls = controls
+        self._factor = timeout_factor
+        self._pending = b""
+        self._replies: dict[int, tuple[int, bytes, bytes]] = {}
+        self._boots: list[str] = []  # the boot IDs, in order
+        self._awaited = 1  # the number of the boot the next command waits for
+        self._powered = True
+        self._next_id = 1
+        self.answered = True  # False once a call went unanswered: the guest may be hung
+        self.console = Console(controls, timeout_factor)
+
+    # -- boots ---------------------------------------------------------------------------
+
+    @property
+    def boot(self) -> int:
+        """The number of the current boot: 1 for the first, one more after every reboot
+        or power cycle that came up."""
+        return len(self._boots)
+
+    @property
+    def boot_id(self) -> str:
+        return self._boots[-1] if self._boots else ""
+
+    def wait_booted(self, timeout: float = BOOT_TIMEOUT) -> None:
+        """Return when the awaited boot is up and its control agent answers."""
+        if not self._powered:
+            raise MachineError("wait_booted(): the machine is powered off; power_on() first")
+        deadline = time.monotonic() + timeout * self._factor
+        while len(self._boots) < self._awaited:
+            self._read_channel(min(1.0, max(0.0, deadline - time.monotonic())))
+            if len(self._boots) >= self._awaited:
+                break
+            self._fail_if_gone(f"wait_booted(): boot {self._awaited}")
+            if time.monotonic() >= deadline:
+                self.answered = False
+                raise MachineError(
+                    f"wait_booted(): boot {self._awaited} did not come up within {timeout * self._factor:.0f} s; "
+                    f"the console's last lines:\n{self.console.tail()}"
+                )
+
+    def reboot(self, timeout: float = BOOT_TIMEOUT) -> None:
+        """A clean reboot from inside; returns when the next boot answers."""
+        before = self.boot  # the next boot's hello may come with the command's answer
+        self.check("systemctl --no-block reboot")
+        self._awaited = before + 1
+        self.wait_booted(timeout)
+
+    def power_off(self) -> None:
+        """Cut the power, as pulling the plug: no shutdown, nothing flushed."""
+        self._read_channel(0)  # a boot that came up is counted before it is cut
+        self._controls.power_off()
+        self._powered = False
+        self._pending = b""  # half a line of the boot that was cut
+
+    def power_on(self) -> None:
+        """Restore the power; the machine boots (wait_booted() waits for it; the next
+        command too)."""
+        self._awaited = self.boot + 1
+        self._controls.power_on()
+        self._powered = True
+
+    def power_cycle(self) -> None:
+        """Off and on again, hard; returns once the next boot answers."""
+        self.power_off()
+        self.power_on()
+        self.wait_booted()
+
+    # -- commands ------------------------------------------------------------------------
+
+    def run(self, command: str, timeout: float = RUN_TIMEOUT) -> CommandResult:
+        """Run a shell command in the guest: its status, stdout and stderr (bytes)."""
+        if not self._powered:
+            raise MachineError(f"run({command!r}): the machine is powered off; power_on() first")
+        self.wait_booted()
+        seconds = math.ceil(timeout * self._factor)
+        request_id = self._next_id
+        self._next_id += 1
+        script = base64.b64encode(command.encode()).decode()
+        self._controls.send(f"C {request_id} {seconds} {script}\n".encode())
+        deadline = time.monotonic() + seconds + 10  # the agent's own limit ends it first
+        while request_id not in self._replies:
+            self._read_channel(min(1.0, max(0.0, deadline - time.monotonic())))
+            if request_id in self._replies:
+                break
+            self._fail_if_gone(f"run({command!r})")
+            if time.monotonic() >= deadline:
+                self.answered = False
+                raise MachineError(
+                    f"run({command!r}): the guest did not answer within {seconds} s; "
+                    f"the console's last lines:\n{self.console.tail()}"
+                )
+        status, out, err = self._replies.pop(request_id)
+        if status == 124:
+            raise MachineError(f"run({command!r}): still running after {seconds} s; it was killed")
+        return CommandResult(command, status, out, err)
+
+    def check(self, command: str, timeout: float = RUN_TIMEOUT) -> CommandResult:
+        """run(), and a MachineError with status, stdout and stderr unless it exits 0."""
+        result = self.run(command, timeout)
+        if result.status != 0:
+            raise MachineError(f"check: {result}")
+        return result
+
+    def put(self, host_path: Path | str, guest_path: str, timeout: float = RUN_TIMEOUT) -> None:
+        """Copy a host file into the guest (its directory must exist)."""
+        data = base64.b64encode(Path(host_path).read_bytes()).decode()
+        self.check(f"printf %s {data} | base64 -d >{shlex.quote(guest_path)}", timeout)
+
+    def get(self, guest_path: str, host_path: Path | str, timeout: float = RUN_TIMEOUT) -> None:
+        """Copy a guest file to the host."""
+        Path(host_path).write_bytes(self.check(f"cat {shlex.quote(guest_path)}", timeout).stdout)
+
+    def qmp(self, command: str, **arguments: Any) -> Any:
+        """A QMP command to the VM's QEMU, and its answer (VMs only)."""
+        return self._controls.qmp(command, arguments)
+
+    # -- the channel ---------------------------------------------------------------------
+
+    def _read_channel(self, timeout: float) -> None:
+        self._pending += self._controls.receive(timeout)
+        *lines, self._pending = self._pending.split(b"\n")
+        for line in lines:
+            words = line.rstrip(b"\r").split(b" ")
+            if words[0] == b"H" and len(words) == 2:
+                boot_id = words[1].decode(errors="replace")
+                if boot_id not in self._boots:  # a restarted agent announces its boot again
+                    self._boots.append(boot_id)
+            elif words[0] == b"R" and len(words) == 5 and words[1].isdigit() and words[2].isdigit():
+                out, err = (base64.b64decode(w, validate=False) for w in words[3:])
+                self._replies[int(words[1])] = (int(words[2]), out, err)
+
+    def _fail_if_gone(self, call: str) -> None:
+        gone = self._controls.gone()
+        if gone:
+            raise MachineError(f"{call}: {gone}; the console's last lines:\n{self.console.tail()}")

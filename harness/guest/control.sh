@@ -1,0 +1,33 @@
+#!/bin/sh
+# The harness's control agent, for host-driven tests: it starts at every boot of the
+# test's machine and runs the host's commands, one at a time, over a virtio-serial port
+# (io.harness.control), without network or ssh. Every boot is marked on the console and
+# announced to the host with its boot ID:
+#   guest -> host  H BOOT_ID                         a boot is ready for commands
+#   host -> guest  C ID SECONDS BASE64-SCRIPT        run the script with sh, for at most SECONDS
+#   guest -> host  R ID STATUS BASE64-OUT BASE64-ERR its exit status, stdout and stderr
+# Base64 keeps binary output and any size whole on a line-based channel.
+set -u
+port=/dev/virtio-ports/io.harness.control
+work=/run/harness-control
+umask 077
+mkdir -p "$work"
+boot_id=$(cat /proc/sys/kernel/random/boot_id)
+# The port stays open as long as the agent runs: what the host sends while the guest has
+# it closed is lost.
+exec 3<>"$port"
+echo "harness: boot $boot_id is up and answers the host's commands" >/dev/kmsg
+printf 'H %s\n' "$boot_id" >&3
+
+while :; do
+    # Until the host is connected, reading the port ends at once with nothing: poll.
+    # head reads whole blocks, which is safe here: the host sends one command at a time.
+    line=$(head -n 1 <&3 2>/dev/null) || line=
+    [ -n "$line" ] || { sleep 0.1; continue; }
+    set -- $line
+    [ "$#" -eq 4 ] && [ "$1" = C ] || continue
+    printf '%s' "$4" | base64 -d >"$work/script"
+    timeout -k 2 "$3" sh "$work/script" </dev/null >"$work/out" 2>"$work/err"
+    status=$?
+    { printf 'R %s %s ' "$2" "$status"; base64 -w0 <"$work/out"; printf ' '; base64 -w0 <"$work/err"; printf '\n'; } >&3
+done

@@ -1,0 +1,45 @@
+"""The machine driven from the host, step by step: commands, files, a reboot from inside,
+a power cut from outside, the console of every boot, and QMP. Storage is volatile: what
+a boot writes is gone in the next."""
+
+import hashlib
+import os
+
+
+def test_the_first_boot_answers(machine):
+    assert machine.boot == 1
+    assert "ID=" in machine.check("cat /etc/os-release").text
+    state = machine.run("systemctl is-system-running --wait").text
+    assert state in ("running", "degraded"), machine.run("systemctl --failed --no-legend").text
+
+
+def test_files_travel_both_ways_intact(machine, tmp_path):
+    blob = os.urandom(300_000)
+    (tmp_path / "blob").write_bytes(blob)
+    machine.put(tmp_path / "blob", "/run/blob")
+    assert machine.check("sha256sum /run/blob").text.split()[0] == hashlib.sha256(blob).hexdigest()
+    machine.get("/run/blob", tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == blob
+
+
+def test_a_reboot_from_inside_starts_a_new_boot(machine):
+    first = machine.boot_id
+    machine.check("touch /run/before-reboot")
+    machine.reboot()
+    assert machine.boot == 2 and machine.boot_id != first
+    assert machine.run("test -e /run/before-reboot").status == 1
+
+
+def test_a_power_cut_from_outside_boots_again(machine):
+    machine.power_cycle()
+    assert machine.boot == 3
+    assert machine.check("cat /proc/sys/kernel/random/boot_id").text == machine.boot_id
+
+
+def test_the_console_marks_every_boot(machine):
+    for _ in range(3):
+        machine.console.expect(r"harness: boot \S+ is up")
+
+
+def test_qmp_reaches_qemu(machine):
+    assert machine.qmp("query-status")["status"] == "running"
