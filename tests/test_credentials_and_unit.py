@@ -68,3 +68,17 @@ def test_guest_credentials_include_emergency_guard_only_when_unattended():
         "harness.testcases",
         "systemd.extra-unit.harness-debug-shell.service",
     ]
+
+
+def test_the_control_agent_loads_its_script_as_the_guests_systemd_can():
+    from harness.guest.units import control_credentials
+
+    def unit(systemd):
+        return control_credentials(systemd)[0].value.decode()
+
+    assert "ImportCredential=harness.control" in unit(None) and "ImportCredential=" in unit(257)
+    assert (
+        "LoadCredential=harness.control:/run/systemd/generator/harness-credentials/harness.control"
+        in unit(252)
+    )
+    assert "ConditionPathExists=!/etc/initrd-release" in unit(257)  # not in the initrd too

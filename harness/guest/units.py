@@ -299,10 +299,14 @@ def boot_options(
     return options
 
 
-def control_credentials() -> list[Credential]:
+def control_credentials(systemd: int | None = None) -> list[Credential]:
     """What a host-driven test's guest gets instead of a test unit: the control agent
     (guest/control.sh), started at every boot once basic.target is reached, so that the
-    host can drive it whatever the rest of the boot does."""
+    host can drive it whatever the rest of the boot does; `systemd` is the guest's version."""
+    if systemd is None or systemd >= IMPORT_CREDENTIAL_SINCE:
+        load = f"ImportCredential={CONTROL_CREDENTIAL}"
+    else:
+        load = f"LoadCredential={CONTROL_CREDENTIAL}:{OLD_SYSTEMD_CREDENTIALS}/{CONTROL_CREDENTIAL}"
     unit = f"""\
 [Unit]
 Description=Run the host's commands (a host-driven test)
@@ -313,7 +317,7 @@ ConditionPathExists=!/etc/initrd-release
 
 [Service]
 Type=exec
-ImportCredential={CONTROL_CREDENTIAL}
+{load}
 ExecStart=/bin/sh %d/{CONTROL_CREDENTIAL}
 Restart=always
 """
