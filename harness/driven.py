@@ -21,6 +21,7 @@ import math
 import re
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -161,18 +162,13 @@ class DrivenMachine:
         """Return when the awaited boot is up and its control agent answers."""
         if not self._powered:
             raise MachineError("wait_booted(): the machine is powered off; power_on() first")
-        deadline = time.monotonic() + timeout * self._factor
-        while len(self._boots) < self._awaited:
-            self._read_channel(min(1.0, max(0.0, deadline - time.monotonic())))
-            if len(self._boots) >= self._awaited:
-                break
-            self._fail_if_gone(f"wait_booted(): boot {self._awaited}")
-            if time.monotonic() >= deadline:
-                self.answered = False
-                raise MachineError(
-                    f"wait_booted(): boot {self._awaited} did not come up within {timeout * self._factor:.0f} s; "
-                    f"the console's last lines:\n{self.console.tail()}"
-                )
+        seconds = timeout * self._factor
+        self._read_until(
+            lambda: len(self._boots) >= self._awaited,
+            seconds,
+            "wait_booted()",
+            f"boot {self._awaited} did not come up within {seconds:.0f} s",
+        )
 
     def reboot(self, timeout: float = BOOT_TIMEOUT) -> None:
         """A clean reboot from inside; returns when the next boot answers."""
@@ -213,18 +209,12 @@ class DrivenMachine:
         self._next_id += 1
         script = base64.b64encode(command.encode()).decode()
         self._controls.send(f"C {request_id} {seconds} {script}\n".encode())
-        deadline = time.monotonic() + seconds + 10  # the agent's own limit ends it first
-        while request_id not in self._replies:
-            self._read_channel(min(1.0, max(0.0, deadline - time.monotonic())))
-            if request_id in self._replies:
-                break
-            self._fail_if_gone(f"run({command!r})")
-            if time.monotonic() >= deadline:
-                self.answered = False
-                raise MachineError(
-                    f"run({command!r}): the guest did not answer within {seconds} s; "
-                    f"the console's last lines:\n{self.console.tail()}"
-                )
+        self._read_until(
+            lambda: request_id in self._replies,
+            seconds + 10,  # the agent's own limit ends it first
+            f"run({command!r})",
+            f"the guest did not answer within {seconds} s",
+        )
         status, out, err = self._replies.pop(request_id)
         if status == 124:
             raise MachineError(f"run({command!r}): still running after {seconds} s; it was killed")
@@ -251,6 +241,19 @@ class DrivenMachine:
         return self._controls.qmp(command, arguments)
 
     # -- the channel ---------------------------------------------------------------------
+
+    def _read_until(self, done: Callable[[], bool], seconds: float, call: str, failure: str) -> None:
+        """Read the channel until `done`; the machine stopping, or `seconds` passing, is
+        a MachineError naming `call`."""
+        deadline = time.monotonic() + seconds
+        while not done():
+            self._read_channel(min(1.0, max(0.0, deadline - time.monotonic())))
+            if done():
+                return
+            self._fail_if_gone(call)
+            if time.monotonic() >= deadline:
+                self.answered = False
+                raise MachineError(f"{call}: {failure}; the console's last lines:\n{self.console.tail()}")
 
     def _read_channel(self, timeout: float) -> None:
         self._pending += self._controls.receive(timeout)

@@ -206,10 +206,13 @@ integration_tests += [integration_test_template + {{
 """)
 
 
-def meson_test_suite(project: Path, build: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """`meson test --suite integration-tests` on the project's build directory, printed."""
+def meson_test_suite(
+    project: Path, build: Path, env: dict[str, str], *tests: str
+) -> subprocess.CompletedProcess[str]:
+    """`meson test --suite integration-tests` on the project's build directory (only
+    `tests`, where named), printed."""
     result = subprocess.run(
-        ["meson", "test", "-C", str(build), "--suite", "integration-tests", "--print-errorlogs"],
+        ["meson", "test", "-C", str(build), "--suite", "integration-tests", "--print-errorlogs", *tests],
         cwd=project,
         env=env,
         capture_output=True,

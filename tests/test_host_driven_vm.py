@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import textwrap
 
 import pytest
@@ -14,6 +13,7 @@ from e2e import (
     harness_leftovers,
     meson_project,
     meson_setup,
+    meson_test_suite,
     run_wrapper,
     start_wrapper,
     wait_for_console,
@@ -48,15 +48,7 @@ def test_a_failing_step_fails_the_test_naming_it_and_the_steps_after_it_report(i
         "}]\n"
     )
     build, env = meson_setup(project)
-    r = subprocess.run(
-        ["meson", "test", "-C", str(build), "TEST-91-HOST-FAILS", "--print-errorlogs"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    print(r.stdout, r.stderr)
+    r = meson_test_suite(project, build, env, "TEST-91-HOST-FAILS")
     assert r.returncode != 0 and "TEST-91-HOST-FAILS" in r.stdout and "FAIL" in r.stdout
     log = (build / "meson-logs" / "testlog.txt").read_text()
     assert "ok 1 - TEST-91-HOST-FAILS/test_step_1_the_machine_answers" in log
