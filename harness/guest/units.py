@@ -302,7 +302,11 @@ def boot_options(
 def control_credentials(systemd: int | None = None) -> list[Credential]:
     """What a host-driven test's guest gets instead of a test unit: the control agent
     (guest/control.sh), started at every boot once basic.target is reached, so that the
-    host can drive it whatever the rest of the boot does; `systemd` is the guest's version."""
+    host can drive it whatever the rest of the boot does; `systemd` is the guest's version.
+    Where the boot is counted (systemd-boot's boot counting pulls in boot-complete.target)
+    the agent waits for the health checks, and a shutdown queued meanwhile (a failed check's
+    FailureAction=reboot) cancels its start: a boot going down again is never handed to the
+    test, which sees the next one that comes up."""
     if systemd is None or systemd >= IMPORT_CREDENTIAL_SINCE:
         load = f"ImportCredential={CONTROL_CREDENTIAL}"
     else:
@@ -311,7 +315,9 @@ def control_credentials(systemd: int | None = None) -> list[Credential]:
 [Unit]
 Description=Run the host's commands (a host-driven test)
 DefaultDependencies=no
-After=sysinit.target
+After=sysinit.target boot-complete.target
+Conflicts=shutdown.target
+Before=shutdown.target
 # The initrd's systemd reads the same credentials: the agent runs in the booted system only.
 ConditionPathExists=!/etc/initrd-release
 
