@@ -134,8 +134,9 @@ class DrivenMachine:
     """The machine of a host-driven test (the `machine` fixture). Timeouts are seconds
     with KVM; under emulation they are multiplied by the test's timeout factor."""
 
-    def __init__(self, controls: Controls, timeout_factor: float = 1) -> None:
+    def __init__(self, controls: Controls, timeout_factor: float = 1, backend: str = "qemu") -> None:
         self._controls = controls
+        self.backend = backend  # the machine's backend, for a step only some offer (qmp: "qemu")
         self._factor = timeout_factor
         self._pending = b""
         self._replies: dict[int, tuple[int, bytes, bytes]] = {}

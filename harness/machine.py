@@ -102,6 +102,7 @@ class Backend(Protocol):
     can_resume: bool  # offers the fast path (a booted snapshot)
     log_files: tuple[LogFile, ...]  # what its machines write beside console.log
     drives_host_tests: bool  # its machines can be driven by a host-driven test (Machine.controls)
+    control_device: str  # where the guest's control agent reads the host's commands
 
     def unmet_requirements(self, decl: TestDeclaration) -> list[str]:
         """The declared `requires` features this backend's machine lacks."""

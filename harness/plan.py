@@ -145,7 +145,10 @@ def plan_boot(
     channel = backend.report_channel
     if decl.host:  # no test unit: the control agent takes the host's commands
         unit = ""
-        boot_credentials = (*control_credentials(image.systemd_version), *emergency_guard(channel))
+        boot_credentials = (
+            *control_credentials(image.systemd_version, backend.control_device),
+            *emergency_guard(channel),
+        )
     else:
         unit = render_test_unit(decl, interactive, channel, whole_journal, image.systemd_version)
         boot_credentials = tuple(guest_credentials(decl, unit, interactive, channel))

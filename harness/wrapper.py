@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import gzip
 import logging
 import shlex
 import time
@@ -139,7 +140,7 @@ def skip_before_boot(decl: TestDeclaration, backend: Backend, env: Mapping[str, 
         return Outcome(
             Status.SKIP,
             f"a host-driven test, and the {backend.name} backend's machines cannot be driven from the "
-            "host (a LAVA job runs without the harness at the controls); it runs on qemu",
+            "host (a LAVA job runs without the harness at the controls); it runs on qemu and autokit",
         )
     missing = backend.unmet_requirements(decl)
     if missing:
@@ -195,7 +196,7 @@ def drive(
 
     secrets = masked_values(decl)
     with backend.boot(plan, ctx.log_dir) as machine:
-        driven = DrivenMachine(machine.controls(), plan.timeout_factor)
+        driven = DrivenMachine(machine.controls(), plan.timeout_factor, backend.name)
         run = run_host_test(file, driven, ctx.log_dir, plan.timeout)
         outcome = host_outcome(file, run)
         wanted = outcome.status.is_failure() or env.get("HARNESS_SAVE_JOURNAL") == "1"
@@ -220,9 +221,11 @@ def drive(
 
 
 def keep_journal_export(driven: DrivenMachine, log_dir: Path) -> None:
-    """The guest's journal, every boot it kept, for a failed host-driven test."""
-    with contextlib.suppress(MachineError):
-        (log_dir / JOURNAL_EXPORT).write_bytes(driven.check("journalctl -o export", timeout=120).stdout)
+    """The guest's journal, every boot it kept, for a failed host-driven test; compressed
+    on the way, as a board's serial console carries some ten kilobytes a second."""
+    with contextlib.suppress(MachineError, OSError, EOFError):
+        packed = driven.check("journalctl -o export | gzip -1", timeout=120).stdout
+        (log_dir / JOURNAL_EXPORT).write_bytes(gzip.decompress(packed))
 
 
 def mask_logs(log_dir: Path, secrets: list[bytes], backend_files: tuple[LogFile, ...]) -> None:

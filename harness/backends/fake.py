@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 
 from harness.declaration import Firmware, TestDeclaration
-from harness.guest.units import VIRTIO_CHANNEL
+from harness.guest.units import VIRTIO_CHANNEL, VIRTIO_CONTROL
 from harness.image import Image
 from harness.machine import Ending, EndingKind, LogFile, Look, WatchRules
 from harness.notify import GuestReport
@@ -211,6 +211,7 @@ class FakeBackend:
     report_channel = VIRTIO_CHANNEL
     log_files: tuple[LogFile, ...] = ()
     drives_host_tests: bool = True
+    control_device: str = VIRTIO_CONTROL
     can_resume: bool = True
     plans: list[BootPlan] = attrs.Factory(list)
     machines: list[FakeMachine] = attrs.Factory(list)

@@ -1,14 +1,17 @@
 #!/bin/sh
 # The harness's control agent, for host-driven tests: it starts at every boot of the
-# test's machine and runs the host's commands, one at a time, over a virtio-serial port
-# (io.harness.control), without network or ssh. Every boot is marked on the console and
-# announced to the host with its boot ID:
+# test's machine and runs the host's commands, one at a time, over the device it is given:
+# a VM's virtio-serial port (io.harness.control) or a board's serial console, without
+# network or ssh. Every boot is marked on the console and announced to the host with its
+# boot ID:
 #   guest -> host  H BOOT_ID                         a boot is ready for commands
 #   host -> guest  C ID SECONDS BASE64-SCRIPT        run the script with sh, for at most SECONDS
 #   guest -> host  R ID STATUS BASE64-OUT BASE64-ERR its exit status, stdout and stderr
-# Base64 keeps binary output and any size whole on a line-based channel.
+# Base64 keeps binary output and any size whole on a line-based channel. On a console the
+# kernel and systemd print too: the host reads only these lines, and each is written in one
+# write(), which a tty keeps whole among other writers.
 set -u
-port=/dev/virtio-ports/io.harness.control
+port=${1:-/dev/virtio-ports/io.harness.control}
 work=/run/harness-control
 umask 077
 mkdir -p "$work"
@@ -16,6 +19,8 @@ boot_id=$(cat /proc/sys/kernel/random/boot_id)
 # The port stays open as long as the agent runs: what the host sends while the guest has
 # it closed is lost.
 exec 3<>"$port"
+# A console's line discipline would echo the host's commands and cut lines at 4096 bytes.
+if [ -t 3 ]; then stty -icanon -echo -isig min 1 time 0 <&3; fi
 echo "harness: boot $boot_id is up and answers the host's commands" >/dev/kmsg
 printf 'H %s\n' "$boot_id" >&3
 
@@ -29,5 +34,6 @@ while :; do
     printf '%s' "$4" | base64 -d >"$work/script"
     timeout -k 2 "$3" sh "$work/script" </dev/null >"$work/out" 2>"$work/err"
     status=$?
-    { printf 'R %s %s ' "$2" "$status"; base64 -w0 <"$work/out"; printf ' '; base64 -w0 <"$work/err"; printf '\n'; } >&3
+    { printf 'R %s %s ' "$2" "$status"; base64 -w0 <"$work/out"; printf ' '; base64 -w0 <"$work/err"; printf '\n'; } >"$work/reply"
+    dd if="$work/reply" bs=4M status=none >&3
 done

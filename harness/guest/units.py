@@ -37,6 +37,10 @@ CONTROL_PORT = "io.harness.control"  # a host-driven test's commands (guest/cont
 CONTROL_UNIT = "harness-control.service"
 CONTROL_CREDENTIAL = "harness.control"
 CONTROL_SCRIPT = Path(__file__).parent / "control.sh"
+# Where the control agent reads the host's commands: a VM's port of its own, or a board's
+# serial console, which it then shares with the kernel and systemd.
+VIRTIO_CONTROL = f"/dev/virtio-ports/{CONTROL_PORT}"
+CONSOLE_CONTROL = "/dev/console"
 EMERGENCY_UNIT = "harness-emergency-exit.service"
 DEBUG_SHELL_UNIT = "harness-debug-shell.service"
 TESTCASES_CREDENTIAL = RESERVED_CREDENTIAL
@@ -299,10 +303,11 @@ def boot_options(
     return options
 
 
-def control_credentials(systemd: int | None = None) -> list[Credential]:
+def control_credentials(systemd: int | None = None, device: str = VIRTIO_CONTROL) -> list[Credential]:
     """What a host-driven test's guest gets instead of a test unit: the control agent
-    (guest/control.sh), started at every boot once basic.target is reached, so that the
-    host can drive it whatever the rest of the boot does; `systemd` is the guest's version.
+    (guest/control.sh) on `device`, started at every boot once basic.target is reached, so
+    that the host can drive it whatever the rest of the boot does; `systemd` is the
+    guest's version. On the console, no getty competes with it for what the host types.
     Where the boot is counted (systemd-boot's boot counting pulls in boot-complete.target)
     the agent waits for the health checks, and a shutdown queued meanwhile (a failed check's
     FailureAction=reboot) cancels its start: a boot going down again is never handed to the
@@ -324,14 +329,24 @@ ConditionPathExists=!/etc/initrd-release
 [Service]
 Type=exec
 {load}
-ExecStart=/bin/sh %d/{CONTROL_CREDENTIAL}
+ExecStart=/bin/sh %d/{CONTROL_CREDENTIAL} {device}
 Restart=always
 """
-    return [
+    credentials = [
         Credential(f"systemd.extra-unit.{CONTROL_UNIT}", unit.encode()),
         Credential(CONTROL_CREDENTIAL, CONTROL_SCRIPT.read_bytes()),
         Credential("systemd.unit-dropin.basic.target~harness", f"[Unit]\nWants={CONTROL_UNIT}\n".encode()),
     ]
+    if device == CONSOLE_CONTROL:
+        # A getty on the console would read the host's commands. A board's image holds the
+        # agent's unit in /etc/systemd/system (board_image.py): no serial getty starts there.
+        credentials.append(
+            Credential(
+                "systemd.unit-dropin.serial-getty@.service~harness",
+                f"[Unit]\nConditionPathExists=!/etc/systemd/system/{CONTROL_UNIT}\n".encode(),
+            )
+        )
+    return credentials
 
 
 def _quote(value: str) -> str:

@@ -2,7 +2,8 @@
 
 Per test: reserve the worker (heartbeats keep it, teardown releases it on every way
 out), build the board image, flash it, power on, and read the serial console until the
-test unit reports its end, the kernel panics, or the timeout passes.
+test unit reports its end, the kernel panics, or the timeout passes. A host-driven test
+drives the board through its serial console and the worker's power (controls.py).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from harness.backends.autokit.client import WorkerClient, WorkerError
+from harness.backends.autokit.controls import BoardControls
 from harness.board_console import BoardConsole
 from harness.board_image import plan_board_image
 from harness.declaration import Firmware, TestDeclaration
 from harness.driven import Controls
-from harness.errors import HarnessError
-from harness.guest.units import CONSOLE_CHANNEL
+from harness.guest.units import CONSOLE_CHANNEL, CONSOLE_CONTROL
 from harness.image import Image
 from harness.machine import LogFile, Look, WatchRules
 from harness.notify import GuestReport
@@ -49,8 +50,8 @@ class AutokitMachine:
         self.watch_rules = WatchRules(poll=poll, end_at_last_word=False, finish_grace=0)
 
     def _read_serial(self) -> bytes:
-        """What the serial log gained since the last read (the worker serves all of it)."""
-        new = self.worker.serial()[self.console.written :]
+        """What the serial log gained since the last read (flashing started a new log)."""
+        new = self.worker.serial_since(self.console.written)
         self.console.add(new)
         return new
 
@@ -70,16 +71,15 @@ class AutokitMachine:
         return ""
 
     def controls(self) -> Controls:
-        raise HarnessError(
-            f"{self.what_it_is} cannot be driven from the host", "run host-driven tests on qemu"
-        )
+        return BoardControls(self.worker, self.console_log, self._read_serial)
 
 
 class AutokitBackend:
     name = "autokit"
     report_channel = CONSOLE_CHANNEL
     can_resume = False
-    drives_host_tests = False
+    drives_host_tests = True
+    control_device = CONSOLE_CONTROL
     log_files: tuple[LogFile, ...] = (LogFile("diagnostics.json"), LogFile(FRAMES_FILE, text=False))
 
     def __init__(self, url: str, token: str | None = None, poll: float = SERIAL_POLL) -> None:

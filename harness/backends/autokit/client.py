@@ -28,7 +28,9 @@ HEARTBEAT_INTERVAL = 30.0  # the worker's watchdog tears down after about 5 minu
 
 
 class WorkerError(HarnessError):
-    pass
+    def __init__(self, what: str, fix: str = "", status: int | None = None) -> None:
+        super().__init__(what, fix)
+        self.status = status  # the HTTP status the worker answered, if it answered
 
 
 @attrs.frozen
@@ -71,6 +73,18 @@ class WorkerClient:
         timeout: float | None = None,
     ) -> bytes:
         """One HTTP exchange; `payload` is sent as JSON. Returns the body of a 2xx answer."""
+        return self.exchange(method, path, payload, body, headers, timeout)[1]
+
+    def exchange(
+        self,
+        method: str,
+        path: str,
+        payload: object = None,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[int, bytes]:
+        """request(), and the answer's status as well."""
         headers = dict(headers or {})
         if payload is not None:
             body = json.dumps(payload).encode()
@@ -81,11 +95,13 @@ class WorkerClient:
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as response:
                 answer: bytes = response.read()
-                return answer
+                return response.status, answer
         except urllib.error.HTTPError as e:
             message = e.read().decode(errors="replace").strip() or e.reason
             raise WorkerError(
-                f"worker {self.url}: {method} {path} answered {e.code}: {message}", _fix_for_status(e.code)
+                f"worker {self.url}: {method} {path} answered {e.code}: {message}",
+                _fix_for_status(e.code),
+                status=e.code,
             ) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
@@ -186,6 +202,19 @@ class WorkerClient:
 
     def serial(self) -> bytes:
         return self.request("GET", "/dut/serial")
+
+    def serial_since(self, offset: int) -> bytes:
+        """What the serial log holds past its first `offset` bytes. Asked for with a Range,
+        which a worker may ignore and send the whole log: then the start is cut off here."""
+        if offset == 0:
+            return self.serial()
+        try:
+            status, data = self.exchange("GET", "/dut/serial", headers={"Range": f"bytes={offset}-"})
+        except WorkerError as e:
+            if e.status == 416:  # nothing past `offset` yet
+                return b""
+            raise
+        return data if status == 206 else data[offset:]
 
     def serial_exec(self, cmd: str) -> str:
         return self.request("POST", "/dut/serial/exec", payload={"cmd": cmd}).decode(errors="replace")

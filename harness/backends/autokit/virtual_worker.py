@@ -3,109 +3,35 @@
     HARNESS_AUTOKIT_TOKEN=secret python3 -m harness.backends.autokit.virtual_worker --listen 127.0.0.1:8123
 
 lets people without a rig, and our own tests, run the hardware path. The board boots
-UEFI from a disk that flashing writes, logs its serial console to a file, and is powered
-by starting and stopping QEMU. Unlike upstream workers it requires a bearer token, and
-it answers BUSY to a second reservation while one is held.
+UEFI from a disk that flashing writes, logs its serial console to a file (one log from
+flashing on, across power cycles, served from an offset with a Range), takes typed lines
+on its console (POST /dut/serial/exec), and is powered by starting and stopping QEMU
+(virtual_board.py). Unlike upstream workers it requires a bearer token, and it answers
+BUSY to a second reservation while one is held.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import hmac
 import json
 import os
 import secrets
-import shutil
 import signal
-import subprocess
 import sys
 import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from harness.accel import detect
-from harness.backends.qemu.command import (
-    MACHINES,
-    disk_args,
-    machine_alias,
-    machine_args,
-    qemu_binary,
-    uefi_args,
-)
-from harness.backends.qemu.firmware import copy_nvram, find_ovmf
-from harness.backends.qemu.machine import die_with_parent
+from harness.backends.autokit.virtual_board import VirtualBoard
 
-ARCH = "x86_64"  # the board's
 CHUNK_MIB = 40
 WATCHDOG_SECONDS = 300.0
-
-
-class VirtualBoard:
-    """The device under test: a disk image, UEFI variables and a QEMU process."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.dir = state_dir
-        self.disk = state_dir / "disk.raw"
-        self.serial_log = state_dir / "serial.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.nvram: Path | None = None
-        self._owner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="board-owner")
-
-    def write_disk(self, gzipped: Path) -> None:
-        self.power_off()
-        tmp = self.disk.with_suffix(".new")
-        with gzip.open(gzipped, "rb") as src, tmp.open("wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        tmp.replace(self.disk)
-        ovmf = find_ovmf(ARCH, machine_alias(qemu_binary(ARCH), MACHINES[ARCH]))
-        self.nvram = copy_nvram(ovmf, self.dir)  # a freshly flashed board has fresh variables
-
-    def power_on(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            return
-        if not self.disk.exists():
-            raise RuntimeError("nothing flashed yet: POST /dut/sendImage and /dut/flashImage first")
-        assert self.nvram is not None
-        ovmf = find_ovmf(ARCH, machine_alias(qemu_binary(ARCH), MACHINES[ARCH]))
-        self.serial_log.write_bytes(b"")
-        cmd = [
-            *machine_args(ARCH, detect(ARCH)),
-            *disk_args(self.disk, "raw"),
-            *uefi_args(ovmf, self.nvram),
-            "-nic",
-            "user,model=virtio-net-pci",
-            "-chardev",
-            f"file,id=serial,path={self.serial_log}",
-            "-serial",
-            "chardev:serial",
-        ]
-        # Requests are served by short-lived threads, and the parent-death signal fires
-        # when the forking thread ends: the board is started from the owner thread, which
-        # lives as long as the worker, so a killed worker takes its board with it.
-        self.proc = self._owner.submit(self._spawn, cmd).result()
-
-    def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
-        with (self.dir / "qemu.stderr").open("wb") as stderr:
-            return subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                preexec_fn=die_with_parent,
-            )
-
-    def power_off(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
 
 
 @attrs.define
@@ -291,11 +217,30 @@ def make_handler(worker: VirtualWorker) -> type[BaseHTTPRequestHandler]:
                 if key == ("GET", "/dut/flashState"):
                     return self.reply(200, worker.flash_state)
                 if key == ("GET", "/dut/serial"):
-                    log = worker.board.serial_log
-                    return self.reply(200, log.read_bytes() if log.exists() else b"")
+                    return self.serial()
+                if key == ("POST", "/dut/serial/exec"):
+                    cmd = json.loads(body or b"{}").get("cmd")
+                    if not isinstance(cmd, str):
+                        return self.reply(400, 'the body must be JSON {"cmd": "..."}')
+                    return self.reply(200, worker.board.type_line(cmd))
                 return self.reply(500, f"{self.command} {self.path} is not supported by the virtual worker")
             except Exception as e:
                 return self.reply(500, str(e))
+
+        def serial(self) -> None:
+            """The serial log, or with `Range: bytes=N-` what it holds past byte N."""
+            wanted = self.headers.get("Range", "")
+            if not (wanted.startswith("bytes=") and wanted.endswith("-") and wanted[6:-1].isdigit()):
+                return self.reply(200, worker.board.serial_since(0))
+            offset = int(wanted[6:-1])
+            data = worker.board.serial_since(offset)
+            if not data:
+                return self.reply(416, "nothing past that offset yet")
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {offset}-{offset + len(data) - 1}/*")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
 
         do_GET = do_POST = route
 

@@ -30,7 +30,7 @@ from harness.board_image import plan_board_image
 from harness.declaration import Firmware, TestDeclaration
 from harness.driven import Controls
 from harness.errors import HarnessError
-from harness.guest.units import CONSOLE_CHANNEL
+from harness.guest.units import CONSOLE_CHANNEL, CONSOLE_CONTROL
 from harness.image import Image
 from harness.machine import Ending, EndingKind, LogFile, Look, WatchRules
 from harness.notify import GuestReport
@@ -164,6 +164,7 @@ class LavaBackend:
     report_channel = CONSOLE_CHANNEL
     can_resume = False
     drives_host_tests = False
+    control_device = CONSOLE_CONTROL  # unused: a LAVA job is not driven from here
     log_files: tuple[LogFile, ...] = (LogFile(JOB_FILE),)
 
     def __init__(

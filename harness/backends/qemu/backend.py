@@ -19,7 +19,7 @@ from harness.backends.qemu.machine import QemuMachine, make_overlay, private_tmp
 from harness.backends.qemu.snapshot import SnapshotUnavailable, booted_snapshot, resumed_vm
 from harness.declaration import Firmware, TestDeclaration
 from harness.errors import HarnessError
-from harness.guest.units import VIRTIO_CHANNEL
+from harness.guest.units import VIRTIO_CHANNEL, VIRTIO_CONTROL
 from harness.image import Image
 from harness.machine import LogFile
 from harness.plan import BootPath, BootPlan, resume_blocker
@@ -45,6 +45,7 @@ class QemuBackend:
     features = frozenset({"dut", "uefi", "serial"})
     can_resume = True
     drives_host_tests = True
+    control_device = VIRTIO_CONTROL
     log_files: tuple[LogFile, ...] = (LogFile("qemu-command.txt"), LogFile("screen.png", text=False))
 
     def unmet_requirements(self, decl: TestDeclaration) -> list[str]:
