@@ -11,6 +11,11 @@ is ordered before boot-complete.target and reboots the machine when the applicat
 up. Version 3 is the broken update: its command line masks the application, as an update
 whose application no longer starts. Storage is persistent: the ESP and the root keep what
 each boot wrote.
+
+The same file runs on a VM and on a board: nothing in it knows which. Version 1 boots
+from whatever entry the machine started with (on a board, the harness's own); from then
+on systemd-boot's default is the first entry named os-v* in its order, and that order puts
+the newest version first and an entry out of tries last.
 """
 
 import re
@@ -18,6 +23,7 @@ import struct
 from typing import Any
 
 LINUX = "/boot/EFI/Linux"
+LOADER_CONF = "timeout 0\ndefault os-v*\n"
 LOADER_VARIABLE = "/sys/firmware/efi/efivars/{}-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 
 APP = """\
@@ -98,7 +104,8 @@ def installer(version: int, tries: int, extra: str = "", slowly: bool = False) -
     renamed into place. `slowly` copies a MB at a time, synced, with pauses: an update
     arriving over a slow link, for a power cut in the middle."""
     part = f"{LINUX}/os-v{version}.part"
-    cmdline = f"{image['cmdline']} harness.os-version={version} {extra}".strip().encode() + b"\0"
+    # rw: a version boots with its own command line only where nothing adds to it (a board).
+    cmdline = f"{image['cmdline']} rw harness.os-version={version} {extra}".strip().encode() + b"\0"
     assert len(cmdline) <= image["room"], f"{len(cmdline)} bytes of command line, room for {image['room']}"
     if slowly:
         blocks = -(-image["size"] // 2**20)
@@ -124,9 +131,10 @@ def installer(version: int, tries: int, extra: str = "", slowly: bool = False) -
 
 def test_version_1_boots_and_reports_itself(machine):
     entry, version = running_version(machine)
-    assert version == 1
-    assert machine.check(f"ls {LINUX}").text.split() == [entry], "the image should have one UKI"
-    uki = f"{LINUX}/{entry}"
+    assert version == 1 and not entry.startswith("os-v"), (entry, version)
+    ukis = machine.check(f"ls {LINUX}").text.split()
+    assert len(ukis) == 1, f"the image should have one UKI: {ukis}"
+    uki = f"{LINUX}/{ukis[0]}"
     header_at, text_at, size, room = cmdline_section(machine.check(f"head -c 4096 {uki}").stdout)
     text = machine.check(f"dd if={uki} bs=1 skip={text_at} count={size} status=none").stdout
     image.update(
@@ -137,6 +145,7 @@ def test_version_1_boots_and_reports_itself(machine):
         room=room,
         cmdline=text.rstrip(b"\0").decode(),
     )
+    machine.check(f"mkdir -p /boot/loader && printf '{LOADER_CONF}' >/boot/loader/loader.conf && sync /boot/loader")
     # The device's application and its health check, on the root from now on.
     for name, unit in (("os-app.service", APP), ("os-health.service", HEALTH)):
         machine.check(f"umask 022; cat >/etc/systemd/system/{name} <<'EOF'\n{unit}EOF")
@@ -154,15 +163,14 @@ def test_version_2_boots_with_tries_and_is_blessed(machine):
 
 
 def test_broken_version_3_runs_out_of_tries_and_version_2_comes_back(machine):
-    machine.check(installer(3, tries=2, extra="systemd.mask=os-app.service"))
-    # Both boots of version 3 fail their health check and restart; the control agent
+    machine.check(installer(3, tries=1, extra="systemd.mask=os-app.service"))
+    # The boot of version 3 fails its health check and restarts; the control agent
     # answers only a boot that passed it, so this returns with the fallback up.
     machine.reboot()
-    for _ in range(2):
-        machine.console.expect(r"Kernel command line: .*harness\.os-version=3", timeout=5)
+    machine.console.expect(r"Kernel command line: .*harness\.os-version=3", timeout=5)
     assert running_version(machine) == ("os-v2.efi", 2)
     entries = machine.check(f"ls {LINUX}").text.split()
-    assert "os-v3+0-2.efi" in entries, f"version 3 is not marked bad: {entries}"
+    assert "os-v3+0-1.efi" in entries, f"version 3 is not marked bad: {entries}"
 
 
 def test_a_power_cut_during_an_update_keeps_the_last_good_version(machine):
