@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Mapping
+from pathlib import Path
 
 import attrs
 
@@ -26,14 +27,42 @@ class Acceleration:
     def timeout_factor(self) -> int:
         return 1 if self.kind == "kvm" else TCG_TIMEOUT_FACTOR
 
-    def cpu_args(self, qemu_major: int) -> list[str]:
-        """-cpu and -smp: two vCPUs (tools/bench: a cold boot under TCG takes two thirds of
-        the time with one). Under TCG only from QEMU 9 on: QEMU 7.2's multi-threaded TCG
-        races with the kernel's live code patching (int3 oopses at boot). Not "max,svm=off"
+    def cpu_args(self, qemu_major: int, vcpus: int = 2) -> list[str]:
+        """-cpu and -smp. Two vCPUs where the host has the cores for them (tools/bench: a
+        cold boot under TCG alone takes two thirds of the time with one); `vcpus_for` says
+        how many. Under TCG only one before QEMU 9: QEMU 7.2's multi-threaded TCG races
+        with the kernel's live code patching (int3 oopses at boot). Not "max,svm=off"
         either: that CPU model corrupts the guest under TCG (QEMU 7.2)."""
         if self.kind == "kvm":
-            return ["-cpu", "host", "-smp", "2"]
-        return ["-cpu", "max", "-smp", "2" if qemu_major >= MTTCG_SAFE_QEMU else "1"]
+            return ["-cpu", "host", "-smp", str(vcpus)]
+        return ["-cpu", "max", "-smp", str(vcpus) if qemu_major >= MTTCG_SAFE_QEMU else "1"]
+
+
+def vcpus_for(cores: int, other_vms: int, env: Mapping[str, str] = os.environ) -> int:
+    """How many vCPUs a VM booting now gets: two while every running VM can have two
+    cores, else one. Under TCG a vCPU is a busy host thread: two VMs of two vCPUs on two
+    cores take a fifth longer than two VMs of one (tools/bench-vcpus), as a suite run by
+    meson or two CI stages side by side do. HARNESS_VCPUS=N decides instead."""
+    forced = env.get("HARNESS_VCPUS", "")
+    if forced.isdigit() and int(forced) > 0:
+        return int(forced)
+    return 2 if cores >= 2 * (other_vms + 1) else 1
+
+
+def running_vms(proc: Path = Path("/proc")) -> int:
+    """The QEMU processes running on this host now: other tests', a virtual worker's board,
+    a LAVA lab's devices."""
+    count = 0
+    for comm in proc.glob("[0-9]*/comm"):
+        try:
+            count += comm.read_text().startswith("qemu-system")
+        except OSError:  # gone meanwhile
+            continue
+    return count
+
+
+def vcpus_now(env: Mapping[str, str] = os.environ) -> int:
+    return vcpus_for(os.cpu_count() or 1, running_vms(), env)
 
 
 def host_architecture() -> str:

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from harness.accel import Acceleration, cpu_flags, kvm_usable
+from harness.accel import Acceleration, cpu_flags, kvm_usable, running_vms, vcpus_for
 from harness.backends.qemu.command import resolve_machine_alias
 from harness.backends.qemu.firmware import select_ovmf
 
@@ -50,3 +50,18 @@ def test_vcpus_under_tcg_follow_the_qemu_version():
     assert tcg.cpu_args(7) == ["-cpu", "max", "-smp", "1"]  # 7.2's MTTCG oopses the guest
     assert tcg.cpu_args(10) == ["-cpu", "max", "-smp", "2"]
     assert Acceleration("kvm", "test").cpu_args(7) == ["-cpu", "host", "-smp", "2"]
+
+
+def test_a_vm_gets_two_vcpus_while_the_cores_go_round():
+    assert vcpus_for(cores=2, other_vms=0, env={}) == 2
+    assert vcpus_for(cores=2, other_vms=1, env={}) == 1  # two VMs on two cores: one each
+    assert vcpus_for(cores=8, other_vms=3, env={}) == 2
+    assert vcpus_for(cores=2, other_vms=1, env={"HARNESS_VCPUS": "2"}) == 2
+    assert vcpus_for(cores=2, other_vms=0, env={"HARNESS_VCPUS": "zero"}) == 2  # not a number: the rule
+
+
+def test_running_vms_are_the_qemu_processes(tmp_path):
+    for pid, comm in ((1, "systemd"), (20, "qemu-system-x86"), (31, "qemu-system-aarch")):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "comm").write_text(comm + "\n")
+    assert running_vms(tmp_path) == 2

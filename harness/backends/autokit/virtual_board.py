@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from harness.accel import detect
+from harness.accel import detect, vcpus_now
 from harness.backends.qemu.command import (
     MACHINES,
     disk_args,
@@ -71,7 +71,7 @@ class VirtualBoard:
         assert self.nvram is not None
         ovmf = find_ovmf(ARCH, machine_alias(qemu_binary(ARCH), MACHINES[ARCH]))
         cmd = [
-            *machine_args(ARCH, detect(ARCH)),
+            *machine_args(ARCH, detect(ARCH), vcpus_now()),
             *disk_args(self.disk, "raw"),
             *uefi_args(ovmf, self.nvram),
             "-nic",

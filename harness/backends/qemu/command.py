@@ -153,7 +153,7 @@ def kernel_cmdline(cfg: VmConfig) -> list[str]:
     return [*base, *cfg.cmdline]
 
 
-def machine_args(arch: str, accel: Acceleration) -> list[str]:
+def machine_args(arch: str, accel: Acceleration, vcpus: int = 2) -> list[str]:
     """QEMU and the machine every VM of the harness is: the same for a test's VM and the
     virtual worker's board."""
     machine = MACHINES[arch]
@@ -166,7 +166,7 @@ def machine_args(arch: str, accel: Acceleration) -> list[str]:
         machine,
         "-accel",
         accel.kind,
-        *accel.cpu_args(qemu_major(binary)),
+        *accel.cpu_args(qemu_major(binary), vcpus),
         "-m",
         "1536M",
         "-nodefaults",
@@ -252,12 +252,13 @@ def qemu_command(
     vhost_fd: int | None,
     guest_args: list[str],
     incoming: Path | None = None,
+    vcpus: int = 2,
 ) -> list[str]:
     """QEMU's argument vector for `cfg`; `guest_args` carry credentials and extras;
     `incoming` is a saved VM to resume instead of booting."""
     disk_format = "raw" if files.disk == cfg.image.path else "qcow2"
     cmd = [
-        *machine_args(cfg.image.architecture, cfg.accel),
+        *machine_args(cfg.image.architecture, cfg.accel, vcpus),
         *disk_args(files.disk, disk_format),
         "-qmp",
         f"unix:{files.qmp},server=on,wait=off",
