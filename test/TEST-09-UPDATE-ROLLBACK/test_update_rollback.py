@@ -22,7 +22,8 @@ import re
 import struct
 from typing import Any
 
-LINUX = "/boot/EFI/Linux"
+import pytest
+
 LOADER_CONF = "timeout 0\ndefault os-v*\n"
 LOADER_VARIABLE = "/sys/firmware/efi/efivars/{}-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 
@@ -56,8 +57,20 @@ ExecStart=/bin/systemctl is-active --quiet os-app.service
 RequiredBy=boot-complete.target
 """
 
-# What the first step learns of the image's own UKI, for the updates made from it.
+# What the first step learns of the ESP and the image's own UKI, for the updates made from it.
 image: dict[str, Any] = {}
+
+
+@pytest.fixture(autouse=True)
+def _boots_from_its_own_esp() -> None:
+    if "unsupported" in image:
+        pytest.skip(image["unsupported"])
+
+
+def linux() -> str:
+    """Where systemd-boot finds UKIs: EFI/Linux on the ESP, which systemd mounts on /boot,
+    or on /efi where /boot holds files of its own (Debian bookworm's kernel packages)."""
+    return f"{image['esp']}/EFI/Linux"
 
 
 def loader_variable(machine, name: str) -> str:
@@ -103,7 +116,7 @@ def installer(version: int, tries: int, extra: str = "", slowly: bool = False) -
     of the image's UKI under a name systemd-boot ignores, its command line rewritten, then
     renamed into place. `slowly` copies a MB at a time, synced, with pauses: an update
     arriving over a slow link, for a power cut in the middle."""
-    part = f"{LINUX}/os-v{version}.part"
+    part = f"{linux()}/os-v{version}.part"
     # rw: a version boots with its own command line only where nothing adds to it (a board).
     cmdline = f"{image['cmdline']} rw harness.os-version={version} {extra}".strip().encode() + b"\0"
     assert len(cmdline) <= image["room"], f"{len(cmdline)} bytes of command line, room for {image['room']}"
@@ -118,13 +131,13 @@ def installer(version: int, tries: int, extra: str = "", slowly: bool = False) -
     return "\n".join(
         [
             "set -e",
-            f"rm -f {LINUX}/os-v*.part",
+            f"rm -f {linux()}/os-v*.part",
             copy,
             write_at(part, image["text_at"], cmdline.ljust(image["room"], b"\0")),
             write_at(part, image["header_at"] + 8, struct.pack("<I", len(cmdline))),
             f"sync {part}",
-            f"mv {part} {LINUX}/os-v{version}+{tries}.efi",
-            f"sync {LINUX}",
+            f"mv {part} {linux()}/os-v{version}+{tries}.efi",
+            f"sync {linux()}",
         ]
     )
 
@@ -132,9 +145,19 @@ def installer(version: int, tries: int, extra: str = "", slowly: bool = False) -
 def test_version_1_boots_and_reports_itself(machine):
     entry, version = running_version(machine)
     assert version == 1 and not entry.startswith("os-v"), (entry, version)
-    ukis = machine.check(f"ls {LINUX}").text.split()
+    esp = machine.run("bootctl --print-esp-path")
+    if esp.status != 0:
+        # A VM whose systemd-stub predates 254 boots from an ESP the harness adds (the stub
+        # reads no command line from SMBIOS): an update on the image's ESP would never boot.
+        image["unsupported"] = (
+            "systemd-boot did not start from this machine's own ESP (a VM with systemd < 254 boots "
+            f"from one the harness adds): {esp.stderr.decode().strip()}"
+        )
+        pytest.skip(image["unsupported"])
+    image["esp"] = esp.text
+    ukis = machine.check(f"ls {linux()}").text.split()
     assert len(ukis) == 1, f"the image should have one UKI: {ukis}"
-    uki = f"{LINUX}/{ukis[0]}"
+    uki = f"{linux()}/{ukis[0]}"
     header_at, text_at, size, room = cmdline_section(machine.check(f"head -c 4096 {uki}").stdout)
     text = machine.check(f"dd if={uki} bs=1 skip={text_at} count={size} status=none").stdout
     image.update(
@@ -145,7 +168,8 @@ def test_version_1_boots_and_reports_itself(machine):
         room=room,
         cmdline=text.rstrip(b"\0").decode(),
     )
-    machine.check(f"mkdir -p /boot/loader && printf '{LOADER_CONF}' >/boot/loader/loader.conf && sync /boot/loader")
+    loader = f"{image['esp']}/loader"
+    machine.check(f"mkdir -p {loader} && printf '{LOADER_CONF}' >{loader}/loader.conf && sync {loader}")
     # The device's application and its health check, on the root from now on.
     for name, unit in (("os-app.service", APP), ("os-health.service", HEALTH)):
         machine.check(f"umask 022; cat >/etc/systemd/system/{name} <<'EOF'\n{unit}EOF")
@@ -158,7 +182,7 @@ def test_version_2_boots_with_tries_and_is_blessed(machine):
     assert running_version(machine) == ("os-v2.efi", 2)
     machine.check("systemctl is-active os-health.service")
     machine.check("systemctl is-system-running --wait >/dev/null; systemctl is-active systemd-bless-boot.service")
-    entries = machine.check(f"ls {LINUX}").text.split()
+    entries = machine.check(f"ls {linux()}").text.split()
     assert "os-v2.efi" in entries, f"version 2 was not blessed: {entries}"
 
 
@@ -169,7 +193,7 @@ def test_broken_version_3_runs_out_of_tries_and_version_2_comes_back(machine):
     machine.reboot()
     machine.console.expect(r"Kernel command line: .*harness\.os-version=3", timeout=5)
     assert running_version(machine) == ("os-v2.efi", 2)
-    entries = machine.check(f"ls {LINUX}").text.split()
+    entries = machine.check(f"ls {linux()}").text.split()
     assert "os-v3+0-1.efi" in entries, f"version 3 is not marked bad: {entries}"
 
 
@@ -178,15 +202,15 @@ def test_a_power_cut_during_an_update_keeps_the_last_good_version(machine):
     precious = machine.check("sha256sum /var/tmp/precious").text
     script = installer(4, tries=3, slowly=True)
     machine.check(f"cat >/run/install <<'EOF'\n{script}\nEOF\nsetsid -f sh /run/install </dev/null >/dev/null 2>&1")
-    part = f"{LINUX}/os-v4.part"
+    part = f"{linux()}/os-v4.part"
     machine.check(f"while [ $(stat -c %s {part} 2>/dev/null || echo 0) -lt 4000000 ]; do sleep 0.2; done")
     machine.power_cycle()
     assert running_version(machine) == ("os-v2.efi", 2)
     assert machine.check("sha256sum /var/tmp/precious").text == precious
     left = int(machine.check(f"stat -c %s {part}").text)
     assert left < image["size"], "the copy was complete before the power cut"
-    esp = machine.check("findmnt -n -o SOURCE -t vfat /boot").text
-    machine.check(f"umount /boot && fsck.fat -n {esp}")
+    esp = machine.check(f"findmnt -n -o SOURCE -t vfat {image['esp']}").text
+    machine.check(f"umount {image['esp']} && fsck.fat -n {esp}")
     errors = machine.run("journalctl -k -b | grep -Ei 'EXT4-fs error|FAT-fs .*error|I/O error'").text
     assert not errors, errors
     # The update is done again, and boots.
