@@ -217,7 +217,13 @@ class WorkerClient:
         return data if status == 206 else data[offset:]
 
     def serial_exec(self, cmd: str) -> str:
-        return self.request("POST", "/dut/serial/exec", payload={"cmd": cmd}).decode(errors="replace")
+        """Type `cmd` and a newline on the board's console. The worker answers once the
+        board has read it all, at the console's pace: a second per kilobyte is allowed (a
+        115200-baud UART takes 11 KB a second; a loaded virtual board fewer)."""
+        timeout = self.timeout + len(cmd) / 1000
+        return self.request("POST", "/dut/serial/exec", payload={"cmd": cmd}, timeout=timeout).decode(
+            errors="replace"
+        )
 
     def keyboard(self, key: str) -> None:
         self.text("POST", "/dut/keyboard", payload={"key": key})
