@@ -11,7 +11,9 @@ import threading
 import pytest
 from stub_worker import StubWorker
 
+from harness.backends import bearer_token
 from harness.backends.autokit.client import Retry, WorkerClient, WorkerError
+from harness.errors import HarnessError
 
 
 def client(stub, **kw):
@@ -172,3 +174,11 @@ def test_requirements_are_checked_against_the_contract():
         assert AutokitBackend(w.url).unmet_requirements(d) == ["uefi"]
         assert AutokitBackend(w.url).unmet_requirements(declaration()) == []
         assert w.paths() == ["/contract"]  # no contract call when nothing is required
+
+
+def test_a_token_read_with_its_line_end_is_used_without_it_and_a_bad_one_is_never_shown():
+    assert bearer_token({"T": "s3cret\r\n"}, "T") == "s3cret"
+    assert bearer_token({}, "T") is None
+    with pytest.raises(HarnessError) as e:
+        bearer_token({"T": "s3c\rret"}, "T")
+    assert "s3c" not in str(e.value) and "position 4 of 7" in str(e.value)

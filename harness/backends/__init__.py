@@ -54,7 +54,7 @@ def make_backend(name: str, options: BackendOptions, env: Mapping[str, str]) -> 
                 "meson setup -Dtest-backend=autokit -Dautokit-worker=http://HOST:PORT, "
                 "or set HARNESS_AUTOKIT_WORKER",
             )
-        return AutokitBackend(url, env.get("HARNESS_AUTOKIT_TOKEN") or None)
+        return AutokitBackend(url, bearer_token(env, "HARNESS_AUTOKIT_TOKEN"))
     if name == BackendName.LAVA:
         from harness.backends.lava.backend import LavaBackend, image_server, queue_limit
 
@@ -67,7 +67,7 @@ def make_backend(name: str, options: BackendOptions, env: Mapping[str, str]) -> 
         return LavaBackend(
             url,
             env.get("HARNESS_LAVA_DEVICE_TYPE") or options.lava_device_type,
-            env.get("HARNESS_LAVA_TOKEN") or None,
+            bearer_token(env, "HARNESS_LAVA_TOKEN"),
             queue_limit=queue_limit(env),
             image_server=image_server(
                 env.get("HARNESS_LAVA_IMAGE_DIR") or options.lava_image_dir,
@@ -77,3 +77,18 @@ def make_backend(name: str, options: BackendOptions, env: Mapping[str, str]) -> 
     raise HarnessError(
         f"unknown backend '{name}'", f"use one of: {', '.join(BackendName)} (-Dtest-backend, HARNESS_BACKEND)"
     )
+
+
+def bearer_token(env: Mapping[str, str], name: str) -> str | None:
+    """The token in `name`, without the whitespace around it (a file saved with CRLF,
+    `$(cat token)`): an HTTP header cannot carry a CR, and the error would show the token.
+    Never quoted in an error."""
+    token = env.get(name, "").strip()
+    bad = [i for i, c in enumerate(token) if not (c.isascii() and c.isprintable()) or c == " "]
+    if bad:
+        raise HarnessError(
+            f"{name} holds a character an HTTP header cannot carry (at position {bad[0] + 1} "
+            f"of {len(token)})",
+            f"set {name} to the token alone, one line of printable ASCII",
+        )
+    return token or None

@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     if o.token_file:
         token = Path(o.token_file).read_text().strip()
     elif os.environ.get("HARNESS_AUTOKIT_TOKEN"):
-        token = os.environ["HARNESS_AUTOKIT_TOKEN"]
+        token = os.environ["HARNESS_AUTOKIT_TOKEN"].strip()
     else:
         token = secrets.token_urlsafe(24)
         token_file = state_dir / "token"
