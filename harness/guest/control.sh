@@ -19,9 +19,17 @@ boot_id=$(cat /proc/sys/kernel/random/boot_id)
 # The port stays open as long as the agent runs: what the host sends while the guest has
 # it closed is lost.
 exec 3<>"$port"
-# A console's line discipline would echo the host's commands and cut lines at 4096 bytes.
-if [ -t 3 ]; then stty -icanon -echo -isig min 1 time 0 <&3; fi
-echo "harness: boot $boot_id is up and answers the host's commands" >/dev/kmsg
+mark="harness: boot $boot_id is up and answers the host's commands"
+echo "$mark" >/dev/kmsg
+if [ -t 3 ]; then
+    # A console's line discipline would echo the host's commands and cut lines at 4096
+    # bytes. And the kernel writes its messages to the console past the tty, in the middle
+    # of a reply line: from here on only emergencies (a panic) go there; the journal keeps
+    # the rest. The boot's mark goes to the console directly.
+    stty -icanon -echo -isig min 1 time 0 <&3
+    echo 1 >/proc/sys/kernel/printk
+    printf '%s\n' "$mark" >&3
+fi
 printf 'H %s\n' "$boot_id" >&3
 
 while :; do
