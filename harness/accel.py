@@ -16,6 +16,7 @@ import attrs
 
 TCG_TIMEOUT_FACTOR = 5
 MTTCG_SAFE_QEMU = 9  # the first QEMU major version we run with several vCPUs under TCG
+FULL_VCPUS = 2  # a VM's vCPUs when the host has the cores; the booted snapshot's always
 
 
 @attrs.frozen
@@ -27,7 +28,7 @@ class Acceleration:
     def timeout_factor(self) -> int:
         return 1 if self.kind == "kvm" else TCG_TIMEOUT_FACTOR
 
-    def cpu_args(self, qemu_major: int, vcpus: int = 2) -> list[str]:
+    def cpu_args(self, qemu_major: int, vcpus: int = FULL_VCPUS) -> list[str]:
         """-cpu and -smp. Two vCPUs where the host has the cores for them (tools/bench: a
         cold boot under TCG alone takes two thirds of the time with one); `vcpus_for` says
         how many. Under TCG only one before QEMU 9: QEMU 7.2's multi-threaded TCG races
@@ -46,7 +47,7 @@ def vcpus_for(cores: int, other_vms: int, env: Mapping[str, str] = os.environ) -
     forced = env.get("HARNESS_VCPUS", "")
     if forced.isdigit() and int(forced) > 0:
         return int(forced)
-    return 2 if cores >= 2 * (other_vms + 1) else 1
+    return FULL_VCPUS if cores >= FULL_VCPUS * (other_vms + 1) else 1
 
 
 def running_vms(proc: Path = Path("/proc")) -> int:

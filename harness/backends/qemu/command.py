@@ -16,7 +16,7 @@ from pathlib import Path
 
 import attrs
 
-from harness.accel import Acceleration
+from harness.accel import FULL_VCPUS, Acceleration
 from harness.backends.qemu.credentials import (
     cmdline_extra_strings,
     fw_cfg_args,
@@ -153,7 +153,7 @@ def kernel_cmdline(cfg: VmConfig) -> list[str]:
     return [*base, *cfg.cmdline]
 
 
-def machine_args(arch: str, accel: Acceleration, vcpus: int = 2) -> list[str]:
+def machine_args(arch: str, accel: Acceleration, vcpus: int = FULL_VCPUS) -> list[str]:
     """QEMU and the machine every VM of the harness is: the same for a test's VM and the
     virtual worker's board."""
     machine = MACHINES[arch]
@@ -252,7 +252,7 @@ def qemu_command(
     vhost_fd: int | None,
     guest_args: list[str],
     incoming: Path | None = None,
-    vcpus: int = 2,
+    vcpus: int = FULL_VCPUS,
 ) -> list[str]:
     """QEMU's argument vector for `cfg`; `guest_args` carry credentials and extras;
     `incoming` is a saved VM to resume instead of booting."""

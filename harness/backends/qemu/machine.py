@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.accel import vcpus_now
+from harness.accel import FULL_VCPUS, vcpus_now
 from harness.backends.qemu.command import (
     MACHINES,
     QEMU_BINARIES,
@@ -254,9 +254,9 @@ def running_vm(
             )
 
         args = guest_args(cfg, files, credentials)
-        # The booted snapshot and the VMs resumed from it keep two vCPUs: migration needs
+        # The booted snapshot and the VMs resumed from it keep FULL_VCPUS: migration needs
         # the same CPUs on both sides.
-        vcpus = 2 if cfg.agent else vcpus_now()
+        vcpus = FULL_VCPUS if cfg.agent else vcpus_now()
         cmd = qemu_command(cfg, files, ovmf, nvram, vsock_cid, vhost_fd, args, incoming, vcpus)
         (files.logs / "qemu-command.txt").write_text(" ".join(cmd) + "\n")
         stderr = files.tmp / "qemu.stderr"
