@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import random
 import threading
 
@@ -182,3 +183,26 @@ def test_a_token_read_with_its_line_end_is_used_without_it_and_a_bad_one_is_neve
     with pytest.raises(HarnessError) as e:
         bearer_token({"T": "s3c\rret"}, "T")
     assert "s3c" not in str(e.value) and "position 4 of 7" in str(e.value)
+
+
+def test_a_token_from_a_file_is_read_without_its_line_end_and_bad_files_are_clear_errors(tmp_path):
+    token = tmp_path / "token"
+    token.write_bytes(b"s3cret\r\n")
+    assert bearer_token({"T_FILE": str(token)}, "T") == "s3cret"
+    with pytest.raises(HarnessError, match="both T and T_FILE"):
+        bearer_token({"T": "x", "T_FILE": str(token)}, "T")
+    os.mkfifo(tmp_path / "fifo")
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 5000)
+    inner = tmp_path / "inner"
+    inner.write_bytes(b"s3c\x00ret\n")
+    for path, what in [
+        (tmp_path / "missing", "cannot read"),
+        (tmp_path / "fifo", "not a regular file"),
+        (tmp_path, "Is a directory"),
+        (big, "larger than a token"),
+        (inner, "position 4 of 7"),
+    ]:
+        with pytest.raises(HarnessError, match=what) as e:
+            bearer_token({"T_FILE": str(path)}, "T")
+        assert "s3c" not in str(e.value) + e.value.fix

@@ -10,6 +10,8 @@ core never imports a backend: `make_backend` is called by the command line only.
 from __future__ import annotations
 
 import enum
+import os
+import stat
 from collections.abc import Mapping
 
 import attrs
@@ -79,16 +81,53 @@ def make_backend(name: str, options: BackendOptions, env: Mapping[str, str]) -> 
     )
 
 
+TOKEN_FILE_LIMIT = 4096
+
+
 def bearer_token(env: Mapping[str, str], name: str) -> str | None:
-    """The token in `name`, without the whitespace around it (a file saved with CRLF,
-    `$(cat token)`): an HTTP header cannot carry a CR, and the error would show the token.
-    Never quoted in an error."""
-    token = env.get(name, "").strip()
+    """The token in `name`, or in the file `name`_FILE names (the way to keep it out of
+    meson's testlog, which holds the whole environment of `meson test`), without the
+    whitespace around it (a file saved with CRLF, `$(cat token)`): an HTTP header cannot
+    carry a CR, and the error would show the token. Never quoted in an error."""
+    path = env.get(f"{name}_FILE", "")
+    if path and env.get(name):
+        raise HarnessError(
+            f"both {name} and {name}_FILE are set", f"unset one of them ({name}_FILE is safer)"
+        )
+    token = (read_token_file(path, f"{name}_FILE") if path else env.get(name, "")).strip()
+    source = f"{name}_FILE's file" if path else name
     bad = [i for i, c in enumerate(token) if not (c.isascii() and c.isprintable()) or c == " "]
     if bad:
         raise HarnessError(
-            f"{name} holds a character an HTTP header cannot carry (at position {bad[0] + 1} "
+            f"{source} holds a character an HTTP header cannot carry (at position {bad[0] + 1} "
             f"of {len(token)})",
-            f"set {name} to the token alone, one line of printable ASCII",
+            f"make {source} the token alone, one line of printable ASCII",
         )
     return token or None
+
+
+def read_token_file(path: str, name: str) -> str:
+    """A small regular file: not a FIFO that blocks the run, not /dev/zero."""
+    try:
+        # O_NONBLOCK: opening a FIFO would wait for a writer.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise HarnessError(
+                    f"{name}={path} is not a regular file", "point it at the file holding the token"
+                )
+            data = f.read(TOKEN_FILE_LIMIT + 1)
+    except OSError as e:
+        raise HarnessError(
+            f"cannot read {name}={path}: {e.strerror}", "point it at the file holding the token"
+        ) from None
+    if len(data) > TOKEN_FILE_LIMIT:
+        raise HarnessError(
+            f"{name}={path} is larger than a token ({TOKEN_FILE_LIMIT} bytes at most)",
+            "point it at the file holding the token alone",
+        )
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        raise HarnessError(
+            f"{name}={path} holds a byte that is not ASCII", "make the file the token alone, printable ASCII"
+        ) from None

@@ -311,7 +311,7 @@ class WorkerClient:
 
 def _fix_for_status(code: int) -> str:
     if code in (401, 403):
-        return "the worker wants a token: set HARNESS_AUTOKIT_TOKEN"
+        return "the worker wants a token: set HARNESS_AUTOKIT_TOKEN_FILE to a file holding it (or HARNESS_AUTOKIT_TOKEN)"
     if code == 411:
         return "the worker needs a Content-Length on every chunk (a proxy may have removed it)"
     return "see the worker's log; the run released the worker"

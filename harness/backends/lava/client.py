@@ -161,7 +161,7 @@ class LavaClient:
 
 def _fix_for_status(code: int) -> str:
     if code in (401, 403):
-        return "check the API token in HARNESS_LAVA_TOKEN (a token of a user allowed to submit jobs)"
+        return "check the API token in HARNESS_LAVA_TOKEN_FILE or HARNESS_LAVA_TOKEN (a token of a user allowed to submit jobs)"
     if code == 404:
         return "check the URL (-Dlava-url / HARNESS_LAVA_URL): it is the server's, without /api"
     if code == 400:
