@@ -4,17 +4,15 @@ TMPDIR of their own for the wrappers they start. Helpers are in e2e.py and image
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from e2e import IMAGE, ROOT, TOKEN, free_port, sha256
+from e2e import IMAGE, running_worker, sha256
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -51,29 +49,5 @@ def image():
 def worker_process(tmp_path):
     """A virtual autokit worker on a free port, with its QEMU board; stopped afterwards,
     and its board with it."""
-    port = free_port()
-    log_path = tmp_path / "worker.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "harness.backends.autokit.virtual_worker",
-                f"--listen=127.0.0.1:{port}",
-                f"--state-dir={tmp_path / 'worker'}",
-            ],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONPATH=str(ROOT), HARNESS_AUTOKIT_TOKEN=TOKEN),
-        )
-        deadline = time.monotonic() + 20
-        while "listening" not in log_path.read_text() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        proc.url = f"http://127.0.0.1:{port}"
-        proc.log = log_path
+    with running_worker(tmp_path) as proc:
         yield proc
-        proc.terminate()
-        proc.wait(timeout=30)
-    board = subprocess.run(["pgrep", "-af", str(tmp_path / "worker")], capture_output=True, text=True).stdout
-    assert "qemu-system" not in board, "the virtual worker left its board running"

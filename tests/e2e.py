@@ -4,6 +4,7 @@ The fixtures built on these are in conftest.py."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -12,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,6 +130,43 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_worker(tmp_path: Path, *options: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A virtual worker process on a free port of 127.0.0.1 (its `url`, `port` and `log`
+    set on it), its state in tmp_path/worker; stopped afterwards, and checked to have
+    stopped its board too."""
+    port = free_port()
+    log_path = tmp_path / "worker.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "harness.backends.autokit.virtual_worker",
+                f"--listen=127.0.0.1:{port}",
+                f"--state-dir={tmp_path / 'worker'}",
+                *options,
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT), HARNESS_AUTOKIT_TOKEN=TOKEN),
+        )
+        try:
+            wait_until(
+                lambda: "listening" in log_path.read_text(), 20, "the virtual worker did not start", 0.1
+            )
+            proc.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+            proc.port = port  # type: ignore[attr-defined]
+            proc.log = log_path  # type: ignore[attr-defined]
+            yield proc
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    board = subprocess.run(["pgrep", "-af", str(tmp_path / "worker")], capture_output=True, text=True).stdout
+    assert "qemu-system" not in board, "the virtual worker left its board running"
 
 
 def board_env(url: str) -> dict[str, str]:

@@ -10,7 +10,8 @@ import pytest
 
 from harness.backends.autokit.client import WorkerClient
 from harness.backends.autokit.controls import BoardControls
-from harness.backends.autokit.virtual_worker import VirtualWorker, make_handler
+from harness.backends.autokit.virtual_worker import VirtualWorker
+from harness.backends.autokit.worker_api import make_handler
 from harness.backends.fake import FakeGuest
 from harness.driven import DrivenMachine, MachineError
 from harness.guest.units import CONSOLE_CONTROL, CONTROL_UNIT, VIRTIO_CONTROL, control_credentials

@@ -9,7 +9,8 @@ from http.server import ThreadingHTTPServer
 import pytest
 
 from harness.backends.autokit.client import Retry, WorkerClient, WorkerError
-from harness.backends.autokit.virtual_worker import VirtualWorker, make_handler
+from harness.backends.autokit.virtual_worker import VirtualWorker
+from harness.backends.autokit.worker_api import make_handler
 
 TOKEN = "test-token"
 

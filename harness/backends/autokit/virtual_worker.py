@@ -13,8 +13,6 @@ BUSY to a second reservation while one is held.
 from __future__ import annotations
 
 import argparse
-import hmac
-import json
 import os
 import secrets
 import signal
@@ -22,15 +20,15 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from harness.backends.autokit.virtual_board import VirtualBoard
+from harness.backends.autokit.worker_api import CHUNK_MIB, IDLE_SECONDS, WorkerServer, make_handler
 
-CHUNK_MIB = 40
 WATCHDOG_SECONDS = 300.0
 
 
@@ -145,123 +143,16 @@ class VirtualWorker:
         return {"uuid": self.uuid, "workerType": "qemu", "supportedFeatures": ["dut", "uefi", "serial"]}
 
 
-def make_handler(worker: VirtualWorker) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def reply(self, status: int, body: bytes | str | dict[str, Any]) -> None:
-            data = (
-                body
-                if isinstance(body, bytes)
-                else (json.dumps(body) if isinstance(body, dict) else body).encode()
-            )
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def authorized(self) -> bool:
-            given = self.headers.get("Authorization", "")
-            return hmac.compare_digest(given.encode(), f"Bearer {worker.token}".encode())
-
-        def body(self) -> bytes | None:
-            length = self.headers.get("Content-Length")
-            return self.rfile.read(int(length)) if length is not None else None
-
-        def route(self) -> None:
-            if not self.authorized():
-                self.body()
-                return self.reply(401, "missing or wrong bearer token")
-            body = self.body()
-            key = (self.command, self.path)
-            try:
-                if key == ("GET", "/start"):
-                    return self.reply(200, worker.reserve())
-                if key == ("GET", "/state"):
-                    return self.reply(200, "BUSY" if worker.busy else "IDLE")
-                if key == ("GET", "/contract"):
-                    return self.reply(200, worker.contract())
-                if not worker.busy:
-                    return self.reply(500, "the worker is not reserved: GET /start first")
-                if key == ("GET", "/heartbeat"):
-                    return self.reply(200, worker.heartbeat())
-                if key == ("POST", "/teardown"):
-                    return self.reply(200, worker.teardown())
-                if key == ("POST", "/dut/on"):
-                    worker.board.power_on()
-                    return self.reply(200, "OK")
-                if key == ("POST", "/dut/off"):
-                    worker.board.power_off()
-                    return self.reply(200, "OK")
-                if key == ("GET", "/dut/diagnostics"):
-                    return self.reply(200, {})
-                if key == ("POST", "/dut/network"):
-                    return self.reply(200, "OK")  # user-mode networking with NAT is always on
-                if key == ("GET", "/dut/ip"):
-                    return self.reply(200, "10.0.2.15")
-                if key == ("GET", "/dut/sendImage/chunkSize"):
-                    return self.reply(200, {"chunkMiB": CHUNK_MIB})
-                if key == ("POST", "/dut/sendImage"):
-                    if body is None:
-                        return self.reply(411, "Content-Length required")
-                    index = self.headers.get("x-chunk-index")
-                    total = self.headers.get("x-total-chunks")
-                    return self.reply(
-                        200,
-                        worker.write_chunk(
-                            body, None if index is None else int(index), None if total is None else int(total)
-                        ),
-                    )
-                if key == ("POST", "/dut/flashImage"):
-                    return self.reply(200, worker.flash())
-                if key == ("GET", "/dut/flashState"):
-                    return self.reply(200, worker.flash_state)
-                if key == ("GET", "/dut/serial"):
-                    return self.serial()
-                if key == ("POST", "/dut/serial/exec"):
-                    cmd = json.loads(body or b"{}").get("cmd")
-                    if not isinstance(cmd, str):
-                        return self.reply(400, 'the body must be JSON {"cmd": "..."}')
-                    return self.reply(200, worker.board.type_line(cmd))
-                return self.reply(500, f"{self.command} {self.path} is not supported by the virtual worker")
-            except Exception as e:
-                return self.reply(500, str(e))
-
-        def serial(self) -> None:
-            """The serial log, or with `Range: bytes=N-` what it holds past byte N."""
-            wanted = self.headers.get("Range", "")
-            if not (wanted.startswith("bytes=") and wanted.endswith("-") and wanted[6:-1].isdigit()):
-                return self.reply(200, worker.board.serial_since(0))
-            offset = int(wanted[6:-1])
-            data = worker.board.serial_since(offset)
-            if not data:
-                return self.reply(416, "nothing past that offset yet")
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {offset}-{offset + len(data) - 1}/*")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        do_GET = do_POST = route
-
-        def log_message(self, format: str, *args: Any) -> None:
-            sys.stderr.write(
-                f"virtual-worker: {self.command} {self.path} {args[1] if len(args) > 1 else ''}\n"
-            )
-
-    return Handler
-
-
 def serve(
     host: str,
     port: int,
     state_dir: Path,
     token: str,
     ready: Callable[[ThreadingHTTPServer], None] | None = None,
+    idle_timeout: float = IDLE_SECONDS,
 ) -> None:
     worker = VirtualWorker(state_dir, token)
-    server = ThreadingHTTPServer((host, port), make_handler(worker))
-    server.daemon_threads = True
+    server = WorkerServer((host, port), make_handler(worker, idle_timeout))
     if ready:
         ready(server)
     try:
@@ -271,40 +162,74 @@ def serve(
         server.server_close()
 
 
+def listen_address(text: str) -> tuple[str, int]:
+    """HOST:PORT, [IPV6]:PORT, or PORT alone on 127.0.0.1 (never every interface unasked)."""
+    host, colon, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""  # an IPv6 address without its brackets: its last group would be the port
+        port = ""
+    if not colon:
+        host = "127.0.0.1"
+    if not (host and port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise SystemExit(f"virtual-worker: --listen {text!r}: give HOST:PORT, [IPV6]:PORT or PORT")
+    return host, int(port)
+
+
+def new_token_file(path: Path) -> str:
+    """A new token in `path`, made 0600 from the start and put in place by rename: a file
+    or symlink already there is replaced, never written through."""
+    token = secrets.token_urlsafe(24)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with open(fd, "w") as f:
+        f.write(token + "\n")
+    os.replace(tmp, path)
+    return token
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python3 -m harness.backends.autokit.virtual_worker", description=__doc__.splitlines()[0]
     )
-    p.add_argument("--listen", default="127.0.0.1:8123", help="HOST:PORT (default 127.0.0.1:8123)")
+    p.add_argument("--listen", default="127.0.0.1:8123", help="HOST:PORT, [IPV6]:PORT or PORT (on 127.0.0.1)")
     p.add_argument("--state-dir", default=None, help="where the board's disk and logs live")
     p.add_argument(
         "--token-file", help="file holding the bearer token (default: $HARNESS_AUTOKIT_TOKEN, else a new one)"
     )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=IDLE_SECONDS,
+        help=f"close a connection silent this many seconds (default {IDLE_SECONDS:g})",
+    )
     o = p.parse_args(argv)
-    host, _, port = o.listen.rpartition(":")
+    host, port = listen_address(o.listen)
     state_dir = Path(
         o.state_dir or Path(os.environ.get("XDG_STATE_HOME", "/var/tmp")) / "harness-virtual-worker"
     )
+    # The uploads, the board's disk and its logs hold the test's credentials: the user's only.
+    os.umask(0o077)
     state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.chmod(0o700)
     if o.token_file:
         token = Path(o.token_file).read_text().strip()
     elif os.environ.get("HARNESS_AUTOKIT_TOKEN"):
         token = os.environ["HARNESS_AUTOKIT_TOKEN"].strip()
     else:
-        token = secrets.token_urlsafe(24)
-        token_file = state_dir / "token"
-        token_file.write_text(token + "\n")
-        token_file.chmod(0o600)
-        print(f"virtual-worker: token written to {token_file}", flush=True)
+        token = new_token_file(state_dir / "token")
+        print(f"virtual-worker: token written to {state_dir / 'token'}", flush=True)
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
 
     def ready(server: ThreadingHTTPServer) -> None:
+        where = f"[{host}]" if ":" in host else host
         print(
-            f"virtual-worker: listening on http://{host}:{server.server_address[1]}, state in {state_dir}",
+            f"virtual-worker: listening on http://{where}:{server.server_address[1]}, state in {state_dir}",
             flush=True,
         )
 
-    serve(host, int(port), state_dir, token, ready)
+    serve(host, port, state_dir, token, ready, o.idle_timeout)
     return 0
 
 
