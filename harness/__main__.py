@@ -1,8 +1,9 @@
 """Command line of the harness: `python3 -m harness run|validate|accel`.
 
 meson calls `run` for every test (and `validate` for every declaration at `meson setup`);
-both take the declaration as options, so a test can also be rerun by hand exactly as
-meson runs it (the command is in meson-logs/testlog.txt).
+both take the declaration as the file meson wrote (`--declaration=FILE`) or as options
+after the others, so a test can also be rerun by hand exactly as meson runs it (the
+command is in meson-logs/testlog.txt).
 """
 
 from __future__ import annotations
@@ -11,16 +12,17 @@ import argparse
 import json
 import logging
 import os
-import re
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
+from harness import declaration_file
 from harness.accel import detect
-from harness.declaration import CONFIGURATION_KEY_NAMES, KEY_NAMES, KEYS, Firmware, TestDeclaration, key_table
-from harness.errors import DeclarationError, HarnessError, LogDirBusy
+from harness.declaration import Firmware, TestDeclaration, key_table
+from harness.errors import HarnessError, LogDirBusy
 from harness.results import EXIT_ERROR
 
 if TYPE_CHECKING:
@@ -31,30 +33,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("harness")
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"'{text}' is not true or false")
+def add_declaration_option(p: argparse.ArgumentParser) -> None:
+    """The declaration comes as a file (meson's way), or as --KEY=VALUE options after the
+    others (by hand); harness.declaration_file parses either, not argparse."""
+    p.add_argument(
+        "--declaration", help="the file of --KEY=VALUE lines meson setup wrote (build/test/NAME.declaration)"
+    )
 
 
-def add_declaration_options(p: argparse.ArgumentParser) -> None:
-    """One option per declaration key (declaration.KEYS), named as in meson.build."""
-    p.add_argument("--test-dir", required=True, help="the test's source directory")
-    for key in KEYS:
-        if key.name == "configuration":
-            continue  # meson passes its keys one by one
-        if key.name == "name":
-            p.add_argument("--name", required=True, help=key.meaning)
-        elif key.repeated:
-            p.add_argument(f"--{key.name}", action="append", default=[], help=key.meaning)
-        elif isinstance(key.default, bool):
-            p.add_argument(f"--{key.name}", type=_bool, default=key.default, help=key.meaning)
-        elif isinstance(key.default, int):
-            p.add_argument(f"--{key.name}", type=int, default=key.default, help=key.meaning)
-        else:
-            p.add_argument(f"--{key.name}", default=str(key.default), help=key.meaning)
+def declaration_of(o: argparse.Namespace, env: Mapping[str, str] | None = None) -> TestDeclaration:
+    """The declaration in o.declaration's file and the options argparse left over."""
+    options = declaration_file.read(Path(o.declaration)) if o.declaration else []
+    where = o.declaration or "the command line"
+    return TestDeclaration.from_options(declaration_file.parse(options + o.declaration_options, where), env)
 
 
 def add_backend_options(p: argparse.ArgumentParser) -> None:
@@ -93,7 +84,7 @@ def cmd_run(o: argparse.Namespace) -> int:
     from harness.wrapper import RunContext
 
     env = dict(os.environ)
-    decl = TestDeclaration.from_options(o, env)
+    decl = declaration_of(o, env)
     backend = make_backend(
         o.backend,
         BackendOptions(o.autokit_worker, o.lava_url, o.lava_device_type, o.lava_image_dir, o.lava_image_url),
@@ -209,13 +200,6 @@ def setup_logging(tap: bool) -> None:
     root.propagate = False
 
 
-def unknown_keys(source: Path, unknown: list[str]) -> DeclarationError:
-    """meson passes every key a test writes; the ones no Key describes stop it here."""
-    key = unknown[0].removeprefix("--").partition("=")[0]
-    known = ", ".join(KEY_NAMES) + "; in configuration: " + ", ".join(CONFIGURATION_KEY_NAMES)
-    return DeclarationError(str(source), key, "unknown key", f"use one of: {known}")
-
-
 def meson_priority(decl: TestDeclaration) -> int:
     """meson's priority for the test: the declared one, and among equals the tests that
     must boot cold start first, so the fast ones fill in around them."""
@@ -227,7 +211,10 @@ def meson_priority(decl: TestDeclaration) -> int:
 
 def cmd_validate(o: argparse.Namespace) -> int:
     """Checks the declaration; prints meson's priority for it."""
-    print(meson_priority(TestDeclaration.from_options(o)))
+    decl = declaration_of(o)
+    if o.declaration:  # inline credentials are in it: the user's only, whatever meson made it
+        Path(o.declaration).chmod(0o600)
+    print(meson_priority(decl))
     return 0
 
 
@@ -243,13 +230,14 @@ def cmd_lava_job(o: argparse.Namespace) -> int:
     build_dir = Path(o.build_dir)
     run_args = meson_test_args(build_dir, o.name)
     parser = argparse.ArgumentParser(allow_abbrev=False)
-    add_declaration_options(parser)
+    add_declaration_option(parser)
     add_backend_options(parser)
     for option in ("--image", "--timeout-factor", "--tap", "--build-dir", "--backend"):
         parser.add_argument(option, action="store_true" if option == "--tap" else "store")
-    run, _ = parser.parse_known_args(expand_declarations(run_args))
+    run, leftover = parser.parse_known_args(run_args)
+    run.declaration_options = leftover
     env = dict(os.environ)
-    decl = TestDeclaration.from_options(run, env)
+    decl = declaration_of(run, env)
     out_dir = build_dir / "integration-tests" / decl.name
     definition, image = write_job(
         decl,
@@ -292,39 +280,11 @@ def cmd_accel(o: argparse.Namespace) -> int:
     return 0
 
 
-def read_declaration(path: Path) -> list[str]:
-    """The options in a declaration file meson setup wrote: one a line, a backslash and
-    a newline escaped (see test/meson.build)."""
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise HarnessError(
-            f"cannot read the declaration {path}: {e.strerror}",
-            "meson setup --reconfigure BUILD writes it again",
-        ) from None
-    return [_unescape(line) for line in text.splitlines() if line]
-
-
-def _unescape(line: str) -> str:
-    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), line)
-
-
-def expand_declarations(argv: list[str]) -> list[str]:
-    """`--declaration=FILE` stands for the options in FILE, where they appear."""
-    expanded: list[str] = []
-    for arg in argv:
-        if arg.startswith("--declaration="):
-            expanded += read_declaration(Path(arg.removeprefix("--declaration=")))
-        else:
-            expanded.append(arg)
-    return expanded
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m harness", allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one test", allow_abbrev=False)
-    add_declaration_options(run)
+    add_declaration_option(run)
     run.add_argument("--image", required=True, help="the disk image mkosi built (NAME.raw)")
     run.add_argument("--build-dir", help="meson's build directory, for the hints printed on failure")
     run.add_argument(
@@ -349,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.set_defaults(func=cmd_run)
     validate = sub.add_parser("validate", help="check a declaration, as meson setup does", allow_abbrev=False)
-    add_declaration_options(validate)
+    add_declaration_option(validate)
     validate.set_defaults(func=cmd_validate)
     sub.add_parser(
         "accel", help="print the acceleration this host gives, and the timeout factor"
@@ -369,19 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     lava_job.set_defaults(func=cmd_lava_job)
 
-    try:
-        argv = expand_declarations(sys.argv[1:] if argv is None else argv)
-    except HarnessError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return EXIT_ERROR
-    o, unknown = parser.parse_known_args(argv)
-    if unknown and not hasattr(o, "test_dir"):
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    o, leftover = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    o.declaration_options = leftover
+    if o.declaration_options and not hasattr(o, "declaration"):
+        parser.error(f"unrecognized arguments: {' '.join(o.declaration_options)}")
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupted)
     try:
-        if unknown:
-            raise unknown_keys(Path(o.test_dir) / "meson.build", unknown)
         return int(o.func(o))
     except KeyboardInterrupt:
         print("interrupted by SIGINT; the VM was stopped.", flush=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from harness.declaration import Credential
+from harness.credential import Credential
 from harness.errors import HarnessError
 from harness.esp import ENTRY_NAME, boot_entry, run_tool, uki_cmdline
 from harness.image import ESP_TYPE, ROOT_PARTITION_TYPES, read_gpt

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import attrs
 
+from harness.credential import ENV_NAME, Credential
 from harness.errors import DeclarationError
 
 SKIP_EXIT = 77
@@ -23,12 +24,9 @@ RESERVED_CREDENTIAL = "harness.testcases"
 DEFAULT_COMMAND = "/usr/lib/harness/tests/{name}/test.sh"
 
 TEST_NAME = re.compile(r"TEST-[0-9]{2,}-[A-Z0-9][A-Z0-9_-]*")
-# systemd credential names are file names below /run/credentials.
-CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_.@:+-]{1,255}")
 UNIT_NAME = re.compile(
     r"[A-Za-z0-9:_.@\\-]+\.(service|socket|target|mount|path|timer|device|swap|slice|scope|automount)"
 )
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class Firmware(enum.StrEnum):
@@ -172,71 +170,6 @@ def key_table() -> str:
 
 
 @attrs.frozen
-class Credential:
-    """A systemd credential handed to the guest: a name and exact bytes."""
-
-    name: str
-    value: bytes
-    secret: bool = False  # from the environment: a CI secret, say (masked in everything the host keeps)
-
-    @classmethod
-    def parse(
-        cls, spec: str, test_dir: Path, source: str, env: Mapping[str, str] | None = None
-    ) -> Credential:
-        """`NAME=VALUE` (text as written), `NAME=@FILE` (bytes of FILE, relative to the
-        test; an absolute FILE is taken for a secret) or `NAME=env:VARIABLE` (the
-        variable's value when the test runs). Without `env` (at meson setup, where CI's
-        secrets may not be there yet) env: and absolute @FILE credentials are checked, not
-        read."""
-        name, sep, value = spec.partition("=")
-        if not sep:
-            raise DeclarationError(
-                source,
-                "credentials",
-                f"'{spec}' is not NAME=VALUE",
-                "write each credential as 'NAME=VALUE' or 'NAME=@FILE'",
-            )
-        if not CREDENTIAL_NAME.fullmatch(name) or name in (".", ".."):
-            raise DeclarationError(
-                source,
-                "credentials",
-                f"'{name}' is not a valid credential name",
-                "use letters, digits and . _ - @ : + only",
-            )
-        if value.startswith("env:"):
-            variable = value.removeprefix("env:")
-            if not ENV_NAME.fullmatch(variable):
-                raise DeclarationError(
-                    source, "credentials", f"'{name}': '{variable}' is not an environment variable's name"
-                )
-            if env is None:
-                return cls(name, b"", secret=True)
-            if variable not in env:
-                raise DeclarationError(
-                    source,
-                    "credentials",
-                    f"'{name}' comes from ${variable}, which is not set",
-                    f"export {variable} before meson test (in CI: from the secret store)",
-                )
-            return cls(name, env[variable].encode(), secret=True)
-        if value.startswith("@"):
-            path = test_dir / value[1:]
-            secret = Path(value[1:]).is_absolute()  # outside the test's tree: a secret file, say
-            if secret and env is None:
-                return cls(name, b"", secret=True)  # read when the test runs, like env:
-            try:
-                return cls(name, path.read_bytes(), secret=secret)
-            except OSError as e:
-                raise DeclarationError(
-                    source,
-                    "credentials",
-                    f"cannot read {path}: {e.strerror}",
-                    "NAME=@FILE reads FILE relative to the test's directory",
-                ) from None
-        return cls(name, value.encode())
-
-
-@attrs.frozen
 class Configuration:
     """The test unit the guest boots into (the declaration's `configuration`): what runs,
     what it is ordered after, and extra unit lines."""
@@ -275,7 +208,7 @@ class TestDeclaration:
 
     @classmethod
     def from_options(cls, o: argparse.Namespace, env: Mapping[str, str] | None = None) -> TestDeclaration:
-        """Build from the wrapper's parsed options (see add_declaration_options); `env`
+        """Build from the wrapper's parsed options (harness.declaration_file.parse); `env`
         is where env: credentials are read from (None: only check them)."""
         test_dir = Path(o.test_dir)
         source = str(test_dir / "meson.build")

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 import attrs
 
 from harness.accel import Acceleration, detect
-from harness.declaration import BootMode, Credential, Firmware, Storage, TestDeclaration
+from harness.credential import Credential
+from harness.declaration import BootMode, Firmware, Storage, TestDeclaration
 from harness.errors import HarnessError
 from harness.guest.units import (
     IMPORT_CREDENTIAL_SINCE,

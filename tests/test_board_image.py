@@ -7,7 +7,7 @@ import pytest
 from images import write_bootable_image, write_image
 
 from harness.board_image import build_board_image
-from harness.declaration import Credential
+from harness.credential import Credential
 from harness.errors import HarnessError
 from harness.esp import ENTRY_NAME, pe_section
 from harness.image import ESP_TYPE, ROOT_PARTITION_TYPES, read_gpt

@@ -9,7 +9,7 @@ from harness.backends.qemu.credentials import (
     smbios_args,
     smbios_credential,
 )
-from harness.declaration import Credential
+from harness.credential import Credential
 from harness.guest.units import guest_credentials, render_test_unit
 
 

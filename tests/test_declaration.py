@@ -5,7 +5,8 @@ import pytest
 from helpers import declaration
 
 from harness.__main__ import main
-from harness.declaration import KEYS, Credential, key_table, skip_reason
+from harness.credential import Credential
+from harness.declaration import KEYS, key_table, skip_reason
 from harness.errors import DeclarationError
 from harness.results import EXIT_ERROR
 

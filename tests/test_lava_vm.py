@@ -69,9 +69,11 @@ def lab_run(tmp_path_factory, token):
     project = meson_project(tmp_path_factory.mktemp("project"))
     shutil.copytree(ROOT / "test" / "TEST-01-BASIC", project / "test" / "TEST-01-BASIC")
     add_test_with_a_failing_subtest(project, FAILING)
+    # The token from its file, as README says: meson writes the environment into its logs.
     build, env = meson_setup(
-        project, "-Dtest-backend=lava", f"-Dlava-url={LAVA_URL}", HARNESS_LAVA_TOKEN=token
+        project, "-Dtest-backend=lava", f"-Dlava-url={LAVA_URL}", HARNESS_LAVA_TOKEN_FILE=str(TOKEN_FILE)
     )
+    env.pop("HARNESS_LAVA_TOKEN", None)
     return meson_test_suite(project, build, env), build
 
 
@@ -122,6 +124,13 @@ def test_verdicts_and_subtests(lab_run):
         ("testcase_2_fails_on_purpose", "fail"),
         ("testcase_3_skips", "skip"),
     ]
+
+
+def test_the_token_is_in_no_file_of_the_build_directory_nor_in_the_output(lab_run, token):
+    result, build = lab_run
+    assert token not in result.stdout + result.stderr
+    leaks = [p for p in build.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
+    assert not leaks, f"the LAVA token is in {leaks}"
 
 
 def test_each_test_is_a_lava_job_with_its_subtests(lab_run, token):

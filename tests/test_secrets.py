@@ -6,9 +6,10 @@ import pytest
 from helpers import declaration
 from images import write_image
 
-from harness.__main__ import main, read_declaration
+from harness import declaration_file
+from harness.__main__ import main
 from harness.backends.fake import FakeBackend, Script, guest_said
-from harness.declaration import Credential
+from harness.credential import Credential
 from harness.errors import DeclarationError
 from harness.results import Status
 from harness.secrets import mask_bytes, masked_values
@@ -67,7 +68,7 @@ def test_the_declaration_file_holds_every_character(tmp_path):
     escaped = value.replace("\\", "\\\\").replace("\n", "\\n")
     path = tmp_path / "TEST-99-UNIT.declaration"
     path.write_text(f"--name=TEST-99-UNIT\n--test-dir={tmp_path}\n--credentials=x={escaped}\n")
-    assert read_declaration(path)[-1] == f"--credentials=x={value}"
+    assert declaration_file.read(path)[-1] == f"--credentials=x={value}"
     assert main(["validate", f"--declaration={path}"]) == 0
 
 

@@ -18,7 +18,7 @@ from harness.backends.qemu.snapshot import (
     shared_snapshot,
     snapshot_key,
 )
-from harness.declaration import Credential
+from harness.credential import Credential
 from harness.plan import BootPath, resume_blocker
 
 

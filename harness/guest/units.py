@@ -19,7 +19,8 @@ from pathlib import Path
 
 import attrs
 
-from harness.declaration import RESERVED_CREDENTIAL, SKIP_EXIT, Credential, TestDeclaration
+from harness.credential import Credential
+from harness.declaration import RESERVED_CREDENTIAL, SKIP_EXIT, TestDeclaration
 from harness.notify import Notify
 
 # What the guest's systemd must have: credentials imported from SMBIOS and fw_cfg (252).

@@ -24,7 +24,8 @@ from harness.backends.qemu.credentials import (
     smbios_credential,
 )
 from harness.backends.qemu.firmware import Ovmf
-from harness.declaration import Credential, Firmware
+from harness.credential import Credential
+from harness.declaration import Firmware
 from harness.errors import HarnessError
 from harness.esp import run_tool, uki_cmdline, write_boot_esp
 from harness.guest.units import CONTROL_PORT, JOURNAL_PORT, NOTIFY_PORT

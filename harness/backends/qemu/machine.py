@@ -35,7 +35,7 @@ from harness.backends.qemu.command import (
 )
 from harness.backends.qemu.firmware import copy_nvram, find_ovmf
 from harness.backends.qemu.vsock import VMADDR_CID_HOST, VsockNotifyListener, reserve_cid, vsock_available
-from harness.declaration import Credential
+from harness.credential import Credential
 from harness.errors import HarnessError
 from harness.machine import Ending, EndingKind, Look, WatchRules
 from harness.notify import GuestReport, read_port_file

@@ -42,7 +42,8 @@ import attrs
 from harness.accel import Acceleration
 from harness.backends.qemu.command import RunFiles, VmConfig, qemu_binary, qemu_major
 from harness.backends.qemu.machine import QemuMachine, make_overlay, private_tmp, running_vm
-from harness.declaration import Credential, Firmware
+from harness.credential import Credential
+from harness.declaration import Firmware
 from harness.errors import HarnessError
 from harness.guest.units import RESUMED_MARK, VIRTIO_CHANNEL, boot_options, emergency_guard, timeline_script
 from harness.image import Image
