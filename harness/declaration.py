@@ -100,8 +100,8 @@ KEYS = (
     Key(
         "credentials",
         [],
-        "`NAME=VALUE` (text), `NAME=@FILE` (bytes of FILE, relative to the test; an absolute path "
-        "for a secret) or `NAME=env:VARIABLE`; the test reads them in `$CREDENTIALS_DIRECTORY`; "
+        "`NAME=VALUE` (text), `NAME=@FILE` (bytes of FILE, a regular file of at most 1 MB in the test's "
+        "directory; an absolute path for a secret) or `NAME=env:VARIABLE`; the test reads them in `$CREDENTIALS_DIRECTORY`; "
         "values are masked in everything the host keeps (see Secrets)",
         repeated=True,
     ),
