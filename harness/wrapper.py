@@ -1,4 +1,4 @@
-"""The whole run of one test: declare -> plan -> boot -> watch -> collect -> classify -> report."""
+"""The whole run of one test: declare -> plan -> boot -> watch -> collect -> classify -> gate -> report."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import attrs
 from harness.declaration import TestDeclaration, skip_reason
 from harness.driven import DrivenMachine, MachineError
 from harness.errors import HarnessError
+from harness.gates import gate
 from harness.guest.units import MINIMUM_SYSTEMD
 from harness.image import Image
 from harness.journal import keep_journal, unit_excerpt
@@ -113,6 +114,7 @@ def run_test(
     run = boot_and_wait(backend, plan, ctx.log_dir, crash_retries(env))
     run = withhold_secrets(run, ctx.log_dir, masked_values(decl), backend.log_files)
     outcome = classify(decl.name, decl.exit_code, plan.timeout, run.ending, run.report, run.detail)
+    outcome = gate(outcome, ctx.log_dir / CONSOLE_FILE)
     keep_timeline(ctx.log_dir, run)
     export = ctx.log_dir / JOURNAL_EXPORT
     excerpt = unit_excerpt(export, decl.unit_name)  # before keep_journal converts the export
@@ -198,7 +200,7 @@ def drive(
     with backend.boot(plan, ctx.log_dir) as machine:
         driven = DrivenMachine(machine.controls(), plan.timeout_factor, backend.name)
         run = run_host_test(file, driven, ctx.log_dir, plan.timeout)
-        outcome = host_outcome(file, run)
+        outcome = gate(host_outcome(file, run), ctx.log_dir / CONSOLE_FILE)
         wanted = outcome.status.is_failure() or env.get("HARNESS_SAVE_JOURNAL") == "1"
         if wanted and driven.boot and driven.answered and not run.error:
             keep_journal_export(driven, ctx.log_dir)

@@ -1,0 +1,61 @@
+"""The gates after the verdict (harness/gates.py): kernel trouble on the console fails a
+test that passed, naming the line; nothing else does."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.gates import gate, kernel_trouble
+from harness.results import Outcome, Status
+
+PASSED = Outcome(Status.PASS, "TEST-99-UNIT exited with the expected status 123")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"[   12.345678] BUG: kernel NULL pointer dereference, address: 0000000000000000",
+        b"[    3.100000] Oops: 0002 [#1] PREEMPT SMP NOPTI",
+        b"[  130.000001] watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [kworker/0:1:42]",
+        b"[    9.5] general protection fault, probably for non-canonical address 0xdead: 0000 [#1]",
+        b"[  242.1] INFO: task jbd2/vda1-8:123 blocked for more than 120 seconds.",
+    ],
+)
+def test_the_kernels_trouble_is_found_on_the_console(line):
+    console = b"[    1.0] Linux version 6.12\r\nStarting...\n" + line + b"\r\n[  250.0] more\n"
+    assert kernel_trouble(console) == line.split(b"] ", 1)[1].decode()
+
+
+@pytest.mark.parametrize(
+    "console",
+    [
+        b"myapp[312]: BUG: the cache is cold\n",  # a service's own words, not the kernel's
+        b"[  OK  ] Started BUG: tracker.\n",
+        b"[    1.0] Booting; a BUG: would be on a line of its own\n",
+        b"",
+    ],
+)
+def test_other_lines_saying_bug_do_not_count(console):
+    assert kernel_trouble(console) is None
+
+
+def test_a_passed_test_with_kernel_trouble_fails_naming_the_line(tmp_path):
+    log = tmp_path / "console.log"
+    log.write_bytes(b"[   12.3] BUG: unable to handle page fault for address: ffff\n")
+    failed = gate(PASSED, log)
+    assert failed.status == Status.FAIL and failed.cause == "kernel"
+    assert failed.reason == (
+        "the kernel reported trouble during the test: BUG: unable to handle page fault for address: ffff "
+        "(see console.log)"
+    )
+    assert gate(Outcome(Status.SKIP, "skipped"), log).status == Status.FAIL
+
+
+def test_a_failed_test_keeps_its_own_reason_and_a_clean_console_changes_nothing(tmp_path):
+    log = tmp_path / "console.log"
+    log.write_bytes(b"[   12.3] Oops: 0000 [#1]\n")
+    failed = Outcome(Status.FAIL, "timed out")
+    assert gate(failed, log) is failed
+    log.write_bytes(b"[    1.0] all is well\n")
+    assert gate(PASSED, log) is PASSED
+    assert gate(PASSED, tmp_path / "missing.log") is PASSED
