@@ -128,6 +128,12 @@ KEYS = (
         repeated=True,
     ),
     Key(
+        "tpm",
+        False,
+        "a TPM 2.0 in the machine (adds `tpm` to `requires`): a VM gets swtpm beside it, a fresh TPM per "
+        "test, and boots cold; a board must offer the `tpm` feature, else the test SKIPs",
+    ),
+    Key(
         "host",
         "",
         "a pytest file of the test's directory that drives the machine from the host (see Host-driven "
@@ -199,6 +205,7 @@ class TestDeclaration:
     storage: Storage = Storage.VOLATILE
     boot: BootMode = BootMode.AUTO
     requires: tuple[str, ...] = ()
+    tpm: bool = False
     host: Path | None = None  # the host-side pytest file, for a host-driven test
     configuration: Configuration = Configuration(command="")
 
@@ -264,7 +271,8 @@ class TestDeclaration:
             exit_code=o.exit_code,
             storage=Storage(o.storage),
             boot=BootMode(o.boot),
-            requires=tuple(o.requires),
+            requires=tuple(o.requires) + (("tpm",) if o.tpm and "tpm" not in o.requires else ()),
+            tpm=o.tpm,
             host=host,
             configuration=Configuration(
                 command=o.command or DEFAULT_COMMAND.format(name=o.name),

@@ -91,6 +91,8 @@ def resume_blocker(decl: TestDeclaration, firmware: Firmware, env: Mapping[str, 
         return "the test adds to the kernel command line"
     if decl.qemu_args:
         return "the test adds QEMU arguments"
+    if decl.tpm:
+        return "the test declares a TPM (the booted snapshot has none)"
     return None
 
 

@@ -8,7 +8,7 @@ from harness.backends.qemu.command import RunFiles, VmConfig, kernel_cmdline, qe
 from harness.backends.qemu.firmware import Ovmf
 from harness.backends.qemu.snapshot import snapshot_config
 from harness.image import Image
-from harness.plan import BootPlan, harness_cmdline
+from harness.plan import BootPlan, harness_cmdline, resume_blocker
 
 ROOT = uuid.UUID("8ce23b7e-642d-4dbe-827e-8b2ffc70816e")
 
@@ -98,3 +98,15 @@ def test_snapshot_and_resumed_vms_share_one_command_but_files():
     assert "virtserialport,chardev=agent,name=io.harness.agent" in saving
     append = saving[saving.index("-append") + 1].split()
     assert "systemd.unit=harness-agent.service" in append and "systemd.volatile=overlay" in append
+
+
+def test_a_declared_tpm_is_a_crb_device_on_swtpms_socket_and_boots_cold():
+    p = plan("linux", "tcg", "--tpm=true")
+    cmd = qemu_command(p, FILES, None, None, None, None, [])
+    assert "socket,id=tpm,path=/tmp/h/tpm.sock" in cmd
+    assert cmd[cmd.index("-tpmdev") + 1] == "emulator,id=tpm0,chardev=tpm"
+    assert "tpm-crb,tpmdev=tpm0" in cmd
+    assert "-tpmdev" not in qemu_command(plan("linux"), FILES, None, None, None, None, [])
+    d = declaration("--tpm=true")
+    assert d.requires == ("tpm",) and declaration("--tpm=true", "--requires=tpm").requires == ("tpm",)
+    assert resume_blocker(d, d.firmware, {}) == "the test declares a TPM (the booted snapshot has none)"

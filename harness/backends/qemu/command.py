@@ -69,6 +69,10 @@ class RunFiles:
         return self.tmp / "agent.sock"
 
     @property
+    def tpm(self) -> Path:
+        return self.tmp / "tpm.sock"
+
+    @property
     def control(self) -> Path:
         return self.tmp / "control.sock"
 
@@ -109,6 +113,7 @@ class VmConfig:
     qemu_args: tuple[str, ...] = ()
     agent: bool = False  # the fast path's agent port (and no vsock: a snapshot cannot keep a CID)
     control: bool = False  # a host-driven test: its control port, and a console to type on
+    tpm: bool = False  # a TPM 2.0 device, its swtpm's socket in the private directory
 
     @classmethod
     def for_plan(cls, plan: BootPlan) -> VmConfig:
@@ -122,6 +127,7 @@ class VmConfig:
             plan.interactive,
             plan.decl.qemu_args,
             control=plan.decl.host is not None,
+            tpm=plan.decl.tpm,
         )
 
 
@@ -307,6 +313,17 @@ def qemu_command(
         ]
     if vsock_cid is not None:
         cmd += ["-device", f"vhost-vsock-pci,guest-cid={vsock_cid},vhostfd={vhost_fd}"]
+    if cfg.tpm:
+        # CRB is the TPM 2.0 interface of x86 (q35); other machines take the TIS one.
+        device = "tpm-crb" if cfg.image.architecture == "x86_64" else "tpm-tis-device"
+        cmd += [
+            "-chardev",
+            f"socket,id=tpm,path={files.tpm}",
+            "-tpmdev",
+            "emulator,id=tpm0,chardev=tpm",
+            "-device",
+            f"{device},tpmdev=tpm0",
+        ]
     if cfg.firmware.is_uefi():
         assert ovmf and nvram
         cmd += [*uefi_args(ovmf, nvram), "-device", "VGA"]  # a screen, for the report's screenshot

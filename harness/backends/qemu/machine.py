@@ -242,6 +242,8 @@ def running_vm(
             ovmf = find_ovmf(cfg.image.architecture, machine_alias(binary, MACHINES[cfg.image.architecture]))
             nvram = copy_nvram(ovmf, files.tmp)
 
+        if cfg.tpm:
+            stack.enter_context(software_tpm(files))
         credentials = list(cfg.credentials)
         vsock_cid = vhost_fd = listener = None
         if vsock_available() and not cfg.agent:
@@ -283,6 +285,54 @@ def running_vm(
         if listener is not None:
             listener.start()
         yield machine
+
+
+@contextlib.contextmanager
+def software_tpm(files: RunFiles) -> Iterator[None]:
+    """swtpm serving a fresh TPM 2.0 on files.tpm, its state in the private directory
+    (so nothing of it outlives the test); stopped on leaving, QEMU gone or not."""
+    binary = shutil.which("swtpm")
+    if binary is None:
+        raise HarnessError(
+            "the test declares tpm: true and swtpm is not installed",
+            "run the set-up script (tools/setup), or apt-get install swtpm",
+        )
+    state = files.tmp / "tpm"
+    state.mkdir(mode=0o700)
+    log = files.tmp / "swtpm.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                binary,
+                "socket",
+                "--tpm2",
+                "--tpmstate",
+                f"dir={state}",
+                "--ctrl",
+                f"type=unixio,path={files.tpm}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+    try:
+        deadline = time.monotonic() + 10
+        while not files.tpm.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise HarnessError(
+                    f"swtpm did not start: {log.read_text(errors='replace').strip() or 'no output'}",
+                    "check that swtpm runs here (swtpm socket --tpm2 --help)",
+                )
+            time.sleep(0.05)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @contextlib.contextmanager
