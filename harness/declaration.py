@@ -134,6 +134,12 @@ KEYS = (
         "test, and boots cold; a board must offer the `tpm` feature, else the test SKIPs",
     ),
     Key(
+        "coredump-exclude-regex",
+        "",
+        "a test FAILs when a process dumped core during it, unless this regular expression matches its "
+        "executable's path (systemd's spelling)",
+    ),
+    Key(
         "host",
         "",
         "a pytest file of the test's directory that drives the machine from the host (see Host-driven "
@@ -206,6 +212,7 @@ class TestDeclaration:
     boot: BootMode = BootMode.AUTO
     requires: tuple[str, ...] = ()
     tpm: bool = False
+    coredump_exclude_regex: str = ""
     host: Path | None = None  # the host-side pytest file, for a host-driven test
     configuration: Configuration = Configuration(command="")
 
@@ -273,6 +280,7 @@ class TestDeclaration:
             boot=BootMode(o.boot),
             requires=tuple(o.requires) + (("tpm",) if o.tpm and "tpm" not in o.requires else ()),
             tpm=o.tpm,
+            coredump_exclude_regex=_regex(o.coredump_exclude_regex, bad),
             host=host,
             configuration=Configuration(
                 command=o.command or DEFAULT_COMMAND.format(name=o.name),
@@ -295,6 +303,14 @@ def _host_file(name: str, test_dir: Path, bad: Callable[[str, str, str], Declara
     if not path.is_file():
         raise bad("host", f"{path} does not exist", "create it, or fix the name")
     return path
+
+
+def _regex(text: str, bad: Callable[[str, str, str], DeclarationError]) -> str:
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise bad("coredump-exclude-regex", f"'{text[:80]}' is not a regular expression: {e}", "") from None
+    return text
 
 
 def _split_env(spec: str, bad: Callable[[str, str], DeclarationError]) -> tuple[str, str]:

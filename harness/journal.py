@@ -6,6 +6,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+# The message systemd-coredump logs for every core dump (its catalog entry).
+COREDUMP_MESSAGE_ID = "fc2e22bc6ee647b6b90729ab34a250b1"
+
 CONVERTERS = (
     "systemd-journal-remote",
     "/usr/lib/systemd/systemd-journal-remote",

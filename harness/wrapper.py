@@ -114,9 +114,9 @@ def run_test(
     run = boot_and_wait(backend, plan, ctx.log_dir, crash_retries(env))
     run = withhold_secrets(run, ctx.log_dir, masked_values(decl), backend.log_files)
     outcome = classify(decl.name, decl.exit_code, plan.timeout, run.ending, run.report, run.detail)
-    outcome = gate(outcome, ctx.log_dir / CONSOLE_FILE)
-    keep_timeline(ctx.log_dir, run)
     export = ctx.log_dir / JOURNAL_EXPORT
+    outcome = gate(outcome, ctx.log_dir / CONSOLE_FILE, export, decl.coredump_exclude_regex)
+    keep_timeline(ctx.log_dir, run)
     excerpt = unit_excerpt(export, decl.unit_name)  # before keep_journal converts the export
     journal = keep_journal(export, env.get("HARNESS_SAVE_JOURNAL", "fail"), outcome.status)
     return ctx.record(

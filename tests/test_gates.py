@@ -59,3 +59,46 @@ def test_a_failed_test_keeps_its_own_reason_and_a_clean_console_changes_nothing(
     log.write_bytes(b"[    1.0] all is well\n")
     assert gate(PASSED, log) is PASSED
     assert gate(PASSED, tmp_path / "missing.log") is PASSED
+
+
+def export_entry(**fields: str) -> bytes:
+    return b"".join(f"{k}={v}\n".encode() for k, v in fields.items() if "\n" not in v) + b"".join(
+        k.encode() + b"\n" + len(v.encode()).to_bytes(8, "little") + v.encode() + b"\n"
+        for k, v in fields.items()
+        if "\n" in v
+    )
+
+
+DUMP = export_entry(
+    MESSAGE_ID="fc2e22bc6ee647b6b90729ab34a250b1",
+    COREDUMP_COMM="myd",
+    COREDUMP_PID="312",
+    COREDUMP_SIGNAL_NAME="SIGSEGV",
+    COREDUMP_EXE="/usr/bin/myd",
+    MESSAGE="Process 312 (myd) of user 0 dumped core.\n\nModule libc.so.6 from deb libc6\n"
+    "Stack trace of thread 312:\n#0  0x00007f0 crash (myd + 0x10)\n#1  0x00007f1 main (myd + 0x20)\n"
+    "ELF object binary architecture: AMD x86-64",
+)
+
+
+def test_a_core_dump_in_the_journal_fails_a_passed_test_with_its_stack_trace(tmp_path):
+    export = tmp_path / "journal.export"
+    export.write_bytes(export_entry(MESSAGE="unrelated", _PID="1") + b"\n" + DUMP + b"\n")
+    failed = gate(PASSED, tmp_path / "console.log", export)
+    assert failed.status == Status.FAIL and failed.cause == "coredump"
+    assert failed.reason == (
+        "a process dumped core during the test: myd (pid 312, SIGSEGV, /usr/bin/myd)\n"
+        "    Stack trace of thread 312:\n    #0  0x00007f0 crash (myd + 0x10)\n    #1  0x00007f1 main (myd + 0x20)"
+    )
+    assert gate(PASSED, tmp_path / "console.log", export, exclude=r"/myd$") is PASSED
+    assert gate(PASSED, tmp_path / "console.log", tmp_path / "no-export") is PASSED
+
+
+def test_a_coredump_exclude_regex_must_compile():
+    from helpers import declaration
+
+    from harness.errors import DeclarationError
+
+    assert declaration("--coredump-exclude-regex=/usr/bin/(sleep|true)$").coredump_exclude_regex
+    with pytest.raises(DeclarationError, match="'coredump-exclude-regex': '\\(' is not a regular expression"):
+        declaration("--coredump-exclude-regex=(")

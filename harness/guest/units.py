@@ -21,6 +21,7 @@ import attrs
 
 from harness.credential import Credential
 from harness.declaration import RESERVED_CREDENTIAL, SKIP_EXIT, TestDeclaration
+from harness.journal import COREDUMP_MESSAGE_ID
 from harness.notify import Notify
 
 # What the guest's systemd must have: credentials imported from SMBIOS and fw_cfg (252).
@@ -117,13 +118,20 @@ def _report_end(ch: ReportChannel, unit_name: str, whole_journal: bool, verdict:
         "$EXIT_CODE",
         "$EXIT_STATUS",
     )
+    # A passed test sends its unit's part and every core dump's message (the host fails a
+    # test during which a process dumped core: harness/gates.py), once systemd-coredump
+    # has written them (up to 20 s: it makes the stack trace first).
     export = "journalctl -o export"
     if not whole_journal:
-        export += f' $$( [ "$SERVICE_RESULT" = success ] && echo -u {unit_name})'
+        export = (
+            f'{{ if [ "$SERVICE_RESULT" = success ]; then {export} -u {unit_name};'
+            f" {export} MESSAGE_ID={COREDUMP_MESSAGE_ID}; else {export}; fi; }}"
+        )
+    settle = 'for i in $$(seq 100); do systemctl -q is-active "systemd-coredump@*" 2>/dev/null || break; sleep 0.2; done'
     return (
         f"-/bin/sh -c '{report}; {verdict};"
-        f" test -c /dev/virtio-ports/{JOURNAL_PORT} && journalctl --sync && {export} >/dev/virtio-ports/{JOURNAL_PORT};"
-        " :'"
+        f" test -c /dev/virtio-ports/{JOURNAL_PORT} && {{ {settle}; }} && journalctl --sync &&"
+        f" {export} >/dev/virtio-ports/{JOURNAL_PORT}; :'"
     )
 
 
@@ -164,6 +172,9 @@ def render_test_unit(
     """The test unit; `systemd` is the guest's version, where the image tells it."""
     u = decl.configuration
     lines = ["[Unit]", f"Description={decl.name} ({decl.source})"]
+    # Where the image has systemd-coredump, its socket takes the test's core dumps (the
+    # fast path's guest stops at sysinit.target, before sockets.target would start it).
+    lines += ["Wants=systemd-coredump.socket", "After=systemd-coredump.socket"]
     lines += [f"Wants={w}" for w in u.wants]
     lines += [f"After={a}" for a in u.after]
     lines += [
