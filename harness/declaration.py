@@ -134,6 +134,13 @@ KEYS = (
         "test, and boots cold; a board must offer the `tpm` feature, else the test SKIPs",
     ),
     Key(
+        "rtc",
+        False,
+        "the machine's real-time clock starts at the host's UTC time (`-rtc base=NOW`, as systemd's "
+        "wrapper sets it); the test boots cold",
+    ),
+    Key("vm", False, "systemd's key, accepted: every test here runs in a VM or on a board (no containers)"),
+    Key(
         "coredump-exclude-regex",
         "",
         "a test FAILs when a process dumped core during it, unless this regular expression matches its "
@@ -212,6 +219,7 @@ class TestDeclaration:
     boot: BootMode = BootMode.AUTO
     requires: tuple[str, ...] = ()
     tpm: bool = False
+    rtc: bool = False
     coredump_exclude_regex: str = ""
     host: Path | None = None  # the host-side pytest file, for a host-driven test
     configuration: Configuration = Configuration(command="")
@@ -280,6 +288,7 @@ class TestDeclaration:
             boot=BootMode(o.boot),
             requires=tuple(o.requires) + (("tpm",) if o.tpm and "tpm" not in o.requires else ()),
             tpm=o.tpm,
+            rtc=o.rtc,
             coredump_exclude_regex=_regex(o.coredump_exclude_regex, bad),
             host=host,
             configuration=Configuration(

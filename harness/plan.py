@@ -93,6 +93,8 @@ def resume_blocker(decl: TestDeclaration, firmware: Firmware, env: Mapping[str, 
         return "the test adds QEMU arguments"
     if decl.tpm:
         return "the test declares a TPM (the booted snapshot has none)"
+    if decl.rtc:
+        return "the test sets the real-time clock (rtc: true)"
     return None
 
 

@@ -110,3 +110,11 @@ def test_a_declared_tpm_is_a_crb_device_on_swtpms_socket_and_boots_cold():
     d = declaration("--tpm=true")
     assert d.requires == ("tpm",) and declaration("--tpm=true", "--requires=tpm").requires == ("tpm",)
     assert resume_blocker(d, d.firmware, {}) == "the test declares a TPM (the booted snapshot has none)"
+
+
+def test_rtc_sets_the_clock_to_the_hosts_utc_time_and_boots_cold():
+    cmd = qemu_command(plan("linux", "tcg", "--rtc=true"), FILES, None, None, None, None, [])
+    assert cmd[cmd.index("-rtc") + 1].startswith("base=20")
+    assert "-rtc" not in qemu_command(plan("linux"), FILES, None, None, None, None, [])
+    d = declaration("--rtc=true", "--vm=true")
+    assert resume_blocker(d, d.firmware, {}) == "the test sets the real-time clock (rtc: true)"

@@ -6,6 +6,7 @@ tools/bench build theirs from the same pieces.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import os
 import re
@@ -114,6 +115,7 @@ class VmConfig:
     agent: bool = False  # the fast path's agent port (and no vsock: a snapshot cannot keep a CID)
     control: bool = False  # a host-driven test: its control port, and a console to type on
     tpm: bool = False  # a TPM 2.0 device, its swtpm's socket in the private directory
+    rtc: bool = False  # the RTC set to the host's UTC time when QEMU starts
 
     @classmethod
     def for_plan(cls, plan: BootPlan) -> VmConfig:
@@ -128,6 +130,7 @@ class VmConfig:
             plan.decl.qemu_args,
             control=plan.decl.host is not None,
             tpm=plan.decl.tpm,
+            rtc=plan.decl.rtc,
         )
 
 
@@ -313,6 +316,9 @@ def qemu_command(
         ]
     if vsock_cid is not None:
         cmd += ["-device", f"vhost-vsock-pci,guest-cid={vsock_cid},vhostfd={vhost_fd}"]
+    if cfg.rtc:
+        now = datetime.datetime.now(datetime.UTC)
+        cmd += ["-rtc", f"base={now:%Y-%m-%dT%H:%M:%S}"]
     if cfg.tpm:
         # CRB is the TPM 2.0 interface of x86 (q35); other machines take the TIS one.
         device = "tpm-crb" if cfg.image.architecture == "x86_64" else "tpm-tis-device"
