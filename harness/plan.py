@@ -29,6 +29,7 @@ from harness.guest.units import (
     emergency_guard,
     guest_credentials,
     render_test_unit,
+    testcase_selection,
     testcases_credential,
 )
 from harness.image import Image
@@ -155,7 +156,9 @@ def plan_boot(
             *emergency_guard(channel),
         )
     else:
-        unit = render_test_unit(decl, interactive, channel, whole_journal, image.systemd_version)
+        unit = render_test_unit(
+            decl, interactive, channel, whole_journal, image.systemd_version, testcase_selection(env)
+        )
         boot_credentials = tuple(guest_credentials(decl, unit, interactive, channel))
     test_credentials = (*decl.credentials, testcases_credential())
     return BootPlan(

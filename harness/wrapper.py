@@ -29,7 +29,7 @@ from harness.plan import BootPath, BootPlan, plan_boot
 from harness.record import TIMELINE_FILE, TestRecord
 from harness.results import Outcome, Status, classify
 from harness.secrets import mask_file, mask_text, masked_values
-from harness.subtests import subtests_from
+from harness.subtests import Subtest, subtests_from
 from harness.timeline import decode_timeline, merge_timelines
 from harness.watch import power_off_after, watch
 
@@ -72,17 +72,26 @@ class RunContext:
             duration_s=round(time.monotonic() - self._t0, 1),
             log_dir=str(self.log_dir),
             journal=str(journal or ""),
-            rerun=tuple(self.rerun_commands(decl, outcome, journal)),
+            rerun=tuple(self.rerun_commands(decl, outcome, journal, found.get("subtests", ()))),
             **found,
         )
 
-    def rerun_commands(self, decl: TestDeclaration, outcome: Outcome, journal: Path | None) -> list[str]:
-        """On failure: one command that reruns exactly this test, one that reads its journal."""
+    def rerun_commands(
+        self,
+        decl: TestDeclaration,
+        outcome: Outcome,
+        journal: Path | None,
+        subtests: tuple[Subtest, ...] = (),
+    ) -> list[str]:
+        """On failure: one command that reruns exactly this test (only its failed testcases,
+        where the payload's testcases said which), one that reads its journal."""
         if not outcome.status.is_failure():
             return []
         build = shlex.quote(str(self.build_dir)) if self.build_dir else "build"
         how = "--interactive " if self.interactive_rerun else ""
-        commands = [f"meson test -C {build} {how}{decl.name}"]
+        failed = [s.name for s in subtests if s.status == Status.FAIL and s.name.startswith("testcase_")]
+        only = f"HARNESS_MATCH_TESTCASE={shlex.quote('^(' + '|'.join(failed) + ')$')} " if failed else ""
+        commands = [f"{only}meson test -C {build} {how}{decl.name}"]
         if journal is not None and journal.suffix == ".journal":
             commands.append(f"journalctl --file {shlex.quote(str(journal))} -u {decl.unit_name}")
         elif journal is not None:

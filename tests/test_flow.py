@@ -51,6 +51,19 @@ def test_fail_with_the_tests_own_status_offers_a_rerun(tmp_path, image):
     assert "  rerun:" in describe(record)
 
 
+def test_the_rerun_of_a_test_with_failed_testcases_runs_only_those(tmp_path, image):
+    said = guest_said(
+        "READY=1",
+        "X_HARNESS_TESTCASE=pass 5 testcase_1_ok",
+        "X_HARNESS_TESTCASE=fail 7 testcase_2_broken exited with status 1",
+        "EXIT_STATUS=1",
+    )
+    record, _ = run(tmp_path, image, Script(said))
+    assert record.rerun[0] == (
+        f"HARNESS_MATCH_TESTCASE='^(testcase_2_broken)$' meson test -C {tmp_path / 'build'} --interactive TEST-99-UNIT"
+    )
+
+
 def test_status_derived_from_the_unit_result_on_the_serial_channel(tmp_path, image):
     said = guest_said(
         "READY=1",

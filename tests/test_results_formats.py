@@ -8,6 +8,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from helpers import declaration
+
 from harness.guest.units import TESTCASES_LIBRARY
 from harness.journal import read_export, unit_excerpt
 from harness.notify import GuestReport
@@ -248,3 +250,31 @@ def test_an_unreadable_record_is_left_out_of_the_report_with_a_warning(tmp_path,
     (tmp_path / "TEST-01-CUT" / "result.json").write_text('{"name": "TEST-01-CUT", "stat')
     assert records_of_run(tmp_path, "run-1") == []
     assert "TEST-01-CUT/result.json left out of the report" in caplog.text
+
+
+def test_library_runs_what_the_hosts_regular_expressions_select(tmp_path):
+    cases = "testcase_a() { true; }\ntestcase_b() { false; }\ntestcase_c() { true; }"
+    status, lines = run_library(
+        tmp_path, cases, HARNESS_MATCH_TESTCASE="^testcase_(a|b)$", HARNESS_SKIP_TESTCASE="b$"
+    )
+    assert status == 0
+    assert [line for line in lines if line.startswith("X_HARNESS_TESTCASE_START=")] == [
+        "X_HARNESS_TESTCASE_START=testcase_a"
+    ]
+    status, _ = run_library(tmp_path, cases, HARNESS_MATCH_TESTCASE="nothing")
+    assert status == 1
+
+
+def test_the_hosts_selection_reaches_the_test_unit_in_both_spellings():
+    from harness.guest.units import render_test_unit, testcase_selection
+
+    selection = testcase_selection({"TEST_MATCH_TESTCASE": "^testcase_x$", "HARNESS_SKIP_TESTCASE": "slow"})
+    assert selection == (
+        ("HARNESS_MATCH_TESTCASE", "^testcase_x$"),
+        ("TEST_MATCH_TESTCASE", "^testcase_x$"),
+        ("HARNESS_SKIP_TESTCASE", "slow"),
+        ("TEST_SKIP_TESTCASE", "slow"),
+    )
+    unit = render_test_unit(declaration(), False, selection=selection)
+    assert 'Environment="HARNESS_MATCH_TESTCASE=^testcase_x$"' in unit and "TEST_SKIP_TESTCASE=slow" in unit
+    assert testcase_selection({}) == ()

@@ -11,7 +11,9 @@
 # Each result is written to the journal with structured fields (HARNESS_TESTCASE=,
 # HARNESS_TESTCASE_RESULT=, HARNESS_TESTCASE_DURATION_MS=) and told to the host, which
 # turns it into one TAP point. A testcase exiting 77 (harness_skip) is skipped.
-# HARNESS_TESTCASE_FILTER=NAME,NAME runs only those.
+# HARNESS_TESTCASE_FILTER=NAME,NAME runs only those; from the host, HARNESS_MATCH_TESTCASE
+# and HARNESS_SKIP_TESTCASE (systemd's TEST_MATCH_TESTCASE, TEST_SKIP_TESTCASE) are regular
+# expressions: only the testcases the first matches run, none the second matches.
 
 _harness_tell_host() {
     [ -n "${HARNESS_NOTIFY_DEVICE:-}" ] && [ -w "$HARNESS_NOTIFY_DEVICE" ] || return 0
@@ -37,6 +39,8 @@ harness_skip() {  # REASON: skip the running testcase
 }
 
 _harness_selected() {
+    [ -n "${HARNESS_MATCH_TESTCASE:-}" ] && ! [[ $1 =~ $HARNESS_MATCH_TESTCASE ]] && return 1
+    [ -n "${HARNESS_SKIP_TESTCASE:-}" ] && [[ $1 =~ $HARNESS_SKIP_TESTCASE ]] && return 1
     [ -z "${HARNESS_TESTCASE_FILTER:-}" ] && return 0
     case ",$HARNESS_TESTCASE_FILTER," in *",$1,"*) return 0 ;; esac
     return 1
@@ -74,7 +78,8 @@ run_testcases() {
     rm -f "$_HARNESS_SKIP_FILE"
     [ "$errexit" = 1 ] && set -e
     if [ "$ran" = 0 ]; then
-        echo "run_testcases: HARNESS_TESTCASE_FILTER=$HARNESS_TESTCASE_FILTER matches no testcase" >&2
+        echo "run_testcases: the selection (HARNESS_TESTCASE_FILTER, HARNESS_MATCH_TESTCASE," \
+            "HARNESS_SKIP_TESTCASE) leaves no testcase to run" >&2
         return 1
     fi
     [ "$failed" = 0 ]

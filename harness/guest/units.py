@@ -15,6 +15,7 @@ own message is sent too late for any guest process to relay it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
@@ -168,8 +169,10 @@ def render_test_unit(
     channel: ReportChannel = VIRTIO_CHANNEL,
     whole_journal: bool = False,
     systemd: int | None = None,
+    selection: tuple[tuple[str, str], ...] = (),
 ) -> str:
-    """The test unit; `systemd` is the guest's version, where the image tells it."""
+    """The test unit; `systemd` is the guest's version, where the image tells it;
+    `selection` the testcase selection from the host (testcase_selection)."""
     u = decl.configuration
     lines = ["[Unit]", f"Description={decl.name} ({decl.source})"]
     # Where the image has systemd-coredump, its socket takes the test's core dumps (the
@@ -202,7 +205,7 @@ def render_test_unit(
         lines += ["StandardInput=tty", "StandardOutput=tty", "StandardError=tty", "TTYPath=/dev/console"]
     else:
         lines += ["StandardOutput=journal+console"]
-    lines += [f"Environment={_quote(f'{k}={v}')}" for k, v in (*_testcase_env(channel), *u.env)]
+    lines += [f"Environment={_quote(f'{k}={v}')}" for k, v in (*_testcase_env(channel), *selection, *u.env)]
     names = [c.name for c in (*decl.credentials, testcases_credential())]
     if systemd is None or systemd >= IMPORT_CREDENTIAL_SINCE:
         lines += [f"ImportCredential={name}" for name in names]
@@ -252,6 +255,25 @@ StandardOutput=inherit
 StandardError=inherit
 TTYPath=/dev/console
 """
+
+
+# Which testcases run, from the host's environment: ours, and systemd's names for the
+# same (its upstream scripts read those), each regular expression matched against the
+# testcase's function name.
+TESTCASE_SELECTION = {
+    "HARNESS_MATCH_TESTCASE": ("HARNESS_MATCH_TESTCASE", "TEST_MATCH_TESTCASE"),
+    "HARNESS_SKIP_TESTCASE": ("HARNESS_SKIP_TESTCASE", "TEST_SKIP_TESTCASE"),
+}
+
+
+def testcase_selection(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The test unit's environment for the selection the host asked for: both spellings."""
+    selection: list[tuple[str, str]] = []
+    for ours, names in TESTCASE_SELECTION.items():
+        value = next((env[n] for n in names if env.get(n)), "")
+        if value:
+            selection += [(ours, value), (names[1], value)]
+    return tuple(selection)
 
 
 def _testcase_env(ch: ReportChannel) -> list[tuple[str, str]]:
