@@ -33,6 +33,9 @@ class Credential:
     name: str
     value: bytes
     secret: bool = False  # from the environment: a CI secret, say (masked in everything the host keeps)
+    # A file of the test's own tree (NAME=@FILE, relative): the test's code or data, as
+    # public as its meson.build, so what the guest prints of it is not masked.
+    own_file: bool = False
 
     @classmethod
     def parse(
@@ -82,7 +85,7 @@ class Credential:
             secret = Path(value[1:]).is_absolute()  # outside the test's tree: a secret file, say
             if secret and env is None:
                 return cls(name, b"", secret=True)  # read when the test runs, like env:
-            return cls(name, _credential_file(test_dir, value[1:], source), secret=secret)
+            return cls(name, _credential_file(test_dir, value[1:], source), secret=secret, own_file=not secret)
         return cls(name, value.encode())
 
 

@@ -7,8 +7,10 @@ subtests, journal excerpt) and the report drawn from them. After the machine sto
 each value is replaced there: by `***` in text, by as many `*` in the journal export,
 whose binary fields carry their length. Values shorter than MIN_MASKED bytes are left
 alone unless they are secrets (env: credentials): masking "1" or "yes" would garble
-every log without hiding anything. A console attached to a terminal (interactive runs)
-shows what the guest prints as it prints it.
+every log without hiding anything. Files of the test's own tree (NAME=@FILE, relative)
+are not masked: they are its scripts and data, as public as its meson.build, and masking
+them turned `systemctl cat` of a unit shipped that way into `***`. A console attached to
+a terminal (interactive runs) shows what the guest prints as it prints it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ def masked_values(decl: TestDeclaration) -> list[bytes]:
     """The byte strings to hide, longest first (so a value inside another goes too)."""
     values: set[bytes] = set()
     for c in decl.credentials:
+        if c.own_file:
+            continue
         for value in (c.value, c.value.strip()):
             if len(value) >= MIN_MASKED or (c.secret and value):
                 values.add(value)

@@ -52,7 +52,10 @@ def test_name_must_follow_convention():
 def test_credentials_text_and_file(tmp_path):
     (tmp_path / "blob.bin").write_bytes(bytes(range(256)))
     d = declaration("--credentials=greeting=a=b, c", "--credentials=blob=@blob.bin", test_dir=str(tmp_path))
-    assert d.credentials == (Credential("greeting", b"a=b, c"), Credential("blob", bytes(range(256))))
+    assert d.credentials == (
+        Credential("greeting", b"a=b, c"),
+        Credential("blob", bytes(range(256)), own_file=True),
+    )
 
 
 def test_missing_credential_file_is_a_declaration_error(tmp_path):

@@ -75,3 +75,11 @@ def test_the_declaration_file_holds_every_character(tmp_path):
 def test_a_missing_declaration_file_is_an_error(tmp_path, capsys):
     assert main(["validate", f"--declaration={tmp_path / 'gone'}"]) == 99
     assert "meson setup --reconfigure" in capsys.readouterr().err
+
+
+def test_a_file_of_the_tests_own_tree_is_not_masked_but_inline_values_are(tmp_path):
+    (tmp_path / "app.service").write_text("[Service]\nExecStart=/usr/bin/app\n")
+    d = declaration(
+        "--credentials=unit=@app.service", "--credentials=password=hunter22", test_dir=str(tmp_path)
+    )
+    assert masked_values(d) == [b"hunter22"]
