@@ -85,7 +85,9 @@ class Credential:
             secret = Path(value[1:]).is_absolute()  # outside the test's tree: a secret file, say
             if secret and env is None:
                 return cls(name, b"", secret=True)  # read when the test runs, like env:
-            return cls(name, _credential_file(test_dir, value[1:], source), secret=secret, own_file=not secret)
+            return cls(
+                name, _credential_file(test_dir, value[1:], source), secret=secret, own_file=not secret
+            )
         return cls(name, value.encode())
 
 
