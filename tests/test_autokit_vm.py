@@ -3,11 +3,24 @@ virtual worker with its QEMU board (or a stub worker where the point is a broken
 
 from __future__ import annotations
 
+import secrets
+import shutil
 import signal
+import subprocess
 import time
 
 import pytest
-from e2e import board_env, harness_leftovers, run_on_board, start_wrapper, wait_until
+from e2e import (
+    ROOT,
+    board_env,
+    harness_leftovers,
+    meson_project,
+    meson_setup,
+    meson_test_suite,
+    run_on_board,
+    start_wrapper,
+    wait_until,
+)
 from stub_worker import StubWorker
 
 pytestmark = pytest.mark.vm
@@ -62,13 +75,16 @@ def test_worker_answering_500_is_an_infrastructure_error_and_is_released(image, 
     assert harness_leftovers("TEST-82-BROKEN-RIG") == ([], [])
 
 
-def test_board_flow_against_a_stub_rig_keeps_serial_frames_and_diagnostics(image, tmp_path):
-    serial = (
-        b"BdsDxe: booting\r\nHARNESS_NOTIFY READY=1\r\ntest output\r\n"
-        b"HARNESS_NOTIFY X_HARNESS_SERVICE_RESULT=success\r\nHARNESS_NOTIFY X_HARNESS_EXIT_CODE=exited\r\n"
-        b"HARNESS_NOTIFY X_HARNESS_EXIT_STATUS=0\r\n"
-    )
-    script = {
+PASSING_SERIAL = (
+    b"BdsDxe: booting\r\nHARNESS_NOTIFY READY=1\r\ntest output\r\n"
+    b"HARNESS_NOTIFY X_HARNESS_SERVICE_RESULT=success\r\nHARNESS_NOTIFY X_HARNESS_EXIT_CODE=exited\r\n"
+    b"HARNESS_NOTIFY X_HARNESS_EXIT_STATUS=0\r\n"
+)
+
+
+def stub_rig(serial: bytes = PASSING_SERIAL) -> dict:
+    """A rig that takes the image, boots, and shows `serial` on the console."""
+    return {
         ("GET", "/start"): [(200, b"OK")],
         ("GET", "/heartbeat"): [(200, b"OK")],
         ("GET", "/contract"): [
@@ -87,6 +103,10 @@ def test_board_flow_against_a_stub_rig_keeps_serial_frames_and_diagnostics(image
         ("GET", "/dut/diagnostics"): [(200, {"current": 0.8})],
         ("POST", "/teardown"): [(200, b"OK")],
     }
+
+
+def test_board_flow_against_a_stub_rig_keeps_serial_frames_and_diagnostics(image, tmp_path):
+    script = stub_rig()
     with StubWorker(script) as stub:
         r = run_on_board(image, tmp_path, stub.url, "TEST-83-STUB-RIG")
         calls = [
@@ -113,3 +133,26 @@ def test_board_flow_against_a_stub_rig_keeps_serial_frames_and_diagnostics(image
     assert b"test output" in (logs / "console.log").read_bytes()
     assert (logs / "frames.tar.gz").read_bytes() == b"\x1f\x8bframes"
     assert '"current": 0.8' in (logs / "diagnostics.json").read_text()
+
+
+def test_meson_test_with_the_token_from_a_file_leaves_it_in_no_file_and_no_output(image, tmp_path):
+    token = "tok-" + secrets.token_hex(16)
+    token_file = tmp_path / "worker-token"
+    token_file.write_text(token + "\r\n")  # a file saved with CRLF: the line end is dropped
+    with StubWorker(stub_rig()) as stub:
+        project = meson_project(tmp_path / "project")
+        shutil.copytree(ROOT / "test" / "TEST-01-BASIC", project / "test" / "TEST-01-BASIC")
+        build, env = meson_setup(
+            project,
+            "-Dtest-backend=autokit",
+            f"-Dautokit-worker={stub.url}",
+            HARNESS_AUTOKIT_TOKEN_FILE=str(token_file),
+        )
+        env.pop("HARNESS_AUTOKIT_TOKEN", None)
+        r = meson_test_suite(project, build, env)
+        sent = {headers.get("Authorization") for _, _, headers, _ in stub.requests}
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sent == {f"Bearer {token}"}
+    assert token not in r.stdout + r.stderr
+    leaks = subprocess.run(["grep", "-rlF", "--", token, str(build)], capture_output=True, text=True).stdout
+    assert not leaks, f"the token is in {leaks}"
