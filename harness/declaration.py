@@ -92,7 +92,8 @@ KEYS = (
         "firmware",
         Firmware.LINUX,
         "`linux` (direct kernel boot with the image's kernel and initrd), "
-        "`linux-noinitrd`, `uefi` (OVMF, the image's systemd-boot and UKI), `auto` (linux when the image has a "
+        "`linux-noinitrd` (the kernel alone; with its initrd where the kernel has the disk driver as a module, "
+        "as systemd's wrapper does), `uefi` (OVMF, the image's systemd-boot and UKI), `auto` (linux when the image has a "
         "split-out kernel, else uefi)",
         choices=Firmware,
     ),

@@ -166,6 +166,7 @@ class InitrdFacts:
     # modules.builtin) or modules in the initrd; None if the initrd carries no
     # modules.builtin to tell.
     drivers: frozenset[str] | None
+    kernel_drivers: frozenset[str] | None = None  # those built into the kernel alone
 
 
 def initrd_facts(initrd: Path) -> InitrdFacts:
@@ -190,7 +191,9 @@ def initrd_facts(initrd: Path) -> InitrdFacts:
             f"found no ELF binary in {initrd} to tell the image's architecture",
             "rebuild the image: meson compile -C build mkosi",
         )
-    return InitrdFacts(arch, version, os_name, None if builtin is None else frozenset(modules | builtin))
+    if builtin is None:
+        return InitrdFacts(arch, version, os_name, None)
+    return InitrdFacts(arch, version, os_name, frozenset(modules | builtin), frozenset(builtin))
 
 
 def driver_name(module: str) -> str:
@@ -220,6 +223,7 @@ class Image:
     systemd_version: int | None = None  # None: the initrd does not tell
     os_name: str = ""  # PRETTY_NAME of its os-release, e.g. "Debian GNU/Linux 12 (bookworm)"
     initrd_drivers: frozenset[str] | None = None  # see InitrdFacts.drivers
+    kernel_drivers: frozenset[str] | None = None  # see InitrdFacts.kernel_drivers
 
     @classmethod
     def open(cls, path: Path) -> Image:
@@ -279,4 +283,5 @@ class Image:
             facts.systemd_version,
             facts.os_name,
             facts.drivers,
+            facts.kernel_drivers,
         )

@@ -122,3 +122,20 @@ def test_the_initrd_tells_which_drivers_are_there_before_the_root(tmp_path):
 def test_an_initrd_without_modules_builtin_tells_no_drivers(tmp_path):
     image = Image.open(write_image(tmp_path))
     assert image.initrd_drivers is None
+
+
+def test_linux_noinitrd_boots_with_the_initrd_where_the_kernel_has_the_drivers_as_modules(tmp_path, caplog):
+    from harness.backends.qemu.backend import QemuBackend
+    from harness.declaration import Firmware
+
+    write_image(tmp_path)
+    write_initrd_with_modules(tmp_path, ["block/virtio_blk"], ["virtio/virtio-pci", "char/virtio_console"])
+    image = Image.open(tmp_path / "image.raw")
+    assert image.kernel_drivers == {"virtio_pci", "virtio_console"}
+    assert QemuBackend().firmware(Firmware.LINUX_NOINITRD, image) == Firmware.LINUX
+    assert "in the kernel of image.raw virtio_blk is a module, not built in" in caplog.text
+    write_initrd_with_modules(tmp_path, [], ["block/virtio_blk", "virtio/virtio-pci", "char/virtio_console"])
+    assert (
+        QemuBackend().firmware(Firmware.LINUX_NOINITRD, Image.open(tmp_path / "image.raw"))
+        == Firmware.LINUX_NOINITRD
+    )

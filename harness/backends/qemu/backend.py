@@ -53,7 +53,16 @@ class QemuBackend:
 
     def firmware(self, declared: Firmware, image: Image) -> Firmware:
         """The firmware to boot `image` with, once it is clear a VM here can boot it."""
-        # Without an initrd the kernel alone must have them; what it builds in is not told apart here.
+        if declared == Firmware.LINUX_NOINITRD and image.kernel_drivers is not None:
+            modules = [d for d in VM_DRIVERS if d not in image.kernel_drivers]
+            if modules:
+                # As systemd's wrapper does: its tests declare linux-noinitrd where they can.
+                are = "is a module" if len(modules) == 1 else "are modules"
+                log.warning(
+                    f"firmware linux-noinitrd: in the kernel of {image.path.name} {', '.join(modules)} {are}, "
+                    "not built in (it could not find its disk): booting with its initrd, firmware linux"
+                )
+                declared = Firmware.LINUX
         missing = missing_drivers(image) if declared != Firmware.LINUX_NOINITRD else []
         if missing:
             drivers = f"{', '.join(missing)} driver" + (
