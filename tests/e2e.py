@@ -133,26 +133,35 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_worker(tmp_path: Path, *options: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A virtual worker process on a free port of 127.0.0.1 (its `url`, `port` and `log`
-    set on it), its state in tmp_path/worker; stopped afterwards, and checked to have
-    stopped its board too."""
+def running_worker(
+    tmp_path: Path, *options: str, listen: str = "127.0.0.1:{port}", token: str | None = TOKEN
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A virtual worker process on a free port (`listen` says where; its `url`, `port` and
+    `log` are set on it), its state in tmp_path/worker unless `options` say otherwise, its
+    token TOKEN (None: it makes its own); stopped afterwards, and checked to have stopped
+    its board too."""
     port = free_port()
     log_path = tmp_path / "worker.log"
+    env = {k: v for k, v in os.environ.items() if k != "HARNESS_AUTOKIT_TOKEN"}
+    if token is not None:
+        env["HARNESS_AUTOKIT_TOKEN"] = token
+    state = (
+        [] if any(o.startswith("--state-dir=") for o in options) else [f"--state-dir={tmp_path / 'worker'}"]
+    )
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "harness.backends.autokit.virtual_worker",
-                f"--listen=127.0.0.1:{port}",
-                f"--state-dir={tmp_path / 'worker'}",
+                f"--listen={listen.format(port=port)}",
+                *state,
                 *options,
             ],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONPATH=str(ROOT), HARNESS_AUTOKIT_TOKEN=TOKEN),
+            env=dict(env, PYTHONPATH=str(ROOT)),
         )
         try:
             wait_until(

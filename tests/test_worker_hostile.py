@@ -4,15 +4,12 @@ is checked, and the worker goes on serving after each."""
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import stat
-import subprocess
-import sys
 
 import pytest
-from e2e import ROOT, TOKEN, free_port, running_worker, wait_until
+from e2e import TOKEN, running_worker, wait_until
 
 AUTH = f"Authorization: Bearer {TOKEN}\r\nConnection: close\r\n"  # answered, then closed: no waiting
 
@@ -188,70 +185,25 @@ def test_uploads_state_and_a_generated_token_are_the_users_only(tmp_path):
     victim = tmp_path / "victim"
     victim.write_text("keep me\n")
     (state / "token").symlink_to(victim)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "HARNESS_AUTOKIT_TOKEN"}
-    log = tmp_path / "log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "harness.backends.autokit.virtual_worker",
-                f"--listen={port}",
-                f"--state-dir={state}",
-            ],
-            cwd=ROOT,
-            env=dict(env, PYTHONPATH=str(ROOT)),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_until(lambda: "listening on http://127.0.0.1:" in log.read_text(), 20, log.read_text(), 0.1)
+    with running_worker(tmp_path, f"--state-dir={state}", listen="{port}", token=None) as worker:
+        assert "listening on http://127.0.0.1:" in worker.log.read_text()
         assert victim.read_text() == "keep me\n", "the token was written through the symlink"
         token = (state / "token").read_text().strip()
         assert not (state / "token").is_symlink() and stat.S_IMODE((state / "token").stat().st_mode) == 0o600
         assert stat.S_IMODE(state.stat().st_mode) == 0o700
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(f"GET /start HTTP/1.1\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
-            assert status(receive(s)) == 200
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(
-                f"POST /dut/sendImage HTTP/1.1\r\nAuthorization: Bearer {token}\r\nContent-Length: 3\r\n\r\nabc".encode()
-            )
-            assert "OK" in receive(s)
+        auth = f"Authorization: Bearer {token}\r\nConnection: close\r\n"
+        assert status(answer(worker, f"GET /start HTTP/1.1\r\n{auth}\r\n")) == 200
+        assert "OK" in answer(worker, f"POST /dut/sendImage HTTP/1.1\r\n{auth}Content-Length: 3\r\n\r\nabc")
         assert stat.S_IMODE((state / "upload.gz").stat().st_mode) == 0o600
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.mark.parametrize("listen", ["[::1]:{port}", "localhost:{port}"])
 def test_listen_takes_ipv6_and_names(tmp_path, listen):
-    port = free_port()
-    log = tmp_path / "log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "harness.backends.autokit.virtual_worker",
-                f"--listen={listen.format(port=port)}",
-                f"--state-dir={tmp_path / 'state'}",
-            ],
-            cwd=ROOT,
-            env=dict(os.environ, PYTHONPATH=str(ROOT), HARNESS_AUTOKIT_TOKEN=TOKEN),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_until(lambda: "listening" in log.read_text(), 20, log.read_text(), 0.1)
+    with running_worker(tmp_path, listen=listen) as worker:
         host = "::1" if "[" in listen else "127.0.0.1"
-        with socket.create_connection((host, port), timeout=10) as s:
+        with socket.create_connection((host, worker.port), timeout=10) as s:
             s.sendall(f"GET /state HTTP/1.1\r\n{AUTH}\r\n".encode())
             assert status(receive(s)) == 200
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.mark.parametrize("listen", ["::1:8123", "host:", "host:port", "1:99999"])
