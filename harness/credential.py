@@ -10,15 +10,14 @@ regular file of at most CREDENTIAL_FILE_LIMIT bytes (a FIFO would block setup fo
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
 
 from harness.errors import DeclarationError
+from harness.small_file import NotRegularFile, read_small_file
 
 CREDENTIAL_FILE_LIMIT = 1024 * 1024
 # systemd credential names are file names below /run/credentials.
@@ -106,13 +105,12 @@ def _credential_file(test_dir: Path, name: str, source: str) -> bytes:
             "give a file of the test's directory, or an absolute path",
         )
     try:
-        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise bad(f"{path} is not a regular file")
-            data = f.read(CREDENTIAL_FILE_LIMIT + 1)
+        data = read_small_file(path, CREDENTIAL_FILE_LIMIT)
+    except NotRegularFile:
+        raise bad(f"{path} is not a regular file") from None
     except OSError as e:
         raise bad(f"cannot read {path}: {e.strerror}") from None
-    if len(data) > CREDENTIAL_FILE_LIMIT:
+    if data is None:
         raise bad(
             f"{path} is larger than {CREDENTIAL_FILE_LIMIT // 2**20} MB", "a credential is a small file"
         )

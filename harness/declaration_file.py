@@ -21,13 +21,12 @@ count are bounded, so no declaration can take the wrapper's memory or time.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import stat
 from pathlib import Path
 
 from harness.declaration import CONFIGURATION_KEY_NAMES, KEY_NAMES, KEYS, Key
 from harness.errors import DeclarationError
+from harness.small_file import NotRegularFile, read_small_file
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_OPTIONS = 10_000
@@ -67,10 +66,9 @@ def read(path: Path) -> list[str]:
     """The options in the declaration file at `path` (a regular file, MAX_FILE_BYTES at most)."""
     source = str(path)
     try:
-        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise DeclarationError(source, "declaration", "is not a regular file")
-            data = f.read(MAX_FILE_BYTES + 1)
+        data = read_small_file(path, MAX_FILE_BYTES)
+    except NotRegularFile:
+        raise DeclarationError(source, "declaration", "is not a regular file") from None
     except OSError as e:
         raise DeclarationError(
             source,
@@ -78,7 +76,7 @@ def read(path: Path) -> list[str]:
             f"cannot be read: {e.strerror}",
             "meson setup --reconfigure BUILD writes it again",
         ) from None
-    if len(data) > MAX_FILE_BYTES:
+    if data is None:
         raise DeclarationError(
             source,
             "declaration",

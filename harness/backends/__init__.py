@@ -10,14 +10,13 @@ core never imports a backend: `make_backend` is called by the command line only.
 from __future__ import annotations
 
 import enum
-import os
-import stat
 from collections.abc import Mapping
 
 import attrs
 
 from harness.errors import HarnessError
 from harness.machine import Backend
+from harness.small_file import NotRegularFile, read_small_file
 
 
 class BackendName(enum.StrEnum):
@@ -109,18 +108,16 @@ def bearer_token(env: Mapping[str, str], name: str) -> str | None:
 def read_token_file(path: str, name: str) -> str:
     """A small regular file: not a FIFO that blocks the run, not /dev/zero."""
     try:
-        # O_NONBLOCK: opening a FIFO would wait for a writer.
-        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise HarnessError(
-                    f"{name}={path} is not a regular file", "point it at the file holding the token"
-                )
-            data = f.read(TOKEN_FILE_LIMIT + 1)
+        data = read_small_file(path, TOKEN_FILE_LIMIT)
+    except NotRegularFile:
+        raise HarnessError(
+            f"{name}={path} is not a regular file", "point it at the file holding the token"
+        ) from None
     except OSError as e:
         raise HarnessError(
             f"cannot read {name}={path}: {e.strerror}", "point it at the file holding the token"
         ) from None
-    if len(data) > TOKEN_FILE_LIMIT:
+    if data is None:
         raise HarnessError(
             f"{name}={path} is larger than a token ({TOKEN_FILE_LIMIT} bytes at most)",
             "point it at the file holding the token alone",

@@ -40,6 +40,7 @@ from harness.errors import HarnessError
 from harness.machine import Ending, EndingKind, Look, WatchRules
 from harness.notify import GuestReport, read_port_file
 from harness.plan import BootPath
+from harness.watch import Deadline
 
 if TYPE_CHECKING:
     from harness.backends.qemu.controls import VmControls
@@ -317,14 +318,12 @@ def software_tpm(files: RunFiles) -> Iterator[None]:
             preexec_fn=die_with_parent,
         )
     try:
-        deadline = time.monotonic() + 10
-        while not files.tpm.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise HarnessError(
-                    f"swtpm did not start: {log.read_text(errors='replace').strip() or 'no output'}",
-                    "check that swtpm runs here (swtpm socket --tpm2 --help)",
-                )
-            time.sleep(0.05)
+        Deadline.after(10).wait_for(lambda: files.tpm.exists() or proc.poll() is not None, 0.05)
+        if not files.tpm.exists():
+            raise HarnessError(
+                f"swtpm did not start: {log.read_text(errors='replace').strip() or 'no output'}",
+                "check that swtpm runs here (swtpm socket --tpm2 --help)",
+            )
         yield
     finally:
         proc.terminate()
