@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 from helpers import declaration
 
-from harness.backends.qemu.snapshot import (
+from harness.backends.qemu.snapshot import StateFormat, agent_message, resume_script
+from harness.backends.qemu.snapshot_store import (
     SnapshotUnavailable,
-    agent_message,
     remove_stale,
-    resume_script,
     shared_snapshot,
     snapshot_key,
 )
@@ -175,3 +174,16 @@ def test_a_resumed_tests_timeline_is_the_snapshots_boot_and_its_own_unit():
     assert [u.name for u in timeline.units] == ["basic.target", "TEST-01-X.service"]
     assert timeline.taken_us == 31_500_000
     assert merge_timelines("", test) == test
+
+
+def test_state_format_follows_qemu_and_names_the_file_alike_both_ways():
+    state = Path("/snap/a b/state")
+    assert StateFormat.for_qemu(7) == StateFormat.STREAM
+    assert StateFormat.for_qemu(10) == StateFormat.MAPPED_RAM
+    mapped = StateFormat.MAPPED_RAM
+    assert mapped.capabilities() == [{"capability": "mapped-ram", "state": True}]
+    assert mapped.uri(state, saving=True) == mapped.uri(state, saving=False) == "file:/snap/a b/state"
+    stream = StateFormat.STREAM
+    assert stream.capabilities() == []
+    assert stream.uri(state, saving=True) == "exec:cat >'/snap/a b/state'"
+    assert stream.uri(state, saving=False) == "exec:cat '/snap/a b/state'"

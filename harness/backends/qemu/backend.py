@@ -16,7 +16,8 @@ from pathlib import Path
 from harness.backends.qemu.command import RunFiles, VmConfig
 from harness.backends.qemu.firmware import resolve_firmware
 from harness.backends.qemu.machine import QemuMachine, make_overlay, private_tmp, running_vm
-from harness.backends.qemu.snapshot import SnapshotUnavailable, booted_snapshot, resumed_vm
+from harness.backends.qemu.snapshot import booted_snapshot, resumed_vm
+from harness.backends.qemu.snapshot_store import SnapshotUnavailable
 from harness.declaration import Firmware, TestDeclaration
 from harness.errors import HarnessError
 from harness.guest.units import VIRTIO_CHANNEL, VIRTIO_CONTROL

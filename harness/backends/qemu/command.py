@@ -10,7 +10,6 @@ import datetime
 import functools
 import os
 import re
-import shlex
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -261,11 +260,12 @@ def qemu_command(
     vsock_cid: int | None,
     vhost_fd: int | None,
     guest_args: list[str],
-    incoming: Path | None = None,
+    resuming: bool = False,
     vcpus: int = FULL_VCPUS,
 ) -> list[str]:
     """QEMU's argument vector for `cfg`; `guest_args` carry credentials and extras;
-    `incoming` is a saved VM to resume instead of booting."""
+    `resuming`: QEMU loads a saved VM instead of booting, once QMP's migrate-incoming
+    (snapshot.hand_over) says where it is and how it was saved."""
     disk_format = "raw" if files.disk == cfg.image.path else "qcow2"
     cmd = [
         *machine_args(cfg.image.architecture, cfg.accel, vcpus),
@@ -339,8 +339,8 @@ def qemu_command(
         if cfg.firmware == Firmware.LINUX:
             assert cfg.image.initrd
             cmd += ["-initrd", str(cfg.image.initrd)]
-    if incoming is not None:
-        cmd += ["-incoming", "exec:cat " + shlex.quote(str(incoming))]
+    if resuming:
+        cmd += ["-incoming", "defer"]
     return cmd + guest_args + list(cfg.qemu_args)
 
 

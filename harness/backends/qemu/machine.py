@@ -225,10 +225,10 @@ def make_overlay(image: Path, overlay: Path, backing_format: str = "raw") -> Non
 
 @contextlib.contextmanager
 def running_vm(
-    cfg: VmConfig, files: RunFiles, incoming: Path | None = None, boot_timeline: str | None = None
+    cfg: VmConfig, files: RunFiles, resuming: bool = False, boot_timeline: str | None = None
 ) -> Iterator[QemuMachine]:
-    """Start QEMU for `cfg` on `files` (booting, or resuming the saved VM `incoming`,
-    whose boot's timeline is `boot_timeline`); on leaving the context QEMU is gone."""
+    """Start QEMU for `cfg` on `files` (booting, or `resuming` a saved VM, whose boot's
+    timeline is `boot_timeline`); on leaving the context QEMU is gone."""
     binary = qemu_binary(cfg.image.architecture) if cfg.image.architecture in QEMU_BINARIES else None
     if binary is None or shutil.which(binary) is None:
         raise HarnessError(
@@ -260,7 +260,7 @@ def running_vm(
         # The booted snapshot and the VMs resumed from it keep FULL_VCPUS: migration needs
         # the same CPUs on both sides.
         vcpus = FULL_VCPUS if cfg.agent else vcpus_now()
-        cmd = qemu_command(cfg, files, ovmf, nvram, vsock_cid, vhost_fd, args, incoming, vcpus)
+        cmd = qemu_command(cfg, files, ovmf, nvram, vsock_cid, vhost_fd, args, resuming, vcpus)
         (files.logs / "qemu-command.txt").write_text(" ".join(cmd) + "\n")
         stderr = files.tmp / "qemu.stderr"
         with stderr.open("wb") as err:
@@ -279,7 +279,7 @@ def running_vm(
             report,
             has_screen=cfg.firmware.is_uefi() and not cfg.interactive,
             interactive=cfg.interactive,
-            boot_path=BootPath.COLD if incoming is None else BootPath.SNAPSHOT,
+            boot_path=BootPath.SNAPSHOT if resuming else BootPath.COLD,
             boot_timeline=boot_timeline,
         )
         stack.callback(machine.kill)
