@@ -47,13 +47,16 @@ def decode_timeline(value: str | None) -> str | None:
 
 
 def merge_timelines(boot: str, test: str) -> str:
-    """A resumed test's timeline: the snapshot boot's units, then what the test sent (its
-    manager properties, taken when it ended, and its own unit)."""
+    """A resumed test's timeline: the snapshot boot's manager and units, then what the test
+    sent (its uptime when it ended, which replaces the boot's, and its own unit)."""
     boot_blocks = [b for b in boot.split("\n\n") if b.strip()]
     test_blocks = [b for b in test.split("\n\n") if b.strip()]
     if not boot_blocks or not test_blocks:
         return test or boot
-    return "\n\n".join([test_blocks[0], *boot_blocks[1:], *test_blocks[1:]]) + "\n"
+    sent = dict(line.split("=", 1) for line in test_blocks[0].splitlines() if "=" in line)
+    kept = [line for line in boot_blocks[0].splitlines() if line.split("=", 1)[0] not in sent]
+    manager = "\n".join([*kept, *test_blocks[0].splitlines()])
+    return "\n\n".join([manager, *boot_blocks[1:], *test_blocks[1:]]) + "\n"
 
 
 def _number(props: dict[str, str], key: str) -> int:

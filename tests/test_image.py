@@ -139,3 +139,28 @@ def test_linux_noinitrd_boots_with_the_initrd_where_the_kernel_has_the_drivers_a
         QemuBackend().firmware(Firmware.LINUX_NOINITRD, Image.open(tmp_path / "image.raw"))
         == Firmware.LINUX_NOINITRD
     )
+
+
+def test_the_initrds_facts_are_kept_beside_it_until_it_changes(tmp_path, monkeypatch):
+    import harness.image
+
+    write_image(tmp_path)
+    write_initrd_with_modules(tmp_path, ["block/virtio_blk"], ["char/virtio_console"])
+    first = Image.open(tmp_path / "image.raw")
+    assert (tmp_path / ".image.initrd.harness-facts.json").is_file()
+    monkeypatch.setattr(harness.image, "initrd_facts", lambda _: pytest.fail("read the initrd again"))
+    assert Image.open(tmp_path / "image.raw") == first
+    monkeypatch.undo()
+    (tmp_path / "image.initrd").unlink()  # a rebuild: a new file
+    write_initrd_with_modules(tmp_path, [], ["block/virtio_blk", "char/virtio_console"])
+    assert Image.open(tmp_path / "image.raw").kernel_drivers == {"virtio_blk", "virtio_console"}
+
+
+def test_an_unwritable_directory_only_costs_the_cache(tmp_path):
+    write_image(tmp_path)
+    (tmp_path / ".image.initrd.harness-facts.json").mkdir()  # cannot be replaced by a file
+    first = Image.open(tmp_path / "image.raw")
+    assert Image.open(tmp_path / "image.raw") == first
+    assert sorted(p.name for p in tmp_path.iterdir() if "facts" in p.name) == [
+        ".image.initrd.harness-facts.json"
+    ]

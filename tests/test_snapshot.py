@@ -135,8 +135,15 @@ def test_key_follows_the_image(tmp_path):
     assert snapshot_key(["tcg"], [image]) != first
 
 
-def test_resume_script_installs_unit_and_credentials(tmp_path):
-    creds = (Credential("app.token", b"s3cret\x00\n'quote"), Credential("harness.testcases", b"lib"))
+@pytest.mark.parametrize("shell", ["dash", "bash"])
+def test_resume_script_installs_unit_and_credentials(tmp_path, shell):
+    every_byte = bytes(range(256)) * 2
+    creds = (
+        Credential("app.token", b"s3cret\x00\n'quote %s %% \\n"),
+        Credential("harness.testcases", b"-lib"),
+        Credential("all.bytes", every_byte),
+        Credential("empty", b""),
+    )
     script = resume_script("TEST-01-X.service", "[Unit]\nDescription=x\n", creds, 1795000000.5, b"\x01" * 64)
     line = agent_message(script)
     assert line.endswith(b"\n") and b"\n" not in line[:-1]
@@ -144,16 +151,25 @@ def test_resume_script_installs_unit_and_credentials(tmp_path):
     body = base64.b64decode(line).decode()
     body = body.replace("/run/", f"{tmp_path}/run/").replace("/dev/urandom", f"{tmp_path}/urandom")
     (tmp_path / "run" / "systemd" / "system").mkdir(parents=True)
+    (tmp_path / "run" / "credstore").mkdir()  # the agent's
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("date", "systemctl"):
         (bin_dir / tool).write_text(f'#!/bin/sh\necho {tool} "$@" >>{tmp_path}/calls\n')
         (bin_dir / tool).chmod(0o755)
-    subprocess.run(["sh", "-e", "-c", body], check=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
-    assert (tmp_path / "run" / "credstore" / "app.token").read_bytes() == b"s3cret\x00\n'quote"
+    subprocess.run(
+        [shell, "-e", "-c", "umask 077\n" + body], check=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    )
+    store = tmp_path / "run" / "credstore"
+    assert (store / "app.token").read_bytes() == b"s3cret\x00\n'quote %s %% \\n"
+    assert (store / "harness.testcases").read_bytes() == b"-lib"
+    assert (store / "all.bytes").read_bytes() == every_byte
+    assert (store / "empty").read_bytes() == b""
+    assert (store / "app.token").stat().st_mode & 0o777 == 0o600
     assert (
         tmp_path / "run" / "systemd" / "system" / "TEST-01-X.service"
     ).read_text() == "[Unit]\nDescription=x\n"
+    assert (tmp_path / "run" / "systemd" / "system" / "TEST-01-X.service").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "urandom").read_bytes() == b"\x01" * 64
     calls = (tmp_path / "calls").read_text().splitlines()
     assert calls == ["date -s @1795000000.500", "systemctl start --no-block TEST-01-X.service"]
@@ -174,6 +190,15 @@ def test_a_resumed_tests_timeline_is_the_snapshots_boot_and_its_own_unit():
     assert [u.name for u in timeline.units] == ["basic.target", "TEST-01-X.service"]
     assert timeline.taken_us == 31_500_000
     assert merge_timelines("", test) == test
+    # What a resumed guest sends: its uptime and its unit; the phases are the boot's.
+    sent = "UptimeSeconds=31.5\n\nId=TEST-01-X.service\nInactiveExitTimestampMonotonic=30000000\n"
+    timeline = parse_systemctl_show(merge_timelines(boot, sent))
+    assert (timeline.initrd_us, timeline.userspace_us, timeline.taken_us) == (
+        1_000_000,
+        9_000_000,
+        31_500_000,
+    )
+    assert [u.name for u in timeline.units] == ["basic.target", "TEST-01-X.service"]
 
 
 def test_state_format_follows_qemu_and_names_the_file_alike_both_ways():

@@ -10,8 +10,11 @@ notify=/dev/virtio-ports/io.harness.notify
 port=/dev/virtio-ports/io.harness.agent
 
 # Save the VM only once the boot has settled: what still runs at that point would run
-# again, half-done, in every test.
+# again, half-done, in every test. udev's coldplug goes on after the jobs are done (it
+# loads modules for seconds under emulation), hence the settle.
 systemctl is-system-running --wait >/dev/null 2>&1 || :
+udevadm settle --timeout=60 >/dev/null 2>&1 || :
+mkdir -p /run/credstore  # for the test's credentials: made here, it is one process fewer per test
 sync
 # The boot's timeline, once: every resumed test shares this boot.
 printf 'X_HARNESS_TIMELINE=%s\n' "$(sh "$CREDENTIALS_DIRECTORY/harness.timeline")" >"$notify"
@@ -21,7 +24,7 @@ printf 'X_HARNESS_AGENT_READY=1\n' >"$notify"
 while :; do
     line=$(head -n 1 "$port" 2>/dev/null) || line=
     [ -n "$line" ] && break
-    sleep 0.1
+    sleep 0.05
 done
 umask 077
 printf '%s\n' "$line" | base64 -d >/run/harness-payload.sh

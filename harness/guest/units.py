@@ -51,6 +51,7 @@ TESTCASES_LIBRARY = Path(__file__).parent / "testcases.sh"
 # Made by the fast path's hand-over in a resumed guest: its test unit then sends only its
 # own part of the timeline (the host has the boot's from the snapshot).
 RESUMED_MARK = "/run/harness-resumed"
+CGROUP_SYSTEM = "/sys/fs/cgroup/system.slice"  # the unified hierarchy's, where systemd has one
 # The unit properties `systemd-analyze plot` draws its chart from, plus the manager's boot
 # phases. systemd-analyze itself refuses while the boot is unfinished, which it is as
 # long as the test unit (the boot's target) runs, so the guest sends the raw properties.
@@ -128,7 +129,13 @@ def _report_end(ch: ReportChannel, unit_name: str, whole_journal: bool, verdict:
             f'{{ if [ "$SERVICE_RESULT" = success ]; then {export} -u {unit_name};'
             f" {export} MESSAGE_ID={COREDUMP_MESSAGE_ID}; else {export}; fi; }}"
         )
-    settle = 'for i in $$(seq 100); do systemctl -q is-active "systemd-coredump@*" 2>/dev/null || break; sleep 0.2; done'
+    # Asking systemctl costs a process (a tenth of a second under emulation): where the
+    # cgroup tree shows that no core dump was ever handled, it is not asked.
+    no_dumps = f"test -d {CGROUP_SYSTEM} && ! test -d {CGROUP_SYSTEM}/system-systemd?x2dcoredump.slice"
+    settle = (
+        f"i=0; until {no_dumps} || [ $$i -ge 100 ] ||"
+        ' ! systemctl -q is-active "systemd-coredump@*" 2>/dev/null; do sleep 0.2; i=$$((i+1)); done'
+    )
     return (
         f"-/bin/sh -c '{report}; {verdict};"
         f" test -c /dev/virtio-ports/{JOURNAL_PORT} && {{ {settle}; }} && journalctl --sync &&"
@@ -140,14 +147,18 @@ def _report_timeline(ch: ReportChannel, unit_name: str) -> str:
     # The boot timeline, gzipped and base64-encoded into one line (about 10 kB): short
     # enough for a board's serial console too. Then the mark that the guest has said all
     # it will say: the host may end the VM from here without waiting for a shutdown.
-    # Every unit's (3 s under emulation), or the test unit's alone in a guest resumed from
-    # a snapshot (RESUMED_MARK), whose boot the host has already.
+    # Every unit's (3 s under emulation), or, in a guest resumed from a snapshot
+    # (RESUMED_MARK), the uptime and the test unit's alone: the host has the boot's.
     unit_props = ",".join(TIMELINE_UNIT_PROPERTIES)
     manager = ",".join(TIMELINE_MANAGER_PROPERTIES)
-    units = f'$$(test -e {RESUMED_MARK} && echo {unit_name} || echo "*")'
+    uptime = "read up rest </proc/uptime; echo UptimeSeconds=$$up"
+    show = (
+        f"if test -e {RESUMED_MARK}; then {uptime}; echo; systemctl show -p {unit_props} {unit_name};"
+        f' else systemctl show -p {manager}; {uptime}; echo; systemctl show -p {unit_props} "*"; fi'
+    )
     return (
         f'-/bin/sh -c \'test -c {ch.device} && {{ printf "{ch.prefix}{Notify.TIMELINE}=";'
-        f' {{ systemctl show -p {manager}; echo UptimeSeconds=$$(cut -d" " -f1 /proc/uptime); echo; systemctl show -p {unit_props} "{units}"; }} | gzip -1 | base64 -w0;'
+        f" {{ {show}; }} | gzip -1 | base64 -w0;"
         f' echo; printf "{ch.prefix}{Notify.DONE}=1\\n"; }} >{ch.device}; :\''
     )
 

@@ -126,24 +126,34 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+# Each byte as printf prints it back: printable ASCII as itself, the rest (and printf's and
+# the quote's own specials) as an octal escape, which dash's and bash's printf both read.
+_PRINTF = [chr(b) if 32 <= b < 127 and chr(b) not in "\\%'" else f"\\{b:03o}" for b in range(256)]
+
+
+def write_file(data: bytes, path: str) -> str:
+    """A shell command writing exactly `data` to `path` with the shell's own printf: no
+    process is started, which under emulation is tens of milliseconds each."""
+    return f"printf -- '{''.join(_PRINTF[b] for b in data)}' >{shlex.quote(path)}"
+
+
 def resume_script(
     unit_name: str, unit_text: str, credentials: tuple[Credential, ...], now: float, seed: bytes
 ) -> str:
     """What the agent runs in a resumed VM: the guest's clock stopped when the snapshot was
     saved and its entropy pool is a copy shared by every test, so both are renewed before
-    the test unit starts. Credentials go to /run/credstore, where ImportCredential= finds
-    them as it finds the SMBIOS ones on a cold boot."""
+    the test unit starts. Credentials go to /run/credstore (the agent made it), where
+    ImportCredential= finds them as it finds the SMBIOS ones on a cold boot. Only `date`
+    and `systemctl` are processes of their own: the rest is the shell's."""
     lines = [
         f"date -s @{now:.3f} >/dev/null",
-        f"printf %s {_b64(seed)} | base64 -d >/dev/urandom",
-        "mkdir -p /run/credstore",
+        write_file(seed, "/dev/urandom"),
         f": >{RESUMED_MARK}",
     ]
+    lines += [write_file(c.value, f"/run/credstore/{c.name}") for c in credentials]
     lines += [
-        f"printf %s {_b64(c.value)} | base64 -d >/run/credstore/{shlex.quote(c.name)}" for c in credentials
-    ]
-    lines += [
-        f"printf %s {_b64(unit_text.encode())} | base64 -d >/run/systemd/system/{unit_name}",
+        "umask 022",  # a unit file others cannot read makes PID 1 warn in every test's journal
+        write_file(unit_text.encode(), f"/run/systemd/system/{unit_name}"),
         # No daemon-reload (3 s under emulation): PID 1 has never heard of this unit, so
         # it loads it from disk when asked to start it.
         f"systemctl start --no-block {unit_name}",
