@@ -92,7 +92,9 @@ class QemuMachine:
         self.boot_path = boot_path
         self.boot_timeline = boot_timeline
         self.job_url = ""
-        self.watch_rules = WatchRules(end_at_last_word=not interactive)
+        # A look is two small local reads: every 50 ms ends a resumed test 0.1 s sooner
+        # than the default 200 ms, for no CPU to speak of.
+        self.watch_rules = WatchRules(poll=0.05, end_at_last_word=not interactive)
         self._console_offset = 0
         self._next_screenshot = 0.0
         self._test_ended = False
