@@ -1,10 +1,11 @@
 #!/bin/sh
 # The harness's agent, for the fast path: it runs in the booted VM that the host saves
 # as a snapshot, and waits there for a test. The host resumes a copy of that VM per test
-# and sends one line over the virtio-serial port io.harness.agent: a base64-encoded shell
-# script that sets the clock, reseeds the entropy pool, installs the test unit and its
-# credentials, and starts the unit. All the logic is in that script, written by the
-# host, so this file stays the same whatever the harness learns to send.
+# and sends one line over the virtio-serial port io.harness.agent: shell commands, run
+# here in this shell (no process of their own), that set the clock, reseed the entropy
+# pool, install the test unit and its credentials, and start the unit. All the logic is
+# in those commands, written by the host, so this file stays the same whatever the
+# harness learns to send.
 set -u
 notify=/dev/virtio-ports/io.harness.notify
 port=/dev/virtio-ports/io.harness.agent
@@ -20,12 +21,13 @@ sync
 printf 'X_HARNESS_TIMELINE=%s\n' "$(sh "$CREDENTIALS_DIRECTORY/harness.timeline")" >"$notify"
 printf 'X_HARNESS_AGENT_READY=1\n' >"$notify"
 
-# Until a host connects to the port, reading it ends at once with nothing: poll.
+# Until a host connects to the port, reading it ends at once with nothing: poll. (The
+# host stays connected while it boots the snapshot, so the read blocks instead.)
 while :; do
     line=$(head -n 1 "$port" 2>/dev/null) || line=
     [ -n "$line" ] && break
     sleep 0.05
 done
 umask 077
-printf '%s\n' "$line" | base64 -d >/run/harness-payload.sh
-exec /bin/sh -e /run/harness-payload.sh
+set -e
+eval "$line"

@@ -123,12 +123,14 @@ def _report_end(ch: ReportChannel, unit_name: str, whole_journal: bool, verdict:
     # A passed test sends its unit's part and every core dump's message (the host fails a
     # test during which a process dumped core: harness/gates.py), once systemd-coredump
     # has written them (up to 20 s: it makes the stack trace first).
+    # One journalctl for both: the matches are journalctl -u's, with every core dump's.
     export = "journalctl -o export"
     if not whole_journal:
-        export = (
-            f'{{ if [ "$SERVICE_RESULT" = success ]; then {export} -u {unit_name};'
-            f" {export} MESSAGE_ID={COREDUMP_MESSAGE_ID}; else {export}; fi; }}"
+        matches = (
+            f"_SYSTEMD_UNIT={unit_name} + _PID=1 UNIT={unit_name} + _UID=0 OBJECT_SYSTEMD_UNIT={unit_name}"
+            f" + MESSAGE_ID={COREDUMP_MESSAGE_ID}"
         )
+        export = f'{{ if [ "$SERVICE_RESULT" = success ]; then {export} {matches}; else {export}; fi; }}'
     # Asking systemctl costs a process (a tenth of a second under emulation): where the
     # cgroup tree shows that no core dump was ever handled, it is not asked.
     no_dumps = f"test -d {CGROUP_SYSTEM} && ! test -d {CGROUP_SYSTEM}/system-systemd?x2dcoredump.slice"
@@ -137,9 +139,9 @@ def _report_end(ch: ReportChannel, unit_name: str, whole_journal: bool, verdict:
         ' ! systemctl -q is-active "systemd-coredump@*" 2>/dev/null; do sleep 0.2; i=$$((i+1)); done'
     )
     return (
-        f"-/bin/sh -c '{report}; {verdict};"
+        f"{report}; {verdict};"
         f" test -c /dev/virtio-ports/{JOURNAL_PORT} && {{ {settle}; }} && journalctl --sync &&"
-        f" {export} >/dev/virtio-ports/{JOURNAL_PORT}; :'"
+        f" {export} >/dev/virtio-ports/{JOURNAL_PORT}"
     )
 
 
@@ -157,10 +159,17 @@ def _report_timeline(ch: ReportChannel, unit_name: str) -> str:
         f' else systemctl show -p {manager}; {uptime}; echo; systemctl show -p {unit_props} "*"; fi'
     )
     return (
-        f'-/bin/sh -c \'test -c {ch.device} && {{ printf "{ch.prefix}{Notify.TIMELINE}=";'
+        f'test -c {ch.device} && {{ printf "{ch.prefix}{Notify.TIMELINE}=";'
         f" {{ {show}; }} | gzip -1 | base64 -w0;"
-        f' echo; printf "{ch.prefix}{Notify.DONE}=1\\n"; }} >{ch.device}; :\''
+        f' echo; printf "{ch.prefix}{Notify.DONE}=1\\n"; }} >{ch.device}'
     )
+
+
+def _report_after(ch: ReportChannel, unit_name: str, whole_journal: bool, verdict: str) -> str:
+    # One ExecStopPost= for all the test's end says: each command systemd runs is a
+    # process of its own (systemd-executor), a fifth of a second under emulation.
+    end = _report_end(ch, unit_name, whole_journal, verdict)
+    return f"-/bin/sh -c '{end}; {_report_timeline(ch, unit_name)}; :'"
 
 
 def timeline_script() -> str:
@@ -209,8 +218,7 @@ def render_test_unit(
         "TimeoutStartSec=infinity",
         f"ExecStartPre={_report_start(channel)}",
         f"ExecStart={u.command}",
-        f"ExecStopPost={_report_end(channel, decl.unit_name, whole_journal or interactive, _verdict_line(channel, decl.name, decl.exit_code))}",
-        f"ExecStopPost={_report_timeline(channel, decl.unit_name)}",
+        f"ExecStopPost={_report_after(channel, decl.unit_name, whole_journal or interactive, _verdict_line(channel, decl.name, decl.exit_code))}",
     ]
     if interactive:
         lines += ["StandardInput=tty", "StandardOutput=tty", "StandardError=tty", "TTYPath=/dev/console"]
