@@ -13,6 +13,23 @@ import gzip
 
 import attrs
 
+# The unit properties `systemd-analyze plot` draws its chart from, plus the manager's boot
+# phases. systemd-analyze itself refuses while the boot is unfinished, which it is as
+# long as the test unit (the boot's target) runs, so the guest sends the raw properties.
+TIMELINE_UNIT_PROPERTIES = (
+    "Id",
+    "InactiveExitTimestampMonotonic",
+    "ActiveEnterTimestampMonotonic",
+    "ActiveExitTimestampMonotonic",
+    "InactiveEnterTimestampMonotonic",
+)
+TIMELINE_MANAGER_PROPERTIES = (
+    "FirmwareTimestampMonotonic",
+    "LoaderTimestampMonotonic",
+    "InitRDTimestampMonotonic",
+    "UserspaceTimestampMonotonic",
+)
+
 
 @attrs.frozen
 class UnitSpan:

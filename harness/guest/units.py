@@ -24,6 +24,7 @@ from harness.credential import Credential
 from harness.declaration import RESERVED_CREDENTIAL, SKIP_EXIT, TestDeclaration
 from harness.journal import COREDUMP_MESSAGE_ID
 from harness.notify import Notify
+from harness.timeline import TIMELINE_MANAGER_PROPERTIES, TIMELINE_UNIT_PROPERTIES
 
 # What the guest's systemd must have: credentials imported from SMBIOS and fw_cfg (252).
 # The test unit arrives as a systemd.extra-unit.* credential, which systemd reads itself
@@ -52,22 +53,6 @@ TESTCASES_LIBRARY = Path(__file__).parent / "testcases.sh"
 # own part of the timeline (the host has the boot's from the snapshot).
 RESUMED_MARK = "/run/harness-resumed"
 CGROUP_SYSTEM = "/sys/fs/cgroup/system.slice"  # the unified hierarchy's, where systemd has one
-# The unit properties `systemd-analyze plot` draws its chart from, plus the manager's boot
-# phases. systemd-analyze itself refuses while the boot is unfinished, which it is as
-# long as the test unit (the boot's target) runs, so the guest sends the raw properties.
-TIMELINE_UNIT_PROPERTIES = (
-    "Id",
-    "InactiveExitTimestampMonotonic",
-    "ActiveEnterTimestampMonotonic",
-    "ActiveExitTimestampMonotonic",
-    "InactiveEnterTimestampMonotonic",
-)
-TIMELINE_MANAGER_PROPERTIES = (
-    "FirmwareTimestampMonotonic",
-    "LoaderTimestampMonotonic",
-    "InitRDTimestampMonotonic",
-    "UserspaceTimestampMonotonic",
-)
 
 
 @attrs.frozen
