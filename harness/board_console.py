@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.guest.units import CONSOLE_CHANNEL
+from harness.guest.reporting import CONSOLE_CHANNEL
 from harness.notify import GuestReport, console_notify_lines
 
 

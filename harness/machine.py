@@ -17,7 +17,7 @@ import attrs
 
 from harness.declaration import Firmware, TestDeclaration
 from harness.driven import Controls
-from harness.guest.units import ReportChannel
+from harness.guest.reporting import ReportChannel
 from harness.image import Image
 from harness.notify import GuestReport
 from harness.plan import BootPath, BootPlan

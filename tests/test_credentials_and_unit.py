@@ -1,6 +1,8 @@
 import base64
 import stat
+import subprocess
 
+import pytest
 from helpers import declaration
 
 from harness.backends.qemu.credentials import (
@@ -82,3 +84,44 @@ def test_the_control_agent_loads_its_script_as_the_guests_systemd_can():
         in unit(252)
     )
     assert "ConditionPathExists=!/etc/initrd-release" in unit(257)  # not in the initrd too
+
+
+@pytest.mark.parametrize(
+    "command, wrapped",
+    [
+        ("/usr/lib/harness/tests/TEST-99-UNIT/test.sh", True),
+        ("sh -c 'exit 3'", True),
+        ("-/bin/false", False),  # systemd's prefixes stay systemd's
+        ("@/bin/sleep sleeper 1", False),
+        ("$CMD", False),
+    ],
+)
+def test_the_test_command_reports_its_start_itself_unless_systemd_must_read_it(command, wrapped):
+    from harness.guest.reporting import VIRTIO_CHANNEL, start_lines
+
+    lines = start_lines(VIRTIO_CHANNEL, command)
+    if not wrapped:
+        assert lines[0].startswith("ExecStartPre=") and lines[1] == f"ExecStart={command}"
+        return
+    start, name = lines
+    program = command.split()[0].rsplit("/", 1)[-1]
+    assert name == f"SyslogIdentifier={program}"
+    assert start.startswith("ExecStart=/bin/sh -c '") and start.endswith(f"' {program} {command}")
+
+
+def test_the_start_wrapper_becomes_the_command_with_its_arguments(tmp_path):
+    """Run as systemd would hand it over ($$ unescaped), the report to a file."""
+    import shlex
+
+    from harness.guest.reporting import ReportChannel, start_lines
+
+    port = tmp_path / "port"
+    port.touch()
+    channel = ReportChannel(str(port))
+    (start, _) = start_lines(channel, "sh -c 'echo \"$0:$1\"; exit 7' a 'b c'")
+    argv = shlex.split(start.removeprefix("ExecStart=").replace("$$", "$"))
+    # test -c fails on a regular file: write the line as the guest would to its port.
+    argv[2] = argv[2].replace(f"test -c {port} && ", "")
+    done = subprocess.run(argv, capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (7, "a:b c\n")
+    assert port.read_text() == "READY=1\n"

@@ -24,7 +24,8 @@ from harness.backends.lava.backend import (
 )
 from harness.backends.lava.client import JobState, LabError, LavaClient, LogLine
 from harness.errors import HarnessError
-from harness.guest.units import CONSOLE_CHANNEL, render_test_unit
+from harness.guest.reporting import CONSOLE_CHANNEL
+from harness.guest.units import render_test_unit
 from harness.machine import EndingKind
 from harness.plan import CONSOLE_LIMIT
 from harness.results import Status, classify

@@ -26,7 +26,8 @@ from typing import Any
 import attrs
 
 from harness.declaration import Firmware, TestDeclaration
-from harness.guest.units import VIRTIO_CHANNEL, VIRTIO_CONTROL
+from harness.guest.reporting import VIRTIO_CHANNEL
+from harness.guest.units import VIRTIO_CONTROL
 from harness.image import Image
 from harness.machine import Ending, EndingKind, LogFile, Look, WatchRules
 from harness.notify import GuestReport

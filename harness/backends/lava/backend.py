@@ -30,7 +30,8 @@ from harness.board_image import plan_board_image
 from harness.declaration import Firmware, TestDeclaration
 from harness.driven import Controls
 from harness.errors import HarnessError
-from harness.guest.units import CONSOLE_CHANNEL, CONSOLE_CONTROL
+from harness.guest.reporting import CONSOLE_CHANNEL
+from harness.guest.units import CONSOLE_CONTROL
 from harness.image import Image
 from harness.machine import Ending, EndingKind, LogFile, Look, WatchRules
 from harness.notify import GuestReport

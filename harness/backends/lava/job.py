@@ -18,7 +18,7 @@ import math
 
 import yaml
 
-from harness.guest.units import CONSOLE_CHANNEL
+from harness.guest.reporting import CONSOLE_CHANNEL
 from harness.notify import Notify
 
 DEPLOY_TIMEOUT = 600  # s: the dispatcher fetches and copies the image (~900 MB here)

@@ -20,7 +20,8 @@ from harness.backends.qemu.snapshot import booted_snapshot, resumed_vm
 from harness.backends.qemu.snapshot_store import SnapshotUnavailable
 from harness.declaration import Firmware, TestDeclaration
 from harness.errors import HarnessError
-from harness.guest.units import VIRTIO_CHANNEL, VIRTIO_CONTROL
+from harness.guest.reporting import VIRTIO_CHANNEL
+from harness.guest.units import VIRTIO_CONTROL
 from harness.image import Image
 from harness.machine import LogFile
 from harness.plan import BootPath, BootPlan, resume_blocker

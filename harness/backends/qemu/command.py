@@ -28,7 +28,8 @@ from harness.credential import Credential
 from harness.declaration import Firmware
 from harness.errors import HarnessError
 from harness.esp import run_tool, uki_cmdline, write_boot_esp
-from harness.guest.units import CONTROL_PORT, JOURNAL_PORT, NOTIFY_PORT
+from harness.guest.reporting import JOURNAL_PORT, NOTIFY_PORT
+from harness.guest.units import CONTROL_PORT
 from harness.image import ESP_TYPE, Image, read_gpt
 from harness.plan import BootPlan
 
