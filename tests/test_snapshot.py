@@ -211,3 +211,29 @@ def test_state_format_follows_qemu_and_names_the_file_alike_both_ways():
     assert stream.capabilities() == []
     assert stream.uri(state, saving=True) == "exec:cat >'/snap/a b/state'"
     assert stream.uri(state, saving=False) == "exec:cat '/snap/a b/state'"
+
+
+def test_the_agent_is_connected_to_once_qemu_listens_not_when_its_socket_appears(tmp_path):
+    """QEMU binds its socket (the file appears) a moment before it listens: a connect then
+    is refused, and is tried again."""
+    import socket
+    import threading
+    import types
+
+    from harness.backends.qemu.snapshot import connect_agent
+    from harness.watch import Deadline
+
+    path = tmp_path / "agent.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))  # not listening yet
+    threading.Timer(0.3, server.listen).start()
+    machine = types.SimpleNamespace(
+        proc=types.SimpleNamespace(poll=lambda: None), files=types.SimpleNamespace(agent=path)
+    )
+    with socket.socket(socket.AF_UNIX) as agent:
+        connect_agent(machine, agent, Deadline.after(5))  # type: ignore[arg-type]
+        assert agent.getpeername() == str(path)
+    server.close()
+    gone = types.SimpleNamespace(proc=types.SimpleNamespace(poll=lambda: 1), files=machine.files)
+    with socket.socket(socket.AF_UNIX) as agent, pytest.raises(OSError, match="QEMU exited"):
+        connect_agent(gone, agent, Deadline.after(5))  # type: ignore[arg-type]

@@ -277,11 +277,20 @@ def resumed_vm(snapshot: Snapshot, plan: BootPlan, files: RunFiles) -> Iterator[
 
 
 def connect_agent(machine: QemuMachine, agent: socket.socket, deadline: Deadline) -> None:
-    """Connect to the agent's port once QEMU listens there (its QMP is up then too)."""
-    up = deadline.wait_for(lambda: machine.proc.poll() is not None or machine.files.agent.exists(), 0.005)
-    if not up or machine.proc.poll() is not None:
-        raise OSError("QEMU exited before it listened on the agent's port")
-    agent.connect(str(machine.files.agent))
+    """Connect to the agent's port once QEMU listens there (its socket file appears a
+    moment before it does)."""
+
+    def connected() -> bool:
+        if machine.proc.poll() is not None:
+            raise OSError("QEMU exited before it listened on the agent's port")
+        try:
+            agent.connect(str(machine.files.agent))
+            return True
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+
+    if not deadline.wait_for(connected, 0.005):
+        raise OSError("QEMU did not listen on the agent's port in time")
 
 
 def hand_over(
@@ -297,6 +306,11 @@ def hand_over(
     deadline = Deadline.after(RESUME_TIMEOUT)
     try:
         connect_agent(machine, agent, deadline)
+        # QMP's monitor may come up after the chardevs: wait until it answers.
+        if not deadline.wait_for(
+            lambda: machine.proc.poll() is not None or machine.run_state() is not None, 0.005
+        ):
+            raise OSError("QMP did not answer in time")
         with machine.qmp_session(RESUME_TIMEOUT) as qmp:
             qmp.cmd("migrate-set-capabilities", capabilities=form.capabilities())
             qmp.cmd("migrate-incoming", uri=form.uri(state, saving=False))
