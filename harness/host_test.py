@@ -47,16 +47,12 @@ class _Steps:
         self.steps: dict[str, Subtest] = {}
         self.collect_errors: list[str] = []
         self.expired = ""  # the timeout's message, once it passed
-        self.interrupted = False  # Ctrl-C or SIGTERM
+        self.interrupted = False  # Ctrl-C, SIGTERM or SIGHUP arrived
 
     @pytest.fixture(scope="session")
     def machine(self) -> DrivenMachine:
         """The test's machine, the same for every function of the file."""
         return self.driven
-
-    def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
-        # pytest stops a session whose collection failed the same way: not an interrupt.
-        self.interrupted = not isinstance(excinfo.value, pytest.Session.Interrupted)
 
     def pytest_collectreport(self, report: Any) -> None:
         if report.failed:
@@ -91,12 +87,18 @@ def _failure(report: Any) -> str:
 def run_host_test(file: Path, machine: DrivenMachine, log_dir: Path, timeout: float | None) -> HostRun:
     """Wait for the machine's first boot, then run `file` with pytest against it."""
     plugin = _Steps(machine)
-    with (log_dir / HOST_TEST_LOG).open("w") as log, _bounded(timeout, plugin), _interruptible():
+    with (log_dir / HOST_TEST_LOG).open("w") as log, _bounded(timeout, plugin), _interruptible(plugin):
         try:
             machine.wait_booted()
         except MachineError as e:
             return HostRun((), f"the machine did not come up for its host test: {e}")
-        _pytest(file, plugin, log)
+        try:
+            _pytest(file, plugin, log)
+        except Exception:
+            # An interrupt in the middle of pytest's own start (importing its plugins)
+            # can end in an internal error of pytest's instead of its clean stop.
+            if not plugin.interrupted:
+                raise
     if plugin.interrupted:  # the wrapper stops the machine and says so
         raise KeyboardInterrupt
     if plugin.collect_errors:
@@ -156,13 +158,16 @@ def _bounded(seconds: float | None, plugin: _Steps) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _interruptible() -> Iterator[None]:
-    """SIGTERM and SIGHUP stop pytest as Ctrl-C does, whatever the step catches."""
+def _interruptible(plugin: _Steps) -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP stop pytest, whatever the step catches, and are
+    remembered: the run is interrupted whatever pytest made of it."""
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
+        plugin.interrupted = True
         raise KeyboardInterrupt
 
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, interrupt) for s in signals}
     try:
         yield
     finally:

@@ -4,12 +4,15 @@ turned into subtests (what tests/test_host_driven_vm.py shows on a real VM)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import textwrap
 
 import pytest
 from helpers import declaration
 from images import write_image
 
+import harness.host_test
 from harness.backends.fake import FakeBackend, FakeGuest, Script
 from harness.driven import DrivenMachine, MachineError
 from harness.errors import DeclarationError
@@ -217,6 +220,33 @@ def test_the_timeout_bounds_the_whole_file(tmp_path, image):
     ]
     assert "the test's timeout (1 s) passed during this step" in record.subtests[0].detail
     assert "did not run: the test's timeout (1 s) passed" in record.subtests[1].detail
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_step_interrupts_the_test_and_stops_its_machine(tmp_path, image, signum):
+    code = f"""
+        import os
+
+        def test_waits(machine):
+            os.kill(os.getpid(), {int(signum)})
+    """
+    with pytest.raises(KeyboardInterrupt):
+        host_test(tmp_path, image, code)
+
+
+def test_an_interrupt_that_pytest_turns_into_its_own_error_is_still_an_interrupt(
+    tmp_path, image, monkeypatch
+):
+    def pytest_breaks_on_interrupt(*args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:  # as pytest 8 did once, interrupted while importing a plugin
+            raise TypeError("unsupported operand type(s) for -: 'NoneType' and 'int'") from None
+
+    monkeypatch.setattr(harness.host_test, "_pytest", pytest_breaks_on_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        host_test(tmp_path, image, "def test_x(machine):\n    pass\n")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handler is put back"
 
 
 def test_a_host_test_skips_where_the_machine_cannot_be_driven(tmp_path, image):
