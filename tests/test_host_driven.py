@@ -116,6 +116,15 @@ def test_a_boot_that_never_answers_fails_wait_booted(tmp_path):
         machine.wait_booted()
 
 
+def test_a_boot_whose_announcement_is_lost_is_found_by_asking_its_agent(tmp_path):
+    machine, fake = guest(tmp_path, announces=False)
+    machine.wait_booted()  # x0.05: the agent is asked after 0.75 s
+    assert machine.boot == 1 and machine.boot_id == "boot-1"
+    machine.reboot()
+    assert machine.boot == 2 and machine.run("echo up").text == "up"
+    assert fake.ran.count("cat /proc/sys/kernel/random/boot_id") >= 2
+
+
 def test_a_machine_that_stopped_says_so(tmp_path):
     machine, fake = guest(tmp_path, answers=0)
     fake.stopped = "the VM stopped (QEMU exited with status 1)"
