@@ -140,6 +140,14 @@ KEYS = (
         "the machine's real-time clock starts at the host's UTC time (`-rtc base=NOW`, as systemd's "
         "wrapper sets it); the test boots cold",
     ),
+    Key(
+        "disks",
+        [],
+        "extra empty disks, each a size (`512M`, `2G`; at most 8 of 1M..1T): sparse files beside the VM, "
+        "the guest's `/dev/disk/by-id/virtio-harness-disk-N` (N from 1); the test boots cold; a board "
+        "must offer the `disks` feature (added to `requires`), else the test SKIPs",
+        repeated=True,
+    ),
     Key("vm", False, "systemd's key, accepted: every test here runs in a VM or on a board (no containers)"),
     Key(
         "coredump-exclude-regex",
@@ -165,6 +173,12 @@ KEYS = (
     Key("env", {}, "environment of the test's command, a dict", repeated=True, configuration=True),
     Key("unit", [], "extra lines for the unit's `[Unit]` section", repeated=True, configuration=True),
     Key("service", [], "extra lines for the unit's `[Service]` section", repeated=True, configuration=True),
+    Key(
+        "memory-accounting",
+        False,
+        "true: `MemoryAccounting=yes` for the test unit (systemd's key); false: the guest's default",
+        configuration=True,
+    ),
 )
 KEY_NAMES = tuple(k.name for k in KEYS if not k.configuration)
 CONFIGURATION_KEY_NAMES = tuple(k.name for k in KEYS if k.configuration)
@@ -200,6 +214,7 @@ class Configuration:
     env: tuple[tuple[str, str], ...] = ()
     unit: tuple[str, ...] = ()
     service: tuple[str, ...] = ()
+    memory_accounting: bool = False
 
 
 @attrs.frozen
@@ -221,6 +236,7 @@ class TestDeclaration:
     requires: tuple[str, ...] = ()
     tpm: bool = False
     rtc: bool = False
+    disks: tuple[int, ...] = ()  # the extra disks' sizes, in bytes
     coredump_exclude_regex: str = ""
     host: Path | None = None  # the host-side pytest file, for a host-driven test
     configuration: Configuration = Configuration(command="")
@@ -287,9 +303,10 @@ class TestDeclaration:
             exit_code=o.exit_code,
             storage=Storage(o.storage),
             boot=BootMode(o.boot),
-            requires=tuple(o.requires) + (("tpm",) if o.tpm and "tpm" not in o.requires else ()),
+            requires=_requires(o),
             tpm=o.tpm,
             rtc=o.rtc,
+            disks=_disk_sizes(o.disks, bad),
             coredump_exclude_regex=_regex(o.coredump_exclude_regex, bad),
             host=host,
             configuration=Configuration(
@@ -299,8 +316,37 @@ class TestDeclaration:
                 env=unit_env,
                 unit=tuple(o.unit),
                 service=tuple(o.service),
+                memory_accounting=o.memory_accounting,
             ),
         )
+
+
+def _requires(o: argparse.Namespace) -> tuple[str, ...]:
+    """The declared features, and those that the tpm and disks keys imply."""
+    implied = [f for f, wanted in (("tpm", o.tpm), ("disks", bool(o.disks))) if wanted]
+    return tuple(o.requires) + tuple(f for f in implied if f not in o.requires)
+
+
+DISK_SIZE = re.compile(r"([1-9][0-9]{0,6})([MGT])")
+DISK_UNITS = {"M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MAX_DISK = 1 << 40
+MAX_DISKS = 8
+
+
+def _disk_sizes(sizes: list[str], bad: Callable[[str, str, str], DeclarationError]) -> tuple[int, ...]:
+    """Each extra disk's size in bytes, from `512M`, `2G` or `1T`."""
+    if len(sizes) > MAX_DISKS:
+        raise bad("disks", f"{len(sizes)} disks", f"declare at most {MAX_DISKS}")
+    result = []
+    for size in sizes:
+        match = DISK_SIZE.fullmatch(size)
+        number = int(match.group(1)) * DISK_UNITS[match.group(2)] if match else 0
+        if not 0 < number <= MAX_DISK:
+            raise bad(
+                "disks", f"'{size[:40]}' is not a disk size", "write a size from 1M to 1T: '512M', '2G'"
+            )
+        result.append(number)
+    return tuple(result)
 
 
 def _host_file(name: str, test_dir: Path, bad: Callable[[str, str, str], DeclarationError]) -> Path:

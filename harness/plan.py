@@ -96,6 +96,8 @@ def resume_blocker(decl: TestDeclaration, firmware: Firmware, env: Mapping[str, 
         return "the test declares a TPM (the booted snapshot has none)"
     if decl.rtc:
         return "the test sets the real-time clock (rtc: true)"
+    if decl.disks:
+        return "the test declares extra disks (the booted snapshot has none)"
     return None
 
 

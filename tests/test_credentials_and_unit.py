@@ -54,6 +54,11 @@ def test_unit_ends_the_vm_with_the_declared_status():
     assert "StandardOutput=journal+console" in text
 
 
+def test_memory_accounting_is_turned_on_only_when_declared():
+    assert "MemoryAccounting=yes" in render_test_unit(declaration("--memory-accounting=true"), False)
+    assert "MemoryAccounting" not in render_test_unit(declaration(), False)
+
+
 def test_interactive_unit_keeps_the_vm_up_on_failure():
     text = render_test_unit(declaration(), interactive=True)
     assert "FailureAction" not in text and "StandardInput=tty" in text

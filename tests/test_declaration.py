@@ -34,6 +34,11 @@ def test_defaults_follow_the_template():
         (["--credentials=a=1", "--credentials=a=2"], "credentials"),
         (["--wants=not a unit"], "configuration"),
         (["--env=1BAD=x"], "configuration"),
+        (["--disks=0M"], "disks"),
+        (["--disks=2T"], "disks"),
+        (["--disks=1.5G"], "disks"),
+        (["--disks=512"], "disks"),
+        (["--disks=1G"] * 9, "disks"),
     ],
 )
 def test_bad_declarations_name_file_and_key(args, key):
@@ -117,3 +122,11 @@ def test_validate_prints_meson_priority(capsys):
     for args, priority in ((["--priority=3"], 6), (["--priority=3", "--storage=persistent"], 7), ([], 0)):
         assert main(["validate", "--name=TEST-99-UNIT", "--test-dir=/t/TEST-99-UNIT", *args]) == 0
         assert capsys.readouterr().out.strip() == str(priority)
+
+
+def test_disks_are_sizes_in_bytes_and_a_required_feature():
+    d = declaration("--disks=512M", "--disks=2G", "--disks=1T")
+    assert d.disks == (512 << 20, 2 << 30, 1 << 40)
+    assert d.requires == ("disks",)
+    assert declaration("--disks=1G", "--requires=disks", "--tpm=true").requires == ("disks", "tpm")
+    assert declaration().disks == () and declaration().requires == ()

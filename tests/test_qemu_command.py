@@ -118,3 +118,18 @@ def test_rtc_sets_the_clock_to_the_hosts_utc_time_and_boots_cold():
     assert "-rtc" not in qemu_command(plan("linux"), FILES, None, None, None, None, [])
     d = declaration("--rtc=true", "--vm=true")
     assert resume_blocker(d, d.firmware, {}) == "the test sets the real-time clock (rtc: true)"
+
+
+def test_extra_disks_are_sparse_files_with_serials_and_boot_cold():
+    cmd = qemu_command(plan("linux", "tcg", "--disks=1G", "--disks=64M"), FILES, None, None, None, None, [])
+    drives = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-drive"]
+    assert drives[1:] == [
+        "if=none,id=disk1,file=/tmp/h/disk-1.raw,format=raw,discard=unmap,cache=unsafe",
+        "if=none,id=disk2,file=/tmp/h/disk-2.raw,format=raw,discard=unmap,cache=unsafe",
+    ]
+    assert "virtio-blk-pci,drive=disk2,serial=harness-disk-2" in cmd
+    assert (
+        len([a for a in qemu_command(plan("linux"), FILES, None, None, None, None, []) if a == "-drive"]) == 1
+    )
+    d = declaration("--disks=1G")
+    assert resume_blocker(d, d.firmware, {}) == "the test declares extra disks (the booted snapshot has none)"

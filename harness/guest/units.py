@@ -106,6 +106,8 @@ def render_test_unit(
         lines += [f"ImportCredential={name}" for name in names]
     else:
         lines += [f"LoadCredential={name}:{OLD_SYSTEMD_CREDENTIALS}/{name}" for name in names]
+    if u.memory_accounting:
+        lines.append("MemoryAccounting=yes")
     lines += list(u.service)
     return "\n".join(lines) + "\n"
 

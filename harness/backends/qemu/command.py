@@ -77,6 +77,10 @@ class RunFiles:
     def control(self) -> Path:
         return self.tmp / "control.sock"
 
+    def extra_disk(self, number: int) -> Path:
+        """The test's extra disk `number` (from 1): a sparse file, gone with the VM."""
+        return self.tmp / f"disk-{number}.raw"
+
     @property
     def console_input(self) -> Path:
         return self.tmp / "console.sock"
@@ -116,6 +120,7 @@ class VmConfig:
     control: bool = False  # a host-driven test: its control port, and a console to type on
     tpm: bool = False  # a TPM 2.0 device, its swtpm's socket in the private directory
     rtc: bool = False  # the RTC set to the host's UTC time when QEMU starts
+    disks: tuple[int, ...] = ()  # the extra disks' sizes in bytes
 
     @classmethod
     def for_plan(cls, plan: BootPlan) -> VmConfig:
@@ -131,6 +136,7 @@ class VmConfig:
             control=plan.decl.host is not None,
             tpm=plan.decl.tpm,
             rtc=plan.decl.rtc,
+            disks=plan.decl.disks,
         )
 
 
@@ -202,6 +208,24 @@ def disk_args(disk: Path, disk_format: str) -> list[str]:
     ]
 
 
+EXTRA_DISK_SERIAL = "harness-disk-{number}"  # the guest's /dev/disk/by-id/virtio-harness-disk-N
+
+
+def extra_disk_args(cfg: VmConfig, files: RunFiles) -> list[str]:
+    """The test's extra disks (files.extra_disk), after the root disk, with serials the
+    guest can find them by."""
+    args = []
+    for number in range(1, len(cfg.disks) + 1):
+        serial = EXTRA_DISK_SERIAL.format(number=number)
+        args += [
+            "-drive",
+            f"if=none,id=disk{number},file={files.extra_disk(number)},format=raw,discard=unmap,cache=unsafe",
+            "-device",
+            f"virtio-blk-pci,drive=disk{number},serial={serial}",
+        ]
+    return args
+
+
 def uefi_args(ovmf: Ovmf, nvram: Path) -> list[str]:
     return [
         "-drive",
@@ -271,6 +295,7 @@ def qemu_command(
     cmd = [
         *machine_args(cfg.image.architecture, cfg.accel, vcpus),
         *disk_args(files.disk, disk_format),
+        *extra_disk_args(cfg, files),
         "-qmp",
         f"unix:{files.qmp},server=on,wait=off",
     ]

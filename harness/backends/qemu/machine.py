@@ -247,6 +247,9 @@ def running_vm(
 
         if cfg.tpm:
             stack.enter_context(software_tpm(files))
+        for number, size in enumerate(cfg.disks, start=1):
+            with files.extra_disk(number).open("wb") as disk:
+                disk.truncate(size)  # sparse: it costs what the test writes
         credentials = list(cfg.credentials)
         vsock_cid = vhost_fd = listener = None
         if vsock_available() and not cfg.agent:
