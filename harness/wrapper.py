@@ -19,6 +19,7 @@ from harness.declaration import TestDeclaration, skip_reason
 from harness.driven import DrivenMachine, MachineError
 from harness.errors import HarnessError
 from harness.gates import gate
+from harness.guest.reporting import CORE_DUMPS_EXPORT
 from harness.guest.units import MINIMUM_SYSTEMD
 from harness.image import Image
 from harness.journal import keep_journal, unit_excerpt
@@ -209,7 +210,11 @@ def drive(
     with backend.boot(plan, ctx.log_dir) as machine:
         driven = DrivenMachine(machine.controls(), plan.timeout_factor, backend.name)
         run = run_host_test(file, driven, ctx.log_dir, plan.timeout)
-        outcome = gate(host_outcome(file, run), ctx.log_dir / CONSOLE_FILE)
+        outcome = host_outcome(file, run)
+        export = ctx.log_dir / JOURNAL_EXPORT
+        if outcome.status in (Status.PASS, Status.SKIP) and driven.boot and driven.answered:
+            keep_core_dumps(driven, export)
+        outcome = gate(outcome, ctx.log_dir / CONSOLE_FILE, export, decl.coredump_exclude_regex)
         wanted = outcome.status.is_failure() or env.get("HARNESS_SAVE_JOURNAL") == "1"
         if wanted and driven.boot and driven.answered and not run.error:
             keep_journal_export(driven, ctx.log_dir)
@@ -217,7 +222,6 @@ def drive(
         boot_path, job_url = machine.boot_path, machine.job_url
     mask_logs(ctx.log_dir, secrets, backend.log_files)
     hide = functools.partial(mask_text, values=secrets)
-    export = ctx.log_dir / JOURNAL_EXPORT
     return ctx.record(
         decl,
         backend.name,
@@ -229,6 +233,13 @@ def drive(
         os=image.os_name,
         job_url=job_url,
     )
+
+
+def keep_core_dumps(driven: DrivenMachine, export: Path) -> None:
+    """The core dumps the guest's journal keeps (of every boot it kept), for the gate of a
+    host-driven test that passed: the test unit of the others sends them itself."""
+    with contextlib.suppress(MachineError, OSError):
+        export.write_bytes(driven.check(CORE_DUMPS_EXPORT, timeout=60).stdout)
 
 
 def keep_journal_export(driven: DrivenMachine, log_dir: Path) -> None:

@@ -258,6 +258,27 @@ def test_an_interrupt_that_pytest_turns_into_its_own_error_is_still_an_interrupt
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handler is put back"
 
 
+def test_a_core_dump_fails_a_host_test_whose_steps_passed_unless_excluded(tmp_path, image):
+    from test_gates import DUMP
+
+    code = "def test_x(machine):\n    machine.check('true')\n"
+    record, backend = host_test(tmp_path, image, code, script=Script(journal_export=DUMP + b"\n"))
+    assert record.status == Status.FAIL
+    assert record.reason.startswith(
+        "a process dumped core during the test: myd (pid 312, SIGSEGV, /usr/bin/myd)"
+    )
+    assert [s.status for s in record.subtests] == [Status.PASS]
+    assert backend.machines[0].guest.ran[-1] == "journalctl -o export | gzip -1", (
+        "the failure keeps the journal"
+    )
+    (tmp_path / "TEST-99-UNIT" / "test_host.py").unlink()
+    (tmp_path / "TEST-99-UNIT").rmdir()
+    record, _ = host_test(
+        tmp_path, image, code, "--coredump-exclude-regex=/myd$", script=Script(journal_export=DUMP + b"\n")
+    )
+    assert record.status == Status.PASS and not (tmp_path / "logs" / "journal.export").exists()
+
+
 def test_a_host_test_skips_where_the_machine_cannot_be_driven(tmp_path, image):
     code = "def test_x(machine):\n    pass\n"
     test_dir = tmp_path / "TEST-99-UNIT"

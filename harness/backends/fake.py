@@ -27,7 +27,7 @@ import attrs
 
 from harness.declaration import Firmware, TestDeclaration
 from harness.driven import BOOT_ID_COMMAND
-from harness.guest.reporting import VIRTIO_CHANNEL
+from harness.guest.reporting import CORE_DUMPS_EXPORT, VIRTIO_CHANNEL
 from harness.guest.units import VIRTIO_CONTROL
 from harness.image import Image
 from harness.machine import Ending, EndingKind, LogFile, Look, WatchRules
@@ -47,7 +47,9 @@ class Script:
     detail: str = ""  # what the machine said about a crash (QEMU's stderr)
     console: bytes = b""
     boot_path: BootPath | None = None  # None: what the plan asked for
-    journal_export: bytes = b""  # the guest's journal, as it arrives on its port
+    journal_export: bytes = (
+        b""  # the guest's journal, as it arrives on its port (host-driven: its core dumps)
+    )
     job_url: str = ""  # as a lab's machine gives it
     answers: int | None = None  # host-driven: commands the guest answers before it goes silent
     comes_up: bool = True  # host-driven: the first boot answers
@@ -74,6 +76,7 @@ class FakeGuest:
     answers: int | None = None  # commands answered before it stops answering; None: all
     comes_up: bool = True
     announces: bool = True  # False: its boots' H lines are lost on the way
+    core_dumps: bytes = b""  # the core dumps its journal keeps, in journal export format
     powered: bool = True
     boots: int = 0
     stopped: str | None = None  # why it can no longer be driven
@@ -117,6 +120,8 @@ class FakeGuest:
     def _run(self, script: str, timeout: float) -> tuple[int, bytes, bytes]:
         if script == REBOOT:
             return 0, b"", b""
+        if script == CORE_DUMPS_EXPORT:
+            return 0, self.core_dumps, b""
         if script == BOOT_ID_COMMAND:
             return 0, f"boot-{self.boots}\n".encode(), b""
         try:
@@ -205,7 +210,13 @@ class FakeMachine:
         if self.guest is None:
             root = self.log_dir / "fake-guest"
             root.mkdir(exist_ok=True)
-            self.guest = FakeGuest(self.console_log, root, self.script.answers, self.script.comes_up)
+            self.guest = FakeGuest(
+                self.console_log,
+                root,
+                self.script.answers,
+                self.script.comes_up,
+                core_dumps=self.script.journal_export,
+            )
         return self.guest
 
 

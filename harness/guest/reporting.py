@@ -109,18 +109,27 @@ def report_end(ch: ReportChannel, unit_name: str, whole_journal: bool, verdict: 
             f" + MESSAGE_ID={COREDUMP_MESSAGE_ID}"
         )
         export = f'{{ if [ "$SERVICE_RESULT" = success ]; then {export} {matches}; else {export}; fi; }}'
-    # Asking systemctl costs a process (a tenth of a second under emulation): where the
-    # cgroup tree shows that no core dump was ever handled, it is not asked.
-    no_dumps = f"test -d {CGROUP_SYSTEM} && ! test -d {CGROUP_SYSTEM}/system-systemd?x2dcoredump.slice"
-    settle = (
-        f"i=0; until {no_dumps} || [ $$i -ge 100 ] ||"
-        ' ! systemctl -q is-active "systemd-coredump@*" 2>/dev/null; do sleep 0.2; i=$$((i+1)); done'
-    )
+    settle = COREDUMPS_SETTLE.replace("$", "$$")  # in a unit's command line
     return (
         f"{report}; {verdict};"
         f" test -c /dev/virtio-ports/{JOURNAL_PORT} && {{ {settle}; }} && journalctl --sync &&"
         f" {export} >/dev/virtio-ports/{JOURNAL_PORT}"
     )
+
+
+# Waits (up to 20 s) until systemd-coredump has written the dumps it is handling: it makes
+# the stack trace first. Asking systemctl costs a process (a tenth of a second under
+# emulation): where the cgroup tree shows that no core dump was ever handled, it is not
+# asked.
+COREDUMPS_SETTLE = (
+    f"i=0; until {{ test -d {CGROUP_SYSTEM} && ! test -d {CGROUP_SYSTEM}/system-systemd?x2dcoredump.slice; }}"
+    ' || [ $i -ge 100 ] || ! systemctl -q is-active "systemd-coredump@*" 2>/dev/null; do sleep 0.2; i=$((i+1)); done'
+)
+# For a host-driven test, run through its machine at the end: every core dump's message
+# the guest's journal keeps, in journal export format.
+CORE_DUMPS_EXPORT = (
+    f"{COREDUMPS_SETTLE}; journalctl --sync; journalctl -o export MESSAGE_ID={COREDUMP_MESSAGE_ID}"
+)
 
 
 def report_timeline(ch: ReportChannel, unit_name: str) -> str:
