@@ -17,7 +17,9 @@ from pathlib import Path
 import attrs
 
 from harness.credential import ENV_NAME, Credential
+from harness.disks import disk_sizes
 from harness.errors import DeclarationError
+from harness.extra_tree import TREES_CREDENTIAL, declared_trees
 
 SKIP_EXIT = 77
 RESERVED_CREDENTIAL = "harness.testcases"
@@ -148,6 +150,14 @@ KEYS = (
         "must offer the `disks` feature (added to `requires`), else the test SKIPs",
         repeated=True,
     ),
+    Key(
+        "extra-trees",
+        [],
+        "directories copied into the guest before the test starts, without an image rebuild: `DIR` (over "
+        "its `/`) or `DIR:/guest/path`, DIR relative to the test's directory or absolute (mkosi's "
+        "`ExtraTrees=` spelling); packed at most 256 KiB, on every backend and path; not for host-driven tests",
+        repeated=True,
+    ),
     Key("vm", False, "systemd's key, accepted: every test here runs in a VM or on a board (no containers)"),
     Key(
         "coredump-exclude-regex",
@@ -237,6 +247,7 @@ class TestDeclaration:
     tpm: bool = False
     rtc: bool = False
     disks: tuple[int, ...] = ()  # the extra disks' sizes, in bytes
+    extra_trees: Credential | None = None  # the declared trees, packed (extra_tree.py)
     coredump_exclude_regex: str = ""
     host: Path | None = None  # the host-side pytest file, for a host-driven test
     configuration: Configuration = Configuration(command="")
@@ -277,17 +288,19 @@ class TestDeclaration:
         names = [c.name for c in credentials]
         if len(set(names)) != len(names):
             raise bad("credentials", "a credential name is given twice")
-        if RESERVED_CREDENTIAL in names:
-            raise bad(
-                "credentials",
-                f"'{RESERVED_CREDENTIAL}' is the harness's own credential (the subtest library)",
-                "give the credential another name",
-            )
+        for reserved in (RESERVED_CREDENTIAL, TREES_CREDENTIAL):
+            if reserved in names:
+                raise bad(
+                    "credentials",
+                    f"'{reserved}' is the harness's own credential",
+                    "give the credential another name",
+                )
         for unit in (*o.wants, *o.after):
             if not UNIT_NAME.fullmatch(unit):
                 raise bad("configuration", f"'{unit}' in wants/after is not a unit name")
         unit_env = tuple(_split_env(e, bad) for e in o.env)
         host = _host_file(o.host, test_dir, bad) if o.host else None
+        trees = declared_trees(o.extra_trees, test_dir, host is not None, bad)
         return cls(
             name=o.name,
             source=source,
@@ -306,7 +319,8 @@ class TestDeclaration:
             requires=_requires(o),
             tpm=o.tpm,
             rtc=o.rtc,
-            disks=_disk_sizes(o.disks, bad),
+            disks=disk_sizes(o.disks, bad),
+            extra_trees=trees,
             coredump_exclude_regex=_regex(o.coredump_exclude_regex, bad),
             host=host,
             configuration=Configuration(
@@ -325,28 +339,6 @@ def _requires(o: argparse.Namespace) -> tuple[str, ...]:
     """The declared features, and those that the tpm and disks keys imply."""
     implied = [f for f, wanted in (("tpm", o.tpm), ("disks", bool(o.disks))) if wanted]
     return tuple(o.requires) + tuple(f for f in implied if f not in o.requires)
-
-
-DISK_SIZE = re.compile(r"([1-9][0-9]{0,6})([MGT])")
-DISK_UNITS = {"M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-MAX_DISK = 1 << 40
-MAX_DISKS = 8
-
-
-def _disk_sizes(sizes: list[str], bad: Callable[[str, str, str], DeclarationError]) -> tuple[int, ...]:
-    """Each extra disk's size in bytes, from `512M`, `2G` or `1T`."""
-    if len(sizes) > MAX_DISKS:
-        raise bad("disks", f"{len(sizes)} disks", f"declare at most {MAX_DISKS}")
-    result = []
-    for size in sizes:
-        match = DISK_SIZE.fullmatch(size)
-        number = int(match.group(1)) * DISK_UNITS[match.group(2)] if match else 0
-        if not 0 < number <= MAX_DISK:
-            raise bad(
-                "disks", f"'{size[:40]}' is not a disk size", "write a size from 1M to 1T: '512M', '2G'"
-            )
-        result.append(number)
-    return tuple(result)
 
 
 def _host_file(name: str, test_dir: Path, bad: Callable[[str, str, str], DeclarationError]) -> Path:

@@ -28,9 +28,9 @@ from harness.guest.units import (
     control_credentials,
     emergency_guard,
     guest_credentials,
+    payload_credentials,
     render_test_unit,
     testcase_selection,
-    testcases_credential,
 )
 from harness.image import Image
 
@@ -162,7 +162,7 @@ def plan_boot(
             decl, interactive, channel, whole_journal, image.systemd_version, testcase_selection(env)
         )
         boot_credentials = tuple(guest_credentials(decl, unit, interactive, channel))
-    test_credentials = (*decl.credentials, testcases_credential())
+    test_credentials = (*decl.credentials, *payload_credentials(decl))
     return BootPlan(
         decl=decl,
         image=image,

@@ -273,8 +273,12 @@ def test_the_hosts_selection_reaches_the_test_unit_in_both_spellings():
         ("HARNESS_MATCH_TESTCASE", "^testcase_x$"),
         ("TEST_MATCH_TESTCASE", "^testcase_x$"),
         ("HARNESS_SKIP_TESTCASE", "slow"),
-        ("TEST_SKIP_TESTCASE", "slow"),
+        ("TEST_SKIP_TESTCASES", "slow"),
     )
     unit = render_test_unit(declaration(), False, selection=selection)
-    assert 'Environment="HARNESS_MATCH_TESTCASE=^testcase_x$"' in unit and "TEST_SKIP_TESTCASE=slow" in unit
+    assert 'Environment="HARNESS_MATCH_TESTCASE=^testcase_x$"' in unit and "TEST_SKIP_TESTCASES=slow" in unit
     assert testcase_selection({}) == ()
+    assert testcase_selection({"TEST_SKIP_SUBTESTS": "[.]01"}) == (
+        ("HARNESS_SKIP_SUBTEST", "[.]01"),
+        ("TEST_SKIP_SUBTESTS", "[.]01"),
+    )

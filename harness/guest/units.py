@@ -16,6 +16,7 @@ from pathlib import Path
 
 from harness.credential import Credential
 from harness.declaration import RESERVED_CREDENTIAL, TestDeclaration
+from harness.extra_tree import TREES_CREDENTIAL
 from harness.guest.reporting import (
     VIRTIO_CHANNEL,
     ReportChannel,
@@ -93,6 +94,13 @@ def render_test_unit(
         "Type=oneshot",
         # The host enforces the timeout; the guest must not give up first.
         "TimeoutStartSec=infinity",
+        # The test's extra trees over the root; directories already there keep their owner
+        # and mode.
+        *(
+            [f"ExecStartPre=tar --no-overwrite-dir -xzf %d/{TREES_CREDENTIAL} -C /"]
+            if decl.extra_trees
+            else []
+        ),
         *start_lines(channel, u.command),
         f"ExecStopPost={report_after(channel, decl.unit_name, whole_journal or interactive, verdict_line(channel, decl.name, decl.exit_code))}",
     ]
@@ -101,7 +109,7 @@ def render_test_unit(
     else:
         lines += ["StandardOutput=journal+console"]
     lines += [f"Environment={_quote(f'{k}={v}')}" for k, v in (*_testcase_env(channel), *selection, *u.env)]
-    names = [c.name for c in (*decl.credentials, testcases_credential())]
+    names = [c.name for c in (*decl.credentials, *payload_credentials(decl))]
     if systemd is None or systemd >= IMPORT_CREDENTIAL_SINCE:
         lines += [f"ImportCredential={name}" for name in names]
     else:
@@ -154,22 +162,26 @@ TTYPath=/dev/console
 """
 
 
-# Which testcases run, from the host's environment: ours, and systemd's names for the
-# same (its upstream scripts read those), each regular expression matched against the
-# testcase's function name.
-TESTCASE_SELECTION = {
-    "HARNESS_MATCH_TESTCASE": ("HARNESS_MATCH_TESTCASE", "TEST_MATCH_TESTCASE"),
-    "HARNESS_SKIP_TESTCASE": ("HARNESS_SKIP_TESTCASE", "TEST_SKIP_TESTCASE"),
-}
+# Which testcases and subtests run, from the host's environment: ours, and systemd's names
+# for the same, each a regular expression matched against the testcase's function name or
+# the subtest's file. The unit gets ours (testcases.sh reads them) and the one systemd's
+# test-control.sh reads (guest/test-control.sh, ours, reads both).
+TESTCASE_SELECTION = (
+    # ours, what the host may set instead, what systemd's test scripts read
+    ("HARNESS_MATCH_TESTCASE", ("TEST_MATCH_TESTCASE",), "TEST_MATCH_TESTCASE"),
+    ("HARNESS_SKIP_TESTCASE", ("TEST_SKIP_TESTCASE", "TEST_SKIP_TESTCASES"), "TEST_SKIP_TESTCASES"),
+    ("HARNESS_MATCH_SUBTEST", ("TEST_MATCH_SUBTEST",), "TEST_MATCH_SUBTEST"),
+    ("HARNESS_SKIP_SUBTEST", ("TEST_SKIP_SUBTEST", "TEST_SKIP_SUBTESTS"), "TEST_SKIP_SUBTESTS"),
+)
 
 
 def testcase_selection(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     """The test unit's environment for the selection the host asked for: both spellings."""
     selection: list[tuple[str, str]] = []
-    for ours, names in TESTCASE_SELECTION.items():
-        value = next((env[n] for n in names if env.get(n)), "")
+    for ours, aliases, upstream in TESTCASE_SELECTION:
+        value = next((env[n] for n in (ours, *aliases) if env.get(n)), "")
         if value:
-            selection += [(ours, value), (names[1], value)]
+            selection += [(ours, value), (upstream, value)]
     return tuple(selection)
 
 
@@ -190,12 +202,18 @@ def testcases_credential() -> Credential:
     return Credential(TESTCASES_CREDENTIAL, "".join(code).encode())
 
 
+def payload_credentials(decl: TestDeclaration) -> list[Credential]:
+    """What the test unit imports besides the test's own credentials: the subtest
+    library, and the test's extra trees where it has some."""
+    return [testcases_credential(), *([decl.extra_trees] if decl.extra_trees else [])]
+
+
 def guest_credentials(
     decl: TestDeclaration, unit: str, interactive: bool, channel: ReportChannel = VIRTIO_CHANNEL
 ) -> list[Credential]:
     """The credentials that shape the guest's boot, ahead of the test's own: the test
     `unit` (render_test_unit's), the subtest library and the harness's helper units."""
-    creds = [Credential(f"systemd.extra-unit.{decl.unit_name}", unit.encode()), testcases_credential()]
+    creds = [Credential(f"systemd.extra-unit.{decl.unit_name}", unit.encode()), *payload_credentials(decl)]
     if interactive:
         creds.append(Credential(f"systemd.extra-unit.{DEBUG_SHELL_UNIT}", _DEBUG_SHELL.encode()))
     else:
