@@ -274,6 +274,13 @@ def meson_test_args(build_dir: Path, name: str) -> list[str]:
     raise HarnessError(f"{build_dir} has no test {name}", f"use one of: {names}")
 
 
+def cmd_systemd_tests(o: argparse.Namespace) -> int:
+    from harness.systemd_tests import fetch
+
+    print(fetch(o.release, Path(o.into), o.names))
+    return 0
+
+
 def cmd_accel(o: argparse.Namespace) -> int:
     accel = detect()
     print(accel.kind, accel.timeout_factor, accel.reason)
@@ -314,6 +321,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser(
         "accel", help="print the acceleration this host gives, and the timeout factor"
     ).set_defaults(func=cmd_accel)
+    systemd_tests = sub.add_parser(
+        "systemd-tests",
+        help="lay out systemd's own tests from Debian's source package of the image's systemd",
+        allow_abbrev=False,
+    )
+    systemd_tests.add_argument("--release", required=True, help="the image's Debian release (trixie)")
+    systemd_tests.add_argument("--into", required=True, help="the directory for the source and the trees")
+    systemd_tests.add_argument("names", nargs="+", help="systemd's tests, e.g. TEST-22-TMPFILES")
+    systemd_tests.set_defaults(func=cmd_systemd_tests)
 
     sub.add_parser("keys", help="print the table of declaration keys (as in the README)").set_defaults(
         func=cmd_keys
