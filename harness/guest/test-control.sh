@@ -49,7 +49,8 @@ _selected() {
     done
 }
 
-# _report NAME STATUS START_NS: tell the host how NAME ended
+# _report NAME STATUS START_NS: tell the host how NAME ended. Its callers send its stderr,
+# and so the trace of `set -x`, to /dev/null: the test's log shows upstream's lines only.
 _report() {
     local ms=$((($(date +%s%N) - $3) / 1000000)) result=pass detail=""
     [[ "$2" -eq 0 ]] || result=fail detail="exited with status $2"
@@ -98,7 +99,7 @@ _run_subtests() {
         name=${subtest##*/}
         name=${name%.sh}
         : "--- $subtest BEGIN ---"
-        _harness_tell_host "X_HARNESS_TESTCASE_START=$name"
+        _harness_tell_host "X_HARNESS_TESTCASE_START=$name" 2>/dev/null
         start=$(date +%s%N)
         SECONDS=0
         if [[ "$1" == 1 ]]; then
@@ -108,7 +109,7 @@ _run_subtests() {
         else
             "./$subtest" && status=0 || status=$?
         fi
-        _report "$name" "$status" "$start"
+        _report "$name" "$status" "$start" 2>/dev/null
         if [[ $status -ne 0 ]]; then
             echo "Subtest $subtest failed"
             return 1
@@ -147,7 +148,7 @@ run_testcases() {
     for testcase in "${testcases[@]}"; do
         _selected TESTCASE "$testcase" || continue
         : "+++ $testcase BEGIN +++"
-        _harness_tell_host "X_HARNESS_TESTCASE_START=$testcase"
+        _harness_tell_host "X_HARNESS_TESTCASE_START=$testcase" 2>/dev/null
         start=$(date +%s%N)
         # In a subshell, as upstream's (a RETURN trap of the function must not fire here
         # again), and as a plain command: `set -e` holds inside it only so. Its status is
@@ -159,7 +160,7 @@ run_testcases() {
         )
         status=$?
         [[ $errexit == 1 ]] && set -e
-        _report "$testcase" "$status" "$start"
+        _report "$testcase" "$status" "$start" 2>/dev/null
         [[ $status -eq 0 ]] || return "$status"
         : "+++ $testcase END +++"
     done
