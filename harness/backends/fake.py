@@ -47,9 +47,8 @@ class Script:
     detail: str = ""  # what the machine said about a crash (QEMU's stderr)
     console: bytes = b""
     boot_path: BootPath | None = None  # None: what the plan asked for
-    journal_export: bytes = (
-        b""  # the guest's journal, as it arrives on its port (host-driven: its core dumps)
-    )
+    # the guest's journal, as it arrives on its port (host-driven: the core dumps it keeps)
+    journal_export: bytes = b""
     job_url: str = ""  # as a lab's machine gives it
     answers: int | None = None  # host-driven: commands the guest answers before it goes silent
     comes_up: bool = True  # host-driven: the first boot answers
