@@ -78,6 +78,7 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> NoReturn:
 def cmd_run(o: argparse.Namespace) -> int:
     from harness.backends import BackendName, BackendOptions, make_backend
     from harness.log_dir import owning_log_dir
+    from harness.plan import shell_requested
     from harness.report.html import current_run, update_run_report
     from harness.report.tap import tap_lines
     from harness.results import Status
@@ -99,6 +100,16 @@ def cmd_run(o: argparse.Namespace) -> int:
             or (env.get("HARNESS_INTERACTIVE") != "0" and sys.stdin.isatty() and sys.stdout.isatty())
         )
     )
+    if shell_requested(env) and not interactive:
+        raise HarnessError(
+            "HARNESS_SHELL=1 (or TEST_SHELL=1) boots the test's VM to a shell at the console, and "
+            + (
+                "a host-driven test is driven by its file, not at a console"
+                if decl.host
+                else "none is attached"
+            ),
+            f"run it as meson test -C build -i {decl.name}, on the qemu backend, from a terminal",
+        )
     tap = o.tap and not interactive  # at a console, people read; meson parses nothing then
     if tap:
         print("TAP version 14", flush=True)

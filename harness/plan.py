@@ -70,6 +70,7 @@ class BootPlan:
     attempt: str = ""  # the `meson test` run: a failed snapshot boot is not retried in it
     whole_journal: bool = False  # the guest sends its whole journal even when the test passed
     console_limit: int = CONSOLE_LIMIT  # bytes of console output before the machine is stopped
+    shell: bool = False  # interactive, booted to the default target: the test unit is not started
 
     @property
     def name(self) -> str:
@@ -101,10 +102,19 @@ def resume_blocker(decl: TestDeclaration, firmware: Firmware, env: Mapping[str, 
     return None
 
 
-def harness_cmdline(decl: TestDeclaration, interactive: bool) -> list[str]:
+SHELL_SWITCHES = ("HARNESS_SHELL", "TEST_SHELL")  # ours, and systemd's name for the same
+
+
+def shell_requested(env: Mapping[str, str]) -> bool:
+    """Whether the person asked for a shell instead of the test (HARNESS_SHELL=1)."""
+    return any(env.get(name) == "1" for name in SHELL_SWITCHES)
+
+
+def harness_cmdline(decl: TestDeclaration, interactive: bool, shell: bool = False) -> list[str]:
     """What every test's kernel command line gets, ahead of the test's own additions: a
-    host-driven test boots the image's default target, the others their test unit."""
-    target = None if decl.host else decl.unit_name
+    host-driven test, and a person who asked for a shell, boot the image's default target
+    (the test unit is there to start by hand), the others their test unit."""
+    target = None if decl.host or shell else decl.unit_name
     return boot_options(
         target, interactive, volatile=decl.storage == Storage.VOLATILE, machine_id=uuid.uuid4().hex
     ) + list(decl.cmdline)
@@ -148,6 +158,7 @@ def plan_boot(
     firmware = backend.firmware(decl.firmware, image)
     boot, cold_reason = choose_boot_path(decl, image, firmware, backend, interactive, env)
     whole_journal = env.get("HARNESS_SAVE_JOURNAL", "fail") == "1"
+    shell = interactive and shell_requested(env)
     if snapshot_dir is None:
         boot, cold_reason = BootPath.COLD, "no directory for snapshots"
     channel = backend.report_channel
@@ -159,15 +170,15 @@ def plan_boot(
         )
     else:
         unit = render_test_unit(
-            decl, interactive, channel, whole_journal, image.systemd_version, testcase_selection(env)
+            decl, interactive, channel, whole_journal, image.systemd_version, testcase_selection(env), shell
         )
-        boot_credentials = tuple(guest_credentials(decl, unit, interactive, channel))
+        boot_credentials = tuple(guest_credentials(decl, unit, interactive, channel, shell))
     test_credentials = (*decl.credentials, *payload_credentials(decl))
     return BootPlan(
         decl=decl,
         image=image,
         firmware=firmware,
-        cmdline=tuple(harness_cmdline(decl, interactive)),
+        cmdline=tuple(harness_cmdline(decl, interactive, shell)),
         unit=unit,
         test_credentials=test_credentials,
         credentials=(*boot_credentials, *decl.credentials),
@@ -181,6 +192,7 @@ def plan_boot(
         attempt=attempt,
         whole_journal=whole_journal,
         console_limit=console_limit(env),
+        shell=shell,
     )
 
 

@@ -124,6 +124,8 @@ def run_test(
     run = boot_and_wait(backend, plan, ctx.log_dir, crash_retries(env))
     run = withhold_secrets(run, ctx.log_dir, masked_values(decl), backend.log_files)
     outcome = classify(decl.name, decl.exit_code, plan.timeout, run.ending, run.report, run.detail)
+    if plan.shell and not run.report.test_started and outcome.status != Status.ERROR:
+        outcome = Outcome(Status.SKIP, "HARNESS_SHELL=1: a shell instead of the test, which was not started")
     export = ctx.log_dir / JOURNAL_EXPORT
     outcome = gate(outcome, ctx.log_dir / CONSOLE_FILE, export, decl.coredump_exclude_regex)
     keep_timeline(ctx.log_dir, run)

@@ -59,6 +59,12 @@ def test_memory_accounting_is_turned_on_only_when_declared():
     assert "MemoryAccounting" not in render_test_unit(declaration(), False)
 
 
+def test_a_unit_started_from_the_shell_leaves_the_console_and_the_vm_to_the_person():
+    text = render_test_unit(declaration(), interactive=True, shell=True)
+    assert "FailureAction" not in text and "OnFailure" not in text and "StandardInput=tty" not in text
+    assert "SuccessAction=exit" in text and "StandardOutput=journal+console" in text
+
+
 def test_interactive_unit_keeps_the_vm_up_on_failure():
     text = render_test_unit(declaration(), interactive=True)
     assert "FailureAction" not in text and "StandardInput=tty" in text

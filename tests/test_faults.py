@@ -513,3 +513,13 @@ def test_meson_test_interrupted_leaves_no_vm(tmp_path, signum, during):
     # private directory the wrapper had no time to remove is the next run's to sweep.
     sweep_orphans(Path(os.environ["TMPDIR"]))
     assert harness_leftovers(name) == ([], [])
+
+
+def test_a_shell_asked_for_without_a_console_is_an_error_saying_how(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HARNESS_INTERACTIVE", "0")
+    monkeypatch.setenv("HARNESS_SHELL", "1")
+    status = main(["run", "--name=TEST-83-SHELL", f"--test-dir={tmp_path}", f"--image={tmp_path / 'x.raw'}"])
+    err = capsys.readouterr().err
+    assert status == 99
+    assert "HARNESS_SHELL=1 (or TEST_SHELL=1) boots the test's VM to a shell at the console" in err
+    assert "meson test -C build -i TEST-83-SHELL" in err

@@ -258,3 +258,25 @@ def test_a_lab_s_failure_is_an_error_with_the_job_s_address(tmp_path, image):
         record.reason == "LAVA job 7 ended Incomplete: the device is offline (before the test unit started)"
     )
     assert record.job_url == url and f"  job:         {url}" in describe(record)
+
+
+def test_a_shell_instead_of_the_test_boots_the_default_target_and_skips_unless_started(tmp_path, image):
+    env = {**ENV, "TEST_SHELL": "1"}
+    powered_off = Script(b"", Ending(EndingKind.EXITED, 0))
+    record, backend = run(tmp_path, image, powered_off, env=env, interactive=True)
+    plan = backend.plans[0]
+    assert plan.shell and not any(c.startswith("systemd.unit=") for c in plan.cmdline)
+    names = [c.name for c in plan.credentials]
+    assert "systemd.extra-unit.TEST-99-UNIT.service" in names, "to start by hand"
+    assert (
+        "systemd.extra-unit.harness-shell.service" in names
+        and "systemd.unit-dropin.multi-user.target~harness-shell" in names
+    )
+    assert (record.status, record.reason) == (
+        Status.SKIP,
+        "HARNESS_SHELL=1: a shell instead of the test, which was not started",
+    )
+    record, _ = run(tmp_path, image, passing(), env=env, interactive=True)
+    assert record.status == Status.PASS, "started by hand, the test's verdict is the test's"
+    _, backend = run(tmp_path, image, env=env)
+    assert not backend.plans[0].shell, "no console, no shell"

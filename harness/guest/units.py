@@ -68,9 +68,11 @@ def render_test_unit(
     whole_journal: bool = False,
     systemd: int | None = None,
     selection: tuple[tuple[str, str], ...] = (),
+    shell: bool = False,
 ) -> str:
     """The test unit; `systemd` is the guest's version, where the image tells it;
-    `selection` the testcase selection from the host (testcase_selection)."""
+    `selection` the testcase selection from the host (testcase_selection); `shell`: a
+    person starts it from the shell on the console (HARNESS_SHELL=1)."""
     u = decl.configuration
     lines = ["[Unit]", f"Description={decl.name} ({decl.source})"]
     # Where the image has systemd-coredump, its socket takes the test's core dumps (the
@@ -82,7 +84,9 @@ def render_test_unit(
         "SuccessAction=exit",
         f"SuccessActionExitStatus={decl.exit_code}",
     ]
-    if interactive:
+    if shell:
+        pass  # a failing test leaves the VM up: the person's shell is there already
+    elif interactive:
         # A failing test leaves the VM up, with a shell for the person at the console.
         lines.append(f"OnFailure={DEBUG_SHELL_UNIT}")
     else:
@@ -104,7 +108,7 @@ def render_test_unit(
         *start_lines(channel, u.command),
         f"ExecStopPost={report_after(channel, decl.unit_name, whole_journal or interactive, verdict_line(channel, decl.name, decl.exit_code))}",
     ]
-    if interactive:
+    if interactive and not shell:  # from a shell, the shell keeps the console's input
         lines += ["StandardInput=tty", "StandardOutput=tty", "StandardError=tty", "TTYPath=/dev/console"]
     else:
         lines += ["StandardOutput=journal+console"]
@@ -208,16 +212,56 @@ def payload_credentials(decl: TestDeclaration) -> list[Credential]:
     return [testcases_credential(), *([decl.extra_trees] if decl.extra_trees else [])]
 
 
+# A shell instead of the test (HARNESS_SHELL=1): once the system is up, a root shell on the
+# console, which says how to start the test; leaving it powers the VM off. The console's
+# getty stands down: it would read the same keys.
+SHELL_UNIT = "harness-shell.service"
+_SHELL = """\
+[Unit]
+Description=Root shell instead of the test (HARNESS_SHELL=1)
+After=multi-user.target
+
+[Service]
+ExecStartPre=-/bin/sh -c 'echo; echo "HARNESS_SHELL=1: a root shell; systemctl start {unit} runs the test, exit powers off."'
+ExecStart=-/bin/bash -l
+ExecStopPost=/usr/bin/systemctl --no-block poweroff
+StandardInput=tty-force
+StandardOutput=inherit
+StandardError=inherit
+TTYPath=/dev/console
+"""
+
+
+def shell_credentials(decl: TestDeclaration) -> list[Credential]:
+    return [
+        Credential(f"systemd.extra-unit.{SHELL_UNIT}", _SHELL.format(unit=decl.unit_name).encode()),
+        Credential(
+            "systemd.unit-dropin.multi-user.target~harness-shell", f"[Unit]\nWants={SHELL_UNIT}\n".encode()
+        ),
+        Credential(
+            "systemd.unit-dropin.serial-getty@.service~harness-shell",
+            b"[Unit]\nConditionPathExists=/nonexistent\n",
+        ),
+    ]
+
+
 def guest_credentials(
-    decl: TestDeclaration, unit: str, interactive: bool, channel: ReportChannel = VIRTIO_CHANNEL
+    decl: TestDeclaration,
+    unit: str,
+    interactive: bool,
+    channel: ReportChannel = VIRTIO_CHANNEL,
+    shell: bool = False,
 ) -> list[Credential]:
     """The credentials that shape the guest's boot, ahead of the test's own: the test
-    `unit` (render_test_unit's), the subtest library and the harness's helper units."""
+    `unit` (render_test_unit's), the subtest library and the harness's helper units; with
+    `shell`, a root shell on the console instead of the test."""
     creds = [Credential(f"systemd.extra-unit.{decl.unit_name}", unit.encode()), *payload_credentials(decl)]
     if interactive:
         creds.append(Credential(f"systemd.extra-unit.{DEBUG_SHELL_UNIT}", _DEBUG_SHELL.encode()))
     else:
         creds += emergency_guard(channel)
+    if shell:
+        creds += shell_credentials(decl)
     return creds
 
 
