@@ -22,12 +22,12 @@ import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from harness.declaration import TEST_NAME
 from harness.errors import HarnessError
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_CONTROL = Path(__file__).parent / "guest" / "test-control.sh"
 TESTDATA = Path("usr/lib/systemd/tests/testdata")
-TEST_NAME = re.compile(r"TEST-[0-9]{2}-[A-Z0-9-]+")
 
 
 def fetch(release: str, into: Path, names: Iterable[str]) -> str:
