@@ -128,6 +128,7 @@ def cmd_run(o: argparse.Namespace) -> int:
     try:
         with owning_log_dir(log_dir, decl.name):
             record = run_and_record(decl, Path(o.image), ctx, backend, env, interactive, o.timeout_factor)
+        report_verdict(record, tap)
     except LogDirBusy as e:  # the other run's logs and verdict stay as they are
         print(f"error: {e}", file=sys.stderr, flush=True)
         if tap:
@@ -163,7 +164,6 @@ def run_and_record(
     """Run the test and write its result.json; an infrastructure fault is its verdict."""
     import attrs
 
-    from harness.report.text import describe
     from harness.results import Outcome, Status
     from harness.wrapper import run_test
 
@@ -186,8 +186,19 @@ def run_and_record(
     except OSError as e:  # the verdict still reaches meson, by the exit status and this line
         print(f"error: could not write {ctx.log_dir}/result.json: {e.strerror or e}", file=sys.stderr)
         record = attrs.evolve(record, status=Status.ERROR, reason=f"{record.reason}; result.json unwritten")
-    log.info(describe(record))
     return record
+
+
+def report_verdict(record: TestRecord, tap: bool) -> None:
+    """The verdict, its subtests and on failure where to look. meson's --print-errorlogs
+    shows only the stderr of a test whose stdout it parses as TAP, so in CI a failure is
+    read there; the rest goes to stdout with the wrapper's other lines."""
+    from harness.report.text import describe
+
+    if tap and record.status.is_failure():
+        print(describe(record), file=sys.stderr, flush=True)
+    else:
+        log.info(describe(record))
 
 
 class _TapComments(logging.Formatter):

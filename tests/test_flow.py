@@ -280,3 +280,17 @@ def test_a_shell_instead_of_the_test_boots_the_default_target_and_skips_unless_s
     assert record.status == Status.PASS, "started by hand, the test's verdict is the test's"
     _, backend = run(tmp_path, image, env=env)
     assert not backend.plans[0].shell, "no console, no shell"
+
+
+def test_under_tap_a_failure_is_described_on_stderr_where_meson_prints_it(tmp_path, image, capsys):
+    from harness.__main__ import report_verdict
+
+    failed, _ = run(tmp_path, image, Script(guest_said("READY=1", "EXIT_STATUS=3")))
+    capsys.readouterr()
+    report_verdict(failed, tap=True)
+    err = capsys.readouterr().err
+    assert err.startswith("TEST-99-UNIT: FAIL") and "rerun:" in err
+    passed, _ = run(tmp_path / "again", image)
+    capsys.readouterr()
+    report_verdict(passed, tap=True)
+    assert capsys.readouterr().err == ""
