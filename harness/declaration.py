@@ -37,10 +37,14 @@ class Firmware(enum.StrEnum):
     LINUX = "linux"  # QEMU loads the image's kernel and initrd itself
     LINUX_NOINITRD = "linux-noinitrd"
     UEFI = "uefi"  # OVMF runs the image's boot loader and UKI
+    UEFI_SECURE_BOOT = "uefi-secure-boot"  # the same with Secure Boot on, the image's keys enrolled
     AUTO = "auto"  # linux when the image has a split-out kernel, else uefi
 
     def is_uefi(self) -> bool:
-        return self == Firmware.UEFI
+        return self in (Firmware.UEFI, Firmware.UEFI_SECURE_BOOT)
+
+    def is_secure_boot(self) -> bool:
+        return self == Firmware.UEFI_SECURE_BOOT
 
     def is_linux(self) -> bool:
         return self in (Firmware.LINUX, Firmware.LINUX_NOINITRD)
@@ -95,8 +99,9 @@ KEYS = (
         Firmware.LINUX,
         "`linux` (direct kernel boot with the image's kernel and initrd), "
         "`linux-noinitrd` (the kernel alone; with its initrd where the kernel has the disk driver as a module, "
-        "as systemd's wrapper does), `uefi` (OVMF, the image's systemd-boot and UKI), `auto` (linux when the image has a "
-        "split-out kernel, else uefi)",
+        "as systemd's wrapper does), `uefi` (OVMF, the image's systemd-boot and UKI), `uefi-secure-boot` (the same "
+        "with Secure Boot enforced and the image's signing key enrolled, adding `secure-boot` to `requires`; "
+        "SKIPs where the image is not signed), `auto` (linux when the image has a split-out kernel, else uefi)",
         choices=Firmware,
     ),
     Key("cmdline", [], "added to the kernel command line (for `uefi`, through SMBIOS)", repeated=True),
@@ -336,8 +341,16 @@ class TestDeclaration:
 
 
 def _requires(o: argparse.Namespace) -> tuple[str, ...]:
-    """The declared features, and those that the tpm and disks keys imply."""
-    implied = [f for f, wanted in (("tpm", o.tpm), ("disks", bool(o.disks))) if wanted]
+    """The declared features, and those that the tpm, disks and firmware keys imply."""
+    implied = [
+        f
+        for f, wanted in (
+            ("tpm", o.tpm),
+            ("disks", bool(o.disks)),
+            ("secure-boot", o.firmware == Firmware.UEFI_SECURE_BOOT),
+        )
+        if wanted
+    ]
     return tuple(o.requires) + tuple(f for f in implied if f not in o.requires)
 
 

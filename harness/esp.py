@@ -1,7 +1,8 @@
-"""Boot entries on an EFI system partition, written with mtools (nothing is mounted):
-for a board, onto its per-test copy of the image; for a UEFI VM whose systemd-stub is
-too old to take the harness's command line from SMBIOS (before 254), onto a small ESP
-of its own that boots the image's UKI with that command line."""
+"""The EFI side of an image: its UKI's command line and signature (can it boot with
+Secure Boot enforced?), and boot entries on an EFI system partition, written with mtools
+(nothing is mounted): for a board, onto its per-test copy of the image; for a UEFI VM
+whose systemd-stub is too old to take the harness's command line from SMBIOS (before
+254), onto a small ESP of its own that boots the image's UKI with that command line."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ import zlib
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.image import ESP_TYPE
+from harness.image import ESP_TYPE, Image
 
 ENTRY_NAME = "harness-test.conf"
+# systemd-stub takes the extra command line from SMBIOS (io.systemd.stub.kernel-cmdline-extra)
+# from 254 on; for older images a UEFI VM boots the UKI from an ESP of its own (below).
+STUB_SMBIOS_SINCE = 254
 
 
 def pe_section(pe: bytes, name: str) -> bytes | None:
@@ -35,6 +39,45 @@ def pe_section(pe: bytes, name: str) -> bytes | None:
                 return pe[pointer : pointer + min(vsize, rsize)]
     except struct.error:
         return None
+    return None
+
+
+def pe_signed(pe: bytes) -> bool:
+    """Whether a PE file carries an Authenticode signature: its certificate table (data
+    directory 4) is not empty. Whose signature it is, the firmware decides."""
+    try:
+        pe_offset = struct.unpack_from("<I", pe, 0x3C)[0]
+        if pe[:2] != b"MZ" or pe[pe_offset : pe_offset + 4] != b"PE\0\0":
+            return False
+        optional = pe_offset + 24
+        magic = struct.unpack_from("<H", pe, optional)[0]
+        directories = optional + (112 if magic == 0x20B else 96)  # PE32+ or PE32
+        _, size = struct.unpack_from("<II", pe, directories + 4 * 8)
+    except struct.error:
+        return False
+    return bool(size)
+
+
+def secure_boot_refusal(image: Image) -> str | None:
+    """Why `image` cannot boot with Secure Boot enforced, or None: its UKI must be signed,
+    and its systemd-stub must take the harness's command line from SMBIOS (254 and later:
+    under Secure Boot a boot entry's options are ignored)."""
+    how = (
+        "build the image with meson's -Dsecure-boot=enabled (it signs with Debian's test key, whose "
+        "variable store the ovmf package ships), or sign it with mkosi's SecureBoot= and point "
+        "HARNESS_SECURE_BOOT_VARS at a variable store with your certificate enrolled"
+    )
+    if image.uki is None:
+        return f"firmware 'uefi-secure-boot': there is no UKI beside {image.path} to check; {how}"
+    with image.uki.open("rb") as f:
+        if not pe_signed(f.read(4096)):  # the certificate table's place is in the headers
+            return f"firmware 'uefi-secure-boot': the image's UKI {image.uki.name} is not signed; {how}"
+    if image.systemd_version is not None and image.systemd_version < STUB_SMBIOS_SINCE:
+        return (
+            f"firmware 'uefi-secure-boot': the image's systemd {image.systemd_version} is older than "
+            f"{STUB_SMBIOS_SINCE}: its systemd-stub takes no command line from SMBIOS, and under Secure "
+            "Boot it ignores a boot entry's, so the harness could not pass the test's"
+        )
     return None
 
 

@@ -18,6 +18,7 @@ import attrs
 from harness.declaration import TestDeclaration, skip_reason
 from harness.driven import DrivenMachine, MachineError
 from harness.errors import HarnessError
+from harness.esp import secure_boot_refusal
 from harness.gates import gate
 from harness.guest.reporting import CORE_DUMPS_EXPORT
 from harness.guest.units import MINIMUM_SYSTEMD
@@ -117,6 +118,9 @@ def run_test(
         return ctx.record(decl, backend.name, "", skipped)
     image = Image.open(image_path)
     check_systemd(image)
+    unbootable = secure_boot_refusal(image) if decl.firmware.is_secure_boot() else None
+    if unbootable:  # not the test's fault, nor the harness's: the image was built without it
+        return ctx.record(decl, backend.name, "", Outcome(Status.SKIP, unbootable))
     plan = plan_boot(decl, image, backend, interactive, timeout_factor, env, ctx.snapshot_dir, ctx.run)
     announce(decl, image, plan, backend)
     if decl.host is not None:

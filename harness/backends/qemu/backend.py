@@ -44,7 +44,7 @@ def missing_drivers(image: Image) -> list[str]:
 class QemuBackend:
     name = "qemu"
     report_channel = VIRTIO_CHANNEL
-    features = frozenset({"dut", "uefi", "serial", "tpm", "disks"})
+    features = frozenset({"dut", "uefi", "serial", "tpm", "disks", "secure-boot"})
     can_resume = True
     drives_host_tests = True
     control_device = VIRTIO_CONTROL

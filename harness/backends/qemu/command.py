@@ -27,7 +27,7 @@ from harness.backends.qemu.firmware import Ovmf
 from harness.credential import Credential
 from harness.declaration import Firmware
 from harness.errors import HarnessError
-from harness.esp import run_tool, uki_cmdline, write_boot_esp
+from harness.esp import STUB_SMBIOS_SINCE, run_tool, uki_cmdline, write_boot_esp
 from harness.guest.reporting import JOURNAL_PORT, NOTIFY_PORT
 from harness.guest.units import CONTROL_PORT
 from harness.image import ESP_TYPE, Image, read_gpt
@@ -47,9 +47,6 @@ MACHINES = {"x86_64": "q35", "i386": "q35", "aarch64": "virt", "riscv64": "virt"
 # per character, which under TCG is seconds of a boot.
 CONSOLES = {"x86_64": "ttyS0", "i386": "ttyS0", "aarch64": "ttyAMA0", "riscv64": "ttyS0"}
 VIRTIO_CONSOLE = "hvc0"
-# systemd-stub takes the extra command line from SMBIOS (io.systemd.stub.kernel-cmdline-extra)
-# from 254 on; for older images the harness boots the UKI from an ESP of its own.
-STUB_SMBIOS_SINCE = 254
 
 
 @attrs.frozen
@@ -169,17 +166,24 @@ def kernel_cmdline(cfg: VmConfig) -> list[str]:
     return [*base, *cfg.cmdline]
 
 
-def machine_args(arch: str, accel: Acceleration, vcpus: int = FULL_VCPUS) -> list[str]:
+def machine_args(
+    arch: str, accel: Acceleration, vcpus: int = FULL_VCPUS, secure_boot: bool = False
+) -> list[str]:
     """QEMU and the machine every VM of the harness is: the same for a test's VM and the
-    virtual worker's board."""
+    virtual worker's board. `secure_boot`: OVMF's Secure Boot build keeps its variables
+    where only its SMM code may write them, so the machine has SMM and secure flash."""
     machine = MACHINES[arch]
     if machine == "q35":
         machine += ",hpet=off"  # the HPET costs time under emulation and nothing needs it
+    smm = ["-global", "driver=cfi.pflash01,property=secure,value=on"] if secure_boot else []
+    if secure_boot:
+        machine += ",smm=on"
     binary = qemu_binary(arch)
     return [
         binary,
         "-machine",
         machine,
+        *smm,
         "-accel",
         accel.kind,
         *accel.cpu_args(qemu_major(binary), vcpus),
@@ -293,7 +297,7 @@ def qemu_command(
     (snapshot.hand_over) says where it is and how it was saved."""
     disk_format = "raw" if files.disk == cfg.image.path else "qcow2"
     cmd = [
-        *machine_args(cfg.image.architecture, cfg.accel, vcpus),
+        *machine_args(cfg.image.architecture, cfg.accel, vcpus, cfg.firmware.is_secure_boot()),
         *disk_args(files.disk, disk_format),
         *extra_disk_args(cfg, files),
         "-qmp",

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import shutil
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +46,13 @@ def resolve_firmware(declared: Firmware, image: Image) -> Firmware:
         )
     if declared.is_uefi() and not image.has_esp:
         raise HarnessError(
-            f"firmware 'uefi' needs an EFI system partition in {image.path}, and there is none",
+            f"firmware '{declared}' needs an EFI system partition in {image.path}, and there is none",
             "build the image with Bootable=yes, or use firmware 'linux'",
         )
     missing = missing_boot_loader(image) if declared.is_uefi() else None
     if missing:
         raise HarnessError(
-            f"firmware 'uefi': the EFI system partition of {image.path} has no {missing}, which the "
+            f"firmware '{declared}': the EFI system partition of {image.path} has no {missing}, which the "
             "firmware starts (it would wait in its shell until the timeout)",
             "build the image with Bootable=yes and a boot loader (mkosi installs systemd-boot there)",
         )
@@ -119,14 +120,40 @@ def read_descriptors(dirs: Iterable[Path] = DESCRIPTOR_DIRS) -> list[tuple[Path,
     return list(found.values())
 
 
-def find_ovmf(arch: str, machine: str) -> Ovmf:
-    ovmf = select_ovmf(read_descriptors(), arch, machine)
+def find_ovmf(
+    arch: str, machine: str, secure_boot: bool = False, env: Mapping[str, str] = os.environ
+) -> Ovmf:
+    """OVMF for the machine; with `secure_boot`, its build that enforces Secure Boot
+    (SMM), started with a variable store that has the image's signing key enrolled."""
+    ovmf = select_ovmf(read_descriptors(), arch, machine, secure_boot)
     if ovmf is None:
+        kind = "UEFI firmware with Secure Boot" if secure_boot else "UEFI firmware"
         raise HarnessError(
-            f"no UEFI firmware for {arch} ({machine}) in {', '.join(map(str, DESCRIPTOR_DIRS))}",
+            f"no {kind} for {arch} ({machine}) in {', '.join(map(str, DESCRIPTOR_DIRS))}",
             "install OVMF (Debian: apt-get install ovmf), or use firmware 'linux'",
         )
+    if secure_boot:
+        ovmf = attrs.evolve(ovmf, vars_template=secure_boot_vars(env))
     return ovmf
+
+
+# Debian's ovmf package: a variable store with its test key ("snakeoil") enrolled as PK, KEK
+# and db, the key meson signs the image with (-Dsecure-boot).
+SNAKEOIL_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd")
+
+
+def secure_boot_vars(env: Mapping[str, str]) -> Path:
+    """The variable store a Secure Boot VM starts from: HARNESS_SECURE_BOOT_VARS, or
+    Debian's with its test key enrolled."""
+    path = Path(env.get("HARNESS_SECURE_BOOT_VARS") or SNAKEOIL_VARS)
+    if not path.is_file():
+        raise HarnessError(
+            f"firmware 'uefi-secure-boot' needs a UEFI variable store with the image's signing key "
+            f"enrolled, and {path} is not there",
+            "install Debian's ovmf package (tools/setup does), or set HARNESS_SECURE_BOOT_VARS to "
+            "a variable store with your certificate enrolled (virt-fw-vars --enroll-cert)",
+        )
+    return path
 
 
 def copy_nvram(ovmf: Ovmf, directory: Path) -> Path:

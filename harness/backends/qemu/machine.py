@@ -242,7 +242,11 @@ def running_vm(
         report = GuestReport()
         ovmf = nvram = None
         if cfg.firmware.is_uefi():
-            ovmf = find_ovmf(cfg.image.architecture, machine_alias(binary, MACHINES[cfg.image.architecture]))
+            ovmf = find_ovmf(
+                cfg.image.architecture,
+                machine_alias(binary, MACHINES[cfg.image.architecture]),
+                secure_boot=cfg.firmware.is_secure_boot(),
+            )
             nvram = copy_nvram(ovmf, files.tmp)
 
         if cfg.tpm:
