@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, NoReturn
 
 from harness import declaration_file
 from harness.accel import detect
-from harness.declaration import Firmware, TestDeclaration, key_table
+from harness.declaration import TestDeclaration
 from harness.errors import HarnessError, LogDirBusy
+from harness.keys import Firmware, key_table
 from harness.results import EXIT_ERROR
 
 if TYPE_CHECKING:

@@ -24,8 +24,8 @@ import argparse
 import re
 from pathlib import Path
 
-from harness.declaration import CONFIGURATION_KEY_NAMES, KEY_NAMES, KEYS, Key
 from harness.errors import DeclarationError
+from harness.keys import CONFIGURATION_KEY_NAMES, KEY_NAMES, KEYS, Key
 from harness.small_file import NotRegularFile, read_small_file
 
 MAX_FILE_BYTES = 16 * 1024 * 1024

@@ -15,10 +15,11 @@ from typing import Protocol
 
 import attrs
 
-from harness.declaration import Firmware, TestDeclaration
+from harness.declaration import TestDeclaration
 from harness.driven import Controls
 from harness.guest.reporting import ReportChannel
 from harness.image import Image
+from harness.keys import Firmware
 from harness.notify import GuestReport
 from harness.plan import BootPath, BootPlan
 

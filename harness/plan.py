@@ -20,7 +20,7 @@ import attrs
 
 from harness.accel import Acceleration, detect
 from harness.credential import Credential
-from harness.declaration import BootMode, Firmware, Storage, TestDeclaration
+from harness.declaration import TestDeclaration
 from harness.errors import HarnessError
 from harness.guest.units import (
     IMPORT_CREDENTIAL_SINCE,
@@ -33,6 +33,7 @@ from harness.guest.units import (
     testcase_selection,
 )
 from harness.image import Image
+from harness.keys import BootMode, Firmware, Storage
 
 if TYPE_CHECKING:
     from harness.machine import Backend

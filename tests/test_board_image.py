@@ -99,8 +99,8 @@ def test_a_uefi_image_without_its_boot_loader_is_refused_before_booting(tmp_path
     from images import write_split_artifacts
 
     from harness.backends.qemu.firmware import resolve_firmware
-    from harness.declaration import Firmware
     from harness.image import Image
+    from harness.keys import Firmware
 
     shared = write_bootable_image(tmp_path / "image", 512)
     write_split_artifacts(tmp_path / "image")

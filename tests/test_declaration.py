@@ -6,8 +6,9 @@ from helpers import declaration
 
 from harness.__main__ import main
 from harness.credential import Credential
-from harness.declaration import KEYS, key_table, skip_reason
+from harness.declaration import skip_reason
 from harness.errors import DeclarationError
+from harness.keys import KEYS, key_table
 from harness.results import EXIT_ERROR
 
 ROOT = Path(__file__).resolve().parent.parent

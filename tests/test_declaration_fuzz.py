@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from harness import declaration, declaration_file
-from harness.declaration import KEYS
 from harness.errors import DeclarationError
+from harness.keys import KEYS
 
 SEED = 20261203
 CASES = 2500

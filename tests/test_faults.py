@@ -53,9 +53,9 @@ from harness.backends.qemu import firmware
 from harness.backends.qemu.backend import QemuBackend
 from harness.backends.qemu.command import RunFiles
 from harness.backends.qemu.machine import QemuMachine, sweep_orphans
-from harness.declaration import Firmware
 from harness.errors import HarnessError, LogDirBusy
 from harness.image import Image
+from harness.keys import Firmware
 from harness.log_dir import owning_log_dir
 from harness.machine import Ending, EndingKind
 from harness.notify import GuestReport

@@ -126,7 +126,7 @@ def test_an_initrd_without_modules_builtin_tells_no_drivers(tmp_path):
 
 def test_linux_noinitrd_boots_with_the_initrd_where_the_kernel_has_the_drivers_as_modules(tmp_path, caplog):
     from harness.backends.qemu.backend import QemuBackend
-    from harness.declaration import Firmware
+    from harness.keys import Firmware
 
     write_image(tmp_path)
     write_initrd_with_modules(tmp_path, ["block/virtio_blk"], ["virtio/virtio-pci", "char/virtio_console"])

@@ -25,11 +25,12 @@ from typing import Any
 
 import attrs
 
-from harness.declaration import Firmware, TestDeclaration
+from harness.declaration import TestDeclaration
 from harness.driven import BOOT_ID_COMMAND
 from harness.guest.reporting import CORE_DUMPS_EXPORT, VIRTIO_CHANNEL
 from harness.guest.units import VIRTIO_CONTROL
 from harness.image import Image
+from harness.keys import Firmware
 from harness.machine import Ending, EndingKind, LogFile, Look, WatchRules
 from harness.notify import GuestReport
 from harness.plan import BootPath, BootPlan

@@ -18,11 +18,12 @@ from harness.backends.autokit.client import WorkerClient, WorkerError
 from harness.backends.autokit.controls import BoardControls
 from harness.board_console import BoardConsole
 from harness.board_image import plan_board_image
-from harness.declaration import Firmware, TestDeclaration
+from harness.declaration import TestDeclaration
 from harness.driven import Controls
 from harness.guest.reporting import CONSOLE_CHANNEL
 from harness.guest.units import CONSOLE_CONTROL
 from harness.image import Image
+from harness.keys import Firmware
 from harness.machine import LogFile, Look, WatchRules
 from harness.notify import GuestReport
 from harness.plan import CONSOLE_LIMIT, BootPath, BootPlan

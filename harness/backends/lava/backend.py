@@ -27,12 +27,13 @@ from harness.backends.lava.client import CANCELED, COMPLETE, JobState, LabError,
 from harness.backends.lava.job import job_definition
 from harness.board_console import BoardConsole
 from harness.board_image import plan_board_image
-from harness.declaration import Firmware, TestDeclaration
+from harness.declaration import TestDeclaration
 from harness.driven import Controls
 from harness.errors import HarnessError
 from harness.guest.reporting import CONSOLE_CHANNEL
 from harness.guest.units import CONSOLE_CONTROL
 from harness.image import Image
+from harness.keys import Firmware
 from harness.machine import Ending, EndingKind, LogFile, Look, WatchRules
 from harness.notify import GuestReport
 from harness.plan import CONSOLE_LIMIT, BootPath, BootPlan, plan_boot

@@ -18,11 +18,12 @@ from harness.backends.qemu.firmware import resolve_firmware
 from harness.backends.qemu.machine import QemuMachine, make_overlay, private_tmp, running_vm
 from harness.backends.qemu.snapshot import booted_snapshot, resumed_vm
 from harness.backends.qemu.snapshot_store import SnapshotUnavailable
-from harness.declaration import Firmware, TestDeclaration
+from harness.declaration import TestDeclaration
 from harness.errors import HarnessError
 from harness.guest.reporting import VIRTIO_CHANNEL
 from harness.guest.units import VIRTIO_CONTROL
 from harness.image import Image
+from harness.keys import Firmware
 from harness.machine import LogFile
 from harness.plan import BootPath, BootPlan, resume_blocker
 

@@ -25,12 +25,12 @@ from harness.backends.qemu.credentials import (
 )
 from harness.backends.qemu.firmware import Ovmf
 from harness.credential import Credential
-from harness.declaration import Firmware
 from harness.errors import HarnessError
 from harness.esp import STUB_SMBIOS_SINCE, run_tool, uki_cmdline, write_boot_esp
 from harness.guest.reporting import JOURNAL_PORT, NOTIFY_PORT
 from harness.guest.units import CONTROL_PORT
 from harness.image import ESP_TYPE, Image, read_gpt
+from harness.keys import Firmware
 from harness.plan import BootPlan
 
 AGENT_PORT = "io.harness.agent"  # the fast path's agent reads its test here (guest/agent.sh)

@@ -18,9 +18,9 @@ from typing import Any
 
 import attrs
 
-from harness.declaration import Firmware
 from harness.errors import HarnessError
 from harness.image import ESP_TYPE, Image, read_gpt
+from harness.keys import Firmware
 
 # A QEMU firmware descriptor (docs/interop/firmware.json), as parsed JSON.
 Descriptor = dict[str, Any]

@@ -48,11 +48,11 @@ from harness.backends.qemu.snapshot_store import (
     snapshot_key,
 )
 from harness.credential import Credential
-from harness.declaration import Firmware
 from harness.errors import HarnessError
 from harness.guest.reporting import RESUMED_MARK, VIRTIO_CHANNEL
 from harness.guest.units import boot_options, emergency_guard, timeline_script
 from harness.image import Image
+from harness.keys import Firmware
 from harness.notify import Notify
 from harness.plan import BootPlan
 from harness.timeline import decode_timeline
