@@ -118,7 +118,10 @@ def cmd_run(o: argparse.Namespace) -> int:
     build_dir = Path(o.build_dir) if o.build_dir else None
     tests_dir = (build_dir or Path(".")) / "integration-tests"
     log_dir = Path(o.log_dir) if o.log_dir else tests_dir / decl.name
-    snapshot_dir = Path(env.get("HARNESS_SNAPSHOT_DIR") or o.snapshot_dir or log_dir.parent / "snapshots")
+    # Absolute: a resumed disk names its snapshot as its backing file, from another directory.
+    snapshot_dir = Path(
+        env.get("HARNESS_SNAPSHOT_DIR") or o.snapshot_dir or log_dir.parent / "snapshots"
+    ).absolute()
     ctx = RunContext(
         log_dir,
         build_dir,

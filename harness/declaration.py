@@ -67,6 +67,7 @@ class TestDeclaration:
     disks: tuple[int, ...] = ()  # the extra disks' sizes, in bytes
     extra_trees: Credential | None = None  # the declared trees, packed (extra_tree.py)
     coredump_exclude_regex: str = ""
+    sanitizer_exclude_regex: str = ""
     host: Path | None = None  # the host-side pytest file, for a host-driven test
     configuration: Configuration = Configuration(command="")
 
@@ -139,7 +140,8 @@ class TestDeclaration:
             rtc=o.rtc,
             disks=disk_sizes(o.disks, bad),
             extra_trees=trees,
-            coredump_exclude_regex=_regex(o.coredump_exclude_regex, bad),
+            coredump_exclude_regex=_regex("coredump-exclude-regex", o.coredump_exclude_regex, bad),
+            sanitizer_exclude_regex=_regex("sanitizer-exclude-regex", o.sanitizer_exclude_regex, bad),
             host=host,
             configuration=Configuration(
                 command=o.command or DEFAULT_COMMAND.format(name=o.name),
@@ -179,11 +181,11 @@ def _host_file(name: str, test_dir: Path, bad: Callable[[str, str, str], Declara
     return path
 
 
-def _regex(text: str, bad: Callable[[str, str, str], DeclarationError]) -> str:
+def _regex(key: str, text: str, bad: Callable[[str, str, str], DeclarationError]) -> str:
     try:
         re.compile(text)
     except re.error as e:
-        raise bad("coredump-exclude-regex", f"'{text[:80]}' is not a regular expression: {e}", "") from None
+        raise bad(key, f"'{text[:80]}' is not a regular expression: {e}", "") from None
     return text
 
 

@@ -151,6 +151,12 @@ KEYS = (
         "executable's path (systemd's spelling)",
     ),
     Key(
+        "sanitizer-exclude-regex",
+        "",
+        "a test FAILs when a sanitizer (ASan, UBSan, LSan, MSan) reported in its journal, unless this regular "
+        "expression matches the reporting process's name (systemd's spelling; see HARNESS_SANITIZERS)",
+    ),
+    Key(
         "host",
         "",
         "a pytest file of the test's directory that drives the machine from the host (see Host-driven "

@@ -158,7 +158,8 @@ def plan_boot(
     factor = timeout_factor if timeout_factor is not None else accel.timeout_factor
     firmware = backend.firmware(decl.firmware, image)
     boot, cold_reason = choose_boot_path(decl, image, firmware, backend, interactive, env)
-    whole_journal = env.get("HARNESS_SAVE_JOURNAL", "fail") == "1"
+    # A sanitizer build (HARNESS_SANITIZERS=1): every process's reports reach the gate.
+    whole_journal = env.get("HARNESS_SAVE_JOURNAL", "fail") == "1" or env.get("HARNESS_SANITIZERS") == "1"
     shell = interactive and shell_requested(env)
     if snapshot_dir is None:
         boot, cold_reason = BootPath.COLD, "no directory for snapshots"

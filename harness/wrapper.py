@@ -131,7 +131,7 @@ def run_test(
     if plan.shell and not run.report.test_started and outcome.status != Status.ERROR:
         outcome = Outcome(Status.SKIP, "HARNESS_SHELL=1: a shell instead of the test, which was not started")
     export = ctx.log_dir / JOURNAL_EXPORT
-    outcome = gate(outcome, ctx.log_dir / CONSOLE_FILE, export, decl.coredump_exclude_regex)
+    outcome = gate(outcome, ctx.log_dir / CONSOLE_FILE, export, decl)
     keep_timeline(ctx.log_dir, run)
     excerpt = unit_excerpt(export, decl.unit_name)  # before keep_journal converts the export
     journal = keep_journal(export, env.get("HARNESS_SAVE_JOURNAL", "fail"), outcome.status)
@@ -220,7 +220,7 @@ def drive(
         export = ctx.log_dir / JOURNAL_EXPORT
         if outcome.status in (Status.PASS, Status.SKIP) and driven.boot and driven.answered:
             keep_core_dumps(driven, export)
-        outcome = gate(outcome, ctx.log_dir / CONSOLE_FILE, export, decl.coredump_exclude_regex)
+        outcome = gate(outcome, ctx.log_dir / CONSOLE_FILE, export, decl)
         wanted = outcome.status.is_failure() or env.get("HARNESS_SAVE_JOURNAL") == "1"
         if wanted and driven.boot and driven.answered and not run.error:
             keep_journal_export(driven, ctx.log_dir)

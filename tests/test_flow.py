@@ -294,3 +294,10 @@ def test_under_tap_a_failure_is_described_on_stderr_where_meson_prints_it(tmp_pa
     capsys.readouterr()
     report_verdict(passed, tap=True)
     assert capsys.readouterr().err == ""
+
+
+def test_a_sanitizer_build_has_the_guest_send_its_whole_journal_after_a_pass(tmp_path, image):
+    _, backend = run(tmp_path, image, env={**ENV, "HARNESS_SANITIZERS": "1"})
+    assert backend.plans[0].whole_journal
+    _, backend = run(tmp_path / "again", image)
+    assert not backend.plans[0].whole_journal

@@ -4,6 +4,7 @@ test that passed, naming the line; nothing else does."""
 from __future__ import annotations
 
 import pytest
+from helpers import declaration
 
 from harness.gates import gate, kernel_trouble
 from harness.results import Outcome, Status
@@ -90,7 +91,10 @@ def test_a_core_dump_in_the_journal_fails_a_passed_test_with_its_stack_trace(tmp
         "a process dumped core during the test: myd (pid 312, SIGSEGV, /usr/bin/myd)\n"
         "    Stack trace of thread 312:\n    #0  0x00007f0 crash (myd + 0x10)\n    #1  0x00007f1 main (myd + 0x20)"
     )
-    assert gate(PASSED, tmp_path / "console.log", export, exclude=r"/myd$") is PASSED
+    assert (
+        gate(PASSED, tmp_path / "console.log", export, declaration("--coredump-exclude-regex=/myd$"))
+        is PASSED
+    )
     assert gate(PASSED, tmp_path / "console.log", tmp_path / "no-export") is PASSED
 
 
@@ -102,3 +106,52 @@ def test_a_coredump_exclude_regex_must_compile():
     assert declaration("--coredump-exclude-regex=/usr/bin/(sleep|true)$").coredump_exclude_regex
     with pytest.raises(DeclarationError, match="'coredump-exclude-regex': '\\(' is not a regular expression"):
         declaration("--coredump-exclude-regex=(")
+
+
+def asan_report(pid: str, name: str = "myd") -> bytes:
+    lines = [
+        f"=={pid}==ERROR: AddressSanitizer: heap-use-after-free on address 0x602000000010",
+        "READ of size 4 at 0x602000000010 thread T0",
+        "    #0 0x55d5 in crash /src/myd.c:12",
+        "SUMMARY: AddressSanitizer: heap-use-after-free /src/myd.c:12 in crash",
+    ]
+    return b"".join(export_entry(MESSAGE=line, SYSLOG_IDENTIFIER=name, _PID=pid) + b"\n" for line in lines)
+
+
+def test_a_sanitizer_report_in_the_journal_fails_a_passed_test_with_its_lines(tmp_path):
+    export = tmp_path / "journal.export"
+    ubsan = export_entry(
+        MESSAGE="src/other.c:7:3: runtime error: signed integer overflow", _COMM="other", _PID="9"
+    )
+    noise = export_entry(
+        MESSAGE="AddressSanitizer is mentioned, nothing is reported", SYSLOG_IDENTIFIER="x", _PID="3"
+    )
+    export.write_bytes(noise + b"\n" + asan_report("312") + ubsan + b"\n")
+    failed = gate(PASSED, tmp_path / "console.log", export)
+    assert failed.status == Status.FAIL and failed.cause == "sanitizer"
+    assert failed.reason == (
+        "a sanitizer reported during the test: myd[312]:\n"
+        "    ==312==ERROR: AddressSanitizer: heap-use-after-free on address 0x602000000010\n"
+        "    READ of size 4 at 0x602000000010 thread T0\n"
+        "        #0 0x55d5 in crash /src/myd.c:12\n"
+        "    SUMMARY: AddressSanitizer: heap-use-after-free /src/myd.c:12 in crash\n"
+        "(and 1 more reports: see the journal)"
+    )
+    only_other = gate(
+        PASSED, tmp_path / "console.log", export, declaration("--sanitizer-exclude-regex=^myd$")
+    )
+    assert only_other.reason == (
+        "a sanitizer reported during the test: other[9]:\n    src/other.c:7:3: runtime error: signed integer overflow"
+    )
+    assert (
+        gate(PASSED, tmp_path / "console.log", export, declaration("--sanitizer-exclude-regex=myd|other"))
+        is PASSED
+    )
+
+
+def test_a_sanitizer_exclude_regex_must_compile():
+    from harness.errors import DeclarationError
+
+    with pytest.raises(DeclarationError) as e:
+        declaration("--sanitizer-exclude-regex=(")
+    assert "sanitizer-exclude-regex" in str(e.value)

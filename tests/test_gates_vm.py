@@ -1,10 +1,10 @@
-"""The kernel gate against a real guest: a kernel BUG on the console fails a test whose
-payload passed, and the reason names the line."""
+"""The gates against a real guest: a kernel BUG on the console, a core dump, a sanitizer's
+report in the journal each fail a test whose payload passed, and the reason names it."""
 
 from __future__ import annotations
 
 import pytest
-from e2e import harness_leftovers, run_wrapper
+from e2e import harness_leftovers, run_wrapper, wrapper_env
 
 pytestmark = pytest.mark.vm
 
@@ -39,4 +39,22 @@ def test_a_core_dump_during_a_passing_test_fails_it_with_the_stack_trace(image, 
 
 def test_a_core_dump_of_an_excluded_executable_passes(image, tmp_path):
     r = run_wrapper(image, tmp_path, "TEST-94-CORE-DUMP", CRASH, "--coredump-exclude-regex=/sleep$")
+    assert r.returncode == 0, r.stdout
+
+
+# A daemon's sanitizer report, in the shape ASan prints it to stderr (the image has no
+# sanitized build): another process than the test, so only HARNESS_SANITIZERS=1 sends it.
+REPORT = (
+    "--command=/bin/sh -c 'printf \"==42==ERROR: AddressSanitizer: heap-use-after-free\\n"
+    "SUMMARY: AddressSanitizer: heap-use-after-free myd.c:12\\n\" | systemd-cat -t myd; exit 123'"
+)
+
+
+def test_a_daemons_sanitizer_report_fails_a_sanitizer_build_unless_excluded(image, tmp_path):
+    env = {**wrapper_env(), "HARNESS_SANITIZERS": "1"}
+    r = run_wrapper(image, tmp_path, "TEST-95-SANITIZER", REPORT, env=env)
+    assert r.returncode == 1, r.stdout
+    assert "TEST-95-SANITIZER: FAIL: a sanitizer reported during the test: myd[" in r.stdout
+    assert "==42==ERROR: AddressSanitizer: heap-use-after-free" in r.stdout
+    r = run_wrapper(image, tmp_path, "TEST-95-SANITIZER", REPORT, "--sanitizer-exclude-regex=^myd$", env=env)
     assert r.returncode == 0, r.stdout
