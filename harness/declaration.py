@@ -114,7 +114,9 @@ class TestDeclaration:
                     f"'{reserved}' is the harness's own credential",
                     "give the credential another name",
                 )
-        for unit in (*o.wants, *o.after):
+        # A list of units, or systemd's spelling: one string of them, space-separated.
+        wants, after = (tuple(u for entry in units for u in entry.split()) for units in (o.wants, o.after))
+        for unit in (*wants, *after):
             if not UNIT_NAME.fullmatch(unit):
                 raise bad("configuration", f"'{unit}' in wants/after is not a unit name")
         unit_env = tuple(_split_env(e, bad) for e in o.env)
@@ -145,8 +147,8 @@ class TestDeclaration:
             host=host,
             configuration=Configuration(
                 command=o.command or DEFAULT_COMMAND.format(name=o.name),
-                wants=tuple(o.wants),
-                after=tuple(o.after),
+                wants=wants,
+                after=after,
                 env=unit_env,
                 unit=tuple(o.unit),
                 service=tuple(o.service),

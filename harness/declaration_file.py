@@ -32,6 +32,8 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_OPTIONS = 10_000
 MAX_DIGITS = 9
 # How meson's format() renders a dict or a list where a string was meant: '{'a' : 'b'}'.
+# Booleans systemd's template spells 'yes' and 'no', accepted so too.
+SYSTEMD_YES_NO = ("memory-accounting",)
 MESON_CONTAINER = re.compile(r"\{\}|\{'.*\}|\[\]|\[['\[{].*\]|\[(true|false|-?\d+)(, .*)?\]", re.DOTALL)
 
 
@@ -157,9 +159,10 @@ def _set(values: argparse.Namespace, key: Key, value: str, source: str, given: s
         raise DeclarationError(source, key.name, "is given twice")
     given.add(key.name)
     if isinstance(key.default, bool):
-        if value not in ("true", "false"):
-            raise DeclarationError(source, key.name, f"'{value[:80]}' is not true or false")
-        setattr(values, key.attribute, value == "true")
+        words = ("true", "false", "yes", "no") if key.name in SYSTEMD_YES_NO else ("true", "false")
+        if value not in words:
+            raise DeclarationError(source, key.name, f"'{value[:80]}' is not {' or '.join(words)}")
+        setattr(values, key.attribute, value in ("true", "yes"))
     elif isinstance(key.default, int):
         if not re.fullmatch(rf"-?[0-9]{{1,{MAX_DIGITS}}}", value):
             raise DeclarationError(

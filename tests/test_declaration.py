@@ -131,3 +131,18 @@ def test_disks_are_sizes_in_bytes_and_a_required_feature():
     assert d.requires == ("disks",)
     assert declaration("--disks=1G", "--requires=disks", "--tpm=true").requires == ("disks", "tpm")
     assert declaration().disks == () and declaration().requires == ()
+
+
+def test_systemds_spellings_of_the_test_unit_are_accepted():
+    d = declaration(
+        "--wants=multi-user.target user@4711.service",
+        "--after=user@4711.service",
+        "--memory-accounting=yes",
+        "--unit=DefaultDependencies=no",  # what test/meson.build makes of {'DefaultDependencies' : 'no'}
+    )
+    assert d.configuration.wants == ("multi-user.target", "user@4711.service")
+    assert d.configuration.after == ("user@4711.service",)
+    assert d.configuration.memory_accounting is True
+    assert declaration("--memory-accounting=no").configuration.memory_accounting is False
+    with pytest.raises(DeclarationError, match="is not true or false"):
+        declaration("--slow=yes")  # systemd spells only memory-accounting yes/no

@@ -124,3 +124,27 @@ def test_two_tests_of_one_name_stop_setup(tmp_path):
         timeout=120,
     )
     assert r.returncode != 0 and "'name': two tests are named TEST-42-ONE" in r.stdout + r.stderr
+
+
+def test_systemds_spelling_of_the_test_unit_reaches_the_wrapper_as_lines(tmp_path):
+    project = meson_project(tmp_path / "project")
+    add_test(
+        project,
+        "TEST-42-UPSTREAM",
+        "'configuration' : {'unit' : {'DefaultDependencies' : 'no'}, "
+        "'service' : {'NotifyAccess' : 'all', 'TimeoutStopSec' : '270s'}, "
+        "'wants' : 'multi-user.target user@4711.service', 'memory-accounting' : 'yes'}",
+    )
+    build = project / "build"
+    r = subprocess.run(
+        ["meson", "setup", str(build), "-Dintegration-tests=true"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    written = declaration_file.read(build / "test" / "TEST-42-UPSTREAM.declaration")
+    assert "--unit=DefaultDependencies=no" in written
+    assert "--service=NotifyAccess=all" in written and "--service=TimeoutStopSec=270s" in written
+    assert "--wants=multi-user.target user@4711.service" in written
+    assert "--memory-accounting=yes" in written
