@@ -75,9 +75,10 @@ def render_test_unit(
     person starts it from the shell on the console (HARNESS_SHELL=1)."""
     u = decl.configuration
     lines = ["[Unit]", f"Description={decl.name} ({decl.source})"]
-    # Where the image has systemd-coredump, its socket takes the test's core dumps (the
-    # fast path's guest stops at sysinit.target, before sockets.target would start it).
-    lines += ["Wants=systemd-coredump.socket", "After=systemd-coredump.socket"]
+    # As systemd's own test unit: after basic.target (its sockets, D-Bus's among them, and
+    # timers), whatever boots it; the fast path's snapshot has it reached already. Where
+    # the image has systemd-coredump, its socket takes the test's core dumps.
+    lines += ["Wants=basic.target systemd-coredump.socket", "After=basic.target systemd-coredump.socket"]
     lines += [f"Wants={w}" for w in u.wants]
     lines += [f"After={a}" for a in u.after]
     lines += [

@@ -105,9 +105,10 @@ def agent_unit() -> str:
     return f"""\
 [Unit]
 Description=Wait for a test from the host (the harness's fast path)
-# Listening in the snapshot already: the test unit wants it, and need not wait for it.
-Wants=systemd-coredump.socket
-After=systemd-coredump.socket
+# Reached in the snapshot already, so a resumed test unit waits for none of it: basic.target
+# (as systemd's test unit, it is ordered after it) and the core dump socket.
+Wants=basic.target systemd-coredump.socket
+After=basic.target systemd-coredump.socket
 
 [Service]
 Type=exec
