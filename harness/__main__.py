@@ -23,7 +23,7 @@ from harness import declaration_file
 from harness.accel import detect
 from harness.declaration import TestDeclaration
 from harness.errors import HarnessError, LogDirBusy
-from harness.keys import Firmware, key_table
+from harness.keys import Firmware, Storage, key_table
 from harness.results import EXIT_ERROR
 
 if TYPE_CHECKING:
@@ -228,11 +228,14 @@ def setup_logging(tap: bool) -> None:
 
 def meson_priority(decl: TestDeclaration) -> int:
     """meson's priority for the test: the declared one, and among equals the tests that
-    must boot cold start first, so the fast ones fill in around them."""
+    must boot start first, so the fast ones fill in around them: those that boot cold, and
+    those of a machine shape (firmware, storage) other than most tests', whose first test
+    boots to make that shape's snapshot."""
     from harness.plan import resume_blocker
 
-    declared = decl.firmware if decl.firmware != Firmware.AUTO else Firmware.LINUX
-    return decl.priority * 2 + (1 if decl.host or resume_blocker(decl, declared, {}) else 0)
+    usual_shape = decl.firmware in (Firmware.AUTO, Firmware.LINUX) and decl.storage == Storage.VOLATILE
+    boots = decl.host or resume_blocker(decl, {}) or not usual_shape
+    return decl.priority * 2 + (1 if boots else 0)
 
 
 def cmd_validate(o: argparse.Namespace) -> int:

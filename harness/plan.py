@@ -78,18 +78,14 @@ class BootPlan:
         return self.decl.name
 
 
-def resume_blocker(decl: TestDeclaration, firmware: Firmware, env: Mapping[str, str]) -> str | None:
-    """What in a declaration keeps a test from resuming a booted snapshot, which is a
-    direct-linux boot with volatile storage and nothing added to the command line or the
-    machine; None when nothing does."""
+def resume_blocker(decl: TestDeclaration, env: Mapping[str, str]) -> str | None:
+    """What in a declaration keeps a test from resuming a booted snapshot (one per firmware
+    and storage, booted with nothing added to the command line or the machine); None when
+    nothing does."""
     if env.get("HARNESS_COLD_BOOT") == "1":
         return "HARNESS_COLD_BOOT=1"
     if decl.boot == BootMode.COLD:
         return "the test declares boot: 'cold'"
-    if firmware != Firmware.LINUX:
-        return f"firmware {firmware}"
-    if decl.storage != Storage.VOLATILE:
-        return f"storage {decl.storage}"
     if decl.cmdline:
         return "the test adds to the kernel command line"
     if decl.qemu_args:

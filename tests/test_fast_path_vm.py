@@ -32,6 +32,51 @@ def test_two_tests_from_one_snapshot_do_not_see_each_others_files(image, tmp_pat
         assert "resuming the booted snapshot" in r.stdout
 
 
+# A variable of our own vendor GUID; its bytes (base64): attributes 7 (non-volatile, boot
+# and run time) and "abc".
+MARK_VARIABLE = "/sys/firmware/efi/efivars/HarnessMark{n}-3c8e0d3a-2f45-4b9e-9f0e-5a1c2b3d4e5f"
+MARK_BYTES = "BwAAAGFiYw=="
+
+
+def snapshot_of(shape: str):
+    [snapshot] = [p for p in SNAPSHOTS.glob(f"{shape}-*") if p.is_dir()]
+    return snapshot
+
+
+def test_uefi_tests_resume_a_uefi_snapshot_each_with_its_own_variables(image, tmp_path):
+    # Each writes an EFI variable of its own and fails if the other's (or its own, from an
+    # earlier run) is already in the firmware's store.
+    for me, other in ((1, 2), (2, 1)):
+        script = (
+            f"test ! -e {MARK_VARIABLE.format(n=other)} && test ! -e {MARK_VARIABLE.format(n=me)} && "
+            f"echo {MARK_BYTES} | base64 -d >{MARK_VARIABLE.format(n=me)} && "
+            f"test -s {MARK_VARIABLE.format(n=me)}"
+        )
+        name = f"TEST-8{me}-UEFI-VARS"
+        r = run_wrapper(image, tmp_path / name, name, "--firmware=uefi", f"--command=/bin/sh -c '{script}'")
+        assert r.returncode == 0, r.stdout
+        assert boot_path(tmp_path / name) == "snapshot"
+        if me == 1:
+            snapshot = snapshot_of("uefi-volatile")
+            before = {f: (snapshot / f).read_bytes() for f in ("vars.fd", "disk.qcow2")}
+    assert {f: (snapshot / f).read_bytes() for f in before} == before, "a test wrote to the snapshot"
+    assert "HarnessMark".encode("utf-16-le") not in before["vars.fd"]
+
+
+def test_persistent_tests_resume_a_persistent_snapshot_and_keep_their_writes_to_themselves(image, tmp_path):
+    for me, other in (("TEST-87-KEEP", "TEST-88-KEEP"), ("TEST-88-KEEP", "TEST-87-KEEP")):
+        script = f"test ! -e /var/lib/{other} && test ! -e /var/lib/{me} && touch /var/lib/{me} && sync"
+        r = run_wrapper(
+            image, tmp_path / me, me, "--storage=persistent", f"--command=/bin/sh -c '{script}'"
+        )
+        assert r.returncode == 0, r.stdout
+        assert boot_path(tmp_path / me) == "snapshot"
+        if me == "TEST-87-KEEP":
+            snapshot = snapshot_of("linux-persistent")
+            disk = (snapshot / "disk.qcow2").read_bytes()
+    assert (snapshot / "disk.qcow2").read_bytes() == disk, "a test wrote to the snapshot's disk"
+
+
 def test_guest_clock_is_the_hosts_after_resume(image, tmp_path):
     # The snapshot's clock stopped when it was saved: make sure it is old enough to tell.
     r = run_wrapper(image, tmp_path / "warm", "TEST-82-WARM", "--command=true")

@@ -8,6 +8,7 @@ from harness.backends.qemu.command import RunFiles, VmConfig, kernel_cmdline, qe
 from harness.backends.qemu.firmware import Ovmf
 from harness.backends.qemu.snapshot import snapshot_config
 from harness.image import Image
+from harness.keys import Firmware, Storage
 from harness.plan import BootPlan, harness_cmdline, resume_blocker
 
 ROOT = uuid.UUID("8ce23b7e-642d-4dbe-827e-8b2ffc70816e")
@@ -86,7 +87,7 @@ def test_vsock_device_when_available():
 
 def test_snapshot_and_resumed_vms_share_one_command_but_files():
     # Migration needs the same devices on both sides: only paths and -incoming differ.
-    cfg = snapshot_config(plan().image, Acceleration("tcg", "test"))
+    cfg = snapshot_config(plan().image, Acceleration("tcg", "test"), Firmware.LINUX, Storage.VOLATILE)
     saving = qemu_command(
         cfg, RunFiles(Path("/tmp/a"), Path("/snap"), Path("/snap/disk.qcow2")), None, None, None, None, []
     )
@@ -100,6 +101,32 @@ def test_snapshot_and_resumed_vms_share_one_command_but_files():
     assert "systemd.unit=harness-agent.service" in append and "systemd.volatile=overlay" in append
 
 
+def test_a_persistent_snapshot_boots_without_the_volatile_overlay():
+    cfg = snapshot_config(plan().image, Acceleration("tcg", "test"), Firmware.LINUX, Storage.PERSISTENT)
+    append = qemu_command(cfg, FILES, None, None, None, None, [])
+    append_words = append[append.index("-append") + 1].split()
+    assert "systemd.unit=harness-agent.service" in append_words
+    assert "systemd.volatile=overlay" not in append_words
+
+
+def test_a_uefi_snapshot_and_its_resumed_vms_boot_through_ovmf_alike():
+    cfg = snapshot_config(plan("uefi").image, Acceleration("tcg", "test"), Firmware.UEFI, Storage.VOLATILE)
+    ovmf = Ovmf(Path("/fw/CODE.fd"), Path("/fw/VARS.fd"), "test")
+    saving = qemu_command(
+        cfg,
+        RunFiles(Path("/tmp/a"), Path("/snap"), Path("/snap/disk.qcow2")),
+        ovmf,
+        Path("/tmp/a/V.fd"),
+        None,
+        None,
+        [],
+    )
+    resumed = qemu_command(cfg, FILES, ovmf, Path("/tmp/h/V.fd"), None, None, [], resuming=True)
+    assert "-kernel" not in saving and "if=pflash,format=raw,readonly=on,file=/fw/CODE.fd" in saving
+    differ = [(a, b) for a, b in zip(saving, resumed, strict=False) if a != b]
+    assert all("/tmp/a" in a or "/snap" in a for a, _ in differ), differ
+
+
 def test_a_declared_tpm_is_a_crb_device_on_swtpms_socket_and_boots_cold():
     p = plan("linux", "tcg", "--tpm=true")
     cmd = qemu_command(p, FILES, None, None, None, None, [])
@@ -109,7 +136,7 @@ def test_a_declared_tpm_is_a_crb_device_on_swtpms_socket_and_boots_cold():
     assert "-tpmdev" not in qemu_command(plan("linux"), FILES, None, None, None, None, [])
     d = declaration("--tpm=true")
     assert d.requires == ("tpm",) and declaration("--tpm=true", "--requires=tpm").requires == ("tpm",)
-    assert resume_blocker(d, d.firmware, {}) == "the test declares a TPM (the booted snapshot has none)"
+    assert resume_blocker(d, {}) == "the test declares a TPM (the booted snapshot has none)"
 
 
 def test_rtc_sets_the_clock_to_the_hosts_utc_time_and_boots_cold():
@@ -117,7 +144,7 @@ def test_rtc_sets_the_clock_to_the_hosts_utc_time_and_boots_cold():
     assert cmd[cmd.index("-rtc") + 1].startswith("base=20")
     assert "-rtc" not in qemu_command(plan("linux"), FILES, None, None, None, None, [])
     d = declaration("--rtc=true", "--vm=true")
-    assert resume_blocker(d, d.firmware, {}) == "the test sets the real-time clock (rtc: true)"
+    assert resume_blocker(d, {}) == "the test sets the real-time clock (rtc: true)"
 
 
 def test_extra_disks_are_sparse_files_with_serials_and_boot_cold():
@@ -132,4 +159,4 @@ def test_extra_disks_are_sparse_files_with_serials_and_boot_cold():
         len([a for a in qemu_command(plan("linux"), FILES, None, None, None, None, []) if a == "-drive"]) == 1
     )
     d = declaration("--disks=1G")
-    assert resume_blocker(d, d.firmware, {}) == "the test declares extra disks (the booted snapshot has none)"
+    assert resume_blocker(d, {}) == "the test declares extra disks (the booted snapshot has none)"

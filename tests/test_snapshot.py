@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from helpers import declaration
 
-from harness.backends.qemu.snapshot import StateFormat, agent_message, resume_script
+from harness.backends.qemu.snapshot import AGENT_SCRIPT, SAVED_TEST, StateFormat, agent_message, resume_script
 from harness.backends.qemu.snapshot_store import (
     SnapshotUnavailable,
+    key_shape,
     remove_stale,
     shared_snapshot,
     snapshot_key,
@@ -31,17 +32,14 @@ def fake_make(dest: Path) -> None:
         ((), {}, None),
         (("--boot=cold",), {}, "the test declares boot: 'cold'"),
         ((), {"HARNESS_COLD_BOOT": "1"}, "HARNESS_COLD_BOOT=1"),
-        (("--storage=persistent",), {}, "storage persistent"),
+        (("--storage=persistent",), {}, None),
+        (("--firmware=uefi",), {}, None),
         (("--cmdline=quiet",), {}, "the test adds to the kernel command line"),
         (("--qemu-args=-no-reboot",), {}, "the test adds QEMU arguments"),
     ],
 )
 def test_who_may_resume(args, env, why):
-    assert resume_blocker(declaration(*args), "linux", env) == why
-
-
-def test_uefi_boots_cold():
-    assert resume_blocker(declaration(), "uefi", {}) == "firmware uefi"
+    assert resume_blocker(declaration(*args), env) == why
     assert str(BootPath.SNAPSHOT) == "snapshot"
 
 
@@ -91,11 +89,32 @@ def test_an_interrupted_maker_leaves_nothing(tmp_path):
 
 
 def test_a_new_snapshot_replaces_the_old_one_unless_in_use(tmp_path):
-    with shared_snapshot(tmp_path, "old", "r", fake_make):
-        with shared_snapshot(tmp_path, "new", "r", fake_make):
-            assert (tmp_path / "old").is_dir(), "removed while a test held it"
-    assert remove_stale(tmp_path, keep="new") == ["old"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "new.lock"]
+    with shared_snapshot(tmp_path, "linux-volatile-01", "r", fake_make):
+        with shared_snapshot(tmp_path, "linux-volatile-02", "r", fake_make):
+            assert (tmp_path / "linux-volatile-01").is_dir(), "removed while a test held it"
+    assert remove_stale(tmp_path, keep="linux-volatile-02") == ["linux-volatile-01"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["linux-volatile-02", "linux-volatile-02.lock"]
+
+
+def test_snapshots_of_other_shapes_stay_beside_each_other(tmp_path):
+    for key in (
+        "uefi-volatile-01",
+        "linux-persistent-01",
+        "uefi-secure-boot-volatile-01",
+        "linux-volatile-01",
+    ):
+        with shared_snapshot(tmp_path, key, "r", fake_make):
+            pass
+    assert remove_stale(tmp_path, keep="linux-volatile-02") == ["linux-volatile-01"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [
+        "linux-persistent-01",
+        "uefi-secure-boot-volatile-01",
+        "uefi-volatile-01",
+    ]
+    with shared_snapshot(tmp_path, "uefi-secure-boot-volatile-02", "r", fake_make):
+        pass
+    assert not (tmp_path / "uefi-secure-boot-volatile-01").exists()
+    assert (tmp_path / "uefi-volatile-01").is_dir()
 
 
 def _hold_while_making(root: str, key: str, started, results) -> None:
@@ -126,12 +145,17 @@ def test_parallel_tests_share_one_snapshot(tmp_path):
 def test_key_follows_the_image(tmp_path):
     image = tmp_path / "image.raw"
     image.write_bytes(b"one")
-    first = snapshot_key(["tcg"], [image])
-    assert snapshot_key(["tcg"], [image]) == first
-    assert snapshot_key(["kvm"], [image]) != first
+    first = snapshot_key("linux-volatile", ["tcg"], [image])
+    assert first.startswith("linux-volatile-") and key_shape(first) == "linux-volatile"
+    assert snapshot_key("linux-volatile", ["tcg"], [image]) == first
+    assert snapshot_key("linux-volatile", ["kvm"], [image]) != first
+    uefi = snapshot_key("uefi-secure-boot-persistent", ["tcg"], [image])
+    assert key_shape(uefi) == "uefi-secure-boot-persistent" and uefi[-16:] == first[-16:]
     image.unlink()
     image.write_bytes(b"two")  # a rebuilt image: a new file
-    assert snapshot_key(["tcg"], [image]) != first
+    assert snapshot_key("linux-volatile", ["tcg"], [image]) != first
+    with pytest.raises(ValueError):
+        snapshot_key("Linux/volatile", [], [])
 
 
 @pytest.mark.parametrize("shell", ["dash", "bash"])
@@ -237,3 +261,35 @@ def test_the_agent_is_connected_to_once_qemu_listens_not_when_its_socket_appears
     gone = types.SimpleNamespace(proc=types.SimpleNamespace(poll=lambda: 1), files=machine.files)
     with socket.socket(socket.AF_UNIX) as agent, pytest.raises(OSError, match="QEMU exited"):
         connect_agent(gone, agent, Deadline.after(5))  # type: ignore[arg-type]
+
+
+def test_on_persistent_storage_the_test_is_kept_on_disk_and_run_again_by_the_next_boots_agent(tmp_path):
+    creds = (Credential("app.token", b"s3cret\n"),)
+    script = resume_script(
+        "TEST-05-X.service", "[Unit]\n", creds, 1795000000.5, b"\x02" * 64, persistent=True
+    )
+    assert SAVED_TEST in script
+    body = agent_message(script).decode()
+    moved = {"/run/": f"{tmp_path}/run/", "/dev/urandom": f"{tmp_path}/urandom", "/var/": f"{tmp_path}/var/"}
+    for old, new in moved.items():
+        body = body.replace(old, new)
+    for d in ("run/systemd/system", "run/credstore", "var/lib", "bin"):
+        (tmp_path / d).mkdir(parents=True)
+    for tool in ("date", "systemctl"):
+        (tmp_path / "bin" / tool).write_text(f'#!/bin/sh\necho {tool} "$@" >>{tmp_path}/calls\n')
+        (tmp_path / "bin" / tool).chmod(0o755)
+    env = {"PATH": f"{tmp_path}/bin:/usr/bin:/bin"}
+    subprocess.run(["dash", "-e", "-c", "umask 077\n" + body], check=True, env=env)
+    saved = tmp_path / SAVED_TEST.lstrip("/")
+    assert (tmp_path / "run/credstore/app.token").read_bytes() == b"s3cret\n"
+    assert saved.stat().st_mode & 0o777 == 0o600  # it holds the credentials
+    # The reboot: /run is empty again, and what the agent runs from the disk installs the
+    # test and starts it, without setting the clock back to the hand-over's time.
+    for f in (tmp_path / "run/credstore/app.token", tmp_path / "run/systemd/system/TEST-05-X.service"):
+        f.unlink()
+    (tmp_path / "calls").unlink()
+    subprocess.run(["dash", "-e", "-c", f". {saved}"], check=True, env=env)
+    assert (tmp_path / "run/credstore/app.token").read_bytes() == b"s3cret\n"
+    assert (tmp_path / "run/systemd/system/TEST-05-X.service").read_text() == "[Unit]\n"
+    assert (tmp_path / "calls").read_text().splitlines() == ["systemctl start --no-block TEST-05-X.service"]
+    assert f"saved={SAVED_TEST}" in AGENT_SCRIPT.read_text()

@@ -82,7 +82,7 @@ class QemuBackend:
     def cold_boot_reason(
         self, decl: TestDeclaration, firmware: Firmware, env: Mapping[str, str]
     ) -> str | None:
-        return resume_blocker(decl, firmware, env)
+        return resume_blocker(decl, env)
 
     @contextlib.contextmanager
     def boot(self, plan: BootPlan, log_dir: Path) -> Iterator[QemuMachine]:

@@ -156,8 +156,12 @@ def secure_boot_vars(env: Mapping[str, str]) -> Path:
     return path
 
 
-def copy_nvram(ovmf: Ovmf, directory: Path) -> Path:
-    """Every VM gets its own copy of the variable store: it writes to it."""
-    target = directory / "OVMF_VARS.fd"
-    shutil.copyfile(ovmf.vars_template, target)
+NVRAM_NAME = "OVMF_VARS.fd"
+
+
+def copy_nvram(ovmf: Ovmf, directory: Path, template: Path | None = None) -> Path:
+    """Every VM gets its own copy of the variable store, as OVMF ships it or as `template`
+    (a booted snapshot's) holds it: it writes to it."""
+    target = directory / NVRAM_NAME
+    shutil.copyfile(template or ovmf.vars_template, target)
     return target

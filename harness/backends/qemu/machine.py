@@ -227,10 +227,15 @@ def make_overlay(image: Path, overlay: Path, backing_format: str = "raw") -> Non
 
 @contextlib.contextmanager
 def running_vm(
-    cfg: VmConfig, files: RunFiles, resuming: bool = False, boot_timeline: str | None = None
+    cfg: VmConfig,
+    files: RunFiles,
+    resuming: bool = False,
+    boot_timeline: str | None = None,
+    nvram_template: Path | None = None,
 ) -> Iterator[QemuMachine]:
     """Start QEMU for `cfg` on `files` (booting, or `resuming` a saved VM, whose boot's
-    timeline is `boot_timeline`); on leaving the context QEMU is gone."""
+    timeline is `boot_timeline` and whose UEFI variables are `nvram_template`); on leaving
+    the context QEMU is gone."""
     binary = qemu_binary(cfg.image.architecture) if cfg.image.architecture in QEMU_BINARIES else None
     if binary is None or shutil.which(binary) is None:
         raise HarnessError(
@@ -247,7 +252,7 @@ def running_vm(
                 machine_alias(binary, MACHINES[cfg.image.architecture]),
                 secure_boot=cfg.firmware.is_secure_boot(),
             )
-            nvram = copy_nvram(ovmf, files.tmp)
+            nvram = copy_nvram(ovmf, files.tmp, nvram_template)
 
         if cfg.tpm:
             stack.enter_context(software_tpm(files))

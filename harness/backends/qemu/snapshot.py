@@ -9,13 +9,19 @@ its credentials, start the unit. The unit is the same as on a cold boot and repo
 the same channel, so TAP, subtests, journal, timeline and report do not change.
 
 A test is eligible when nothing it declares changes what happens before the agent runs
-(`plan.resume_blocker` says why not). The snapshot is keyed to the image, the harness's own
+(`plan.resume_blocker` says why not). There is one snapshot per machine shape, made when
+the first test of that shape needs it: its firmware (a UEFI snapshot keeps OVMF's
+variables, and each test resumes a copy of them) and its storage (a persistent snapshot
+boots without the volatile overlay; the test's writes go to its own overlay of the
+snapshot's disk, and a reboot inside the test is a cold boot of that disk whose agent
+runs the test again at once). A snapshot is keyed to the image, the harness's own
 files and the QEMU binary; it lives in the build directory and is shared by parallel
 `meson test` processes under file locks: the first one makes it, the others wait, all
 hold a shared lock while they use it, and a stale snapshot is removed by whoever makes
-the next one, once nobody holds it. What the guest can still tell: the machine-id and
-boot ID are the snapshot boot's (journald and D-Bus take them when PID 1 starts; giving
-each test a new one would split its journal), and /proc/cmdline names the agent's unit.
+the next one of its shape, once nobody holds it. What the guest can still tell: the
+machine-id and boot ID are the snapshot boot's (journald and D-Bus take them when PID 1
+starts; giving each test a new one would split its journal), and /proc/cmdline names the
+agent's unit.
 
 This file holds the whole path: `booted_snapshot` (made by `make_snapshot` when missing;
 snapshot_store.py keys, shares and replaces them), `resumed_vm` (a test's VM from it,
@@ -39,6 +45,7 @@ from typing import Any
 
 from harness.accel import Acceleration
 from harness.backends.qemu.command import RunFiles, VmConfig, qemu_binary, qemu_major
+from harness.backends.qemu.firmware import NVRAM_NAME
 from harness.backends.qemu.machine import QemuMachine, make_overlay, private_tmp, qmp_errors, running_vm
 from harness.backends.qemu.snapshot_store import (
     HARNESS_DIR,
@@ -52,7 +59,7 @@ from harness.errors import HarnessError
 from harness.guest.reporting import RESUMED_MARK, VIRTIO_CHANNEL
 from harness.guest.units import boot_options, emergency_guard, timeline_script
 from harness.image import Image
-from harness.keys import Firmware
+from harness.keys import Firmware, Storage
 from harness.notify import Notify
 from harness.plan import BootPlan
 from harness.timeline import decode_timeline
@@ -64,6 +71,9 @@ AGENT_UNIT = "harness-agent.service"
 AGENT_CREDENTIAL = "harness.agent"
 TIMELINE_CREDENTIAL = "harness.timeline"
 AGENT_SCRIPT = HARNESS_DIR / "guest" / "agent.sh"
+# On persistent storage the test's disk keeps what the agent was sent, and agent.sh runs it
+# at once when a reboot inside the test boots the agent again.
+SAVED_TEST = "/var/lib/harness-agent.sh"
 SEED_BYTES = 64
 SNAPSHOT_BOOT_TIMEOUT = 120  # seconds with KVM, for the boot to the agent
 RESUME_TIMEOUT = 60  # seconds QEMU may take to load the saved state
@@ -138,27 +148,38 @@ def write_file(data: bytes, path: str) -> str:
 
 
 def resume_script(
-    unit_name: str, unit_text: str, credentials: tuple[Credential, ...], now: float, seed: bytes
+    unit_name: str,
+    unit_text: str,
+    credentials: tuple[Credential, ...],
+    now: float,
+    seed: bytes,
+    persistent: bool = False,
 ) -> str:
     """What the agent runs in a resumed VM: the guest's clock stopped when the snapshot was
     saved and its entropy pool is a copy shared by every test, so both are renewed before
     the test unit starts. Credentials go to /run/credstore (the agent made it), where
     ImportCredential= finds them as it finds the SMBIOS ones on a cold boot. Only `date`
-    and `systemctl` are processes of their own: the rest is the shell's."""
-    lines = [
+    and `systemctl` are processes of their own: the rest is the shell's. On `persistent`
+    storage the test's part is kept in SAVED_TEST and run from there, so that a reboot
+    inside the test, which boots the agent again, starts the test again as a cold
+    boot's command line would."""
+    renew = [
         f"date -s @{now:.3f} >/dev/null",
         write_file(seed, "/dev/urandom"),
         f": >{RESUMED_MARK}",
     ]
-    lines += [write_file(c.value, f"/run/credstore/{c.name}") for c in credentials]
-    lines += [
+    test = [write_file(c.value, f"/run/credstore/{c.name}") for c in credentials]
+    test += [
         "umask 022",  # a unit file others cannot read makes PID 1 warn in every test's journal
         write_file(unit_text.encode(), f"/run/systemd/system/{unit_name}"),
         # No daemon-reload (3 s under emulation): PID 1 has never heard of this unit, so
         # it loads it from disk when asked to start it.
         f"systemctl start --no-block {unit_name}",
     ]
-    return "\n".join(lines) + "\n"
+    if persistent:
+        saved = "\n".join(test) + "\n"
+        test = [write_file(saved.encode(), SAVED_TEST), f". {SAVED_TEST}"]
+    return "\n".join(renew + test) + "\n"
 
 
 def agent_message(script: str) -> bytes:
@@ -170,36 +191,44 @@ def agent_message(script: str) -> bytes:
     return line.encode() + b"\n"
 
 
-def snapshot_config(image: Image, accel: Acceleration) -> VmConfig:
-    """The VM that boots to the agent and is saved: what every eligible test resumes."""
+def snapshot_config(image: Image, accel: Acceleration, firmware: Firmware, storage: Storage) -> VmConfig:
+    """The VM of one machine shape that boots to the agent and is saved: what every
+    eligible test of that firmware and storage resumes."""
     return VmConfig(
         name="snapshot",
         image=image,
-        firmware=Firmware.LINUX,
+        firmware=firmware,
         accel=accel,
-        cmdline=tuple(boot_options(AGENT_UNIT, interactive=False, volatile=True)),
+        cmdline=tuple(boot_options(AGENT_UNIT, interactive=False, volatile=storage == Storage.VOLATILE)),
         credentials=(*agent_credentials(), *emergency_guard(VIRTIO_CHANNEL)),
         agent=True,
     )
 
 
+def plan_snapshot_config(plan: BootPlan) -> VmConfig:
+    return snapshot_config(plan.image, plan.accel, plan.firmware, plan.decl.storage)
+
+
 def booted_snapshot(plan: BootPlan) -> contextlib.AbstractContextManager[Snapshot]:
-    """The booted snapshot for `plan`'s image, made first if needed, held while in use."""
+    """The booted snapshot of `plan`'s image and machine shape, made first if needed, held
+    while in use."""
     assert plan.snapshot_dir is not None
-    cfg = snapshot_config(plan.image, plan.accel)
+    cfg = plan_snapshot_config(plan)
     binary = shutil.which(qemu_binary(plan.image.architecture)) or ""
     image = plan.image
+    files = [image.path, image.kernel, image.initrd, Path(binary)]
     key = snapshot_key(
+        f"{cfg.firmware}-{plan.decl.storage}",
         [plan.accel.kind, *plan.accel.cpu_args(qemu_major(binary)), binary, state_format(image)],
-        [p for p in (image.path, image.kernel, image.initrd, Path(binary)) if p is not None],
+        [p for p in files if p is not None],
     )
     # The boot is the agent's: the test's own timeout does not apply to it.
     timeout = SNAPSHOT_BOOT_TIMEOUT * plan.accel.timeout_factor
 
     def make(dest: Path) -> None:
         log.info(
-            f"{plan.name}: booting {image.path.name} once to save it as the booted snapshot "
-            f"{dest.parent / key} (the other eligible tests resume it)"
+            f"{plan.name}: booting {image.path.name} once ({cfg.firmware}, {plan.decl.storage} storage) "
+            f"to save it as the booted snapshot {dest.parent / key} (the other eligible tests resume it)"
         )
         make_snapshot(cfg, dest, timeout, plan.console_limit)
 
@@ -236,6 +265,8 @@ def make_snapshot(cfg: VmConfig, dest: Path, timeout: float, console_limit: int)
             if timeline:
                 Snapshot(dest).timeline.write_text(timeline)
             save_state(machine, Snapshot(dest).state, state_format(cfg.image))
+        if cfg.firmware.is_uefi():  # QEMU has quit: the store is as the saved VM left it
+            shutil.copyfile(tmp / NVRAM_NAME, Snapshot(dest).nvram)
 
 
 def save_state(machine: QemuMachine, state: Path, form: StateFormat) -> None:
@@ -265,13 +296,19 @@ def resumed_vm(snapshot: Snapshot, plan: BootPlan, files: RunFiles) -> Iterator[
     the test; on leaving, QEMU and the agent's connection are gone."""
     make_overlay(snapshot.disk, files.disk, backing_format="qcow2")
     timeline = snapshot.timeline.read_text() if snapshot.timeline.is_file() else None
-    cfg = snapshot_config(plan.image, plan.accel)
+    cfg = plan_snapshot_config(plan)
+    nvram = snapshot.nvram if cfg.firmware.is_uefi() else None
     with (
-        running_vm(cfg, files, resuming=True, boot_timeline=timeline) as machine,
+        running_vm(cfg, files, resuming=True, boot_timeline=timeline, nvram_template=nvram) as machine,
         socket.socket(socket.AF_UNIX) as agent,
     ):
         script = resume_script(
-            plan.decl.unit_name, plan.unit, plan.test_credentials, time.time(), os.urandom(SEED_BYTES)
+            plan.decl.unit_name,
+            plan.unit,
+            plan.test_credentials,
+            time.time(),
+            os.urandom(SEED_BYTES),
+            persistent=plan.decl.storage == Storage.PERSISTENT,
         )
         hand_over(machine, agent, agent_message(script), snapshot.state, state_format(plan.image))
         yield machine

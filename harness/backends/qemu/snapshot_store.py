@@ -1,7 +1,8 @@
 """Where booted snapshots live and how parallel `meson test` processes share them: each
-is named by a key of what it was made from, made once under an exclusive file lock, used
-under a shared one, and removed, once nobody holds it, when a snapshot of a newer key is
-made. What a snapshot holds and how it is made and resumed is snapshot.py's.
+is named by its machine's shape (firmware and storage: one snapshot per shape lives side
+by side) and a key of what it was made from, made once under an exclusive file lock, used
+under a shared one, and removed, once nobody holds it, when a snapshot of the same shape
+and a newer key is made. What a snapshot holds and how it is made and resumed is snapshot.py's.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 import attrs
 
 HARNESS_DIR = Path(__file__).resolve().parents[2]  # the package: its code is part of the key
+SHAPE = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 
 
 class SnapshotUnavailable(Exception):
@@ -28,10 +31,13 @@ def _file_identity(path: Path) -> str:
     return f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
 
 
-def snapshot_key(inputs: list[str], files: list[Path]) -> str:
-    """A name for the snapshot that changes whenever what it was made from changes: the
-    image and its kernel and initrd (by identity: a rebuild makes new files), QEMU, the
-    harness's own code, and the words in `inputs` (acceleration, machine shape)."""
+def snapshot_key(shape: str, inputs: list[str], files: list[Path]) -> str:
+    """A name for the snapshot: its `shape` (firmware-storage), then a digest that changes
+    whenever what it was made from changes: the image and its kernel and initrd (by
+    identity: a rebuild makes new files), QEMU, the harness's own code, and the words in
+    `inputs` (acceleration, CPU model, state format)."""
+    if not SHAPE.fullmatch(shape):
+        raise ValueError(f"a snapshot's shape is lowercase words joined by '-': {shape!r}")
     h = hashlib.sha256()
     for word in inputs:
         h.update(word.encode() + b"\0")
@@ -40,7 +46,12 @@ def snapshot_key(inputs: list[str], files: list[Path]) -> str:
     for path in sorted(HARNESS_DIR.rglob("*")):
         if path.suffix in (".py", ".sh") and path.is_file():
             h.update(path.relative_to(HARNESS_DIR).as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:16]
+    return f"{shape}-{h.hexdigest()[:16]}"
+
+
+def key_shape(key: str) -> str:
+    """The shape a key names: what precedes its digest."""
+    return key.rpartition("-")[0]
 
 
 @attrs.frozen
@@ -56,6 +67,11 @@ class Snapshot:
     @property
     def disk(self) -> Path:
         return self.dir / "disk.qcow2"
+
+    @property
+    def nvram(self) -> Path:
+        """A UEFI machine's variable store as the saved VM left it (none for `linux`)."""
+        return self.dir / "vars.fd"
 
     @property
     def console(self) -> Path:
@@ -120,11 +136,12 @@ def _make(root: Path, key: str, attempt: str, make: Callable[[Path], None], snap
 
 
 def remove_stale(root: Path, keep: str) -> list[str]:
-    """Remove the snapshots of other keys that nobody holds; returns the keys removed."""
+    """Remove the snapshots of `keep`'s shape and other keys that nobody holds (those of
+    other shapes are other machines' and stay); returns the keys removed."""
     removed = []
     for lock_path in root.glob("*.lock"):
         key = lock_path.name[: -len(".lock")]
-        if key == keep:
+        if key == keep or key_shape(key) != key_shape(keep):
             continue
         with open(lock_path, "a+") as lock:
             try:
