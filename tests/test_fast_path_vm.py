@@ -66,9 +66,7 @@ def test_uefi_tests_resume_a_uefi_snapshot_each_with_its_own_variables(image, tm
 def test_persistent_tests_resume_a_persistent_snapshot_and_keep_their_writes_to_themselves(image, tmp_path):
     for me, other in (("TEST-87-KEEP", "TEST-88-KEEP"), ("TEST-88-KEEP", "TEST-87-KEEP")):
         script = f"test ! -e /var/lib/{other} && test ! -e /var/lib/{me} && touch /var/lib/{me} && sync"
-        r = run_wrapper(
-            image, tmp_path / me, me, "--storage=persistent", f"--command=/bin/sh -c '{script}'"
-        )
+        r = run_wrapper(image, tmp_path / me, me, "--storage=persistent", f"--command=/bin/sh -c '{script}'")
         assert r.returncode == 0, r.stdout
         assert boot_path(tmp_path / me) == "snapshot"
         if me == "TEST-87-KEEP":
