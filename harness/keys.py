@@ -70,7 +70,10 @@ KEYS = (
         "timeout", 300, "seconds with KVM; multiplied by 5 under TCG (`python3 -m harness accel` says which)"
     ),
     Key(
-        "priority", 0, "meson's test priority: higher starts first (among equals, tests that boot cold first)"
+        "priority",
+        0,
+        "meson's test priority: higher starts first (among equals, tests that boot first: cold, or to "
+        "make their machine shape's snapshot)",
     ),
     Key("slow", False, "runs only with `HARNESS_SLOW_TESTS=1`"),
     Key("enabled", True, "false: always SKIP"),
