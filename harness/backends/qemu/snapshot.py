@@ -227,8 +227,9 @@ def booted_snapshot(plan: BootPlan) -> contextlib.AbstractContextManager[Snapsho
 
     def make(dest: Path) -> None:
         log.info(
-            f"{plan.name}: booting {image.path.name} once ({cfg.firmware}, {plan.decl.storage} storage) "
-            f"to save it as the booted snapshot {dest.parent / key} (the other eligible tests resume it)"
+            f"{plan.name}: booting {image.path.name} once to save it as the booted snapshot "
+            f"{dest.parent / key} ({cfg.firmware}, {plan.decl.storage} storage: the other eligible "
+            "tests of that shape resume it)"
         )
         make_snapshot(cfg, dest, timeout, plan.console_limit)
 
