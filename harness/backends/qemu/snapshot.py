@@ -44,8 +44,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.accel import Acceleration
-from harness.backends.qemu.command import RunFiles, VmConfig, qemu_binary, qemu_major
-from harness.backends.qemu.firmware import NVRAM_NAME
+from harness.backends.qemu.command import (
+    MACHINES,
+    RunFiles,
+    VmConfig,
+    machine_alias,
+    qemu_binary,
+    qemu_major,
+)
+from harness.backends.qemu.firmware import NVRAM_NAME, find_ovmf
 from harness.backends.qemu.machine import QemuMachine, make_overlay, private_tmp, qmp_errors, running_vm
 from harness.backends.qemu.snapshot_store import (
     HARNESS_DIR,
@@ -217,6 +224,10 @@ def booted_snapshot(plan: BootPlan) -> contextlib.AbstractContextManager[Snapsho
     binary = shutil.which(qemu_binary(plan.image.architecture)) or ""
     image = plan.image
     files = [image.path, image.kernel, image.initrd, Path(binary)]
+    if cfg.firmware.is_uefi():  # new firmware, or other enrolled keys: a new snapshot
+        arch = image.architecture
+        ovmf = find_ovmf(arch, machine_alias(binary, MACHINES[arch]), cfg.firmware.is_secure_boot())
+        files += [ovmf.code, ovmf.vars_template]
     key = snapshot_key(
         f"{cfg.firmware}-{plan.decl.storage}",
         [plan.accel.kind, *plan.accel.cpu_args(qemu_major(binary)), binary, state_format(image)],
