@@ -229,11 +229,16 @@ def setup_logging(tap: bool) -> None:
 def meson_priority(decl: TestDeclaration) -> int:
     """meson's priority for the test: the declared one, and among equals the tests that
     must boot start first, so the fast ones fill in around them: those that boot cold, and
-    those of a machine shape (firmware, storage) other than most tests', whose first test
-    boots to make that shape's snapshot."""
+    those of a machine shape (firmware, storage, TPM, disks) other than most tests', whose
+    first test boots to make that shape's snapshot."""
     from harness.plan import resume_blocker
 
-    usual_shape = decl.firmware in (Firmware.AUTO, Firmware.LINUX) and decl.storage == Storage.VOLATILE
+    usual_shape = (
+        decl.firmware in (Firmware.AUTO, Firmware.LINUX)
+        and decl.storage == Storage.VOLATILE
+        and not decl.tpm
+        and not decl.disks
+    )
     boots = decl.host or resume_blocker(decl, {}) or not usual_shape
     return decl.priority * 2 + (1 if boots else 0)
 

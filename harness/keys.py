@@ -121,8 +121,9 @@ KEYS = (
     Key(
         "tpm",
         False,
-        "a TPM 2.0 in the machine (adds `tpm` to `requires`): a VM gets swtpm beside it, a fresh TPM per "
-        "test, and boots cold; a board must offer the `tpm` feature, else the test SKIPs",
+        "a TPM 2.0 in the machine (adds `tpm` to `requires`): a VM gets swtpm beside it, a TPM of its own "
+        "per test (resumed: as the snapshot's boot left it); a board must offer the `tpm` feature, else "
+        "the test SKIPs",
     ),
     Key(
         "rtc",
@@ -134,7 +135,7 @@ KEYS = (
         "disks",
         [],
         "extra empty disks, each a size (`512M`, `2G`; at most 8 of 1M..1T): sparse files beside the VM, "
-        "the guest's `/dev/disk/by-id/virtio-harness-disk-N` (N from 1); the test boots cold; a board "
+        "the guest's `/dev/disk/by-id/virtio-harness-disk-N` (N from 1), new for every test; a board "
         "must offer the `disks` feature (added to `requires`), else the test SKIPs",
         repeated=True,
     ),

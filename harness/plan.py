@@ -79,9 +79,9 @@ class BootPlan:
 
 
 def resume_blocker(decl: TestDeclaration, env: Mapping[str, str]) -> str | None:
-    """What in a declaration keeps a test from resuming a booted snapshot (one per firmware
-    and storage, booted with nothing added to the command line or the machine); None when
-    nothing does."""
+    """What in a declaration keeps a test from resuming a booted snapshot (one per machine
+    shape: firmware, storage, TPM, extra disks; booted with nothing added to the command
+    line or to QEMU's); None when nothing does."""
     if env.get("HARNESS_COLD_BOOT") == "1":
         return "HARNESS_COLD_BOOT=1"
     if decl.boot == BootMode.COLD:
@@ -90,12 +90,8 @@ def resume_blocker(decl: TestDeclaration, env: Mapping[str, str]) -> str | None:
         return "the test adds to the kernel command line"
     if decl.qemu_args:
         return "the test adds QEMU arguments"
-    if decl.tpm:
-        return "the test declares a TPM (the booted snapshot has none)"
     if decl.rtc:
         return "the test sets the real-time clock (rtc: true)"
-    if decl.disks:
-        return "the test declares extra disks (the booted snapshot has none)"
     return None
 
 

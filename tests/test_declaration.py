@@ -120,7 +120,13 @@ def test_an_abbreviated_key_is_not_taken_for_a_known_one(capsys):
 
 
 def test_validate_prints_meson_priority(capsys):
-    for args, priority in ((["--priority=3"], 6), (["--priority=3", "--storage=persistent"], 7), ([], 0)):
+    for args, priority in (
+        (["--priority=3"], 6),
+        (["--priority=3", "--storage=persistent"], 7),
+        (["--tpm=true"], 1),
+        (["--disks=1G"], 1),
+        ([], 0),
+    ):
         assert main(["validate", "--name=TEST-99-UNIT", "--test-dir=/t/TEST-99-UNIT", *args]) == 0
         assert capsys.readouterr().out.strip() == str(priority)
 

@@ -4,6 +4,7 @@ replaced and cleaned up as it should be."""
 
 from __future__ import annotations
 
+import base64
 import signal
 import subprocess
 import time
@@ -73,6 +74,51 @@ def test_persistent_tests_resume_a_persistent_snapshot_and_keep_their_writes_to_
             snapshot = snapshot_of("linux-persistent")
             disk = (snapshot / "disk.qcow2").read_bytes()
     assert (snapshot / "disk.qcow2").read_bytes() == disk, "a test wrote to the snapshot's disk"
+
+
+# TPM2_PCR_Extend of PCR 16 (the debug PCR) with one SHA-256 digest, under the empty
+# password session: the raw command, for an image without the TPM's user-space tools.
+PCR_EXTEND = bytes.fromhex(
+    " ".join(
+        [
+            "8002 00000041 00000182",  # with sessions, 65 bytes, TPM2_PCR_Extend
+            "00000010",  # PCR 16
+            "00000009 40000009 0000 00 0000",  # the empty password session
+            "00000001 000b" + "01" * 32,  # one SHA-256 digest
+        ]
+    )
+)
+PCR_EXTEND_BASE64 = base64.b64encode(PCR_EXTEND).decode()  # systemd unescapes a unit's \NNN
+PCR16 = "/sys/class/tpm/tpm0/pcr-sha256/16"
+ZEROS = "0" * 64
+DISK = "/dev/disk/by-id/virtio-harness-disk-1"
+# Each run finds the machine as the snapshot's boot left it, then changes it: PCR 16
+# extended, a mark on the first disk. The suite's TEST-10-TPM and TEST-11-DISKS made
+# these shapes' snapshots.
+FRESH_THEN_CHANGED = {
+    "tpm": (
+        ("--tpm=true",),
+        f"test $(cat {PCR16}) = {ZEROS} && echo {PCR_EXTEND_BASE64} | base64 -d >/dev/tpmrm0"
+        f" && test $(cat {PCR16}) != {ZEROS}",
+    ),
+    "disks": (
+        ("--disks=256M", "--disks=1G"),
+        f"cmp -n 65536 /dev/zero {DISK} && printf mark >{DISK} && sync && test $(head -c 4 {DISK}) = mark",
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", FRESH_THEN_CHANGED)
+def test_tpm_and_disk_tests_resume_their_shapes_snapshot_each_with_its_own(image, tmp_path, shape):
+    # Two at once, then a third: each must find PCR 16 unextended and the disk empty.
+    declared, script = FRESH_THEN_CHANGED[shape]
+    args = (*declared, f"--command=/bin/sh -c '{script}'")
+    pair = [start_wrapper(image, tmp_path / f"r{n}", f"TEST-9{n}-FRESH", *args) for n in (1, 2)]
+    outputs = [p.communicate(timeout=900)[0] for p in pair]
+    assert [p.returncode for p in pair] == [0, 0], outputs
+    r = run_wrapper(image, tmp_path / "r3", "TEST-93-FRESH", *args)
+    assert r.returncode == 0, r.stdout
+    assert {boot_path(tmp_path / f"r{n}") for n in (1, 2, 3)} == {"snapshot"}
 
 
 def test_guest_clock_is_the_hosts_after_resume(image, tmp_path):

@@ -9,19 +9,17 @@ its credentials, start the unit. The unit is the same as on a cold boot and repo
 the same channel, so TAP, subtests, journal, timeline and report do not change.
 
 A test is eligible when nothing it declares changes what happens before the agent runs
-(`plan.resume_blocker` says why not). There is one snapshot per machine shape, made when
-the first test of that shape needs it: its firmware (a UEFI snapshot keeps OVMF's
-variables, and each test resumes a copy of them) and its storage (a persistent snapshot
-boots without the volatile overlay; the test's writes go to its own overlay of the
-snapshot's disk, and a reboot inside the test is a cold boot of that disk whose agent
-runs the test again at once). A snapshot is keyed to the image, the harness's own
-files and the QEMU binary; it lives in the build directory and is shared by parallel
-`meson test` processes under file locks: the first one makes it, the others wait, all
-hold a shared lock while they use it, and a stale snapshot is removed by whoever makes
-the next one of its shape, once nobody holds it. What the guest can still tell: the
-machine-id and boot ID are the snapshot boot's (journald and D-Bus take them when PID 1
-starts; giving each test a new one would split its journal), and /proc/cmdline names the
-agent's unit.
+(`plan.resume_blocker` says why not). There is one snapshot per machine shape
+(`machine_shape`), made when the first test of that shape needs it: its firmware (a UEFI
+snapshot keeps OVMF's variables; each test resumes a copy), its storage (a persistent
+snapshot boots without the volatile overlay; a reboot inside the test is a cold boot of
+the test's own overlay, whose agent runs the test again at once), its TPM (its state
+travels in the saved VM into each test's own swtpm) and its extra disks (each test gets
+new empty ones). A snapshot is keyed to the image, the harness's own files and QEMU; it
+lives in the build directory and is shared by parallel `meson test` processes under file
+locks (snapshot_store.py). What the guest can still tell: the machine-id and boot ID are
+the snapshot boot's (journald and D-Bus take them when PID 1 starts; a new one per test
+would split its journal), as are the TPM's seeds, and /proc/cmdline names the agent's unit.
 
 This file holds the whole path: `booted_snapshot` (made by `make_snapshot` when missing;
 snapshot_store.py keys, shares and replaces them), `resumed_vm` (a test's VM from it,
@@ -198,9 +196,16 @@ def agent_message(script: str) -> bytes:
     return line.encode() + b"\n"
 
 
-def snapshot_config(image: Image, accel: Acceleration, firmware: Firmware, storage: Storage) -> VmConfig:
+def snapshot_config(
+    image: Image,
+    accel: Acceleration,
+    firmware: Firmware,
+    storage: Storage,
+    tpm: bool = False,
+    disks: tuple[int, ...] = (),
+) -> VmConfig:
     """The VM of one machine shape that boots to the agent and is saved: what every
-    eligible test of that firmware and storage resumes."""
+    eligible test of that firmware, storage, TPM and extra disks resumes."""
     return VmConfig(
         name="snapshot",
         image=image,
@@ -209,11 +214,24 @@ def snapshot_config(image: Image, accel: Acceleration, firmware: Firmware, stora
         cmdline=tuple(boot_options(AGENT_UNIT, interactive=False, volatile=storage == Storage.VOLATILE)),
         credentials=(*agent_credentials(), *emergency_guard(VIRTIO_CHANNEL)),
         agent=True,
+        tpm=tpm,
+        disks=disks,
     )
 
 
 def plan_snapshot_config(plan: BootPlan) -> VmConfig:
-    return snapshot_config(plan.image, plan.accel, plan.firmware, plan.decl.storage)
+    d = plan.decl
+    return snapshot_config(plan.image, plan.accel, plan.firmware, d.storage, d.tpm, d.disks)
+
+
+def machine_shape(cfg: VmConfig, storage: Storage) -> str:
+    """What a snapshot's machine has that a resumed test's must have too (migration
+    needs the same devices): `<firmware>-<storage>`, then `tpm`, then `disks` and the
+    extra disks' sizes in bytes."""
+    words = [str(cfg.firmware), str(storage)]
+    words += ["tpm"] if cfg.tpm else []
+    words += ["disks", *(str(size) for size in cfg.disks)] if cfg.disks else []
+    return "-".join(words)
 
 
 def booted_snapshot(plan: BootPlan) -> contextlib.AbstractContextManager[Snapshot]:
@@ -228,10 +246,13 @@ def booted_snapshot(plan: BootPlan) -> contextlib.AbstractContextManager[Snapsho
         arch = image.architecture
         ovmf = find_ovmf(arch, machine_alias(binary, MACHINES[arch]), cfg.firmware.is_secure_boot())
         files += [ovmf.code, ovmf.vars_template]
+    if cfg.tpm:  # the TPM's state travels in the snapshot, in swtpm's own format
+        files.append(Path(shutil.which("swtpm") or "swtpm"))
+    shape = machine_shape(cfg, plan.decl.storage)
     key = snapshot_key(
-        f"{cfg.firmware}-{plan.decl.storage}",
+        shape,
         [plan.accel.kind, *plan.accel.cpu_args(qemu_major(binary)), binary, state_format(image)],
-        [p for p in files if p is not None],
+        [p for p in files if p is not None and p.exists()],
     )
     # The boot is the agent's: the test's own timeout does not apply to it.
     timeout = SNAPSHOT_BOOT_TIMEOUT * plan.accel.timeout_factor
@@ -239,8 +260,8 @@ def booted_snapshot(plan: BootPlan) -> contextlib.AbstractContextManager[Snapsho
     def make(dest: Path) -> None:
         log.info(
             f"{plan.name}: booting {image.path.name} once to save it as the booted snapshot "
-            f"{dest.parent / key} ({cfg.firmware}, {plan.decl.storage} storage: the other eligible "
-            "tests of that shape resume it)"
+            f"{dest.parent / key} (machine shape {shape}: the other eligible tests of that shape "
+            "resume it)"
         )
         make_snapshot(cfg, dest, timeout, plan.console_limit)
 
