@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import attrs
-from elftools.elf.elffile import ELFFile
 
 from harness.errors import HarnessError
 
@@ -147,6 +146,8 @@ def cpio_files(archive: bytes) -> Iterator[tuple[str, bytes]]:
 def elf_architecture(blob: bytes) -> str | None:
     if blob[:4] != b"\x7fELF":
         return None
+    from elftools.elf.elffile import ELFFile  # here: most runs read cached facts, not ELF files
+
     return ELF_MACHINES.get(ELFFile(io.BytesIO(blob)).header["e_machine"])
 
 

@@ -194,8 +194,25 @@ def test_resume_script_installs_unit_and_credentials(tmp_path, shell):
     ).read_text() == "[Unit]\nDescription=x\n"
     assert (tmp_path / "run" / "systemd" / "system" / "TEST-01-X.service").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "urandom").read_bytes() == b"\x01" * 64
-    calls = (tmp_path / "calls").read_text().splitlines()
-    assert calls == ["date -s @1795000000.500", "systemctl start --no-block TEST-01-X.service"]
+    calls = (tmp_path / "calls").read_text().splitlines()  # date ran beside, in either order
+    assert sorted(calls) == ["date -s @1795000000.500", "systemctl start --no-block TEST-01-X.service"]
+    assert (tmp_path / "run" / "harness-resumed").read_text() == "set\n"  # the clock is right
+
+
+@pytest.mark.parametrize("mark", [None, "set\n", ""])
+def test_the_test_waits_for_the_clock_only_while_a_resumed_guest_sets_it(tmp_path, mark):
+    from harness.guest.reporting import RESUMED_MARK, WAIT_FOR_CLOCK
+
+    path = tmp_path / "resumed"
+    if mark is not None:
+        path.write_text(mark)
+    wait = WAIT_FOR_CLOCK.replace(RESUMED_MARK, str(path))
+    try:
+        subprocess.run(["dash", "-c", wait], timeout=1)
+        waited = False
+    except subprocess.TimeoutExpired:
+        waited = True
+    assert waited == (mark == "")  # cold boot: no mark; resumed: empty until `date` is done
 
 
 def test_a_resumed_tests_timeline_is_the_snapshots_boot_and_its_own_unit():

@@ -22,8 +22,12 @@ from harness.timeline import TIMELINE_MANAGER_PROPERTIES, TIMELINE_UNIT_PROPERTI
 NOTIFY_PORT = "io.harness.notify"
 JOURNAL_PORT = "io.harness.journal"
 # Made by the fast path's hand-over in a resumed guest: its test unit then sends only its
-# own part of the timeline (the host has the boot's from the snapshot).
+# own part of the timeline (the host has the boot's from the snapshot). The hand-over sets
+# the clock beside the test unit's start (`date` is a process, a tenth of a second under
+# emulation): the mark is made empty, and written to once the clock is right. The test's
+# first command waits for that; on a cold boot there is no mark and nothing to wait for.
 RESUMED_MARK = "/run/harness-resumed"
+WAIT_FOR_CLOCK = f"while [ -e {RESUMED_MARK} ] && [ ! -s {RESUMED_MARK} ]; do sleep 0.01; done"
 CGROUP_SYSTEM = "/sys/fs/cgroup/system.slice"  # the unified hierarchy's, where systemd has one
 
 
@@ -48,7 +52,7 @@ CONSOLE_CHANNEL = ReportChannel("/dev/console", "HARNESS_NOTIFY ")
 
 def report_start(ch: ReportChannel) -> str:
     # Runs before the test: tells the host the guest got as far as the test unit.
-    return f"-/bin/sh -c '{ch.write(['READY=1'])} || :'"
+    return f"-/bin/sh -c '{WAIT_FOR_CLOCK}; {ch.write(['READY=1'])} || :'"
 
 
 PLAIN_PROGRAM = re.compile(r"[A-Za-z0-9_./+-]+")
@@ -67,7 +71,7 @@ def start_lines(ch: ReportChannel, command: str) -> list[str]:
         return [f"ExecStartPre={report_start(ch)}", f"ExecStart={command}"]
     name = program.rsplit("/", 1)[-1]
     return [
-        f"ExecStart=/bin/sh -c '{ch.write(['READY=1'])}; exec \"$$@\"' {name} {command}",
+        f"ExecStart=/bin/sh -c '{WAIT_FOR_CLOCK}; {ch.write(['READY=1'])}; exec \"$$@\"' {name} {command}",
         f"SyslogIdentifier={name}",
     ]
 
@@ -85,19 +89,22 @@ def verdict_line(ch: ReportChannel, name: str, expected: int) -> str:
     )
 
 
-def report_end(ch: ReportChannel, unit_name: str, whole_journal: bool, verdict: str) -> str:
+def report_end(ch: ReportChannel) -> str:
     # Runs after the test, with systemd's SERVICE_RESULT/EXIT_CODE/EXIT_STATUS in the
-    # environment: the host turns these into the status PID 1 exits with. Then the
-    # journal goes out on its own port (VMs only), so it is there even when the disk is
-    # thrown away: all of it when the test did not succeed (or the host keeps it always),
-    # else only the test unit's part, which is what the report shows (exporting the
-    # whole journal costs seconds under emulation).
-    report = ch.write(
+    # environment: the host turns these into the status PID 1 exits with.
+    return ch.write(
         [f"{Notify.SERVICE_RESULT}=%%s", f"{Notify.EXIT_CODE}=%%s", f"{Notify.UNIT_EXIT_STATUS}=%%s"],
         "$SERVICE_RESULT",
         "$EXIT_CODE",
         "$EXIT_STATUS",
     )
+
+
+def send_journal(unit_name: str, whole_journal: bool) -> str:
+    # The journal goes out on its own port (VMs only), so it is there even when the disk
+    # is thrown away: all of it when the test did not succeed (or the host keeps it
+    # always), else only the test unit's part, which is what the report shows (exporting
+    # the whole journal costs seconds under emulation).
     # A passed test sends its unit's part and every core dump's message (the host fails a
     # test during which a process dumped core: harness/gates.py), once systemd-coredump
     # has written them (up to 20 s: it makes the stack trace first).
@@ -111,8 +118,7 @@ def report_end(ch: ReportChannel, unit_name: str, whole_journal: bool, verdict: 
         export = f'{{ if [ "$SERVICE_RESULT" = success ]; then {export} {matches}; else {export}; fi; }}'
     settle = COREDUMPS_SETTLE.replace("$", "$$")  # in a unit's command line
     return (
-        f"{report}; {verdict};"
-        f" test -c /dev/virtio-ports/{JOURNAL_PORT} && {{ {settle}; }} && journalctl --sync &&"
+        f"test -c /dev/virtio-ports/{JOURNAL_PORT} && {{ {settle}; }} && journalctl --sync &&"
         f" {export} >/dev/virtio-ports/{JOURNAL_PORT}"
     )
 
@@ -134,9 +140,7 @@ CORE_DUMPS_EXPORT = (
 
 def report_timeline(ch: ReportChannel, unit_name: str) -> str:
     # The boot timeline, gzipped and base64-encoded into one line (about 10 kB): short
-    # enough for a board's serial console too. Then the mark that the guest has said all
-    # it will say: the host may end the VM from here without waiting for a shutdown.
-    # Every unit's (3 s under emulation), or, in a guest resumed from a snapshot
+    # enough for a board's serial console too. Every unit's (3 s under emulation), or, in a guest resumed from a snapshot
     # (RESUMED_MARK), the uptime and the test unit's alone: the host has the boot's.
     unit_props = ",".join(TIMELINE_UNIT_PROPERTIES)
     manager = ",".join(TIMELINE_MANAGER_PROPERTIES)
@@ -147,13 +151,19 @@ def report_timeline(ch: ReportChannel, unit_name: str) -> str:
     )
     return (
         f'test -c {ch.device} && {{ printf "{ch.prefix}{Notify.TIMELINE}=";'
-        f" {{ {show}; }} | gzip -1 | base64 -w0;"
-        f' echo; printf "{ch.prefix}{Notify.DONE}=1\\n"; }} >{ch.device}'
+        f" {{ {show}; }} | gzip -1 | base64 -w0; echo; }} >{ch.device}"
     )
 
 
 def report_after(ch: ReportChannel, unit_name: str, whole_journal: bool, verdict: str) -> str:
     # One ExecStopPost= for all the test's end says: each command systemd runs is a
-    # process of its own (systemd-executor), a fifth of a second under emulation.
-    end = report_end(ch, unit_name, whole_journal, verdict)
-    return f"-/bin/sh -c '{end}; {report_timeline(ch, unit_name)}; :'"
+    # process of its own (systemd-executor), a fifth of a second under emulation. The
+    # journal and the timeline go out side by side (on two ports), then the mark that the
+    # guest has said all it will say: the host may end the VM from there without waiting
+    # for a shutdown.
+    journal = send_journal(unit_name, whole_journal)
+    done = ch.write([f"{Notify.DONE}=1"])
+    return (
+        f"-/bin/sh -c '{report_end(ch)}; {verdict}; {{ {journal}; }} & {report_timeline(ch, unit_name)};"
+        f" wait; {done}; :'"
+    )

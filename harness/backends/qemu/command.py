@@ -10,6 +10,7 @@ import datetime
 import functools
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -147,9 +148,13 @@ def qemu_binary(arch: str, env: Mapping[str, str] = os.environ) -> str:
     return env.get("HARNESS_QEMU") or QEMU_BINARIES[arch]
 
 
-@functools.cache
 def qemu_major(binary: str) -> int:
-    """The major version of a QEMU binary (0 when it cannot tell)."""
+    """The major version of a QEMU binary, by name or path (0 when it cannot tell)."""
+    return _qemu_major(shutil.which(binary) or binary)
+
+
+@functools.cache
+def _qemu_major(binary: str) -> int:
     try:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
     except OSError:

@@ -147,8 +147,7 @@ _PRINTF = [chr(b) if 32 <= b < 127 and chr(b) not in "\\%'" else f"\\{b:03o}" fo
 
 
 def write_file(data: bytes, path: str) -> str:
-    """A shell command writing exactly `data` to `path` with the shell's own printf: no
-    process is started, which under emulation is tens of milliseconds each."""
+    """A shell command writing exactly `data` to `path` with the shell's own printf."""
     return f"printf -- '{''.join(_PRINTF[b] for b in data)}' >{shlex.quote(path)}"
 
 
@@ -162,16 +161,15 @@ def resume_script(
 ) -> str:
     """What the agent runs in a resumed VM: the guest's clock stopped when the snapshot was
     saved and its entropy pool is a copy shared by every test, so both are renewed before
-    the test unit starts. Credentials go to /run/credstore (the agent made it), where
-    ImportCredential= finds them as it finds the SMBIOS ones on a cold boot. Only `date`
-    and `systemctl` are processes of their own: the rest is the shell's. On `persistent`
-    storage the test's part is kept in SAVED_TEST and run from there, so that a reboot
-    inside the test, which boots the agent again, starts the test again as a cold
-    boot's command line would."""
+    the test runs; `date` runs beside the rest (the test's first command waits for it:
+    WAIT_FOR_CLOCK). Credentials go to /run/credstore, where ImportCredential= finds them
+    as it finds the SMBIOS ones on a cold boot. On `persistent` storage the test's part
+    is kept in SAVED_TEST and run from there: a reboot inside the test boots the agent
+    again, which starts the test again as a cold boot's command line would."""
     renew = [
-        f"date -s @{now:.3f} >/dev/null",
-        write_file(seed, "/dev/urandom"),
         f": >{RESUMED_MARK}",
+        f"{{ date -s @{now:.3f} >/dev/null || :; echo set >{RESUMED_MARK}; }} &",
+        write_file(seed, "/dev/urandom"),
     ]
     test = [write_file(c.value, f"/run/credstore/{c.name}") for c in credentials]
     test += [
@@ -184,13 +182,15 @@ def resume_script(
     if persistent:
         saved = "\n".join(test) + "\n"
         test = [write_file(saved.encode(), SAVED_TEST), f". {SAVED_TEST}"]
-    return "\n".join(renew + test) + "\n"
+    # The agent's unit ends when its shell does, and takes what still runs with it.
+    return "\n".join([*renew, *test, "wait"]) + "\n"
 
 
 def agent_message(script: str) -> bytes:
     """The one line the agent reads from its port and runs in its own shell (eval): the
     script's commands joined on one line, which `write_file`'s escapes make possible."""
-    line = "; ".join(script.splitlines())
+    # A command put in the background ends with its `&`, which takes no `;` after it.
+    line = "".join(c + (" " if c.endswith("&") else "; ") for c in script.splitlines()).rstrip("; ")
     if "\n" in line or "\r" in line:
         raise HarnessError("the fast path's script for the agent holds a line break", "report this as a bug")
     return line.encode() + b"\n"
