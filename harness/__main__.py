@@ -23,7 +23,7 @@ from harness import declaration_file
 from harness.accel import detect
 from harness.declaration import TestDeclaration
 from harness.errors import HarnessError, LogDirBusy
-from harness.keys import Firmware, Storage, key_table
+from harness.keys import key_table
 from harness.results import EXIT_ERROR
 
 if TYPE_CHECKING:
@@ -231,15 +231,9 @@ def meson_priority(decl: TestDeclaration) -> int:
     must boot start first, so the fast ones fill in around them: those that boot cold, and
     those of a machine shape (firmware, storage, TPM, disks) other than most tests', whose
     first test boots to make that shape's snapshot."""
-    from harness.plan import resume_blocker
+    from harness.plan import USUAL_SHAPE, declared_shape, resume_blocker
 
-    usual_shape = (
-        decl.firmware in (Firmware.AUTO, Firmware.LINUX)
-        and decl.storage == Storage.VOLATILE
-        and not decl.tpm
-        and not decl.disks
-    )
-    boots = decl.host or resume_blocker(decl, {}) or not usual_shape
+    boots = decl.host or resume_blocker(decl, {}) or declared_shape(decl) != USUAL_SHAPE
     return decl.priority * 2 + (1 if boots else 0)
 
 

@@ -78,6 +78,26 @@ class BootPlan:
         return self.decl.name
 
 
+def machine_shape(firmware: Firmware, storage: Storage, tpm: bool, disks: tuple[int, ...]) -> str:
+    """What a booted snapshot's machine has that a test resuming it must have too
+    (migration needs the same devices): `<firmware>-<storage>`, then `tpm`, then `disks`
+    and the extra disks' sizes in bytes. One snapshot is kept per shape."""
+    words = [str(firmware), str(storage)]
+    words += ["tpm"] if tpm else []
+    words += ["disks", *(str(size) for size in disks)] if disks else []
+    return "-".join(words)
+
+
+def declared_shape(decl: TestDeclaration) -> str:
+    """The machine shape `decl` asks for, `auto` firmware taken as `linux` (what it
+    resolves to for most images)."""
+    firmware = Firmware.LINUX if decl.firmware == Firmware.AUTO else decl.firmware
+    return machine_shape(firmware, decl.storage, decl.tpm, decl.disks)
+
+
+USUAL_SHAPE = machine_shape(Firmware.LINUX, Storage.VOLATILE, False, ())
+
+
 def resume_blocker(decl: TestDeclaration, env: Mapping[str, str]) -> str | None:
     """What in a declaration keeps a test from resuming a booted snapshot (one per machine
     shape: firmware, storage, TPM, extra disks; booted with nothing added to the command

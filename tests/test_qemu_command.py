@@ -6,11 +6,11 @@ from helpers import declaration
 from harness.accel import Acceleration
 from harness.backends.qemu.command import RunFiles, VmConfig, kernel_cmdline, qemu_command
 from harness.backends.qemu.firmware import Ovmf
-from harness.backends.qemu.snapshot import machine_shape, snapshot_config
+from harness.backends.qemu.snapshot import snapshot_config
 from harness.backends.qemu.snapshot_store import SHAPE
 from harness.image import Image
 from harness.keys import Firmware, Storage
-from harness.plan import BootPlan, harness_cmdline, resume_blocker
+from harness.plan import BootPlan, harness_cmdline, machine_shape, resume_blocker
 
 ROOT = uuid.UUID("8ce23b7e-642d-4dbe-827e-8b2ffc70816e")
 
@@ -115,9 +115,10 @@ def test_a_tpm_and_disks_are_part_of_the_machine_shape_and_its_snapshot():
     image = plan().image
     plain = snapshot_config(image, accel, Firmware.LINUX, Storage.VOLATILE)
     both = snapshot_config(image, accel, Firmware.UEFI, Storage.PERSISTENT, True, (2**28, 2**30))
-    assert machine_shape(plain, Storage.VOLATILE) == "linux-volatile"
-    assert machine_shape(both, Storage.PERSISTENT) == "uefi-persistent-tpm-disks-268435456-1073741824"
-    assert SHAPE.fullmatch(machine_shape(both, Storage.PERSISTENT))
+    assert machine_shape(plain.firmware, Storage.VOLATILE, plain.tpm, plain.disks) == "linux-volatile"
+    shape = machine_shape(both.firmware, Storage.PERSISTENT, both.tpm, both.disks)
+    assert shape == "uefi-persistent-tpm-disks-268435456-1073741824"
+    assert SHAPE.fullmatch(shape)
     files = RunFiles(Path("/tmp/a"), Path("/snap"), Path("/snap/disk.qcow2"))
     tpm = snapshot_config(image, accel, Firmware.LINUX, Storage.VOLATILE, True, (2**20,))
     saving = qemu_command(tpm, files, None, None, None, None, [])

@@ -140,8 +140,9 @@ CORE_DUMPS_EXPORT = (
 
 def report_timeline(ch: ReportChannel, unit_name: str) -> str:
     # The boot timeline, gzipped and base64-encoded into one line (about 10 kB): short
-    # enough for a board's serial console too. Every unit's (3 s under emulation), or, in a guest resumed from a snapshot
-    # (RESUMED_MARK), the uptime and the test unit's alone: the host has the boot's.
+    # enough for a board's serial console too. Every unit's (3 s under emulation), or, in
+    # a guest resumed from a snapshot (RESUMED_MARK), the uptime and the test unit's alone:
+    # the host has the boot's.
     unit_props = ",".join(TIMELINE_UNIT_PROPERTIES)
     manager = ",".join(TIMELINE_MANAGER_PROPERTIES)
     uptime = "read up rest </proc/uptime; echo UptimeSeconds=$$up"

@@ -10,7 +10,7 @@ the same channel, so TAP, subtests, journal, timeline and report do not change.
 
 A test is eligible when nothing it declares changes what happens before the agent runs
 (`plan.resume_blocker` says why not). There is one snapshot per machine shape
-(`machine_shape`), made when the first test of that shape needs it: its firmware (a UEFI
+(`plan.machine_shape`), made when the first test of that shape needs it: its firmware (a UEFI
 snapshot keeps OVMF's variables; each test resumes a copy), its storage (a persistent
 snapshot boots without the volatile overlay; a reboot inside the test is a cold boot of
 the test's own overlay, whose agent runs the test again at once), its TPM (its state
@@ -66,7 +66,7 @@ from harness.guest.units import boot_options, emergency_guard, timeline_script
 from harness.image import Image
 from harness.keys import Firmware, Storage
 from harness.notify import Notify
-from harness.plan import BootPlan
+from harness.plan import BootPlan, machine_shape
 from harness.timeline import decode_timeline
 from harness.watch import Deadline, watch
 
@@ -224,16 +224,6 @@ def plan_snapshot_config(plan: BootPlan) -> VmConfig:
     return snapshot_config(plan.image, plan.accel, plan.firmware, d.storage, d.tpm, d.disks)
 
 
-def machine_shape(cfg: VmConfig, storage: Storage) -> str:
-    """What a snapshot's machine has that a resumed test's must have too (migration
-    needs the same devices): `<firmware>-<storage>`, then `tpm`, then `disks` and the
-    extra disks' sizes in bytes."""
-    words = [str(cfg.firmware), str(storage)]
-    words += ["tpm"] if cfg.tpm else []
-    words += ["disks", *(str(size) for size in cfg.disks)] if cfg.disks else []
-    return "-".join(words)
-
-
 def booted_snapshot(plan: BootPlan) -> contextlib.AbstractContextManager[Snapshot]:
     """The booted snapshot of `plan`'s image and machine shape, made first if needed, held
     while in use."""
@@ -246,13 +236,14 @@ def booted_snapshot(plan: BootPlan) -> contextlib.AbstractContextManager[Snapsho
         arch = image.architecture
         ovmf = find_ovmf(arch, machine_alias(binary, MACHINES[arch]), cfg.firmware.is_secure_boot())
         files += [ovmf.code, ovmf.vars_template]
-    if cfg.tpm:  # the TPM's state travels in the snapshot, in swtpm's own format
-        files.append(Path(shutil.which("swtpm") or "swtpm"))
-    shape = machine_shape(cfg, plan.decl.storage)
+    swtpm = shutil.which("swtpm")
+    if cfg.tpm and swtpm:  # the TPM's state travels in the snapshot, in swtpm's own format
+        files.append(Path(swtpm))
+    shape = machine_shape(cfg.firmware, plan.decl.storage, cfg.tpm, cfg.disks)
     key = snapshot_key(
         shape,
         [plan.accel.kind, *plan.accel.cpu_args(qemu_major(binary)), binary, state_format(image)],
-        [p for p in files if p is not None and p.exists()],
+        [p for p in files if p is not None],
     )
     # The boot is the agent's: the test's own timeout does not apply to it.
     timeout = SNAPSHOT_BOOT_TIMEOUT * plan.accel.timeout_factor
