@@ -193,9 +193,14 @@ class DrivenMachine:
         self._controls.send(f"C {request_id} 10 {script}\n".encode())
 
     def reboot(self, timeout: float = BOOT_TIMEOUT) -> None:
-        """A clean reboot from inside; returns when the next boot answers."""
-        before = self.boot  # the next boot's hello may come with the command's answer
-        self.check("systemctl --no-block reboot")
+        """A clean reboot from inside; returns when the next boot answers. The shutdown
+        stops the control agent too, at times before it has answered the command: then
+        the next boot's hello is the answer."""
+        self.wait_booted()
+        before = self.boot
+        result = self._run("systemctl --no-block reboot", timeout, lambda: self.boot > before)
+        if result is not None and result.status != 0:
+            raise MachineError(f"reboot(): {result}")
         self._awaited = before + 1
         self.wait_booted(timeout)
 
@@ -223,6 +228,14 @@ class DrivenMachine:
 
     def run(self, command: str, timeout: float = RUN_TIMEOUT) -> CommandResult:
         """Run a shell command in the guest: its status, stdout and stderr (bytes)."""
+        result = self._run(command, timeout)
+        assert result is not None
+        return result
+
+    def _run(
+        self, command: str, timeout: float, instead: Callable[[], bool] = lambda: False
+    ) -> CommandResult | None:
+        """run(); None when `instead` came true before the answer did."""
         if not self._powered:
             raise MachineError(f"run({command!r}): the machine is powered off; power_on() first")
         self.wait_booted()
@@ -233,8 +246,10 @@ class DrivenMachine:
         self._controls.send(f"C {request_id} {seconds} {script}\n".encode())
         call = f"run({command!r})"
         # The agent's own limit ends the command first.
-        if not self._read_until(lambda: request_id in self._replies, seconds + 10, call):
+        if not self._read_until(lambda: request_id in self._replies or instead(), seconds + 10, call):
             self._unanswered(call, f"the guest did not answer within {seconds} s")
+        if request_id not in self._replies:
+            return None
         status, out, err = self._replies.pop(request_id)
         if status == 124:
             raise MachineError(f"run({command!r}): still running after {seconds} s; it was killed")

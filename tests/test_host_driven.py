@@ -86,6 +86,15 @@ def test_reboot_returns_in_the_next_boot(tmp_path):
     assert machine.run("true").status == 0
 
 
+def test_a_reboot_whose_answer_the_shutdown_cut_off_returns_in_the_next_boot(tmp_path):
+    """The shutdown stops the control agent, at times before it answers the command that
+    started it: the next boot's hello answers it."""
+    machine, fake = guest(tmp_path, answers_reboot=False)
+    machine.reboot()
+    assert machine.boot == 2 and machine.run("echo up").text == "up"
+    assert fake.ran.count("systemctl --no-block reboot") == 1
+
+
 def test_a_power_cut_stops_the_guest_until_power_on(tmp_path):
     machine, _ = guest(tmp_path)
     machine.power_off()

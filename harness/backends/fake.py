@@ -76,6 +76,7 @@ class FakeGuest:
     answers: int | None = None  # commands answered before it stops answering; None: all
     comes_up: bool = True
     announces: bool = True  # False: its boots' H lines are lost on the way
+    answers_reboot: bool = True  # False: the shutdown stops it before it answers a reboot
     core_dumps: bytes = b""  # the core dumps its journal keeps, in journal export format
     powered: bool = True
     boots: int = 0
@@ -108,12 +109,13 @@ class FakeGuest:
             script = base64.b64decode(words[3]).decode()
             self.ran.append(script)
             status, out, err = self._run(script, float(words[2]))
-            self._out += b"R %s %d %s %s\n" % (
-                words[1].encode(),
-                status,
-                base64.b64encode(out),
-                base64.b64encode(err),
-            )
+            if script != REBOOT or self.answers_reboot:
+                self._out += b"R %s %d %s %s\n" % (
+                    words[1].encode(),
+                    status,
+                    base64.b64encode(out),
+                    base64.b64encode(err),
+                )
             if script == REBOOT:
                 self._boot()
 
