@@ -228,9 +228,10 @@ def setup_logging(tap: bool) -> None:
 
 def meson_priority(decl: TestDeclaration) -> int:
     """meson's priority for the test: the declared one, and among equals the tests that
-    must boot start first, so the fast ones fill in around them: those that boot cold, and
-    those of a machine shape (firmware, storage, TPM, disks) other than most tests', whose
-    first test boots to make that shape's snapshot."""
+    must boot start first, so the fast ones fill in around them: those that boot cold,
+    host-driven ones (they reboot, cold), and those of a machine shape (firmware, storage,
+    TPM, disks) other than most tests', whose first test boots to make that shape's
+    snapshot."""
     from harness.plan import USUAL_SHAPE, declared_shape, resume_blocker
 
     boots = decl.host or resume_blocker(decl, {}) or declared_shape(decl) != USUAL_SHAPE

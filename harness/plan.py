@@ -123,14 +123,16 @@ def shell_requested(env: Mapping[str, str]) -> bool:
     return any(env.get(name) == "1" for name in SHELL_SWITCHES)
 
 
-def harness_cmdline(decl: TestDeclaration, interactive: bool, shell: bool = False) -> list[str]:
+def harness_cmdline(
+    decl: TestDeclaration, interactive: bool, shell: bool = False, machine_id: str | None = None
+) -> list[str]:
     """What every test's kernel command line gets, ahead of the test's own additions: a
     host-driven test, and a person who asked for a shell, boot the image's default target
-    (the test unit is there to start by hand), the others their test unit."""
+    (the test unit is there to start by hand), the others their test unit; a new machine ID
+    unless given one (a resumed test keeps its snapshot's)."""
     target = None if decl.host or shell else decl.unit_name
-    return boot_options(
-        target, interactive, volatile=decl.storage == Storage.VOLATILE, machine_id=uuid.uuid4().hex
-    ) + list(decl.cmdline)
+    volatile = decl.storage == Storage.VOLATILE
+    return boot_options(target, interactive, volatile, machine_id or uuid.uuid4().hex) + list(decl.cmdline)
 
 
 def choose_boot_path(
@@ -145,9 +147,6 @@ def choose_boot_path(
     cold, and say why."""
     if interactive:
         return BootPath.COLD, "interactive run"
-    if decl.host:
-        # A reboot of a resumed VM would boot into the snapshot's agent, not the test's boot.
-        return BootPath.COLD, "a host-driven test boots cold"
     if image.systemd_version is not None and image.systemd_version < IMPORT_CREDENTIAL_SINCE:
         # A resumed guest finds the test's credentials in /run/credstore, which only
         # ImportCredential= reads.

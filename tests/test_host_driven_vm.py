@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 from e2e import (
+    SNAPSHOTS,
     harness_leftovers,
     meson_project,
     meson_setup,
@@ -47,7 +48,7 @@ def test_a_failing_step_fails_the_test_naming_it_and_the_steps_after_it_report(i
         "        'timeout' : 120,\n"
         "}]\n"
     )
-    build, env = meson_setup(project)
+    build, env = meson_setup(project, HARNESS_SNAPSHOT_DIR=str(SNAPSHOTS))
     r = meson_test_suite(project, build, env, "TEST-91-HOST-FAILS")
     assert r.returncode != 0 and "TEST-91-HOST-FAILS" in r.stdout and "FAIL" in r.stdout
     log = (build / "meson-logs" / "testlog.txt").read_text()
@@ -56,7 +57,7 @@ def test_a_failing_step_fails_the_test_naming_it_and_the_steps_after_it_report(i
     assert "ok 3 - TEST-91-HOST-FAILS/test_step_3_still_runs" in log
     record = json.loads((build / "integration-tests" / "TEST-91-HOST-FAILS" / "result.json").read_text())
     steps = {s["name"]: s for s in record["subtests"]}
-    assert record["status"] == "fail" and record["boot"] == "cold"
+    assert record["status"] == "fail" and record["boot"] == "snapshot"  # the suite's, resumed
     assert "the update did not arrive" in steps["test_step_2_fails_on_purpose"]["detail"]
     assert "assert 'v1' == 'v2'" in steps["test_step_2_fails_on_purpose"]["detail"]
     assert [s["status"] for s in record["subtests"]] == ["pass", "fail", "pass"]

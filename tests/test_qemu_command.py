@@ -1,13 +1,15 @@
 import uuid
 from pathlib import Path
 
+import pytest
 from helpers import declaration
 
 from harness.accel import Acceleration
 from harness.backends.qemu.command import RunFiles, VmConfig, kernel_cmdline, qemu_command
 from harness.backends.qemu.firmware import Ovmf
-from harness.backends.qemu.snapshot import snapshot_config
-from harness.backends.qemu.snapshot_store import SHAPE
+from harness.backends.qemu.snapshot import plan_snapshot_config, resumed_config, snapshot_config
+from harness.backends.qemu.snapshot_store import SHAPE, Snapshot, snapshot_machine_id
+from harness.credential import Credential
 from harness.image import Image
 from harness.keys import Firmware, Storage
 from harness.plan import BootPlan, harness_cmdline, machine_shape, resume_blocker
@@ -16,7 +18,11 @@ ROOT = uuid.UUID("8ce23b7e-642d-4dbe-827e-8b2ffc70816e")
 
 
 def plan(firmware="linux", accel="tcg", *args):
-    d = declaration(*args)
+    return VmConfig.for_plan(boot_plan(firmware, accel, *args))
+
+
+def boot_plan(firmware="linux", accel="tcg", *args, test_dir="/nonexistent/TEST-99-UNIT"):
+    d = declaration(*args, test_dir=test_dir)
     image = Image(
         Path("/img/image.raw"),
         Path("/img/image.vmlinuz"),
@@ -26,19 +32,17 @@ def plan(firmware="linux", accel="tcg", *args):
         ROOT,
         True,
     )
-    return VmConfig.for_plan(
-        BootPlan(
-            decl=d,
-            image=image,
-            firmware=firmware,
-            cmdline=tuple(harness_cmdline(d, False)),
-            unit="",
-            test_credentials=(),
-            credentials=(),
-            accel=Acceleration(accel, "test"),
-            timeout=60,
-            interactive=False,
-        )
+    return BootPlan(
+        decl=d,
+        image=image,
+        firmware=firmware,
+        cmdline=tuple(harness_cmdline(d, False)),
+        unit="",
+        test_credentials=(),
+        credentials=(Credential("harness.cold", b"what a cold boot gets"),),
+        accel=Acceleration(accel, "test"),
+        timeout=60,
+        interactive=False,
     )
 
 
@@ -86,20 +90,38 @@ def test_vsock_device_when_available():
     assert not any("vhost-vsock" in a for a in qemu_command(plan(), FILES, None, None, None, None, []))
 
 
-def test_snapshot_and_resumed_vms_share_one_command_but_files():
-    # Migration needs the same devices on both sides: only paths and -incoming differ.
-    cfg = snapshot_config(plan().image, Acceleration("tcg", "test"), Firmware.LINUX, Storage.VOLATILE)
+def devices(cmd: list[str]) -> list[str]:
+    return [cmd[i + 1] for i, a in enumerate(cmd) if a == "-device"]
+
+
+@pytest.mark.parametrize("host", [None, "test_x.py"])
+def test_a_resumed_vm_has_its_snapshots_devices_and_boots_again_as_its_test(host, tmp_path):
+    """Migration needs the same devices on both sides. What the guest gets at boot is read
+    again only at a reboot: the test's own, with the snapshot's machine ID."""
+    (tmp_path / "test_x.py").touch()
+    p = boot_plan("linux", "tcg", *([f"--host={host}"] if host else []), test_dir=str(tmp_path))
+    snapshot = Snapshot(Path("/snap/linux-volatile-0123456789abcdef"))
+    cfg = plan_snapshot_config(p, snapshot.machine_id)
     saving = qemu_command(
         cfg, RunFiles(Path("/tmp/a"), Path("/snap"), Path("/snap/disk.qcow2")), None, None, None, None, []
     )
-    resumed = qemu_command(cfg, FILES, None, None, None, None, [], resuming=True)
+    resumed_cfg = resumed_config(p, snapshot)
+    resumed = qemu_command(resumed_cfg, FILES, None, None, None, None, [], resuming=True)
     assert resumed[-2:] == ["-incoming", "defer"]
-    assert len(saving) == len(resumed) - 2
-    differ = [(a, b) for a, b in zip(saving, resumed, strict=False) if a != b]
-    assert all("/tmp/a" in a or "/snap" in a for a, _ in differ), differ
-    assert "virtserialport,chardev=agent,name=io.harness.agent" in saving
+    assert devices(saving) == devices(resumed)
+    assert "virtserialport,chardev=agent,name=io.harness.agent" in devices(saving)
+    assert "virtserialport,chardev=control,name=io.harness.control" in devices(saving)
     append = saving[saving.index("-append") + 1].split()
     assert "systemd.unit=harness-agent.service" in append and "systemd.volatile=overlay" in append
+    again = resumed[resumed.index("-append") + 1].split()
+    assert ("systemd.unit=TEST-99-UNIT.service" in again) == (host is None)
+    assert "systemd.unit=harness-agent.service" not in again and "systemd.volatile=overlay" in again
+    same_machine = f"systemd.machine_id={snapshot.machine_id}"
+    assert same_machine in append and same_machine in again and len(snapshot.machine_id) == 32
+    assert (
+        snapshot_machine_id(snapshot.dir.name) == snapshot.machine_id
+    )  # made in a directory of another name
+    assert resumed_cfg.credentials == p.credentials and resumed_cfg.control == (host is not None)
 
 
 def test_a_persistent_snapshot_boots_without_the_volatile_overlay():

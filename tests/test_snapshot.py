@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from helpers import declaration
 
-from harness.backends.qemu.snapshot import AGENT_SCRIPT, SAVED_TEST, StateFormat, agent_message, resume_script
+from harness.backends.qemu.agent import agent_message, resume_script
+from harness.backends.qemu.snapshot import StateFormat
 from harness.backends.qemu.snapshot_store import (
     SnapshotUnavailable,
     key_shape,
@@ -280,33 +281,20 @@ def test_the_agent_is_connected_to_once_qemu_listens_not_when_its_socket_appears
         connect_agent(gone, agent, Deadline.after(5))  # type: ignore[arg-type]
 
 
-def test_on_persistent_storage_the_test_is_kept_on_disk_and_run_again_by_the_next_boots_agent(tmp_path):
-    creds = (Credential("app.token", b"s3cret\n"),)
-    script = resume_script(
-        "TEST-05-X.service", "[Unit]\n", creds, 1795000000.5, b"\x02" * 64, persistent=True
-    )
-    assert SAVED_TEST in script
-    body = agent_message(script).decode()
-    moved = {"/run/": f"{tmp_path}/run/", "/dev/urandom": f"{tmp_path}/urandom", "/var/": f"{tmp_path}/var/"}
-    for old, new in moved.items():
-        body = body.replace(old, new)
-    for d in ("run/systemd/system", "run/credstore", "var/lib", "bin"):
-        (tmp_path / d).mkdir(parents=True)
-    for tool in ("date", "systemctl"):
-        (tmp_path / "bin" / tool).write_text(f'#!/bin/sh\necho {tool} "$@" >>{tmp_path}/calls\n')
-        (tmp_path / "bin" / tool).chmod(0o755)
-    env = {"PATH": f"{tmp_path}/bin:/usr/bin:/bin"}
-    subprocess.run(["dash", "-e", "-c", "umask 077\n" + body], check=True, env=env)
-    saved = tmp_path / SAVED_TEST.lstrip("/")
-    assert (tmp_path / "run/credstore/app.token").read_bytes() == b"s3cret\n"
-    assert saved.stat().st_mode & 0o777 == 0o600  # it holds the credentials
-    # The reboot: /run is empty again, and what the agent runs from the disk installs the
-    # test and starts it, without setting the clock back to the hand-over's time.
-    for f in (tmp_path / "run/credstore/app.token", tmp_path / "run/systemd/system/TEST-05-X.service"):
-        f.unlink()
-    (tmp_path / "calls").unlink()
-    subprocess.run(["dash", "-e", "-c", f". {saved}"], check=True, env=env)
-    assert (tmp_path / "run/credstore/app.token").read_bytes() == b"s3cret\n"
-    assert (tmp_path / "run/systemd/system/TEST-05-X.service").read_text() == "[Unit]\n"
-    assert (tmp_path / "calls").read_text().splitlines() == ["systemctl start --no-block TEST-05-X.service"]
-    assert f"saved={SAVED_TEST}" in AGENT_SCRIPT.read_text()
+def test_a_host_driven_test_is_handed_its_control_agent_after_the_clock_is_set(tmp_path):
+    from test_qemu_command import boot_plan
+
+    from harness.backends.qemu.agent import handed_unit
+    from harness.guest.units import CONTROL_CREDENTIAL, CONTROL_UNIT
+
+    (tmp_path / "test_x.py").touch()
+    plan = boot_plan("linux", "tcg", "--host=test_x.py", test_dir=str(tmp_path))
+    name, unit, creds = handed_unit(plan)
+    assert name == CONTROL_UNIT and "ExecStart=/bin/sh %d/harness.control" in unit
+    assert [c.name for c in creds] == [*(c.name for c in plan.test_credentials), CONTROL_CREDENTIAL]
+    script = resume_script(name, unit, creds, 1795000000.5, b"\x02" * 64, clock_first=True)
+    lines = script.splitlines()
+    # The control agent answers at once: the clock is set before it starts, not beside it.
+    assert lines[0] == "date -s @1795000000.500 >/dev/null || :; echo set >/run/harness-resumed"
+    assert not any(line.endswith("&") for line in lines)
+    assert lines[-2] == f"systemctl start --no-block {CONTROL_UNIT}"

@@ -1,9 +1,10 @@
 """The QEMU backend: one VM per test on a copy-on-write overlay of the shared image.
 
 Its parts, one file a job: command.py (QEMU's command line), machine.py (one owned QEMU
-process), snapshot.py (the fast path), firmware.py (OVMF), credentials.py (SMBIOS,
-fw_cfg), vsock.py (PID 1's own notify messages). This file is the backend's face: what a
-VM here can boot, and which way a test's VM comes up.
+process), snapshot.py (the fast path) and agent.py (what its guest agent is sent),
+firmware.py (OVMF), credentials.py (SMBIOS, fw_cfg), vsock.py (PID 1's own notify
+messages). This file is the backend's face: what a VM here can boot, and which way a
+test's VM comes up.
 """
 
 from __future__ import annotations

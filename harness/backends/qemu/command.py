@@ -103,8 +103,8 @@ class RunFiles:
 @attrs.frozen
 class VmConfig:
     """What decides a VM's devices and what its guest gets at boot. A booted snapshot and
-    every VM resumed from it share one, so their QEMU command lines match, as migration
-    requires; only the files differ."""
+    every VM resumed from it have the same devices, as migration requires; what the guest
+    gets at boot (command line, credentials) is read again only when it reboots."""
 
     name: str  # names the temporary directory
     image: Image
@@ -342,7 +342,7 @@ def qemu_command(
             "-device",
             "vmgenid,guid=auto",
         ]
-    if cfg.control:
+    if cfg.control or cfg.agent:  # a snapshot has the port, for the host-driven tests resumed from it
         cmd += [
             "-chardev",
             f"socket,id=control,path={files.control},server=on,wait=off",

@@ -4,22 +4,26 @@ Under emulation most of a test's minute is the boot. So the first eligible test 
 boots the image to a point where a small agent (guest/agent.sh) waits on a virtio-serial
 port, and saves the whole VM (QEMU migration to a file, plus the disk overlay it wrote).
 Every eligible test then starts QEMU from that state on its own fresh overlay and sends
-the agent one script: set the clock, reseed the entropy pool, install the test unit and
-its credentials, start the unit. The unit is the same as on a cold boot and reports over
-the same channel, so TAP, subtests, journal, timeline and report do not change.
+the agent one script (agent.py): set the clock, reseed the entropy pool, install the test
+unit and its credentials, start the unit. The unit is the same as on a cold boot and
+reports over the same channel, so TAP, subtests, journal, timeline and report do not
+change.
 
 A test is eligible when nothing it declares changes what happens before the agent runs
 (`plan.resume_blocker` says why not). There is one snapshot per machine shape
 (`plan.machine_shape`), made when the first test of that shape needs it: its firmware (a UEFI
 snapshot keeps OVMF's variables; each test resumes a copy), its storage (a persistent
-snapshot boots without the volatile overlay; a reboot inside the test is a cold boot of
-the test's own overlay, whose agent runs the test again at once), its TPM (its state
-travels in the saved VM into each test's own swtpm) and its extra disks (each test gets
-new empty ones). A snapshot is keyed to the image, the harness's own files and QEMU; it
+snapshot boots without the volatile overlay), its TPM (its state travels in the saved VM
+into each test's own swtpm) and its extra disks (each test gets new empty ones). A host-driven test resumes too: the agent starts its control agent
+instead of a test unit. A resumed test's QEMU is given the command line and credentials
+the test's cold boot would get (they are not part of the saved state), and the snapshot's
+machine ID: a reboot inside the test is the test's own cold boot, on its own overlay, as
+the same machine. A snapshot is keyed to the image, the harness's own files and QEMU; it
 lives in the build directory and is shared by parallel `meson test` processes under file
 locks (snapshot_store.py). What the guest can still tell: the machine-id and boot ID are
 the snapshot boot's (journald and D-Bus take them when PID 1 starts; a new one per test
-would split its journal), as are the TPM's seeds, and /proc/cmdline names the agent's unit.
+would split its journal), as are the TPM's seeds, and until a reboot /proc/cmdline names
+the agent's unit.
 
 This file holds the whole path: `booted_snapshot` (made by `make_snapshot` when missing;
 snapshot_store.py keys, shares and replaces them), `resumed_vm` (a test's VM from it,
@@ -30,18 +34,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shlex
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from harness.accel import Acceleration
+from harness.backends.qemu.agent import AGENT_UNIT, agent_credentials, handed_test
 from harness.backends.qemu.command import (
     MACHINES,
     RunFiles,
@@ -53,33 +58,27 @@ from harness.backends.qemu.command import (
 from harness.backends.qemu.firmware import NVRAM_NAME, find_ovmf
 from harness.backends.qemu.machine import QemuMachine, make_overlay, private_tmp, qmp_errors, running_vm
 from harness.backends.qemu.snapshot_store import (
-    HARNESS_DIR,
     Snapshot,
     SnapshotUnavailable,
     shared_snapshot,
     snapshot_key,
+    snapshot_machine_id,
 )
-from harness.credential import Credential
 from harness.errors import HarnessError
-from harness.guest.reporting import RESUMED_MARK, VIRTIO_CHANNEL
-from harness.guest.units import boot_options, emergency_guard, timeline_script
+from harness.guest.reporting import VIRTIO_CHANNEL
+from harness.guest.units import (
+    boot_options,
+    emergency_guard,
+)
 from harness.image import Image
 from harness.keys import Firmware, Storage
 from harness.notify import Notify
-from harness.plan import BootPlan, machine_shape
+from harness.plan import BootPlan, harness_cmdline, machine_shape
 from harness.timeline import decode_timeline
 from harness.watch import Deadline, watch
 
 log = logging.getLogger(__name__)
 
-AGENT_UNIT = "harness-agent.service"
-AGENT_CREDENTIAL = "harness.agent"
-TIMELINE_CREDENTIAL = "harness.timeline"
-AGENT_SCRIPT = HARNESS_DIR / "guest" / "agent.sh"
-# On persistent storage the test's disk keeps what the agent was sent, and agent.sh runs it
-# at once when a reboot inside the test boots the agent again.
-SAVED_TEST = "/var/lib/harness-agent.sh"
-SEED_BYTES = 64
 SNAPSHOT_BOOT_TIMEOUT = 120  # seconds with KVM, for the boot to the agent
 RESUME_TIMEOUT = 60  # seconds QEMU may take to load the saved state
 SAVE_TIMEOUT = 300  # seconds QEMU may take to write it (~350 MB)
@@ -116,86 +115,6 @@ def state_format(image: Image) -> StateFormat:
     return StateFormat.for_qemu(qemu_major(binary))
 
 
-def agent_unit() -> str:
-    return f"""\
-[Unit]
-Description=Wait for a test from the host (the harness's fast path)
-# Reached in the snapshot already, so a resumed test unit waits for none of it: basic.target
-# (as systemd's test unit, it is ordered after it) and the core dump socket.
-Wants=basic.target systemd-coredump.socket
-After=basic.target systemd-coredump.socket
-
-[Service]
-Type=exec
-ImportCredential={AGENT_CREDENTIAL}
-ImportCredential={TIMELINE_CREDENTIAL}
-ExecStart=/bin/sh %d/{AGENT_CREDENTIAL}
-"""
-
-
-def agent_credentials() -> list[Credential]:
-    return [
-        Credential(f"systemd.extra-unit.{AGENT_UNIT}", agent_unit().encode()),
-        Credential(AGENT_CREDENTIAL, AGENT_SCRIPT.read_bytes()),
-        Credential(TIMELINE_CREDENTIAL, timeline_script().encode()),
-    ]
-
-
-# Each byte as printf prints it back: printable ASCII as itself, the rest (and printf's and
-# the quote's own specials) as an octal escape, which dash's and bash's printf both read.
-_PRINTF = [chr(b) if 32 <= b < 127 and chr(b) not in "\\%'" else f"\\{b:03o}" for b in range(256)]
-
-
-def write_file(data: bytes, path: str) -> str:
-    """A shell command writing exactly `data` to `path` with the shell's own printf."""
-    return f"printf -- '{''.join(_PRINTF[b] for b in data)}' >{shlex.quote(path)}"
-
-
-def resume_script(
-    unit_name: str,
-    unit_text: str,
-    credentials: tuple[Credential, ...],
-    now: float,
-    seed: bytes,
-    persistent: bool = False,
-) -> str:
-    """What the agent runs in a resumed VM: the guest's clock stopped when the snapshot was
-    saved and its entropy pool is a copy shared by every test, so both are renewed before
-    the test runs; `date` runs beside the rest (the test's first command waits for it:
-    WAIT_FOR_CLOCK). Credentials go to /run/credstore, where ImportCredential= finds them
-    as it finds the SMBIOS ones on a cold boot. On `persistent` storage the test's part
-    is kept in SAVED_TEST and run from there: a reboot inside the test boots the agent
-    again, which starts the test again as a cold boot's command line would."""
-    renew = [
-        f": >{RESUMED_MARK}",
-        f"{{ date -s @{now:.3f} >/dev/null || :; echo set >{RESUMED_MARK}; }} &",
-        write_file(seed, "/dev/urandom"),
-    ]
-    test = [write_file(c.value, f"/run/credstore/{c.name}") for c in credentials]
-    test += [
-        "umask 022",  # a unit file others cannot read makes PID 1 warn in every test's journal
-        write_file(unit_text.encode(), f"/run/systemd/system/{unit_name}"),
-        # No daemon-reload (3 s under emulation): PID 1 has never heard of this unit, so
-        # it loads it from disk when asked to start it.
-        f"systemctl start --no-block {unit_name}",
-    ]
-    if persistent:
-        saved = "\n".join(test) + "\n"
-        test = [write_file(saved.encode(), SAVED_TEST), f". {SAVED_TEST}"]
-    # The agent's unit ends when its shell does, and takes what still runs with it.
-    return "\n".join([*renew, *test, "wait"]) + "\n"
-
-
-def agent_message(script: str) -> bytes:
-    """The one line the agent reads from its port and runs in its own shell (eval): the
-    script's commands joined on one line, which `write_file`'s escapes make possible."""
-    # A command put in the background ends with its `&`, which takes no `;` after it.
-    line = "".join(c + (" " if c.endswith("&") else "; ") for c in script.splitlines()).rstrip("; ")
-    if "\n" in line or "\r" in line:
-        raise HarnessError("the fast path's script for the agent holds a line break", "report this as a bug")
-    return line.encode() + b"\n"
-
-
 def snapshot_config(
     image: Image,
     accel: Acceleration,
@@ -203,15 +122,17 @@ def snapshot_config(
     storage: Storage,
     tpm: bool = False,
     disks: tuple[int, ...] = (),
+    machine_id: str | None = None,
 ) -> VmConfig:
     """The VM of one machine shape that boots to the agent and is saved: what every
     eligible test of that firmware, storage, TPM and extra disks resumes."""
+    volatile = storage == Storage.VOLATILE
     return VmConfig(
         name="snapshot",
         image=image,
         firmware=firmware,
         accel=accel,
-        cmdline=tuple(boot_options(AGENT_UNIT, interactive=False, volatile=storage == Storage.VOLATILE)),
+        cmdline=tuple(boot_options(AGENT_UNIT, interactive=False, volatile=volatile, machine_id=machine_id)),
         credentials=(*agent_credentials(), *emergency_guard(VIRTIO_CHANNEL)),
         agent=True,
         tpm=tpm,
@@ -219,27 +140,39 @@ def snapshot_config(
     )
 
 
-def plan_snapshot_config(plan: BootPlan) -> VmConfig:
+def plan_snapshot_config(plan: BootPlan, machine_id: str | None = None) -> VmConfig:
     d = plan.decl
-    return snapshot_config(plan.image, plan.accel, plan.firmware, d.storage, d.tpm, d.disks)
+    return snapshot_config(plan.image, plan.accel, plan.firmware, d.storage, d.tpm, d.disks, machine_id)
+
+
+def resumed_config(plan: BootPlan, snapshot: Snapshot) -> VmConfig:
+    """A resumed test's VM: the snapshot's devices, as migration requires, and what the
+    test's cold boot would get at boot (command line, credentials; no part of the saved
+    state), with the snapshot's machine ID, so that a reboot inside the test boots as the
+    test's own cold boot would, as the same machine."""
+    return attrs.evolve(
+        plan_snapshot_config(plan),
+        cmdline=tuple(harness_cmdline(plan.decl, interactive=False, machine_id=snapshot.machine_id)),
+        credentials=plan.credentials,
+        control=plan.decl.host is not None,
+    )
 
 
 def booted_snapshot(plan: BootPlan) -> contextlib.AbstractContextManager[Snapshot]:
     """The booted snapshot of `plan`'s image and machine shape, made first if needed, held
     while in use."""
     assert plan.snapshot_dir is not None
-    cfg = plan_snapshot_config(plan)
     binary = shutil.which(qemu_binary(plan.image.architecture)) or ""
     image = plan.image
     files = [image.path, image.kernel, image.initrd, Path(binary)]
-    if cfg.firmware.is_uefi():  # new firmware, or other enrolled keys: a new snapshot
+    if plan.firmware.is_uefi():  # new firmware, or other enrolled keys: a new snapshot
         arch = image.architecture
-        ovmf = find_ovmf(arch, machine_alias(binary, MACHINES[arch]), cfg.firmware.is_secure_boot())
+        ovmf = find_ovmf(arch, machine_alias(binary, MACHINES[arch]), plan.firmware.is_secure_boot())
         files += [ovmf.code, ovmf.vars_template]
     swtpm = shutil.which("swtpm")
-    if cfg.tpm and swtpm:  # the TPM's state travels in the snapshot, in swtpm's own format
+    if plan.decl.tpm and swtpm:  # the TPM's state travels in the snapshot, in swtpm's own format
         files.append(Path(swtpm))
-    shape = machine_shape(cfg.firmware, plan.decl.storage, cfg.tpm, cfg.disks)
+    shape = machine_shape(plan.firmware, plan.decl.storage, plan.decl.tpm, plan.decl.disks)
     key = snapshot_key(
         shape,
         [plan.accel.kind, *plan.accel.cpu_args(qemu_major(binary)), binary, state_format(image)],
@@ -254,7 +187,7 @@ def booted_snapshot(plan: BootPlan) -> contextlib.AbstractContextManager[Snapsho
             f"{dest.parent / key} (machine shape {shape}: the other eligible tests of that shape "
             "resume it)"
         )
-        make_snapshot(cfg, dest, timeout, plan.console_limit)
+        make_snapshot(plan_snapshot_config(plan, snapshot_machine_id(key)), dest, timeout, plan.console_limit)
 
     return shared_snapshot(plan.snapshot_dir, key, plan.attempt, make)
 
@@ -320,21 +253,13 @@ def resumed_vm(snapshot: Snapshot, plan: BootPlan, files: RunFiles) -> Iterator[
     the test; on leaving, QEMU and the agent's connection are gone."""
     make_overlay(snapshot.disk, files.disk, backing_format="qcow2")
     timeline = snapshot.timeline.read_text() if snapshot.timeline.is_file() else None
-    cfg = plan_snapshot_config(plan)
+    cfg = resumed_config(plan, snapshot)
     nvram = snapshot.nvram if cfg.firmware.is_uefi() else None
     with (
         running_vm(cfg, files, resuming=True, boot_timeline=timeline, nvram_template=nvram) as machine,
         socket.socket(socket.AF_UNIX) as agent,
     ):
-        script = resume_script(
-            plan.decl.unit_name,
-            plan.unit,
-            plan.test_credentials,
-            time.time(),
-            os.urandom(SEED_BYTES),
-            persistent=plan.decl.storage == Storage.PERSISTENT,
-        )
-        hand_over(machine, agent, agent_message(script), snapshot.state, state_format(plan.image))
+        hand_over(machine, agent, handed_test(plan), snapshot.state, state_format(plan.image))
         yield machine
 
 

@@ -86,6 +86,17 @@ class Snapshot:
     def complete(self) -> bool:
         return self.state.is_file() and self.disk.is_file()
 
+    @property
+    def machine_id(self) -> str:
+        """The machine ID its boot was given: a test resumed from it keeps that ID when it
+        reboots, as a cold boot keeps its own."""
+        return snapshot_machine_id(self.dir.name)
+
+
+def snapshot_machine_id(key: str) -> str:
+    """The machine ID of the snapshot named `key` (made in a directory of another name)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
 
 @contextlib.contextmanager
 def shared_snapshot(root: Path, key: str, attempt: str, make: Callable[[Path], None]) -> Iterator[Snapshot]:
