@@ -228,14 +228,14 @@ def setup_logging(tap: bool) -> None:
 
 def meson_priority(decl: TestDeclaration) -> int:
     """meson's priority for the test: the declared one, and among equals the tests that
-    must boot start first, so the fast ones fill in around them: those that boot cold,
-    host-driven ones (they reboot, cold), and those of a machine shape (firmware, storage,
-    TPM, disks) other than most tests', whose first test boots to make that shape's
-    snapshot."""
+    must boot start first, so the fast ones fill in around them: host-driven ones first
+    (they reboot, cold, as often as they like), then those that boot cold, and those of a
+    machine shape (firmware, storage, TPM, disks) other than most tests', whose first test
+    boots to make that shape's snapshot."""
     from harness.plan import USUAL_SHAPE, declared_shape, resume_blocker
 
-    boots = decl.host or resume_blocker(decl, {}) or declared_shape(decl) != USUAL_SHAPE
-    return decl.priority * 2 + (1 if boots else 0)
+    boots = resume_blocker(decl, {}) or declared_shape(decl) != USUAL_SHAPE
+    return decl.priority * 3 + (2 if decl.host else 1 if boots else 0)
 
 
 def cmd_validate(o: argparse.Namespace) -> int:

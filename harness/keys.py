@@ -72,8 +72,8 @@ KEYS = (
     Key(
         "priority",
         0,
-        "meson's test priority: higher starts first (among equals, tests that boot first: cold, or to "
-        "make their machine shape's snapshot)",
+        "meson's test priority: higher starts first (among equals, tests that boot first: host-driven "
+        "ones, then those that boot cold or make their machine shape's snapshot)",
     ),
     Key("slow", False, "runs only with `HARNESS_SLOW_TESTS=1`"),
     Key("enabled", True, "false: always SKIP"),

@@ -119,15 +119,17 @@ def test_an_abbreviated_key_is_not_taken_for_a_known_one(capsys):
     assert "'time': unknown key" in capsys.readouterr().err
 
 
-def test_validate_prints_meson_priority(capsys):
+def test_validate_prints_meson_priority(capsys, tmp_path):
+    (tmp_path / "test_x.py").touch()
     for args, priority in (
-        (["--priority=3"], 6),
-        (["--priority=3", "--storage=persistent"], 7),
+        (["--priority=3"], 9),
+        (["--priority=3", "--storage=persistent"], 10),
+        (["--priority=3", "--host=test_x.py"], 11),
         (["--tpm=true"], 1),
         (["--disks=1G"], 1),
         ([], 0),
     ):
-        assert main(["validate", "--name=TEST-99-UNIT", "--test-dir=/t/TEST-99-UNIT", *args]) == 0
+        assert main(["validate", "--name=TEST-99-UNIT", f"--test-dir={tmp_path}", *args]) == 0
         assert capsys.readouterr().out.strip() == str(priority)
 
 
