@@ -14,11 +14,12 @@ A test is eligible when nothing it declares changes what happens before the agen
 (`plan.machine_shape`), made when the first test of that shape needs it: its firmware (a UEFI
 snapshot keeps OVMF's variables; each test resumes a copy), its storage (a persistent
 snapshot boots without the volatile overlay), its TPM (its state travels in the saved VM
-into each test's own swtpm) and its extra disks (each test gets new empty ones). A host-driven test resumes too: the agent starts its control agent
-instead of a test unit. A resumed test's QEMU is given the command line and credentials
-the test's cold boot would get (they are not part of the saved state), and the snapshot's
-machine ID: a reboot inside the test is the test's own cold boot, on its own overlay, as
-the same machine. A snapshot is keyed to the image, the harness's own files and QEMU; it
+into each test's own swtpm) and its extra disks (each test gets new empty ones). A
+host-driven test resumes too: the agent starts its control agent instead of a test unit.
+A resumed test's QEMU is given the command line and credentials the test's cold boot
+would get (they are not part of the saved state), and the snapshot's machine ID: a
+reboot inside the test is the test's own cold boot, on its own overlay, as the same
+machine. A snapshot is keyed to the image, the harness's own files and QEMU; it
 lives in the build directory and is shared by parallel `meson test` processes under file
 locks (snapshot_store.py). What the guest can still tell: the machine-id and boot ID are
 the snapshot boot's (journald and D-Bus take them when PID 1 starts; a new one per test
@@ -66,10 +67,7 @@ from harness.backends.qemu.snapshot_store import (
 )
 from harness.errors import HarnessError
 from harness.guest.reporting import VIRTIO_CHANNEL
-from harness.guest.units import (
-    boot_options,
-    emergency_guard,
-)
+from harness.guest.units import boot_options, emergency_guard
 from harness.image import Image
 from harness.keys import Firmware, Storage
 from harness.notify import Notify
