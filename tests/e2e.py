@@ -9,12 +9,15 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = Path(os.environ.get("HARNESS_IMAGE", ROOT / "build" / "mkosi.output" / "image.raw"))
@@ -172,10 +175,23 @@ def running_worker(
             proc.log = log_path  # type: ignore[attr-defined]
             yield proc
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            stop_worker(proc, log_path)
     board = subprocess.run(["pgrep", "-af", str(tmp_path / "worker")], capture_output=True, text=True).stdout
     assert "qemu-system" not in board, "the virtual worker left its board running"
+
+
+def stop_worker(proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    """SIGTERM, as a service manager stops it; one that does not exit within 30 s has its
+    stacks printed to its log (SIGUSR1), is killed, and fails the test with that log."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"the virtual worker ignored SIGTERM for 30 s; its log:\n{log_path.read_text()[-6000:]}")
 
 
 def board_env(url: str) -> dict[str, str]:

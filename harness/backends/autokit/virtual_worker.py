@@ -13,6 +13,7 @@ BUSY to a second reservation while one is held.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import secrets
 import signal
@@ -153,6 +154,10 @@ def serve(
 ) -> None:
     worker = VirtualWorker(state_dir, token)
     server = WorkerServer((host, port), make_handler(worker, idle_timeout))
+    # SIGTERM asks the loop to stop: an exception raised wherever the main thread happens to
+    # be (starting a thread, holding a lock) could leave the exit waiting. shutdown() blocks
+    # until the loop ends, so it is called from a thread of its own.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     if ready:
         ready(server)
     try:
@@ -220,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         token = new_token_file(state_dir / "token")
         print(f"virtual-worker: token written to {state_dir / 'token'}", flush=True)
-    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1` prints every thread's stack: why it hangs
 
     def ready(server: ThreadingHTTPServer) -> None:
         where = f"[{host}]" if ":" in host else host
