@@ -154,10 +154,6 @@ def serve(
 ) -> None:
     worker = VirtualWorker(state_dir, token)
     server = WorkerServer((host, port), make_handler(worker, idle_timeout))
-    # SIGTERM asks the loop to stop: an exception raised wherever the main thread happens to
-    # be (starting a thread, holding a lock) could leave the exit waiting. shutdown() blocks
-    # until the loop ends, so it is called from a thread of its own.
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     if ready:
         ready(server)
     try:
@@ -228,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1` prints every thread's stack: why it hangs
 
     def ready(server: ThreadingHTTPServer) -> None:
+        # SIGTERM asks the loop to stop: an exception raised wherever the main thread happens
+        # to be (starting a thread, holding a lock) could leave the exit waiting. shutdown()
+        # blocks until the loop ends, so it is called from a thread of its own.
+        signal.signal(
+            signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start()
+        )
         where = f"[{host}]" if ":" in host else host
         print(
             f"virtual-worker: listening on http://{where}:{server.server_address[1]}, state in {state_dir}",
