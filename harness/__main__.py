@@ -310,6 +310,19 @@ def cmd_systemd_tests(o: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_guest_files(o: argparse.Namespace) -> int:
+    from harness.guest.files import install_guest_files
+
+    root = Path(o.root)
+    if not root.is_dir():
+        raise HarnessError(
+            f"{root} is not a directory", "give the root tree of the image being built (mkosi: $BUILDROOT)"
+        )
+    for path in install_guest_files(root):
+        print(path)
+    return 0
+
+
 def cmd_accel(o: argparse.Namespace) -> int:
     accel = detect()
     print(accel.kind, accel.timeout_factor, accel.reason)
@@ -317,7 +330,7 @@ def cmd_accel(o: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m harness", allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog="os-harness", allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one test", allow_abbrev=False)
     add_declaration_option(run)
@@ -360,6 +373,13 @@ def main(argv: list[str] | None = None) -> int:
     systemd_tests.add_argument("names", nargs="+", help="systemd's tests, e.g. TEST-22-TMPFILES")
     systemd_tests.set_defaults(func=cmd_systemd_tests)
 
+    guest_files = sub.add_parser(
+        "guest-files",
+        help="install what an image needs from the harness into its root tree, during the image's build",
+        allow_abbrev=False,
+    )
+    guest_files.add_argument("root", help="the image's root directory")
+    guest_files.set_defaults(func=cmd_guest_files)
     sub.add_parser("keys", help="print the table of declaration keys (as in the README)").set_defaults(
         func=cmd_keys
     )

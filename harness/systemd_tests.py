@@ -75,6 +75,12 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
 
 def _download(release: str, apt_dir: Path, source: Path) -> tuple[str, Path]:
     """The version of systemd's source package in `release`, and its original tarball."""
+    if not (ROOT / "sandbox").is_dir():
+        raise HarnessError(
+            "systemd's own tests are laid out from a checkout of os-harness (its sandbox/ apt sources), "
+            f"and {ROOT} is an installed package",
+            "run them from a clone of os-harness: meson setup build -Dsystemd-tests=true",
+        )
     mkosi_sources = (
         ROOT / "sandbox" / f"debian-{release}" / "etc" / "apt" / "sources.list.d" / "mkosi.sources"
     )
