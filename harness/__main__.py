@@ -9,7 +9,6 @@ command is in meson-logs/testlog.txt).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -23,6 +22,7 @@ from harness import declaration_file
 from harness.accel import detect
 from harness.declaration import TestDeclaration
 from harness.errors import HarnessError, LogDirBusy
+from harness.image import ImageParts, add_image_options, image_parts_of
 from harness.keys import key_table
 from harness.results import EXIT_ERROR
 
@@ -131,7 +131,7 @@ def cmd_run(o: argparse.Namespace) -> int:
     )
     try:
         with owning_log_dir(log_dir, decl.name):
-            record = run_and_record(decl, Path(o.image), ctx, backend, env, interactive, o.timeout_factor)
+            record = run_and_record(decl, image_parts_of(o), ctx, backend, env, interactive, o.timeout_factor)
         report_verdict(record, tap)
     except LogDirBusy as e:  # the other run's logs and verdict stay as they are
         print(f"error: {e}", file=sys.stderr, flush=True)
@@ -158,7 +158,7 @@ def cmd_run(o: argparse.Namespace) -> int:
 
 def run_and_record(
     decl: TestDeclaration,
-    image: Path,
+    image: ImageParts,
     ctx: RunContext,
     backend: Backend,
     env: dict[str, str],
@@ -255,13 +255,15 @@ def cmd_keys(o: argparse.Namespace) -> int:
 def cmd_lava_job(o: argparse.Namespace) -> int:
     """Prints the LAVA job meson test would submit for one test, and writes its board image."""
     from harness.backends.lava.backend import write_job
+    from harness.project import meson_test_args
 
     build_dir = Path(o.build_dir)
     run_args = meson_test_args(build_dir, o.name)
     parser = argparse.ArgumentParser(allow_abbrev=False)
     add_declaration_option(parser)
     add_backend_options(parser)
-    for option in ("--image", "--timeout-factor", "--tap", "--build-dir", "--backend"):
+    add_image_options(parser)
+    for option in ("--timeout-factor", "--tap", "--build-dir", "--backend"):
         parser.add_argument(option, action="store_true" if option == "--tap" else "store")
     run, leftover = parser.parse_known_args(run_args)
     run.declaration_options = leftover
@@ -270,7 +272,7 @@ def cmd_lava_job(o: argparse.Namespace) -> int:
     out_dir = build_dir / "integration-tests" / decl.name
     definition, image = write_job(
         decl,
-        Path(run.image),
+        image_parts_of(run),
         int(run.timeout_factor) if run.timeout_factor else None,
         env.get("HARNESS_LAVA_DEVICE_TYPE") or run.lava_device_type,
         out_dir,
@@ -284,23 +286,6 @@ def cmd_lava_job(o: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
-
-
-def meson_test_args(build_dir: Path, name: str) -> list[str]:
-    """The arguments meson gives `python3 -m harness run` for the test `name`."""
-    try:
-        tests = json.loads((build_dir / "meson-info" / "intro-tests.json").read_text())
-    except (OSError, ValueError) as e:
-        raise HarnessError(
-            f"cannot read the tests of {build_dir} ({e})",
-            "meson setup BUILD -Dintegration-tests=true, and pass that directory with -C",
-        ) from None
-    for t in tests:
-        if t["name"] == name and "run" in t["cmd"]:
-            cmd: list[str] = t["cmd"]
-            return cmd[cmd.index("run") + 1 :]
-    names = ", ".join(sorted(t["name"] for t in tests if "run" in t["cmd"])) or "none"
-    raise HarnessError(f"{build_dir} has no test {name}", f"use one of: {names}")
 
 
 def cmd_systemd_tests(o: argparse.Namespace) -> int:
@@ -334,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one test", allow_abbrev=False)
     add_declaration_option(run)
-    run.add_argument("--image", required=True, help="the disk image mkosi built (NAME.raw)")
+    add_image_options(run)
     run.add_argument("--build-dir", help="meson's build directory, for the hints printed on failure")
     run.add_argument(
         "--log-dir", help="where console log and journal go (default BUILD/integration-tests/NAME)"

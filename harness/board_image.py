@@ -24,9 +24,9 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from harness.credential import Credential
+from harness.disk import ESP_TYPE, ROOT_PARTITION_TYPES, DiskFormat, read_gpt
 from harness.errors import HarnessError
 from harness.esp import ENTRY_NAME, boot_entry, run_tool, uki_cmdline
-from harness.image import ESP_TYPE, ROOT_PARTITION_TYPES, read_gpt
 from harness.plan import BootPlan
 
 
@@ -112,6 +112,12 @@ def build_board_image(
 def plan_board_image(plan: BootPlan, workdir: Path) -> Path:
     """The board image of one planned boot: the plan's image, command line and credentials.
     It holds the test's credentials: `workdir` must stay private."""
+    if plan.image.disk_format != DiskFormat.RAW or plan.image.table.kind != "gpt":
+        raise HarnessError(
+            f"{plan.image.path} cannot boot a board: a board is flashed with a raw GPT disk, and this is "
+            f"a {plan.image.disk_format} disk with {'an MBR' if plan.image.table.kind == 'dos' else 'no GPT'}",
+            "give the raw GPT disk (qemu-img convert -O raw), or run the test on qemu",
+        )
     return build_board_image(
         plan.image.path, plan.image.uki, plan.name, list(plan.cmdline), list(plan.credentials), workdir
     )

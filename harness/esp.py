@@ -12,8 +12,9 @@ import uuid
 import zlib
 from pathlib import Path
 
+from harness.disk import ESP_TYPE
 from harness.errors import HarnessError
-from harness.image import ESP_TYPE, Image
+from harness.image import Image
 
 ENTRY_NAME = "harness-test.conf"
 # systemd-stub takes the extra command line from SMBIOS (io.systemd.stub.kernel-cmdline-extra)

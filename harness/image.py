@@ -1,321 +1,279 @@
-"""The shared image and what the harness must know about it before booting it.
+"""The image under test, described by its parts (`ImageParts`), and what the harness must
+know about it before booting it.
 
-mkosi writes `NAME.raw` (the GPT disk) and, beside it, the split-out `NAME.vmlinuz`,
-`NAME.initrd` and `NAME.efi` (the UKI). The root partition (for direct kernel boot's
-`root=`) comes from the GPT; the architecture comes from the ELF binaries in the initrd,
-because the image itself is an ext4 root the host cannot read without mounting it.
+The user names the disk (raw or qcow2, told by its content, any file name, symlinks
+allowed) and whichever of the rest they have: kernel, initrd, UKI, `root=`, architecture.
+What is not named is found: mkosi writes `NAME.raw` and beside it `NAME.vmlinuz`,
+`NAME.initrd` and `NAME.efi` (the UKI), with any dots in NAME (`image_1.2.raw`); the root
+partition is the one of the architecture's Discoverable Partitions type; the architecture
+comes from the initrd, else the kernel's or the UKI's header (harness.initrd).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import os
-import re
-import struct
+import argparse
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import attrs
 
+from harness.disk import (
+    ESP_TYPE,
+    LINUX_FILESYSTEM,
+    MBR_LINUX,
+    ROOT_PARTITION_TYPES,
+    DiskFormat,
+    DiskPartition,
+    PartitionTable,
+    detect_format,
+    partition_table,
+)
 from harness.errors import HarnessError
+from harness.initrd import InitrdFacts, kernel_architecture, known_initrd_facts
 
-# Discoverable Partitions Specification: root partition type per architecture.
-ROOT_PARTITION_TYPES = {
-    "x86_64": uuid.UUID("4f68bce3-e8cd-4db1-96e7-fbcaf984b709"),
-    "aarch64": uuid.UUID("b921b045-1df0-41c3-af44-4c6f280d3fae"),
-    "riscv64": uuid.UUID("72ec70a6-cf74-40e6-bd49-4bda08e8f224"),
-    "i386": uuid.UUID("44479540-f297-41b2-9af7-d131d5f0458a"),
-}
-ESP_TYPE = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
-ELF_MACHINES = {"EM_X86_64": "x86_64", "EM_AARCH64": "aarch64", "EM_RISCV": "riscv64", "EM_386": "i386"}
+ROOT_SPELLINGS = ("PARTUUID=", "PARTLABEL=", "UUID=", "LABEL=", "/dev/")
 
 
 @attrs.frozen
-class Partition:
-    type_uuid: uuid.UUID
-    part_uuid: uuid.UUID
-    first_lba: int
-    last_lba: int
-    label: str
-    sector_size: int = 512  # the GPT's logical sector: LBAs count these
+class ImageParts:
+    """An image as the user names it: the disk, and whichever of the rest they give
+    (None and "" mean: find it). `root` is the kernel's `root=` value as-is."""
 
-    @property
-    def offset(self) -> int:
-        """Where the partition starts in the disk, in bytes."""
-        return self.first_lba * self.sector_size
-
-
-def _gpt_header(f: BinaryIO) -> tuple[bytes, int]:
-    """The primary GPT header and the sector size it was found at."""
-    for sector in (512, 4096):
-        f.seek(sector)
-        header = f.read(92)
-        if header[:8] == b"EFI PART":
-            return header, sector
-    raise ValueError("no GPT header (neither at 512 nor at 4096 bytes)")
-
-
-def gpt_problem(f: BinaryIO, size: int) -> str | None:
-    """What is wrong with the disk's GPT as a whole, or None: a file shorter than its
-    partition table says (an interrupted copy) or a backup header that does not match
-    the primary one (a damaged or half-written disk)."""
-    header, sector = _gpt_header(f)
-    backup_lba, _, last_usable = struct.unpack_from("<QQQ", header, 32)
-    needed = (max(backup_lba, last_usable) + 1) * sector
-    if size < needed:
-        return f"it is {size} bytes, shorter than its partition table says ({needed} bytes)"
-    f.seek(backup_lba * sector)
-    backup = f.read(92)
-    if backup[:8] != b"EFI PART":
-        return f"its backup GPT header (sector {backup_lba}) is missing"
-    entries_crc, backup_crc = header[88:92], backup[88:92]
-    if struct.unpack_from("<Q", backup, 32)[0] != 1 or entries_crc != backup_crc:
-        return "its backup GPT header does not match the primary one"
-    return None
-
-
-def read_gpt(f: BinaryIO) -> list[Partition]:
-    """The used entries of a GUID partition table, for 512- or 4096-byte sectors."""
-    header, sector = _gpt_header(f)
-    entries_lba, count, entry_size = struct.unpack_from("<QII", header, 72)
-    f.seek(entries_lba * sector)
-    table = f.read(count * entry_size)
-    partitions = []
-    for i in range(count):
-        e = table[i * entry_size : (i + 1) * entry_size]
-        if len(e) < 128 or e[:16] == bytes(16):
-            continue
-        first, last = struct.unpack_from("<QQ", e, 32)
-        label = e[56:128].decode("utf-16-le", "replace").rstrip("\0")
-        partitions.append(
-            Partition(uuid.UUID(bytes_le=e[:16]), uuid.UUID(bytes_le=e[16:32]), first, last, label, sector)
-        )
-    return partitions
-
-
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-
-
-def _decompress(data: bytes) -> bytes:
-    """One xz or gzip stream, or the data as it is (zstd: initrd_archives)."""
-    if data[:6] == b"\xfd7zXZ\x00":
-        import lzma
-
-        return lzma.LZMADecompressor().decompress(data)
-    if data[:2] == b"\x1f\x8b":
-        import gzip
-
-        return gzip.GzipFile(fileobj=io.BytesIO(data)).read()
-    return data
-
-
-def initrd_archives(data: bytes) -> Iterator[bytes]:
-    """The cpio archives of an initrd: mkosi appends the kernel's modules as a
-    zstd-compressed archive of their own; other compressions are read as one archive."""
-    while data:
-        if data[:4] != ZSTD_MAGIC:
-            yield _decompress(data)
-            return
-        import zstandard
-
-        frame = zstandard.ZstdDecompressor().decompressobj()
-        yield frame.decompress(data)
-        data = frame.unused_data.lstrip(b"\0")
-
-
-def cpio_files(archive: bytes) -> Iterator[tuple[str, bytes]]:
-    """(name, content) of the regular files of a newc cpio archive, up to its trailer."""
-    pos = 0
-    while archive[pos : pos + 6] in (b"070701", b"070702"):
-        fields = [int(archive[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
-        mode, size, namesize = fields[1], fields[6], fields[11]
-        name_start = pos + 110
-        name = archive[name_start : name_start + namesize - 1].decode(errors="replace")
-        data_start = (name_start + namesize + 3) & ~3
-        if name == "TRAILER!!!":
-            return
-        if mode & 0o170000 == 0o100000:
-            yield name, archive[data_start : data_start + size]
-        pos = (data_start + size + 3) & ~3
-
-
-def elf_architecture(blob: bytes) -> str | None:
-    if blob[:4] != b"\x7fELF":
-        return None
-    from elftools.elf.elffile import ELFFile  # here: most runs read cached facts, not ELF files
-
-    return ELF_MACHINES.get(ELFFile(io.BytesIO(blob)).header["e_machine"])
-
-
-SYSTEMD_SHARED = re.compile(r"libsystemd-shared-(\d+)[.\w-]*\.so$")
-
-
-MODULE = re.compile(r"/([^/]+)\.ko(\.(xz|zst|gz))?$")  # a module's file in the initrd
-BUILTIN = re.compile(r"/([^/\n]+)\.ko$", re.MULTILINE)  # a line of modules.builtin
-
-
-@attrs.frozen
-class InitrdFacts:
-    """What the initrd tells of the image; it is built from the image's own packages, so
-    it speaks for the image."""
-
-    architecture: str  # of the first ELF binary
-    systemd_version: int | None  # from libsystemd-shared-NNN.so (every systemd since 241)
-    os_name: str  # PRETTY_NAME of os-release
-    # The drivers there before the root is mounted: built into the kernel (its
-    # modules.builtin) or modules in the initrd; None if the initrd carries no
-    # modules.builtin to tell.
-    drivers: frozenset[str] | None
-    kernel_drivers: frozenset[str] | None = None  # those built into the kernel alone
-
-
-def initrd_facts(initrd: Path) -> InitrdFacts:
-    arch, version, os_name = None, None, ""
-    modules: set[str] = set()
-    builtin: set[str] | None = None
-    for archive in initrd_archives(initrd.read_bytes()):
-        for name, content in cpio_files(archive):
-            arch = arch or elf_architecture(content)
-            found = SYSTEMD_SHARED.search(name)
-            version = version or (int(found.group(1)) if found else None)
-            if name in ("usr/lib/os-release", "etc/os-release") and not os_name:
-                os_name = pretty_name(content)
-            if module := MODULE.search(name):
-                modules.add(driver_name(module.group(1)))
-            if name.endswith("/modules.builtin"):
-                builtin = (builtin or set()) | {
-                    driver_name(m.group(1)) for m in BUILTIN.finditer(content.decode(errors="replace"))
-                }
-    if arch is None:
-        raise HarnessError(
-            f"found no ELF binary in {initrd} to tell the image's architecture",
-            "rebuild the image: meson compile -C build mkosi",
-        )
-    if builtin is None:
-        return InitrdFacts(arch, version, os_name, None)
-    return InitrdFacts(arch, version, os_name, frozenset(modules | builtin), frozenset(builtin))
-
-
-def known_initrd_facts(initrd: Path) -> InitrdFacts:
-    """`initrd_facts`, kept beside the initrd in a hidden file: reading them decompresses
-    the whole initrd (0.16 s in every test), and the initrd changes only with a rebuild,
-    which makes a new file. Where the file cannot be written, they are read every time."""
-    cache = initrd.with_name(f".{initrd.name}.harness-facts.json")
-    st = initrd.stat()
-    identity = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        known = json.loads(cache.read_text())
-        if known["identity"] == identity:
-            return InitrdFacts(
-                str(known["architecture"]),
-                known["systemd_version"],
-                str(known["os_name"]),
-                *(None if known[k] is None else frozenset(known[k]) for k in ("drivers", "kernel_drivers")),
-            )
-    facts = initrd_facts(initrd)
-    record = {
-        "identity": identity,
-        **attrs.asdict(facts, value_serializer=lambda _, __, v: sorted(v) if isinstance(v, frozenset) else v),
-    }
-    partial = cache.with_name(f"{cache.name}.{os.getpid()}")
-    with contextlib.suppress(OSError):
-        partial.write_text(json.dumps(record))
-        os.replace(partial, cache)
-    with contextlib.suppress(OSError):
-        partial.unlink(missing_ok=True)
-    return facts
-
-
-def driver_name(module: str) -> str:
-    return module.replace("-", "_")  # the kernel treats both alike
-
-
-def pretty_name(os_release: bytes) -> str:
-    fields = dict(
-        line.partition("=")[::2] for line in os_release.decode(errors="replace").splitlines() if "=" in line
-    )
-    return (fields.get("PRETTY_NAME") or fields.get("NAME") or "").strip().strip("\"'")
-
-
-def initrd_architecture(initrd: Path) -> str:
-    return initrd_facts(initrd).architecture
+    disk: Path
+    kernel: Path | None = None
+    initrd: Path | None = None
+    uki: Path | None = None
+    root: str = ""
+    architecture: str = ""
+    disk_format: DiskFormat | None = None
 
 
 @attrs.frozen
 class Image:
-    path: Path
+    path: Path  # the disk, symlinks resolved (an overlay names it as its backing file)
     kernel: Path | None
     initrd: Path | None
     uki: Path | None
     architecture: str
-    root_partuuid: uuid.UUID | None
-    has_esp: bool
+    root: str  # the kernel's root= value ("" where the kernel finds it alone, e.g. a UKI's own)
+    esp: DiskPartition | None
     systemd_version: int | None = None  # None: the initrd does not tell
     os_name: str = ""  # PRETTY_NAME of its os-release, e.g. "Debian GNU/Linux 12 (bookworm)"
     initrd_drivers: frozenset[str] | None = None  # see InitrdFacts.drivers
     kernel_drivers: frozenset[str] | None = None  # see InitrdFacts.kernel_drivers
+    disk_format: DiskFormat = DiskFormat.RAW
+    table: PartitionTable = attrs.field(factory=lambda: PartitionTable("", ()))
+    root_partition: DiskPartition | None = None  # the partition `root` names, where the table tells
+    initrd_has_systemd: bool = True  # False: initramfs-tools, busybox (no systemd.volatile=)
+
+    @property
+    def has_esp(self) -> bool:
+        return self.esp is not None
 
     @classmethod
-    def open(cls, path: Path) -> Image:
-        path = path.resolve() if path.exists() else path
-        if not path.is_file():
-            raise HarnessError(f"no image at {path}", "build it first: meson compile -C build mkosi")
-        stem = path.with_suffix("")
-        kernel, initrd, uki = (
-            p if p.is_file() else None
-            for p in (stem.with_suffix(".vmlinuz"), stem.with_suffix(".initrd"), stem.with_suffix(".efi"))
+    def open(cls, path: Path | ImageParts) -> Image:
+        return open_image(path if isinstance(path, ImageParts) else ImageParts(path))
+
+
+def image_hint(disk: Path) -> str:
+    """How the user remakes this image: mkosi's command where it looks like this project's
+    mkosi output, their own image build otherwise."""
+    if disk.parent.name == "mkosi.output" or disk.with_name(disk.name + ".manifest").exists():
+        return "rebuild it: meson compile -C build mkosi"
+    return "rebuild or recopy it with the tool that made it (os-harness check-image DISK says what it has)"
+
+
+def sibling(disk: Path, suffix: str) -> Path | None:
+    """mkosi's split-out artifact beside `disk`: NAME.raw -> NAME.vmlinuz, the name cut
+    at its last dot only (image_1.2.raw -> image_1.2.vmlinuz); beside a symlink first, then
+    beside what it points to."""
+    for d in dict.fromkeys((disk, disk.resolve())):
+        stem = d.name[: -len(d.suffix)] if d.suffix else d.name
+        candidate = d.with_name(stem + suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def open_image(parts: ImageParts) -> Image:
+    given = parts.disk
+    if not given.is_file():
+        raise HarnessError(
+            f"no image at {given}",
+            "build it first (meson compile -C build mkosi), or give your disk with -Dimage=PATH",
         )
-        try:
-            with path.open("rb") as f:
-                partitions = read_gpt(f)
-                problem = gpt_problem(f, path.stat().st_size)
-        except (OSError, ValueError, struct.error) as e:
+    disk = given.resolve()
+    fmt = parts.disk_format or detect_format(disk)
+    kernel = named_part(parts.kernel, "kernel") or sibling(given, ".vmlinuz")
+    initrd = named_part(parts.initrd, "initrd") or sibling(given, ".initrd")
+    uki = named_part(parts.uki, "UKI") or sibling(given, ".efi")
+    table = partition_table(disk, fmt)
+    if table.problem:
+        raise HarnessError(
+            f"{disk} is damaged: {table.problem}", "an interrupted build or copy? " + image_hint(given)
+        )
+    facts = known_initrd_facts(initrd) if initrd else None
+    arch = architecture(parts, facts, kernel, uki)
+    root, root_partition = find_root(parts.root, table, arch, given)
+    esp = next(iter(table.find(ESP_TYPE)), None)
+    return Image(
+        disk,
+        kernel,
+        initrd,
+        uki,
+        arch,
+        root,
+        esp,
+        facts.systemd_version if facts else None,
+        facts.os_name if facts else "",
+        facts.drivers if facts else None,
+        facts.kernel_drivers if facts else None,
+        fmt,
+        table,
+        root_partition,
+        facts is None or facts.systemd_version is not None,
+    )
+
+
+def named_part(path: Path | None, what: str) -> Path | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise HarnessError(f"the {what} {path} does not exist", f"give the path of the image's {what}")
+    return path.resolve()
+
+
+def architecture(parts: ImageParts, facts: InitrdFacts | None, kernel: Path | None, uki: Path | None) -> str:
+    """The image's architecture: the initrd's binaries, else the kernel's or the UKI's
+    header; the user's word where given, which must agree."""
+    found, source = (facts.architecture if facts else None), "initrd"
+    for name, header in (("kernel", kernel), ("UKI", uki)):
+        if found is None and header is not None:
+            found, source = kernel_architecture(header), name
+    if parts.architecture and found and parts.architecture != found:
+        raise HarnessError(
+            f"{parts.disk}: the architecture given is {parts.architecture}, and its {source} is {found}",
+            "give the architecture the image was built for, or leave it out",
+        )
+    if parts.architecture:
+        return parts.architecture
+    if found:
+        return found
+    raise HarnessError(
+        f"cannot tell the architecture of {parts.disk}: no initrd, kernel or UKI says it",
+        "give it: -Darchitecture=x86_64 (or --architecture=)",
+    )
+
+
+def find_root(given: str, table: PartitionTable, arch: str, disk: Path) -> tuple[str, DiskPartition | None]:
+    """The root= value and the partition it names: the user's, else the partition whose
+    type is the architecture's Discoverable Partitions root type."""
+    if given:
+        if not given.startswith(ROOT_SPELLINGS):
             raise HarnessError(
-                f"{path} is not a GPT disk image ({e})",
-                "point the harness at the .raw disk mkosi built (Format=disk)",
-            ) from None
-        if initrd is None:
-            raise HarnessError(
-                f"{path} has no initrd beside it ({stem.with_suffix('.initrd').name})",
-                "build with mkosi's default SplitArtifacts (kernel, initrd, uki)",
+                f"root '{given}' is not a root= the kernel reads",
+                "spell it PARTUUID=..., PARTLABEL=..., UUID=..., LABEL=... or /dev/vdaN",
             )
-        if problem:
-            raise HarnessError(
-                f"{path} is damaged: {problem}",
-                "an interrupted build or copy? rebuild it: meson compile -C build mkosi",
-            )
-        facts = known_initrd_facts(initrd)
-        arch = facts.architecture
-        roots = [p for p in partitions if p.type_uuid == ROOT_PARTITION_TYPES.get(arch)]
-        foreign = [
-            a
-            for a, t in ROOT_PARTITION_TYPES.items()
-            if a != arch and any(p.type_uuid == t for p in partitions)
+        named = [
+            p
+            for p in table.partitions
+            if given.lower() in (f"partuuid={p.partuuid}", f"partlabel={p.label.lower()}")
         ]
-        if not roots and foreign:
+        if given.startswith("PARTUUID=") and table.partitions and not named:
             raise HarnessError(
-                f"{path}: the initrd is {arch} but the root partition is for {foreign[0]}",
-                "the image's architecture is inconsistent: rebuild it with one Architecture=",
+                f"{disk} has no partition {given}; it has: "
+                + "; ".join(p.describe() for p in table.partitions),
+                "give one of those as root",
             )
-        if not roots:
-            raise HarnessError(
-                f"{path} has no {arch} root partition (type {ROOT_PARTITION_TYPES.get(arch)})",
-                "build a disk image with a root partition (mkosi Format=disk)",
-            )
-        return cls(
-            path,
-            kernel,
-            initrd,
-            uki,
-            arch,
-            roots[0].part_uuid if roots else None,
-            any(p.type_uuid == ESP_TYPE for p in partitions),
-            facts.systemd_version,
-            facts.os_name,
-            facts.drivers,
-            facts.kernel_drivers,
+        return given, named[0] if named else None
+    roots = table.find(ROOT_PARTITION_TYPES.get(arch, uuid.UUID(int=0)))
+    if roots:
+        return f"PARTUUID={roots[0].partuuid}", roots[0]
+    foreign = [a for a, t in ROOT_PARTITION_TYPES.items() if a != arch and table.find(t)]
+    if foreign:
+        raise HarnessError(
+            f"{disk}: its kernel or initrd is {arch} but the root partition is for {foreign[0]}",
+            "the image's architecture is inconsistent: rebuild it with one architecture",
         )
+    raise HarnessError(root_missing(table, arch, disk), root_fix(table))
+
+
+def root_missing(table: PartitionTable, arch: str, disk: Path) -> str:
+    if not table.kind:
+        return f"{disk} has no partition table, so no root partition to find"
+    kind = "GPT" if table.kind == "gpt" else "MBR"
+    found = "; ".join(p.describe() for p in table.partitions) or "no partitions"
+    typed = (
+        f"of the {arch} root type {ROOT_PARTITION_TYPES.get(arch)}" if table.kind == "gpt" else "it can tell"
+    )
+    return f"{disk} has no root partition {typed} ({kind}: {found})"
+
+
+def root_fix(table: PartitionTable) -> str:
+    linux = [p for p in table.partitions if p.type in (str(LINUX_FILESYSTEM), MBR_LINUX)]
+    if len(linux) == 1:
+        return f"say which is the root: -Droot=PARTUUID={linux[0].partuuid} (or --root=)"
+    if not table.kind:
+        return "a bare filesystem boots as a disk: -Droot=/dev/vda (or --root=)"
+    return (
+        "say which is the root: -Droot=PARTUUID=... (or --root=), as the image's kernel command line has it"
+    )
+
+
+def add_image_options(p: argparse.ArgumentParser) -> None:
+    """The image by its parts: the disk, and what the harness would otherwise find beside
+    it or in it (empty: find it)."""
+    p.add_argument(
+        "--image",
+        required=True,
+        help="the disk image: raw or qcow2, any name (mkosi's NAME.raw, a .wic, a cloud image); "
+        "or a directory holding one .raw (mkosi's output directory)",
+    )
+    p.add_argument("--kernel", default="", help="the kernel (default: NAME.vmlinuz beside the disk)")
+    p.add_argument(
+        "--initrd", default="", help="the initrd (default: NAME.initrd beside the disk; none: boot without)"
+    )
+    p.add_argument("--uki", default="", help="the unified kernel image (default: NAME.efi beside the disk)")
+    p.add_argument(
+        "--root",
+        default="",
+        help="root= as the image's kernel wants it: PARTUUID=..., LABEL=..., /dev/vda2 (default: the "
+        "partition of the architecture's root type)",
+    )
+    p.add_argument(
+        "--architecture", default="", help="x86_64, aarch64, ... (default: from the initrd or kernel)"
+    )
+    p.add_argument(
+        "--image-format",
+        default="",
+        choices=["", "raw", "qcow2"],
+        help="the disk's format (default: by its content)",
+    )
+
+
+def image_parts_of(o: argparse.Namespace) -> ImageParts:
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
+    return ImageParts(
+        disk=disk_path(Path(o.image)),
+        kernel=path(o.kernel),
+        initrd=path(o.initrd),
+        uki=path(o.uki),
+        root=o.root or "",
+        architecture=o.architecture or "",
+        disk_format=DiskFormat(o.image_format) if o.image_format else None,
+    )
+
+
+def disk_path(given: Path) -> Path:
+    """The disk a --image names: the file, or the one .raw of a directory (mkosi's output)."""
+    if not given.is_dir():
+        return given
+    raws = sorted(given.glob("*.raw"))
+    if len(raws) != 1:
+        raise HarnessError(
+            f"{given} holds {len(raws)} .raw disk images, and the harness takes one",
+            "name the disk itself: -Dimage=PATH (or --image=PATH)",
+        )
+    return raws[0]

@@ -22,7 +22,7 @@ from harness.esp import secure_boot_refusal
 from harness.gates import gate
 from harness.guest.reporting import CORE_DUMPS_EXPORT
 from harness.guest.units import MINIMUM_SYSTEMD
-from harness.image import Image
+from harness.image import Image, ImageParts
 from harness.journal import keep_journal, unit_excerpt
 from harness.log_dir import CONSOLE_FILE, HOST_TEST_LOG, JOURNAL_EXPORT, check_log_space, clear_logs
 from harness.machine import Backend, Ending, EndingKind, LogFile
@@ -103,7 +103,7 @@ class RunContext:
 
 def run_test(
     decl: TestDeclaration,
-    image_path: Path,
+    image_parts: ImageParts,
     ctx: RunContext,
     backend: Backend,
     env: dict[str, str],
@@ -116,7 +116,7 @@ def run_test(
     skipped = skip_before_boot(decl, backend, env)
     if skipped:
         return ctx.record(decl, backend.name, "", skipped)
-    image = Image.open(image_path)
+    image = Image.open(image_parts)
     check_systemd(image)
     unbootable = secure_boot_refusal(image) if decl.firmware.is_secure_boot() else None
     if unbootable:  # not the test's fault, nor the harness's: the image was built without it

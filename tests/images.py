@@ -11,7 +11,7 @@ import uuid
 import zlib
 from pathlib import Path
 
-from harness.image import ESP_TYPE, ROOT_PARTITION_TYPES
+from harness.disk import ESP_TYPE, ROOT_PARTITION_TYPES
 
 MIB = 1 << 20
 EM_X86_64 = 62

@@ -8,9 +8,9 @@ from images import write_bootable_image, write_image
 
 from harness.board_image import build_board_image
 from harness.credential import Credential
+from harness.disk import ESP_TYPE, ROOT_PARTITION_TYPES, read_gpt
 from harness.errors import HarnessError
 from harness.esp import ENTRY_NAME, pe_section
-from harness.image import ESP_TYPE, ROOT_PARTITION_TYPES, read_gpt
 
 
 def partition_offsets(image):
@@ -73,8 +73,8 @@ def test_a_truncated_pe_has_no_sections():
 
 
 def test_the_boot_esp_is_a_gpt_disk_firmware_accepts(tmp_path):
+    from harness.disk import gpt_problem
     from harness.esp import ESP_START, write_boot_esp
-    from harness.image import gpt_problem
 
     (tmp_path / "BOOTX64.EFI").write_bytes(b"MZ systemd-boot")
     (tmp_path / "image.efi").write_bytes(b"MZ a UKI" * 1000)

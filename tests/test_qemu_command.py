@@ -10,6 +10,7 @@ from harness.backends.qemu.firmware import Ovmf
 from harness.backends.qemu.snapshot import plan_snapshot_config, resumed_config, snapshot_config
 from harness.backends.qemu.snapshot_store import SHAPE, Snapshot, snapshot_machine_id
 from harness.credential import Credential
+from harness.disk import ESP_TYPE, DiskPartition
 from harness.image import Image
 from harness.keys import Firmware, Storage
 from harness.plan import BootPlan, harness_cmdline, machine_shape, resume_blocker
@@ -29,8 +30,8 @@ def boot_plan(firmware="linux", accel="tcg", *args, test_dir="/nonexistent/TEST-
         Path("/img/image.initrd"),
         Path("/img/image.efi"),
         "x86_64",
-        ROOT,
-        True,
+        f"PARTUUID={ROOT}",
+        DiskPartition(1, str(uuid.uuid4()), str(ESP_TYPE), "esp", 1 << 20, 1 << 20),
     )
     return BootPlan(
         decl=d,

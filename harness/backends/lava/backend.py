@@ -32,7 +32,7 @@ from harness.driven import Controls
 from harness.errors import HarnessError
 from harness.guest.reporting import CONSOLE_CHANNEL
 from harness.guest.units import CONSOLE_CONTROL
-from harness.image import Image
+from harness.image import Image, ImageParts
 from harness.keys import Firmware
 from harness.machine import Ending, EndingKind, LogFile, Look, WatchRules
 from harness.notify import GuestReport
@@ -284,7 +284,7 @@ def offered(image: Path, server: ImageServer | None) -> Iterator[str]:
 
 def write_job(
     decl: TestDeclaration,
-    image_path: Path,
+    image_parts: ImageParts,
     timeout_factor: int | None,
     device_type: str,
     out_dir: Path,
@@ -293,7 +293,7 @@ def write_job(
     """The job definition the backend would submit for `decl`, and its board image,
     written to `out_dir` for someone who submits by hand (`python3 -m harness lava-job`)."""
     backend = LavaBackend("", device_type, None)
-    plan = plan_boot(decl, Image.open(image_path), backend, False, timeout_factor, env)
+    plan = plan_boot(decl, Image.open(image_parts), backend, False, timeout_factor, env)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Built beside its place: a rename across file systems would fail.
     with tempfile.TemporaryDirectory(prefix=".board-", dir=out_dir) as tmp:

@@ -57,6 +57,9 @@ class QemuBackend:
 
     def firmware(self, declared: Firmware, image: Image) -> Firmware:
         """The firmware to boot `image` with, once it is clear a VM here can boot it."""
+        if declared in (Firmware.LINUX, Firmware.AUTO) and image.kernel and image.initrd is None:
+            log.info(f"{image.path.name}: a kernel and no initrd: booting the kernel alone (linux-noinitrd)")
+            declared = Firmware.LINUX_NOINITRD
         if declared == Firmware.LINUX_NOINITRD and image.kernel_drivers is not None:
             modules = [d for d in VM_DRIVERS if d not in image.kernel_drivers]
             if modules:
@@ -101,5 +104,5 @@ class QemuBackend:
             if snapshot is not None:
                 yield stack.enter_context(resumed_vm(snapshot, plan, files))
                 return
-            make_overlay(plan.image.path, files.disk)
+            make_overlay(plan.image.path, files.disk, plan.image.disk_format)
             yield stack.enter_context(running_vm(VmConfig.for_plan(plan), files))

@@ -26,11 +26,12 @@ from harness.backends.qemu.credentials import (
 )
 from harness.backends.qemu.firmware import Ovmf
 from harness.credential import Credential
+from harness.disk import DiskFormat
 from harness.errors import HarnessError
 from harness.esp import STUB_SMBIOS_SINCE, run_tool, uki_cmdline, write_boot_esp
 from harness.guest.reporting import JOURNAL_PORT, NOTIFY_PORT
 from harness.guest.units import CONTROL_PORT
-from harness.image import ESP_TYPE, Image, read_gpt
+from harness.image import Image
 from harness.keys import Firmware
 from harness.plan import BootPlan
 
@@ -166,8 +167,8 @@ def _qemu_major(binary: str) -> int:
 def kernel_cmdline(cfg: VmConfig) -> list[str]:
     """The whole command line of a direct kernel boot."""
     base = [f"console={VIRTIO_CONSOLE}"]
-    if cfg.image.root_partuuid:
-        base = [f"root=PARTUUID={cfg.image.root_partuuid}", *base]
+    if cfg.image.root:
+        base = [f"root={cfg.image.root}", *base]
     return [*base, *cfg.cmdline]
 
 
@@ -251,14 +252,20 @@ def boot_esp_args(cfg: VmConfig, files: RunFiles, cmdline: tuple[str, ...]) -> l
     image = cfg.image
     if image.uki is None:
         raise HarnessError(f"{image.path} has no UKI beside it", "build with mkosi's default SplitArtifacts")
-    with image.path.open("rb") as f:
-        esp = next(p for p in read_gpt(f) if p.type_uuid == ESP_TYPE)
+    esp = image.esp
+    if esp is None or image.disk_format != DiskFormat.RAW:
+        raise HarnessError(
+            f"{image.path}: its systemd-stub ({image.systemd_version}) takes no command line from SMBIOS, and the "
+            "harness takes its boot loader from the ESP of a raw disk, which this is not",
+            "give the raw disk (qemu-img convert -O raw), or use firmware 'linux'",
+        )
     boot_loader = files.tmp / "BOOTX64.EFI"
     run_tool(
         ["mcopy", "-i", f"{image.path}@@{esp.offset}", "::/EFI/BOOT/BOOTX64.EFI", str(boot_loader)],
         "take systemd-boot from the image's ESP",
     )
-    line = " ".join([uki_cmdline(image.uki), f"root=PARTUUID={image.root_partuuid}", *cmdline])
+    root = [f"root={image.root}"] if image.root else []
+    line = " ".join([uki_cmdline(image.uki), *root, *cmdline])
     disk = write_boot_esp(files.tmp / "boot-esp.img", boot_loader, image.uki, cfg.name, line)
     return [
         "-drive",
@@ -300,7 +307,7 @@ def qemu_command(
     """QEMU's argument vector for `cfg`; `guest_args` carry credentials and extras;
     `resuming`: QEMU loads a saved VM instead of booting, once QMP's migrate-incoming
     (snapshot.hand_over) says where it is and how it was saved."""
-    disk_format = "raw" if files.disk == cfg.image.path else "qcow2"
+    disk_format = cfg.image.disk_format if files.disk == cfg.image.path else "qcow2"
     cmd = [
         *machine_args(cfg.image.architecture, cfg.accel, vcpus, cfg.firmware.is_secure_boot()),
         *disk_args(files.disk, disk_format),

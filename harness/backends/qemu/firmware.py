@@ -18,8 +18,9 @@ from typing import Any
 
 import attrs
 
+from harness.disk import DiskFormat
 from harness.errors import HarnessError
-from harness.image import ESP_TYPE, Image, read_gpt
+from harness.image import Image
 from harness.keys import Firmware
 
 # A QEMU firmware descriptor (docs/interop/firmware.json), as parsed JSON.
@@ -41,8 +42,8 @@ def resolve_firmware(declared: Firmware, image: Image) -> Firmware:
         return Firmware.LINUX if image.kernel else Firmware.UEFI
     if declared.is_linux() and image.kernel is None:
         raise HarnessError(
-            f"firmware '{declared}' needs the kernel beside {image.path}, and there is none",
-            "use firmware 'uefi', or build with SplitArtifacts=kernel,initrd,uki",
+            f"firmware '{declared}' needs a kernel, and there is none beside {image.path}",
+            "give the image's kernel (-Dkernel=PATH, --kernel=), or use firmware 'uefi'",
         )
     if declared.is_uefi() and not image.has_esp:
         raise HarnessError(
@@ -72,10 +73,9 @@ def missing_boot_loader(image: Image) -> str | None:
     """The removable-media boot loader's path when the image's ESP lacks it; None when it
     is there, or when mtools (tools/setup installs them) are not around to tell."""
     loader = REMOVABLE_LOADERS.get(image.architecture)
-    if loader is None or shutil.which("mdir") is None:
+    esp = image.esp
+    if loader is None or shutil.which("mdir") is None or esp is None or image.disk_format != DiskFormat.RAW:
         return None
-    with image.path.open("rb") as f:
-        esp = next(p for p in read_gpt(f) if p.type_uuid == ESP_TYPE)
     listing = subprocess.run(
         ["mdir", "-b", "-i", f"{image.path}@@{esp.offset}", "::/EFI/BOOT"], capture_output=True, text=True
     ).stdout

@@ -173,7 +173,13 @@ def booted_snapshot(plan: BootPlan) -> contextlib.AbstractContextManager[Snapsho
     shape = machine_shape(plan.firmware, plan.decl.storage, plan.decl.tpm, plan.decl.disks)
     key = snapshot_key(
         shape,
-        [plan.accel.kind, *plan.accel.cpu_args(qemu_major(binary)), binary, state_format(image)],
+        [
+            plan.accel.kind,
+            *plan.accel.cpu_args(qemu_major(binary)),
+            binary,
+            state_format(image),
+            f"root={image.root}",  # the same disk booted with another root= is another machine
+        ],
         [p for p in files if p is not None],
     )
     # The boot is the agent's: the test's own timeout does not apply to it.
@@ -194,7 +200,7 @@ def make_snapshot(cfg: VmConfig, dest: Path, timeout: float, console_limit: int)
     """Boot `cfg` until its agent waits, then save the VM into `dest` (state + disk)."""
     with private_tmp(cfg.name) as tmp:
         files = RunFiles(tmp, dest, Snapshot(dest).disk)
-        make_overlay(cfg.image.path, files.disk)
+        make_overlay(cfg.image.path, files.disk, cfg.image.disk_format)
         with running_vm(cfg, files) as machine, socket.socket(socket.AF_UNIX) as agent:
             # Connected, the agent's port blocks its read instead of ending it at once:
             # the VM is saved waiting in read(), and a resumed copy, connected before it

@@ -1,0 +1,273 @@
+"""A disk image's format and partition table: raw or qcow2, GPT or MBR.
+
+The GPT is read here, not by sfdisk: util-linux before 2.39 takes a file's sectors as
+512 bytes, and mkosi makes 4 KiB-sector disks; our reader also tells a half-copied disk
+(its backup header) from a whole one. An MBR (DOS) disk, extended partitions and all, is
+read with `sfdisk --json`. A qcow2's tables are read from a sparse stand-in of its first
+and last MiB (`qemu-img dd`); `qemu-img info` names any other format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import re
+import struct
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+from typing import BinaryIO
+
+import attrs
+
+from harness.errors import HarnessError
+
+# Discoverable Partitions Specification: root partition type per architecture.
+ROOT_PARTITION_TYPES = {
+    "x86_64": uuid.UUID("4f68bce3-e8cd-4db1-96e7-fbcaf984b709"),
+    "aarch64": uuid.UUID("b921b045-1df0-41c3-af44-4c6f280d3fae"),
+    "riscv64": uuid.UUID("72ec70a6-cf74-40e6-bd49-4bda08e8f224"),
+    "i386": uuid.UUID("44479540-f297-41b2-9af7-d131d5f0458a"),
+}
+
+
+ESP_TYPE = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
+
+
+@attrs.frozen
+class Partition:
+    type_uuid: uuid.UUID
+    part_uuid: uuid.UUID
+    first_lba: int
+    last_lba: int
+    label: str
+    sector_size: int = 512  # the GPT's logical sector: LBAs count these
+
+    @property
+    def offset(self) -> int:
+        """Where the partition starts in the disk, in bytes."""
+        return self.first_lba * self.sector_size
+
+
+def _gpt_header(f: BinaryIO) -> tuple[bytes, int]:
+    """The primary GPT header and the sector size it was found at."""
+    for sector in (512, 4096):
+        f.seek(sector)
+        header = f.read(92)
+        if header[:8] == b"EFI PART":
+            return header, sector
+    raise ValueError("no GPT header (neither at 512 nor at 4096 bytes)")
+
+
+def gpt_problem(f: BinaryIO, size: int) -> str | None:
+    """What is wrong with the disk's GPT as a whole, or None: a file shorter than its
+    partition table says (an interrupted copy) or a backup header that does not match
+    the primary one (a damaged or half-written disk)."""
+    header, sector = _gpt_header(f)
+    backup_lba, _, last_usable = struct.unpack_from("<QQQ", header, 32)
+    needed = (max(backup_lba, last_usable) + 1) * sector
+    if size < needed:
+        return f"it is {size} bytes, shorter than its partition table says ({needed} bytes)"
+    f.seek(backup_lba * sector)
+    backup = f.read(92)
+    if backup[:8] != b"EFI PART":
+        return f"its backup GPT header (sector {backup_lba}) is missing"
+    entries_crc, backup_crc = header[88:92], backup[88:92]
+    if struct.unpack_from("<Q", backup, 32)[0] != 1 or entries_crc != backup_crc:
+        return "its backup GPT header does not match the primary one"
+    return None
+
+
+def read_gpt(f: BinaryIO) -> list[Partition]:
+    """The used entries of a GUID partition table, for 512- or 4096-byte sectors."""
+    header, sector = _gpt_header(f)
+    entries_lba, count, entry_size = struct.unpack_from("<QII", header, 72)
+    f.seek(entries_lba * sector)
+    table = f.read(count * entry_size)
+    partitions = []
+    for i in range(count):
+        e = table[i * entry_size : (i + 1) * entry_size]
+        if len(e) < 128 or e[:16] == bytes(16):
+            continue
+        first, last = struct.unpack_from("<QQ", e, 32)
+        label = e[56:128].decode("utf-16-le", "replace").rstrip("\0")
+        partitions.append(
+            Partition(uuid.UUID(bytes_le=e[:16]), uuid.UUID(bytes_le=e[16:32]), first, last, label, sector)
+        )
+    return partitions
+
+
+class DiskFormat(enum.StrEnum):
+    RAW = "raw"
+    QCOW2 = "qcow2"
+
+
+QCOW2_MAGIC = b"QFI\xfb"
+
+
+LINUX_FILESYSTEM = uuid.UUID("0fc63daf-8483-4772-8e79-3d69d8477de4")  # GPT's generic Linux type
+
+
+MBR_LINUX = "83"
+
+
+MIB = 1024 * 1024
+
+
+@attrs.frozen
+class DiskPartition:
+    """A partition of either kind of table, as the kernel names it."""
+
+    number: int  # vdaN
+    partuuid: str  # GPT: the entry's GUID; MBR: DISKID-NN, the kernel's spelling
+    type: str  # GPT: the type GUID; MBR: the type byte in hex ("83")
+    label: str  # GPT's partition name; "" on MBR
+    offset: int  # bytes
+    size: int  # bytes
+
+    def describe(self) -> str:
+        kind = {str(LINUX_FILESYSTEM): "Linux filesystem", MBR_LINUX: "Linux", str(ESP_TYPE): "ESP"}.get(
+            self.type, f"type {self.type}"
+        )
+        label = f" '{self.label}'" if self.label else ""
+        return (
+            f"partition {self.number}{label} ({kind}, {self.size // MIB} MiB): root=PARTUUID={self.partuuid}"
+        )
+
+
+@attrs.frozen
+class PartitionTable:
+    kind: str  # "gpt", "dos", or "" (no table: a bare filesystem)
+    partitions: tuple[DiskPartition, ...]
+    problem: str | None = None  # what is wrong with the table as a whole (gpt_problem)
+
+    def find(self, type_uuid: uuid.UUID) -> list[DiskPartition]:
+        return [p for p in self.partitions if p.type == str(type_uuid)]
+
+
+def detect_format(disk: Path) -> DiskFormat:
+    """raw or qcow2, by content (the name says nothing: .img, .wic, .raw are all raw)."""
+    with disk.open("rb") as f:
+        if f.read(4) == QCOW2_MAGIC:
+            return DiskFormat.QCOW2
+    info = qemu_img_info(disk)
+    name = str(info.get("format", "raw"))
+    if name == "raw":
+        return DiskFormat.RAW
+    raise HarnessError(
+        f"{disk} is a {name} disk image, and the harness boots raw and qcow2 disks",
+        f"convert it: qemu-img convert -O qcow2 {disk} {disk.with_suffix('.qcow2')}",
+    )
+
+
+def qemu_img_info(disk: Path) -> dict[str, object]:
+    try:
+        done = subprocess.run(
+            ["qemu-img", "info", "--output=json", str(disk)], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise HarnessError(
+            f"qemu-img could not read {disk}: {e}", "install qemu-utils (tools/setup)"
+        ) from None
+    if done.returncode != 0:
+        raise HarnessError(f"qemu-img could not read {disk}: {done.stderr.strip()}", "is it a disk image?")
+    info: dict[str, object] = json.loads(done.stdout)
+    return info
+
+
+def partition_table(disk: Path, fmt: DiskFormat) -> PartitionTable:
+    if fmt == DiskFormat.RAW:
+        return read_table(disk)
+    with tempfile.TemporaryDirectory(prefix="harness-table-") as tmp:
+        return read_table(qcow2_stand_in(disk, Path(tmp) / "tables.raw"))
+
+
+def qcow2_stand_in(disk: Path, out: Path) -> Path:
+    """A sparse raw file of the qcow2's virtual size holding only its first and last MiB,
+    where the partition tables are (GPT keeps a backup at the end)."""
+    size = int(str(qemu_img_info(disk)["virtual-size"]))
+    with out.open("wb") as f:
+        f.truncate(size)
+    for skip in dict.fromkeys((0, max(size // MIB - 1, 0))):
+        piece = out.with_name(f"piece-{skip}")
+        done = subprocess.run(
+            [
+                "qemu-img",
+                "dd",
+                "-f",
+                "qcow2",
+                "-O",
+                "raw",
+                "bs=1M",
+                f"skip={skip}",
+                "count=1",
+                f"if={disk}",
+                f"of={piece}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if done.returncode != 0:
+            raise HarnessError(
+                f"qemu-img could not read {disk}: {done.stderr.strip()}", "is the qcow2 whole?"
+            )
+        with out.open("r+b") as f:
+            f.seek(skip * MIB)
+            f.write(piece.read_bytes()[: size - skip * MIB])
+    return out
+
+
+def read_table(disk: Path) -> PartitionTable:
+    with disk.open("rb") as f:
+        with contextlib.suppress(ValueError):
+            gpt = read_gpt(f)
+            problem = gpt_problem(f, disk.stat().st_size)
+            return PartitionTable("gpt", tuple(gpt_partition(i, p) for i, p in enumerate(gpt, 1)), problem)
+        f.seek(510)
+        if f.read(2) != b"\x55\xaa":
+            return PartitionTable("", ())
+    return read_mbr(disk)
+
+
+def gpt_partition(number: int, p: Partition) -> DiskPartition:
+    return DiskPartition(
+        number,
+        str(p.part_uuid),
+        str(p.type_uuid),
+        p.label,
+        p.offset,
+        (p.last_lba - p.first_lba + 1) * p.sector_size,
+    )
+
+
+def read_mbr(disk: Path) -> PartitionTable:
+    """An MBR (DOS) table through sfdisk, which knows extended and logical partitions."""
+    try:
+        done = subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, text=True, timeout=60)
+    except OSError:
+        raise HarnessError(
+            f"{disk} has an MBR partition table, which the harness reads with sfdisk, and it is missing",
+            "install util-linux's sfdisk (Debian: apt-get install fdisk)",
+        ) from None
+    if done.returncode != 0 or not done.stdout.strip():
+        return PartitionTable("", ())  # a boot sector with no table sfdisk knows: a bare filesystem
+    table = json.loads(done.stdout)["partitiontable"]
+    sector = int(table.get("sectorsize", 512))
+    disk_id = str(table.get("id", "0x0"))[2:].lower().rjust(8, "0")
+    partitions = []
+    for p in table.get("partitions", []):
+        number = int(re.sub(r"^.*?(\d+)$", r"\1", p["node"]))
+        partitions.append(
+            DiskPartition(
+                number,
+                f"{disk_id}-{number:02x}",
+                str(p["type"]).lower(),
+                "",
+                p["start"] * sector,
+                p["size"] * sector,
+            )
+        )
+    return PartitionTable("dos", tuple(partitions))
