@@ -24,6 +24,7 @@ from harness.declaration import TestDeclaration
 from harness.errors import HarnessError, LogDirBusy
 from harness.image import ImageParts, add_image_options, image_parts_of
 from harness.keys import key_table
+from harness.project import add_project_commands, check_glue
 from harness.results import EXIT_ERROR
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ def add_declaration_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--declaration", help="the file of --KEY=VALUE lines meson setup wrote (build/test/NAME.declaration)"
     )
+    p.add_argument("--glue-version", type=int, help="the meson glue's version (test/meson.build passes it)")
 
 
 def declaration_of(o: argparse.Namespace, env: Mapping[str, str] | None = None) -> TestDeclaration:
@@ -86,6 +88,7 @@ def cmd_run(o: argparse.Namespace) -> int:
     from harness.wrapper import RunContext
 
     env = dict(os.environ)
+    check_glue(o.glue_version, Path(o.build_dir) if o.build_dir else None)
     decl = declaration_of(o, env)
     backend = make_backend(
         o.backend,
@@ -239,7 +242,8 @@ def meson_priority(decl: TestDeclaration) -> int:
 
 
 def cmd_validate(o: argparse.Namespace) -> int:
-    """Checks the declaration; prints meson's priority for it."""
+    """Checks the glue and the declaration; prints meson's priority for it."""
+    check_glue(o.glue_version)
     decl = declaration_of(o)
     if o.declaration:  # inline credentials are in it: the user's only, whatever meson made it
         Path(o.declaration).chmod(0o600)
@@ -295,19 +299,6 @@ def cmd_systemd_tests(o: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_guest_files(o: argparse.Namespace) -> int:
-    from harness.guest.files import install_guest_files
-
-    root = Path(o.root)
-    if not root.is_dir():
-        raise HarnessError(
-            f"{root} is not a directory", "give the root tree of the image being built (mkosi: $BUILDROOT)"
-        )
-    for path in install_guest_files(root):
-        print(path)
-    return 0
-
-
 def cmd_accel(o: argparse.Namespace) -> int:
     accel = detect()
     print(accel.kind, accel.timeout_factor, accel.reason)
@@ -358,13 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     systemd_tests.add_argument("names", nargs="+", help="systemd's tests, e.g. TEST-22-TMPFILES")
     systemd_tests.set_defaults(func=cmd_systemd_tests)
 
-    guest_files = sub.add_parser(
-        "guest-files",
-        help="install what an image needs from the harness into its root tree, during the image's build",
-        allow_abbrev=False,
-    )
-    guest_files.add_argument("root", help="the image's root directory")
-    guest_files.set_defaults(func=cmd_guest_files)
+    add_project_commands(sub)
     sub.add_parser("keys", help="print the table of declaration keys (as in the README)").set_defaults(
         func=cmd_keys
     )

@@ -4,6 +4,7 @@ it, the glue's version the wrapper checks, and the tests its build directory dec
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -25,3 +26,116 @@ def meson_test_args(build_dir: Path, name: str) -> list[str]:
             return cmd[cmd.index("run") + 1 :]
     names = ", ".join(sorted(t["name"] for t in tests if "run" in t["cmd"])) or "none"
     raise HarnessError(f"{build_dir} has no test {name}", f"use one of: {names}")
+
+
+GLUE_DIR = Path(__file__).parent / "glue"
+# The glue's version: test/meson.build says which it is (harness_glue_version) and passes it
+# to every `validate` and `run`; a copy older or newer than this wrapper is refused.
+GLUE_VERSION = 1
+HARNESS_OWNED = ("test/meson.build", "test/declaration.in")  # init --update rewrites these
+EXAMPLE_TEST = "test/TEST-01-BOOTS"
+
+
+def check_glue(version: int | None, build_dir: Path | None = None) -> None:
+    """Refuse a glue of another version (None: a hand run, no glue involved)."""
+    if version is None or version == GLUE_VERSION:
+        return
+    where = f"the meson glue of {build_dir}'s source" if build_dir else "the meson glue (test/meson.build)"
+    raise HarnessError(
+        f"{where} is version {version}, and this os-harness needs version {GLUE_VERSION}",
+        "refresh it from the installed harness: os-harness init --update SOURCE_DIR, then "
+        "meson setup --reconfigure BUILD",
+    )
+
+
+def glue_files(project_name: str) -> dict[str, str]:
+    """What `os-harness init` writes, by path relative to the repository."""
+    return {
+        "meson.build": (GLUE_DIR / "meson.build").read_text().replace("@PROJECT@", project_name),
+        "meson_options.txt": (GLUE_DIR / "meson_options.txt").read_text(),
+        **{path: (GLUE_DIR / path).read_text() for path in HARNESS_OWNED},
+        f"{EXAMPLE_TEST}/meson.build": EXAMPLE_DECLARATION,
+        f"{EXAMPLE_TEST}/test.sh": EXAMPLE_SCRIPT,
+    }
+
+
+EXAMPLE_DECLARATION = """\
+# An example test: test.sh reaches the guest as an extra tree (no image rebuild), runs as
+# the test unit's command, and passes when it exits 0. Copy this directory to add a test.
+integration_tests += [
+        integration_test_template + {
+                'name' : fs.name(meson.current_source_dir()),
+                'extra-trees' : ['.:/usr/lib/harness/tests/' + fs.name(meson.current_source_dir())],
+                'timeout' : 120,
+        },
+]
+"""
+EXAMPLE_SCRIPT = """\
+#!/bin/sh
+# Runs inside the booted image. Exit 0: OK; anything else: FAIL.
+set -eu
+test -d /run/systemd/system   # booted by systemd
+echo "booted: $(uname -r)"
+"""
+
+
+def init(root: Path, update: bool) -> list[str]:
+    """Write the glue into the repository `root`; what was written, relative to it. Files
+    that exist are left alone, except the harness's own with `update`."""
+    written = []
+    for path, text in glue_files(root.resolve().name or "tests").items():
+        target = root / path
+        owned = path in HARNESS_OWNED
+        if target.exists() and not (update and owned):
+            if owned and target.read_text() != text:
+                raise HarnessError(
+                    f"{target} exists and is not this os-harness's glue",
+                    f"os-harness init --update {root} replaces it (and {HARNESS_OWNED[1]})",
+                )
+            continue
+        if update and not owned and not target.exists() and path.startswith(EXAMPLE_TEST):
+            continue  # an update adds no example to a repository that has its tests
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        if path.endswith(".sh"):
+            target.chmod(0o755)
+        written.append(path)
+    return written
+
+
+def cmd_init(o: argparse.Namespace) -> int:
+    root = Path(o.directory)
+    written = init(root, o.update)
+    print("\n".join(f"wrote {root / path}" for path in written) or f"{root}: the glue is up to date")
+    print(f"next: meson setup {root / 'build'} {root} -Dimage=YOUR-DISK, then meson test -C {root / 'build'}")
+    return 0
+
+
+def cmd_guest_files(o: argparse.Namespace) -> int:
+    from harness.guest.files import install_guest_files
+
+    root = Path(o.root)
+    if not root.is_dir():
+        raise HarnessError(
+            f"{root} is not a directory", "give the root tree of the image being built (mkosi: $BUILDROOT)"
+        )
+    for path in install_guest_files(root):
+        print(path)
+    return 0
+
+
+def add_project_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The commands for a repository and an image of the user's own: init, guest-files."""
+    init_cmd = sub.add_parser("init", help="write the meson glue into a repository", allow_abbrev=False)
+    init_cmd.add_argument("directory", nargs="?", default=".", help="the repository (default: here)")
+    init_cmd.add_argument(
+        "--update", action="store_true", help="refresh test/meson.build and test/declaration.in"
+    )
+    init_cmd.set_defaults(func=cmd_init)
+    guest_files = sub.add_parser(
+        "guest-files",
+        help="install what an image needs from the harness into its root tree, during the image's build",
+        allow_abbrev=False,
+    )
+    guest_files.add_argument("root", help="the image's root directory")
+    guest_files.set_defaults(func=cmd_guest_files)
