@@ -128,13 +128,11 @@ class DiskPartition:
     size: int  # bytes
 
     def describe(self) -> str:
-        kind = {str(LINUX_FILESYSTEM): "Linux filesystem", MBR_LINUX: "Linux", str(ESP_TYPE): "ESP"}.get(
-            self.type, f"type {self.type}"
-        )
+        names = {str(LINUX_FILESYSTEM): "Linux filesystem", MBR_LINUX: "Linux", str(ESP_TYPE): "ESP"}
+        names |= {str(t): f"{arch} root" for arch, t in ROOT_PARTITION_TYPES.items()}
+        kind = names.get(self.type, f"type {self.type}")
         label = f" '{self.label}'" if self.label else ""
-        return (
-            f"partition {self.number}{label} ({kind}, {self.size // MIB} MiB): root=PARTUUID={self.partuuid}"
-        )
+        return f"partition {self.number}{label} ({kind}, {self.size // MIB} MiB, PARTUUID={self.partuuid})"
 
 
 @attrs.frozen
@@ -202,7 +200,7 @@ def qcow2_stand_in(disk: Path, out: Path) -> Path:
                 "raw",
                 "bs=1M",
                 f"skip={skip}",
-                "count=1",
+                f"count={skip + 1}",  # qemu-img dd counts from the start, skipped blocks too
                 f"if={disk}",
                 f"of={piece}",
             ],

@@ -30,6 +30,7 @@ from harness.disk import (
 )
 from harness.errors import HarnessError
 from harness.initrd import InitrdFacts, kernel_architecture, known_initrd_facts
+from harness.rootfs import RootFacts, known_root_facts
 
 ROOT_SPELLINGS = ("PARTUUID=", "PARTLABEL=", "UUID=", "LABEL=", "/dev/")
 
@@ -65,6 +66,7 @@ class Image:
     table: PartitionTable = attrs.field(factory=lambda: PartitionTable("", ()))
     root_partition: DiskPartition | None = None  # the partition `root` names, where the table tells
     initrd_has_systemd: bool = True  # False: initramfs-tools, busybox (no systemd.volatile=)
+    root_facts: RootFacts | None = None  # None: the root's partition is not known
 
     @property
     def has_esp(self) -> bool:
@@ -116,6 +118,8 @@ def open_image(parts: ImageParts) -> Image:
     arch = architecture(parts, facts, kernel, uki)
     root, root_partition = find_root(parts.root, table, arch, given)
     esp = next(iter(table.find(ESP_TYPE)), None)
+    root_fs = read_root(disk, fmt, root_partition)
+    told = root_fs if root_fs and root_fs.readable and root_fs.systemd_version else None
     return Image(
         disk,
         kernel,
@@ -124,15 +128,25 @@ def open_image(parts: ImageParts) -> Image:
         arch,
         root,
         esp,
-        facts.systemd_version if facts else None,
-        facts.os_name if facts else "",
+        told.systemd_version if told else facts.systemd_version if facts else None,
+        (facts.os_name if facts else "") or (told.os_name if told else ""),
         facts.drivers if facts else None,
         facts.kernel_drivers if facts else None,
         fmt,
         table,
         root_partition,
         facts is None or facts.systemd_version is not None,
+        root_fs,
     )
+
+
+def read_root(disk: Path, fmt: DiskFormat, partition: DiskPartition | None) -> RootFacts | None:
+    """What the root filesystem holds (harness.rootfs), where the partition is known."""
+    if partition is None:
+        return None
+    if fmt == DiskFormat.RAW:
+        return known_root_facts(disk, partition.offset, partition.size)
+    return None
 
 
 def named_part(path: Path | None, what: str) -> Path | None:
@@ -220,15 +234,17 @@ def root_fix(table: PartitionTable) -> str:
     )
 
 
-def add_image_options(p: argparse.ArgumentParser) -> None:
-    """The image by its parts: the disk, and what the harness would otherwise find beside
-    it or in it (empty: find it)."""
-    p.add_argument(
-        "--image",
-        required=True,
-        help="the disk image: raw or qcow2, any name (mkosi's NAME.raw, a .wic, a cloud image); "
-        "or a directory holding one .raw (mkosi's output directory)",
+def add_image_options(p: argparse.ArgumentParser, disk_positional: bool = False) -> None:
+    """The image by its parts: the disk (--image, or a positional `image` for the doctor),
+    and what the harness would otherwise find beside it or in it (empty: find it)."""
+    what = (
+        "the disk image: raw or qcow2, any name (mkosi's NAME.raw, a .wic, a cloud image); "
+        "or a directory holding one .raw (mkosi's output directory)"
     )
+    if disk_positional:
+        p.add_argument("image", help=what)
+    else:
+        p.add_argument("--image", required=True, help=what)
     p.add_argument("--kernel", default="", help="the kernel (default: NAME.vmlinuz beside the disk)")
     p.add_argument(
         "--initrd", default="", help="the initrd (default: NAME.initrd beside the disk; none: boot without)"

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.image import add_image_options, image_parts_of
 
 
 def meson_test_args(build_dir: Path, name: str) -> list[str]:
@@ -124,6 +125,14 @@ def cmd_guest_files(o: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_image(o: argparse.Namespace) -> int:
+    from harness.doctor import report
+
+    text, ready = report(image_parts_of(o))
+    print(text)
+    return 0 if ready else 1
+
+
 def add_project_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The commands for a repository and an image of the user's own: init, guest-files."""
     init_cmd = sub.add_parser("init", help="write the meson glue into a repository", allow_abbrev=False)
@@ -132,6 +141,13 @@ def add_project_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "--update", action="store_true", help="refresh test/meson.build and test/declaration.in"
     )
     init_cmd.set_defaults(func=cmd_init)
+    check_image = sub.add_parser(
+        "check-image",
+        help="say, without booting it, what the harness needs of an image and what it lacks",
+        allow_abbrev=False,
+    )
+    add_image_options(check_image, disk_positional=True)
+    check_image.set_defaults(func=cmd_check_image)
     guest_files = sub.add_parser(
         "guest-files",
         help="install what an image needs from the harness into its root tree, during the image's build",

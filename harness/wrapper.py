@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from harness.declaration import TestDeclaration, skip_reason
+from harness.doctor import boot_blockers
 from harness.driven import DrivenMachine, MachineError
 from harness.errors import HarnessError
 from harness.esp import secure_boot_refusal
@@ -118,6 +119,8 @@ def run_test(
         return ctx.record(decl, backend.name, "", skipped)
     image = Image.open(image_parts)
     check_systemd(image)
+    for blocker in boot_blockers(image):
+        raise blocker
     unbootable = secure_boot_refusal(image) if decl.firmware.is_secure_boot() else None
     if unbootable:  # not the test's fault, nor the harness's: the image was built without it
         return ctx.record(decl, backend.name, "", Outcome(Status.SKIP, unbootable))

@@ -97,7 +97,7 @@ def test_a_generic_linux_root_is_refused_with_the_root_to_give(tmp_path):
     with pytest.raises(HarnessError) as e:
         Image.open(ImageParts(disk, initrd=initrd))
     assert "has no root partition of the x86_64 root type" in e.value.what
-    assert "partition 1 'rootfs' (Linux filesystem, 1 MiB)" in e.value.what
+    assert f"partition 1 'rootfs' (Linux filesystem, 1 MiB, PARTUUID={ROOT})" in e.value.what
     assert e.value.fix == f"say which is the root: -Droot=PARTUUID={ROOT} (or --root=)"
     image = Image.open(ImageParts(disk, initrd=initrd, root=f"PARTUUID={ROOT}"))
     assert (
@@ -107,7 +107,7 @@ def test_a_generic_linux_root_is_refused_with_the_root_to_give(tmp_path):
 
 def test_a_root_that_is_not_on_the_disk_is_refused_naming_the_partitions(tmp_path):
     disk = generic_root_disk(tmp_path / "disk.img")
-    with pytest.raises(HarnessError, match=f"has no partition PARTUUID=0000.*root=PARTUUID={ROOT}"):
+    with pytest.raises(HarnessError, match=f"has no partition PARTUUID=0000.*PARTUUID={ROOT}"):
         Image.open(ImageParts(disk, initrd=debian_initrd(tmp_path / "i"), root="PARTUUID=0000"))
     with pytest.raises(HarnessError, match="is not a root= the kernel reads"):
         Image.open(ImageParts(disk, initrd=debian_initrd(tmp_path / "i"), root="vda2"))
@@ -120,7 +120,7 @@ def test_an_mbr_disk_boots_with_its_root_given(tmp_path):
     disk = mbr_disk(tmp_path / "board.img")
     with pytest.raises(HarnessError) as e:
         Image.open(ImageParts(disk, initrd=debian_initrd(tmp_path / "i")))
-    assert "(MBR: partition 1 (type c, 2 MiB)" in e.value.what
+    assert "(MBR: partition 1 (type c, 2 MiB, PARTUUID=1234abcd-01)" in e.value.what
     assert e.value.fix == "say which is the root: -Droot=PARTUUID=1234abcd-02 (or --root=)"
     image = Image.open(ImageParts(disk, initrd=debian_initrd(tmp_path / "i"), root="PARTUUID=1234abcd-02"))
     assert image.table.kind == "dos" and image.root_partition and image.root_partition.offset == 6144 * 512

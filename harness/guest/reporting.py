@@ -39,6 +39,15 @@ class ReportChannel:
     device: str
     prefix: str = ""
 
+    @property
+    def device_unit(self) -> str | None:
+        """systemd's unit of a virtio port (udev tags vport* for systemd), which the test
+        unit waits for: where the initrd lacks virtio_console (Debian's initramfs-tools), the
+        port appears only once the root's udev has loaded it, seconds into the boot."""
+        if not self.device.startswith("/dev/virtio-ports/"):
+            return None
+        return self.device.removeprefix("/").replace("-", "\\x2d").replace("/", "-") + ".device"
+
     def write(self, lines: list[str], *args: str) -> str:
         """A shell command that writes printf-formatted `lines` to the channel, if it exists."""
         fmt = "".join(f"{self.prefix}{line}\n" for line in lines).replace("\n", "\\n")

@@ -79,6 +79,8 @@ def render_test_unit(
     # timers), whatever boots it; the fast path's snapshot has it reached already. Where
     # the image has systemd-coredump, its socket takes the test's core dumps.
     lines += ["Wants=basic.target systemd-coredump.socket", "After=basic.target systemd-coredump.socket"]
+    if channel.device_unit:
+        lines += [f"Wants={channel.device_unit}", f"After={channel.device_unit}"]
     lines += [f"Wants={w}" for w in u.wants]
     lines += [f"After={a}" for a in u.after]
     lines += [

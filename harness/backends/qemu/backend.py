@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 # What a VM here needs before its root is mounted: the PCI transport, the disk, and the
 # console and report ports (virtio-serial).
 VM_DRIVERS = ("virtio_pci", "virtio_blk", "virtio_console")
+# Without it the root is still found, and the root's udev loads it; the console is then
+# the serial port (command.serial_console). Debian's initramfs-tools leaves it out.
+LATE_DRIVERS = ("virtio_console",)
 
 
 def missing_drivers(image: Image) -> list[str]:
@@ -71,6 +74,13 @@ class QemuBackend:
                 )
                 declared = Firmware.LINUX
         missing = missing_drivers(image) if declared != Firmware.LINUX_NOINITRD else []
+        late = [d for d in missing if d in LATE_DRIVERS]
+        if late:
+            log.warning(
+                f"the initrd of {image.path.name} has no {', '.join(late)}, and the kernel has it as a "
+                "module: the console is the serial port (slower under emulation than hvc0)"
+            )
+            missing = [d for d in missing if d not in LATE_DRIVERS]
         if missing:
             drivers = f"{', '.join(missing)} driver" + (
                 "s, nor are they" if len(missing) > 1 else ", nor is it"
@@ -79,7 +89,8 @@ class QemuBackend:
                 f"the initrd of {image.path} has no {drivers} built into the kernel: the VM could not "
                 "find its disk or report (it would hang until the timeout)",
                 "add the modules to the initrd (mkosi: KernelModulesInitrdInclude=, as in this project's "
-                "mkosi.conf; dracut: add_drivers+=)",
+                "mkosi.conf; dracut: add_drivers+=; initramfs-tools: a line each in "
+                "/etc/initramfs-tools/modules)",
             )
         return resolve_firmware(declared, image)
 

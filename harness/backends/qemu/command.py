@@ -18,17 +18,8 @@ from pathlib import Path
 import attrs
 
 from harness.accel import FULL_VCPUS, Acceleration
-from harness.backends.qemu.credentials import (
-    cmdline_extra_strings,
-    fw_cfg_args,
-    smbios_args,
-    smbios_credential,
-)
 from harness.backends.qemu.firmware import Ovmf
 from harness.credential import Credential
-from harness.disk import DiskFormat
-from harness.errors import HarnessError
-from harness.esp import STUB_SMBIOS_SINCE, run_tool, uki_cmdline, write_boot_esp
 from harness.guest.reporting import JOURNAL_PORT, NOTIFY_PORT
 from harness.guest.units import CONTROL_PORT
 from harness.image import Image
@@ -164,9 +155,18 @@ def _qemu_major(binary: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def serial_console(cfg: VmConfig) -> bool:
+    """Whether the console is the UART rather than hvc0: for UEFI boots, and for a direct
+    kernel boot whose initrd has no virtio_console (Debian's initramfs-tools leaves it out,
+    and its init gives up when /dev/console cannot be opened)."""
+    drivers = cfg.image.initrd_drivers if cfg.firmware == Firmware.LINUX else None
+    return cfg.firmware.is_uefi() or (drivers is not None and "virtio_console" not in drivers)
+
+
 def kernel_cmdline(cfg: VmConfig) -> list[str]:
     """The whole command line of a direct kernel boot."""
-    base = [f"console={VIRTIO_CONSOLE}"]
+    console = f"{CONSOLES[cfg.image.architecture]},115200" if serial_console(cfg) else VIRTIO_CONSOLE
+    base = [f"console={console}"]
     if cfg.image.root:
         base = [f"root={cfg.image.root}", *base]
     return [*base, *cfg.cmdline]
@@ -245,54 +245,6 @@ def uefi_args(ovmf: Ovmf, nvram: Path) -> list[str]:
     ]
 
 
-def boot_esp_args(cfg: VmConfig, files: RunFiles, cmdline: tuple[str, ...]) -> list[str]:
-    """A boot disk of its own, ahead of the image, for systemd-stub before 254, which takes
-    no command line from SMBIOS: the image's systemd-boot and UKI with one entry carrying
-    the harness's command line (root= too: the image's ESP is not the one booted)."""
-    image = cfg.image
-    if image.uki is None:
-        raise HarnessError(f"{image.path} has no UKI beside it", "build with mkosi's default SplitArtifacts")
-    esp = image.esp
-    if esp is None or image.disk_format != DiskFormat.RAW:
-        raise HarnessError(
-            f"{image.path}: its systemd-stub ({image.systemd_version}) takes no command line from SMBIOS, and the "
-            "harness takes its boot loader from the ESP of a raw disk, which this is not",
-            "give the raw disk (qemu-img convert -O raw), or use firmware 'linux'",
-        )
-    boot_loader = files.tmp / "BOOTX64.EFI"
-    run_tool(
-        ["mcopy", "-i", f"{image.path}@@{esp.offset}", "::/EFI/BOOT/BOOTX64.EFI", str(boot_loader)],
-        "take systemd-boot from the image's ESP",
-    )
-    root = [f"root={image.root}"] if image.root else []
-    line = " ".join([uki_cmdline(image.uki), *root, *cmdline])
-    disk = write_boot_esp(files.tmp / "boot-esp.img", boot_loader, image.uki, cfg.name, line)
-    return [
-        "-drive",
-        f"if=none,id=bootesp,file={disk},format=raw,readonly=on",
-        "-device",
-        "virtio-blk-pci,drive=bootesp,bootindex=0",
-    ]
-
-
-def guest_args(cfg: VmConfig, files: RunFiles, credentials: list[Credential]) -> list[str]:
-    """What the guest gets besides its disk: `credentials` and the extra command line of a
-    UEFI boot, as SMBIOS strings (fw_cfg where the machine has no SMBIOS), each read by
-    QEMU from a private file in `files.tmp`."""
-    if not smbios_supported(cfg.image.architecture, cfg.firmware):
-        return fw_cfg_args(credentials, files.tmp)
-    strings = [smbios_credential(c) for c in credentials]
-    if not cfg.firmware.is_uefi():
-        return smbios_args(strings, files.tmp)
-    # The kernel's messages on the screen too, for the screenshot; the serial console
-    # named last stays /dev/console, the one we log.
-    extra = ("console=tty0", f"console={CONSOLES[cfg.image.architecture]},115200", *cfg.cmdline)
-    args = smbios_args([*strings, *cmdline_extra_strings(extra)], files.tmp)
-    if (cfg.image.systemd_version or STUB_SMBIOS_SINCE) < STUB_SMBIOS_SINCE:
-        args += boot_esp_args(cfg, files, extra)
-    return args
-
-
 def qemu_command(
     cfg: VmConfig,
     files: RunFiles,
@@ -325,7 +277,7 @@ def qemu_command(
     else:
         cmd += ["-chardev", f"file,id=console,path={files.console}"]
     cmd += ["-device", "virtio-serial-pci,id=vser0"]
-    if cfg.firmware.is_uefi():
+    if serial_console(cfg):
         cmd += ["-serial", "chardev:console"]
     else:
         cmd += ["-device", "virtconsole,chardev=console"]

@@ -28,12 +28,12 @@ from harness.backends.qemu.command import (
     QEMU_BINARIES,
     RunFiles,
     VmConfig,
-    guest_args,
     machine_alias,
     qemu_binary,
     qemu_command,
 )
 from harness.backends.qemu.firmware import copy_nvram, find_ovmf
+from harness.backends.qemu.guest import guest_args
 from harness.backends.qemu.vsock import VMADDR_CID_HOST, VsockNotifyListener, reserve_cid, vsock_available
 from harness.credential import Credential
 from harness.errors import HarnessError
