@@ -17,7 +17,7 @@ import os
 import posixpath
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import attrs
@@ -233,12 +233,14 @@ def _missing_tools(reader: Reader) -> tuple[str, ...]:
 CACHE_FORMAT = 1  # raised when RootFacts or how a fact is read changes
 
 
-def known_root_facts(disk: Path, offset: int, size: int) -> RootFacts:
+def known_root_facts(
+    disk: Path, offset: int, size: int, read: Callable[[], RootFacts] | None = None
+) -> RootFacts:
     """`root_facts`, kept beside the disk in a hidden file for as long as the disk file
     stays the same (its size, times and inode) and the same area of it is asked for.
     Facts of a failed read that may go another way next time (a tool missing or too slow,
     a filesystem debugfs could not open) are not kept. Where the file cannot be written,
-    the facts are read every time."""
+    the facts are read every time. `read` reads them where `root_facts` cannot (a qcow2)."""
     if not disk.is_file():
         return root_facts(disk, offset, size)  # a block device's times do not follow its content
     cache = disk.with_name(f".{disk.name}.harness-root-facts.json")
@@ -247,7 +249,7 @@ def known_root_facts(disk: Path, offset: int, size: int) -> RootFacts:
         known = json.loads(cache.read_text())
         if known["identity"] == identity:
             return RootFacts(**{**known["facts"], "missing_tools": tuple(known["facts"]["missing_tools"])})
-    facts = root_facts(disk, offset, size)
+    facts = read() if read else root_facts(disk, offset, size)
     if facts.readable or (facts.filesystem and facts.filesystem not in EXT_FILESYSTEMS):
         _keep(cache, {"identity": identity, "facts": attrs.asdict(facts)})
     return facts
