@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
@@ -83,7 +85,7 @@ def cmd_run(o: argparse.Namespace) -> int:
     from harness.log_dir import owning_log_dir
     from harness.plan import shell_requested
     from harness.report.html import current_run, update_run_report
-    from harness.report.tap import tap_lines
+    from harness.report.tap import setup_logging, tap_lines
     from harness.results import Status
     from harness.wrapper import RunContext
 
@@ -131,6 +133,7 @@ def cmd_run(o: argparse.Namespace) -> int:
         current_run(),
         interactive_rerun=backend.name == BackendName.QEMU,
         snapshot_dir=snapshot_dir,
+        command=("os-harness", *sys.argv[1:]),
     )
     try:
         with owning_log_dir(log_dir, decl.name):
@@ -208,27 +211,6 @@ def report_verdict(record: TestRecord, tap: bool) -> None:
         log.info(describe(record))
 
 
-class _TapComments(logging.Formatter):
-    """While TAP is written, the wrapper's own lines are TAP comments: meson shows them
-    and parses only the points."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        from harness.report.tap import tap_comment
-
-        return tap_comment(super().format(record))
-
-
-def setup_logging(tap: bool) -> None:
-    """The wrapper's messages go to stdout, where meson's log and a person at the
-    console see them; as TAP comments when stdout carries TAP."""
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(_TapComments("%(message)s") if tap else logging.Formatter("%(message)s"))
-    root = logging.getLogger("harness")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
-
-
 def meson_priority(decl: TestDeclaration) -> int:
     """meson's priority for the test: the declared one, and among equals the tests that
     must boot start first, so the fast ones fill in around them: host-driven ones first
@@ -299,6 +281,31 @@ def cmd_systemd_tests(o: argparse.Namespace) -> int:
     return 0
 
 
+def boot_contract(o: argparse.Namespace) -> int:
+    """check-image --boot: the image's parts as given, a test of the project's contract,
+    booted cold; its logs are kept where it fails."""
+    from harness.project import CONTRACT_COMMAND
+
+    image = [
+        f"--image={o.image}",
+        *(f"--{k}={v}" for k in ("kernel", "initrd", "uki", "root") if (v := getattr(o, k))),
+    ]
+    where = Path(tempfile.mkdtemp(prefix="os-harness-check-"))
+    (where / "CHECK-IMAGE").mkdir()
+    test = ["--name=CHECK-IMAGE", f"--test-dir={where / 'CHECK-IMAGE'}", "--boot=cold", "--timeout=120"]
+    contract = [
+        "--credentials=contract=kept",
+        "--cmdline=harness.contract=1",
+        f"--command={CONTRACT_COMMAND}",
+    ]
+    status = main(["run", *image, f"--log-dir={where / 'logs'}", *test, *contract])
+    if status == 0:
+        shutil.rmtree(where)
+    else:
+        print(f"the contract test's logs: {where / 'logs'}")
+    return status
+
+
 def cmd_accel(o: argparse.Namespace) -> int:
     accel = detect()
     print(accel.kind, accel.timeout_factor, accel.reason)
@@ -349,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     systemd_tests.add_argument("names", nargs="+", help="systemd's tests, e.g. TEST-22-TMPFILES")
     systemd_tests.set_defaults(func=cmd_systemd_tests)
 
-    add_project_commands(sub)
+    add_project_commands(sub, boot_contract)
     sub.add_parser("keys", help="print the table of declaration keys (as in the README)").set_defaults(
         func=cmd_keys
     )

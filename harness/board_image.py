@@ -57,7 +57,8 @@ def build_board_image(
     if esp is None or root is None or uki is None:
         raise HarnessError(
             f"{shared} cannot boot a board: it needs an ESP, a root partition and a UKI",
-            "build the image with Bootable=yes (mkosi.conf does)",
+            "a board boots a UKI from the ESP of a GPT disk with a Discoverable Partitions root: "
+            "mkosi's Bootable=yes (this repository's mkosi.conf) makes one",
         )
     esp_image = f"{out}@@{esp.offset}"
     ukis = [
@@ -68,7 +69,9 @@ def build_board_image(
         if line.strip().endswith(".efi")
     ]
     if not ukis:
-        raise HarnessError(f"{shared}: no UKI in /EFI/Linux on the ESP", "build the image with Bootable=yes")
+        raise HarnessError(
+            f"{shared}: no UKI in /EFI/Linux on the ESP", "put the UKI in /EFI/Linux (mkosi: Bootable=yes)"
+        )
     full_cmdline = " ".join([uki_cmdline(uki), *cmdline]).strip()
     entry = workdir / ENTRY_NAME
     entry.write_text(boot_entry(title, ukis[0], full_cmdline))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -129,12 +130,29 @@ def cmd_check_image(o: argparse.Namespace) -> int:
     from harness.doctor import report
 
     text, ready = report(image_parts_of(o))
-    print(text)
-    return 0 if ready else 1
+    print(text, flush=True)
+    if not ready or not o.boot:
+        return 0 if ready else 1
+    print(
+        "booting it once with the contract test (a credential and the command line must arrive)", flush=True
+    )
+    status: int = o.boot_contract(o)
+    return status
 
 
-def add_project_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The commands for a repository and an image of the user's own: init, guest-files."""
+# The contract test of check-image --boot: what every test relies on, checked in the guest.
+CONTRACT_COMMAND = (
+    '/bin/sh -c \'test "$$(cat $$CREDENTIALS_DIRECTORY/contract)" = kept'
+    " && grep -q harness.contract=1 /proc/cmdline'"
+)
+
+
+def add_project_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    boot_contract: Callable[[argparse.Namespace], int],
+) -> None:
+    """The commands for a repository and an image of the user's own: init, check-image
+    (`boot_contract` boots the image once, for --boot), guest-files."""
     init_cmd = sub.add_parser("init", help="write the meson glue into a repository", allow_abbrev=False)
     init_cmd.add_argument("directory", nargs="?", default=".", help="the repository (default: here)")
     init_cmd.add_argument(
@@ -147,7 +165,10 @@ def add_project_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         allow_abbrev=False,
     )
     add_image_options(check_image, disk_positional=True)
-    check_image.set_defaults(func=cmd_check_image)
+    check_image.add_argument(
+        "--boot", action="store_true", help="then boot it once (QEMU) through a built-in contract test"
+    )
+    check_image.set_defaults(func=cmd_check_image, boot_contract=boot_contract)
     guest_files = sub.add_parser(
         "guest-files",
         help="install what an image needs from the harness into its root tree, during the image's build",

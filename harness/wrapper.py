@@ -25,6 +25,7 @@ from harness.guest.reporting import CORE_DUMPS_EXPORT
 from harness.guest.units import MINIMUM_SYSTEMD
 from harness.image import Image, ImageParts
 from harness.journal import keep_journal, unit_excerpt
+from harness.keys import Storage
 from harness.log_dir import CONSOLE_FILE, HOST_TEST_LOG, JOURNAL_EXPORT, check_log_space, clear_logs
 from harness.machine import Backend, Ending, EndingKind, LogFile
 from harness.notify import GuestReport, Notify
@@ -50,8 +51,10 @@ class RunContext:
         run: str,
         interactive_rerun: bool = True,
         snapshot_dir: Path | None = None,
+        command: tuple[str, ...] = (),
     ) -> None:
         self.log_dir = log_dir
+        self.command = command  # how the wrapper was started, for a rerun outside meson
         self.build_dir = build_dir
         self.snapshot_dir = snapshot_dir
         self.run = run
@@ -90,11 +93,13 @@ class RunContext:
         where the payload's testcases said which), one that reads its journal."""
         if not outcome.status.is_failure():
             return []
-        build = shlex.quote(str(self.build_dir)) if self.build_dir else "build"
         how = "--interactive " if self.interactive_rerun else ""
         failed = [s.name for s in subtests if s.status == Status.FAIL and s.name.startswith("testcase_")]
         only = f"HARNESS_MATCH_TESTCASE={shlex.quote('^(' + '|'.join(failed) + ')$')} " if failed else ""
-        commands = [f"{only}meson test -C {build} {how}{decl.name}"]
+        if self.build_dir is not None:
+            commands = [f"{only}meson test -C {shlex.quote(str(self.build_dir))} {how}{decl.name}"]
+        else:  # run by hand, not by meson: the same command again
+            commands = [f"{only}{shlex.join(self.command)}"] if self.command else []
         if journal is not None and journal.suffix == ".journal":
             commands.append(f"journalctl --file {shlex.quote(str(journal))} -u {decl.unit_name}")
         elif journal is not None:
@@ -180,6 +185,11 @@ def announce(decl: TestDeclaration, image: Image, plan: BootPlan, backend: Backe
         f"timeout {plan.timeout or 'none'}{' s' if plan.timeout else ''}) on {backend.name}"
         + (f"; cold boot: {plan.cold_reason}" if plan.boot is BootPath.COLD and backend.can_resume else "")
     )
+    if not image.initrd_has_systemd and decl.storage == Storage.VOLATILE and plan.firmware == "linux":
+        log.info(
+            f"{decl.name}: the initrd of {image.path.name} has no systemd, which is what makes storage "
+            "'volatile' (systemd.volatile=): the test's writes last until the VM ends, reboots included"
+        )
     if plan.interactive:
         log.info("The console is attached: the test's output follows. Ctrl-a x quits QEMU.")
 

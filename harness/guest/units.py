@@ -102,9 +102,12 @@ def render_test_unit(
         # The host enforces the timeout; the guest must not give up first.
         "TimeoutStartSec=infinity",
         # The test's extra trees over the root; directories already there keep their owner
-        # and mode.
+        # and mode where tar is GNU's (busybox's tar has no --no-overwrite-dir).
         *(
-            [f"ExecStartPre=tar --no-overwrite-dir -xzf %d/{TREES_CREDENTIAL} -C /"]
+            [
+                f"ExecStartPre=/bin/sh -c 'tar --no-overwrite-dir -xzf %d/{TREES_CREDENTIAL} -C / 2>/dev/null"
+                f" || tar -xzf %d/{TREES_CREDENTIAL} -C /'"
+            ]
             if decl.extra_trees
             else []
         ),

@@ -6,6 +6,9 @@ meson turns each point into a JUnit testcase. Infrastructure errors end in
 
 from __future__ import annotations
 
+import logging
+import sys
+
 from harness.record import TestRecord
 from harness.results import Status
 
@@ -41,3 +44,22 @@ def tap_lines(record: TestRecord) -> list[str]:
 def tap_comment(text: str) -> str:
     """Human-readable lines inside a TAP stream."""
     return "\n".join(f"# {line}" if line else "#" for line in text.splitlines())
+
+
+class _TapComments(logging.Formatter):
+    """While TAP is written, the wrapper's own lines are TAP comments: meson shows them
+    and parses only the points."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return tap_comment(super().format(record))
+
+
+def setup_logging(tap: bool) -> None:
+    """The wrapper's messages go to stdout, where meson's log and a person at the
+    console see them; as TAP comments when stdout carries TAP."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_TapComments("%(message)s") if tap else logging.Formatter("%(message)s"))
+    root = logging.getLogger("harness")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False

@@ -48,14 +48,15 @@ def resolve_firmware(declared: Firmware, image: Image) -> Firmware:
     if declared.is_uefi() and not image.has_esp:
         raise HarnessError(
             f"firmware '{declared}' needs an EFI system partition in {image.path}, and there is none",
-            "build the image with Bootable=yes, or use firmware 'linux'",
+            "use firmware 'linux' (with -Dkernel=), or add an ESP (mkosi: Bootable=yes)",
         )
     missing = missing_boot_loader(image) if declared.is_uefi() else None
     if missing:
         raise HarnessError(
             f"firmware '{declared}': the EFI system partition of {image.path} has no {missing}, which the "
             "firmware starts (it would wait in its shell until the timeout)",
-            "build the image with Bootable=yes and a boot loader (mkosi installs systemd-boot there)",
+            "install a boot loader there (systemd-boot or GRUB as the removable-media path; mkosi: "
+            "Bootable=yes), or use firmware 'linux'",
         )
     return declared
 

@@ -24,7 +24,10 @@ def boot_esp_args(cfg: VmConfig, files: RunFiles, cmdline: tuple[str, ...]) -> l
     the harness's command line (root= too: the image's ESP is not the one booted)."""
     image = cfg.image
     if image.uki is None:
-        raise HarnessError(f"{image.path} has no UKI beside it", "build with mkosi's default SplitArtifacts")
+        raise HarnessError(
+            f"{image.path} has no UKI beside it",
+            "give it: -Duki=PATH (mkosi writes NAME.efi beside the disk)",
+        )
     esp = image.esp
     if esp is None or image.disk_format != DiskFormat.RAW:
         raise HarnessError(
