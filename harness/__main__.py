@@ -291,8 +291,9 @@ def boot_contract(o: argparse.Namespace) -> int:
         *(f"--{k}={v}" for k in ("kernel", "initrd", "uki", "root") if (v := getattr(o, k))),
     ]
     where = Path(tempfile.mkdtemp(prefix="os-harness-check-"))
-    (where / "CHECK-IMAGE").mkdir()
-    test = ["--name=CHECK-IMAGE", f"--test-dir={where / 'CHECK-IMAGE'}", "--boot=cold", "--timeout=120"]
+    test_dir = where / "TEST-00-CHECK-IMAGE"  # a test's directory name, as meson's would be
+    test_dir.mkdir()
+    test = [f"--name={test_dir.name}", f"--test-dir={test_dir}", "--boot=cold", "--timeout=120"]
     contract = [
         "--credentials=contract=kept",
         "--cmdline=harness.contract=1",
