@@ -311,13 +311,16 @@ def image_parts_of(o: argparse.Namespace) -> ImageParts:
 
 
 def disk_path(given: Path) -> Path:
-    """The disk a --image names: the file, or the one .raw of a directory (mkosi's output)."""
+    """The disk a --image names: the file, or the one .raw of a directory (mkosi's output,
+    where with ImageVersion= NAME.raw is a symlink to NAME_VERSION.raw: one disk)."""
     if not given.is_dir():
         return given
-    raws = sorted(given.glob("*.raw"))
-    if len(raws) != 1:
+    disks: dict[Path, Path] = {}
+    for raw in sorted(given.glob("*.raw"), key=lambda p: (p.is_symlink(), p.name)):
+        disks.setdefault(raw.resolve(), raw)  # the file itself before the links to it
+    if len(disks) != 1:
         raise HarnessError(
-            f"{given} holds {len(raws)} .raw disk images, and the harness takes one",
+            f"{given} holds {len(disks)} .raw disk images, and the harness takes one",
             "name the disk itself: -Dimage=PATH (or --image=PATH)",
         )
-    return raws[0]
+    return next(iter(disks.values()))

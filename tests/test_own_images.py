@@ -215,3 +215,46 @@ def test_an_esp_in_a_gpt_with_a_generic_root(tmp_path):
     )
     image = Image.open(ImageParts(disk, initrd=debian_initrd(tmp_path / "i"), root=f"PARTUUID={ROOT}"))
     assert image.has_esp and image.esp and image.esp.number == 1
+
+
+def test_mkosis_output_directory_gives_its_one_disk_even_with_an_image_version(tmp_path):
+    from harness.image import disk_path
+
+    write_image(tmp_path)
+    (tmp_path / "image.raw").rename(tmp_path / "image_1.2.raw")
+    (tmp_path / "image.raw").symlink_to("image_1.2.raw")
+    assert disk_path(tmp_path) == tmp_path / "image_1.2.raw"
+    (tmp_path / "other.raw").write_bytes(b"")
+    with pytest.raises(HarnessError, match=r"holds 2 \.raw disk images"):
+        disk_path(tmp_path)
+
+
+def test_a_hand_run_is_told_its_own_command_to_rerun(tmp_path):
+    from helpers import declaration
+
+    from harness.results import Outcome, Status
+    from harness.wrapper import RunContext
+
+    decl = declaration(name="TEST-90-HAND")
+    failed = Outcome(Status.FAIL, "it failed")
+    by_hand = RunContext(tmp_path, None, "r", command=("os-harness", "run", "--image=my os.img"))
+    assert by_hand.rerun_commands(decl, failed, None) == ["os-harness run '--image=my os.img'"]
+    by_meson = RunContext(tmp_path, tmp_path / "build", "r")
+    assert by_meson.rerun_commands(decl, failed, None) == [
+        f"meson test -C {tmp_path}/build --interactive TEST-90-HAND"
+    ]
+
+
+def test_systemd_tests_from_an_installed_package_say_they_need_a_checkout(tmp_path, monkeypatch):
+    import harness.systemd_tests
+
+    monkeypatch.setattr(harness.systemd_tests, "ROOT", tmp_path)
+    with pytest.raises(HarnessError, match="are laid out from a checkout of os-harness") as e:
+        harness.systemd_tests._download("trixie", tmp_path / "apt", tmp_path / "src")
+    assert "clone of os-harness" in e.value.fix
+
+
+def test_every_guest_file_is_in_the_package():
+    from harness.guest.files import GUEST_DIR, GUEST_FILES
+
+    assert all(f.source.is_file() and f.source.parent == GUEST_DIR for f in GUEST_FILES)
