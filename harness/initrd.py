@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import os
 import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
+
+from harness.facts_cache import cache_file, identity, keep, recall
 
 ELF_MACHINES = {"EM_X86_64": "x86_64", "EM_AARCH64": "aarch64", "EM_RISCV": "riscv64", "EM_386": "i386"}
 
@@ -150,15 +150,12 @@ def initrd_facts(initrd: Path) -> InitrdFacts:
 
 
 def known_initrd_facts(initrd: Path) -> InitrdFacts:
-    """`initrd_facts`, kept beside the initrd in a hidden file: reading them decompresses
-    the whole initrd (0.16 s in every test), and the initrd changes only with a rebuild,
-    which makes a new file. Where the file cannot be written, they are read every time."""
-    cache = initrd.with_name(f".{initrd.name}.harness-facts.json")
-    st = initrd.stat()
-    identity = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        known = json.loads(cache.read_text())
-        if known["identity"] == identity:
+    """`initrd_facts`, kept beside the initrd (harness.facts_cache): reading them
+    decompresses the whole initrd, 0.16 s in every test."""
+    cache, ident = cache_file(initrd, "facts"), identity(initrd, 2)
+    known = recall(cache, ident)
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        if known is not None:
             return InitrdFacts(
                 known["architecture"],
                 known["systemd_version"],
@@ -166,16 +163,11 @@ def known_initrd_facts(initrd: Path) -> InitrdFacts:
                 *(None if known[k] is None else frozenset(known[k]) for k in ("drivers", "kernel_drivers")),
             )
     facts = initrd_facts(initrd)
-    record = {
-        "identity": identity,
-        **attrs.asdict(facts, value_serializer=lambda _, __, v: sorted(v) if isinstance(v, frozenset) else v),
-    }
-    partial = cache.with_name(f"{cache.name}.{os.getpid()}")
-    with contextlib.suppress(OSError):
-        partial.write_text(json.dumps(record))
-        os.replace(partial, cache)
-    with contextlib.suppress(OSError):
-        partial.unlink(missing_ok=True)
+    keep(
+        cache,
+        ident,
+        attrs.asdict(facts, value_serializer=lambda _, __, v: sorted(v) if isinstance(v, frozenset) else v),
+    )
     return facts
 
 

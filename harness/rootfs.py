@@ -12,8 +12,6 @@ such reader here: their facts say that their files were not read, and why.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import posixpath
 import re
 import stat
@@ -24,6 +22,7 @@ import attrs
 
 from harness.debugfs import Debugfs, Reader, Unreadable, listing_command, run_tool
 from harness.errors import HarnessError
+from harness.facts_cache import cache_file, identity, keep, recall
 from harness.initrd import SYSTEMD_SHARED, pretty_name
 
 EXT_FILESYSTEMS = ("ext2", "ext3", "ext4")
@@ -236,36 +235,21 @@ CACHE_FORMAT = 1  # raised when RootFacts or how a fact is read changes
 def known_root_facts(
     disk: Path, offset: int, size: int, read: Callable[[], RootFacts] | None = None
 ) -> RootFacts:
-    """`root_facts`, kept beside the disk in a hidden file for as long as the disk file
-    stays the same (its size, times and inode) and the same area of it is asked for.
-    Facts of a failed read that may go another way next time (a tool missing or too slow,
-    a filesystem debugfs could not open) are not kept. Where the file cannot be written,
-    the facts are read every time. `read` reads them where `root_facts` cannot (a qcow2)."""
+    """`root_facts`, kept beside the disk (harness.facts_cache) for the same area of the
+    same disk file. Facts of a failed read that may go another way next time (a tool
+    missing or too slow, a filesystem debugfs could not open) are not kept. `read` reads
+    them where `root_facts` cannot (a qcow2)."""
     if not disk.is_file():
         return root_facts(disk, offset, size)  # a block device's times do not follow its content
-    cache = disk.with_name(f".{disk.name}.harness-root-facts.json")
-    identity = _identity(disk, offset, size)
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        known = json.loads(cache.read_text())
-        if known["identity"] == identity:
-            return RootFacts(**{**known["facts"], "missing_tools": tuple(known["facts"]["missing_tools"])})
+    cache, ident = (
+        cache_file(disk, "root-facts"),
+        identity(disk, CACHE_FORMAT, offset, size, list(GUEST_TOOLS)),
+    )
+    known = recall(cache, ident)
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        if known is not None:
+            return RootFacts(**{**known, "missing_tools": tuple(known["missing_tools"])})
     facts = read() if read else root_facts(disk, offset, size)
     if facts.readable or (facts.filesystem and facts.filesystem not in EXT_FILESYSTEMS):
-        _keep(cache, {"identity": identity, "facts": attrs.asdict(facts)})
+        keep(cache, ident, attrs.asdict(facts))
     return facts
-
-
-def _identity(disk: Path, offset: int, size: int) -> list[object]:
-    st = disk.stat()
-    file = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-    return [CACHE_FORMAT, *file, offset, size, list(GUEST_TOOLS)]
-
-
-def _keep(cache: Path, record: dict[str, object]) -> None:
-    """Write `record` to `cache` whole or not at all; a failure is not an error."""
-    partial = cache.with_name(f"{cache.name}.{os.getpid()}")
-    with contextlib.suppress(OSError):
-        partial.write_text(json.dumps(record))
-        os.replace(partial, cache)
-    with contextlib.suppress(OSError):
-        partial.unlink(missing_ok=True)
