@@ -24,7 +24,7 @@ from harness import declaration_file
 from harness.accel import detect
 from harness.declaration import TestDeclaration
 from harness.errors import HarnessError, LogDirBusy
-from harness.image import ImageParts, add_image_options, image_parts_of
+from harness.image import IMAGE_PARTS, ImageParts, add_image_options, image_parts_of
 from harness.keys import key_table
 from harness.project import add_project_commands, check_glue
 from harness.results import EXIT_ERROR
@@ -288,12 +288,19 @@ def boot_contract(o: argparse.Namespace) -> int:
 
     image = [
         f"--image={o.image}",
-        *(f"--{k}={v}" for k in ("kernel", "initrd", "uki", "root") if (v := getattr(o, k))),
+        *(f"--{k}={v}" for k in IMAGE_PARTS if (v := getattr(o, k.replace("-", "_")))),
     ]
     where = Path(tempfile.mkdtemp(prefix="os-harness-check-"))
     test_dir = where / "TEST-00-CHECK-IMAGE"  # a test's directory name, as meson's would be
     test_dir.mkdir()
-    test = [f"--name={test_dir.name}", f"--test-dir={test_dir}", "--boot=cold", "--timeout=120"]
+    # firmware auto: the kernel where there is one, else UEFI
+    test = [
+        f"--name={test_dir.name}",
+        f"--test-dir={test_dir}",
+        "--boot=cold",
+        "--timeout=120",
+        "--firmware=auto",
+    ]
     contract = [
         "--credentials=contract=kept",
         "--cmdline=harness.contract=1",

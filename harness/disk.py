@@ -17,6 +17,7 @@ import struct
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -111,6 +112,7 @@ LINUX_FILESYSTEM = uuid.UUID("0fc63daf-8483-4772-8e79-3d69d8477de4")  # GPT's ge
 
 
 MBR_LINUX = "83"
+MBR_ESP = "ef"
 
 
 MIB = 1024 * 1024
@@ -144,12 +146,31 @@ class PartitionTable:
     def find(self, type_uuid: uuid.UUID) -> list[DiskPartition]:
         return [p for p in self.partitions if p.type == str(type_uuid)]
 
+    @property
+    def esp(self) -> DiskPartition | None:
+        """The EFI system partition: GPT's type, or MBR's 0xef."""
+        return next((p for p in self.partitions if p.type in (str(ESP_TYPE), MBR_ESP)), None)
+
+
+# What a disk image downloaded or deployed compressed starts with, and what decompresses it.
+COMPRESSIONS = {b"\xfd7zXZ\x00": "xz", b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\x28\xb5\x2f\xfd": "zstd"}
+
 
 def detect_format(disk: Path) -> DiskFormat:
-    """raw or qcow2, by content (the name says nothing: .img, .wic, .raw are all raw)."""
+    """raw or qcow2, by content (the name says nothing: .img, .wic, .raw are all raw); a
+    boot sector's signature says raw without asking qemu-img."""
     with disk.open("rb") as f:
-        if f.read(4) == QCOW2_MAGIC:
-            return DiskFormat.QCOW2
+        head = f.read(512)
+    if head[:4] == QCOW2_MAGIC:
+        return DiskFormat.QCOW2
+    for magic, tool in COMPRESSIONS.items():
+        if head.startswith(magic):
+            raise HarnessError(
+                f"{disk} is compressed ({tool}), and the harness boots a disk image itself",
+                f"decompress it first: {tool} -dk {disk}" if tool != "gzip" else f"gunzip -k {disk}",
+            )
+    if head[510:512] == b"\x55\xaa":
+        return DiskFormat.RAW
     info = qemu_img_info(disk)
     name = str(info.get("format", "raw"))
     if name == "raw":
@@ -167,7 +188,7 @@ def qemu_img_info(disk: Path) -> dict[str, object]:
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise HarnessError(
-            f"qemu-img could not read {disk}: {e}", "install qemu-utils (tools/setup)"
+            f"qemu-img could not read {disk}: {e}", "install qemu-img (Debian: apt-get install qemu-utils)"
         ) from None
     if done.returncode != 0:
         raise HarnessError(f"qemu-img could not read {disk}: {done.stderr.strip()}", "is it a disk image?")
@@ -182,40 +203,90 @@ def partition_table(disk: Path, fmt: DiskFormat) -> PartitionTable:
         return read_table(qcow2_stand_in(disk, Path(tmp) / "tables.raw"))
 
 
+def qemu_img(args: list[str], disk: Path) -> None:
+    """Run qemu-img on `disk`; its failure is the image's, said with qemu-img's words."""
+    try:
+        done = subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise HarnessError(
+            f"qemu-img could not read {disk}: {e}", "install qemu-img (Debian: apt-get install qemu-utils)"
+        ) from None
+    if done.returncode != 0:
+        raise HarnessError(f"qemu-img could not read {disk}: {done.stderr.strip()}", "is the qcow2 whole?")
+
+
+EXTENDED = (0x05, 0x0F, 0x85)  # MBR types of an extended partition, whose EBRs chain the logical ones
+
+
 def qcow2_stand_in(disk: Path, out: Path) -> Path:
-    """A sparse raw file of the qcow2's virtual size holding only its first and last MiB,
-    where the partition tables are (GPT keeps a backup at the end)."""
+    """A sparse raw file of the qcow2's virtual size holding only the MiBs with partition
+    tables: the first; a GPT's backup, where its primary header says (a grown disk keeps
+    it there); an MBR's chain of extended boot records."""
     size = int(str(qemu_img_info(disk)["virtual-size"]))
-    with out.open("wb") as f:
-        f.truncate(size)
-    for skip in dict.fromkeys((0, max(size // MIB - 1, 0))):
-        piece = out.with_name(f"piece-{skip}")
-        done = subprocess.run(
-            [
-                "qemu-img",
-                "dd",
-                "-f",
-                "qcow2",
-                "-O",
-                "raw",
-                "bs=1M",
-                f"skip={skip}",
-                f"count={skip + 1}",  # qemu-img dd counts from the start, skipped blocks too
-                f"if={disk}",
-                f"of={piece}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if done.returncode != 0:
-            raise HarnessError(
-                f"qemu-img could not read {disk}: {done.stderr.strip()}", "is the qcow2 whole?"
-            )
-        with out.open("r+b") as f:
-            f.seek(skip * MIB)
-            f.write(piece.read_bytes()[: size - skip * MIB])
+    with out.open("wb") as new:
+        new.truncate(size)
+    copied: set[int] = set()
+
+    def have(offset: int) -> None:
+        mib = min(offset, size - 1) // MIB
+        if mib not in copied:
+            piece = out.with_name(f"piece-{mib}")
+            # qemu-img dd counts its blocks from the start of the disk, skipped ones too.
+            dd = ["dd", "-f", "qcow2", "-O", "raw", "bs=1M", f"skip={mib}", f"count={mib + 1}"]
+            qemu_img([*dd, f"if={disk}", f"of={piece}"], disk)
+            with out.open("r+b") as stand_in:
+                stand_in.seek(mib * MIB)
+                stand_in.write(piece.read_bytes()[: size - mib * MIB])
+            piece.unlink()
+            copied.add(mib)
+
+    def read(offset: int, length: int) -> bytes:
+        have(offset)
+        with out.open("rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    have(0)
+    with out.open("rb") as f:
+        try:
+            header, sector = _gpt_header(f)
+        except ValueError:
+            _follow_ebrs(read)
+            return out
+    backup = struct.unpack_from("<Q", header, 32)[0] * sector
+    for offset in (backup - 128 * 128, backup):  # its entries, then its header
+        have(max(offset, 0))
     return out
+
+
+def _follow_ebrs(read: Callable[[int, int], bytes]) -> None:
+    """Read an MBR's extended boot records one after the other (`read` copies each in)."""
+    entries = read(0x1BE, 64)
+    starts = [
+        struct.unpack_from("<I", entries, 16 * i + 8)[0] for i in range(4) if entries[16 * i + 4] in EXTENDED
+    ]
+    if not starts:
+        return
+    extended = ebr = starts[0]
+    for _ in range(128):  # a loop in the chain ends here
+        link = read(ebr * 512 + 0x1CE, 16)
+        if len(link) < 16 or link[4] not in EXTENDED or not struct.unpack_from("<I", link, 8)[0]:
+            return
+        ebr = extended + struct.unpack_from("<I", link, 8)[0]
+
+
+@contextlib.contextmanager
+def raw_partition(disk: Path, partition: DiskPartition) -> Iterator[Path]:
+    """A sparse raw copy of one partition of a qcow2 (qemu-img's raw driver over it, at the
+    partition's offset), for tools that read raw files only; removed afterwards."""
+    source = (
+        f"driver=raw,offset={partition.offset},size={partition.size},"
+        f"file.driver=qcow2,file.file.filename={str(disk).replace(',', ',,')}"
+    )
+    with tempfile.TemporaryDirectory(prefix="harness-partition-") as tmp:
+        copy = Path(tmp) / f"partition-{partition.number}.raw"
+        qemu_img(["convert", "-O", "raw", "--image-opts", source, str(copy)], disk)
+        yield copy
 
 
 def read_table(disk: Path) -> PartitionTable:
@@ -245,14 +316,16 @@ def read_mbr(disk: Path) -> PartitionTable:
     """An MBR (DOS) table through sfdisk, which knows extended and logical partitions."""
     try:
         done = subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, text=True, timeout=60)
-    except OSError:
+    except (OSError, subprocess.TimeoutExpired) as e:
         raise HarnessError(
-            f"{disk} has an MBR partition table, which the harness reads with sfdisk, and it is missing",
+            f"{disk} has an MBR partition table, which the harness reads with sfdisk, and sfdisk failed: {e}",
             "install util-linux's sfdisk (Debian: apt-get install fdisk)",
         ) from None
     if done.returncode != 0 or not done.stdout.strip():
         return PartitionTable("", ())  # a boot sector with no table sfdisk knows: a bare filesystem
     table = json.loads(done.stdout)["partitiontable"]
+    if table.get("label") != "dos":  # sfdisk read a GPT ours could not: its primary header is broken
+        return PartitionTable("gpt", (), "its primary GPT header is damaged (sfdisk fell back on the backup)")
     sector = int(table.get("sectorsize", 512))
     disk_id = str(table.get("id", "0x0"))[2:].lower().rjust(8, "0")
     partitions = []

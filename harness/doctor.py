@@ -13,9 +13,10 @@ from pathlib import Path
 
 import attrs
 
-from harness.disk import ESP_TYPE, MIB, DiskFormat, PartitionTable, detect_format, partition_table
+from harness.disk import MIB, DiskFormat, PartitionTable, detect_format, partition_table
 from harness.errors import HarnessError
 from harness.guest.files import GENERATOR_SINCE
+from harness.guest.units import MINIMUM_SYSTEMD
 from harness.image import Image, ImageParts, architecture, find_root, named_part, sibling
 from harness.initrd import InitrdFacts, known_initrd_facts
 
@@ -24,6 +25,7 @@ GUEST_FILES_FIX = (
     "(README, 'Bring your own image', has it for mkosi, Yocto, debos and mmdebstrap)"
 )
 ESSENTIAL_TOOLS = ("sh", "systemctl", "journalctl")  # without these no test unit reports
+BOOT_PATHS = ("kernel", "uefi")  # the findings of firmware 'linux' and 'uefi'
 
 
 class Verdict(enum.StrEnum):
@@ -47,11 +49,21 @@ def boot_blockers(image: Image) -> list[HarnessError]:
     if facts is None or not facts.readable:
         return []
     where = f"{image.path}: its root filesystem ({image.root})"
-    if facts.systemd_version is None:
+    if facts.systemd_version is None and not facts.init.endswith("/systemd"):
         return [
             HarnessError(
                 f"{where} has no systemd; the harness runs each test as a systemd unit",
                 "boot an image whose init is systemd (252 or later), or give the right root=",
+            )
+        ]
+    if facts.systemd_version is None:
+        return []  # systemd is init, its library where we did not look: the initrd's word stands
+    if facts.systemd_version < MINIMUM_SYSTEMD:
+        return [
+            HarnessError(
+                f"{where} has systemd {facts.systemd_version}; the harness needs {MINIMUM_SYSTEMD} or later "
+                "(credentials imported from SMBIOS and fw_cfg)",
+                "build the image from a newer release, or with a newer systemd (backports)",
             )
         ]
     if facts.systemd_version < GENERATOR_SINCE and not facts.has_generator:
@@ -84,7 +96,10 @@ def check(parts: ImageParts) -> list[Finding]:
         uki = named_part(parts.uki, "UKI") or sibling(disk, ".efi")
     except HarnessError as e:
         return [*findings, Finding("parts", Verdict.MISSING, e.what, e.fix)]
-    facts = known_initrd_facts(initrd) if initrd else None
+    try:
+        facts = known_initrd_facts(initrd) if initrd else None
+    except HarnessError as e:
+        return [*findings, Finding("initrd", Verdict.MISSING, e.what, e.fix)]
     findings += boot_part_findings(kernel, initrd, facts)
     findings.append(uefi_finding(table, uki))
     try:
@@ -96,11 +111,21 @@ def check(parts: ImageParts) -> list[Finding]:
         image = Image.open(attrs.evolve(parts, disk_format=fmt, kernel=kernel, initrd=initrd, uki=uki))
     except HarnessError as e:
         try:
-            find_root(parts.root, table, arch, disk)
+            find_root(parts.root, table, arch, disk, fmt)
         except HarnessError as root_error:
             return [*findings, Finding("root", Verdict.MISSING, root_error.what, root_error.fix)]
         return [*findings, Finding("image", Verdict.MISSING, e.what, e.fix)]
-    return findings + root_findings(image)
+    return alternatives(findings + root_findings(image))
+
+
+def alternatives(findings: list[Finding]) -> list[Finding]:
+    """A firmware that cannot boot the image is only a note where the other one can."""
+    if not any(f.part in BOOT_PATHS and f.verdict == Verdict.OK for f in findings):
+        return findings
+    return [
+        attrs.evolve(f, verdict=Verdict.NOTE) if f.part in BOOT_PATHS and f.verdict == Verdict.MISSING else f
+        for f in findings
+    ]
 
 
 def disk_finding(disk: Path, fmt: DiskFormat, table: PartitionTable) -> Finding:
@@ -144,14 +169,23 @@ def boot_part_findings(kernel: Path | None, initrd: Path | None, facts: InitrdFa
 
 
 def uefi_finding(table: PartitionTable, uki: Path | None) -> Finding:
-    if not table.find(ESP_TYPE):
+    if table.esp is None:
         return Finding(
             "uefi",
             Verdict.MISSING,
-            "no EFI system partition: firmware 'uefi' cannot boot it (firmware 'linux' can)",
-            "add an ESP with a boot loader at /EFI/BOOT/BOOTX64.EFI (systemd-boot or GRUB), or use firmware 'linux'",
+            "no EFI system partition: firmware 'uefi' cannot boot it",
+            "add an ESP with systemd-boot and a UKI, or use firmware 'linux'",
         )
-    return Finding("uefi", Verdict.OK, "an EFI system partition" + (f", UKI {uki}" if uki else ""))
+    if uki is None:
+        return Finding(
+            "uefi",
+            Verdict.MISSING,
+            "an EFI system partition, and no UKI: through GRUB or a boot entry of its own the test's "
+            "kernel command line does not arrive (systemd-stub 254 or later reads it from SMBIOS), "
+            "and the test unit would not start",
+            "give the image's UKI (-Duki=PATH; mkosi writes NAME.efi beside the disk), or use firmware 'linux'",
+        )
+    return Finding("uefi", Verdict.OK, f"an EFI system partition and the UKI {uki}")
 
 
 def root_findings(image: Image) -> list[Finding]:
@@ -180,12 +214,21 @@ def root_findings(image: Image) -> list[Finding]:
     for blocker in blockers:
         found.append(Finding("systemd", Verdict.MISSING, blocker.what, blocker.fix))
     if not blockers:
+        needed = facts.has_generator and (facts.systemd_version or 0) < GENERATOR_SINCE
         generator = (
-            f", the harness's generator installed (systemd < {GENERATOR_SINCE} needs it)"
-            if facts.has_generator
-            else ""
+            f", the harness's generator installed (systemd < {GENERATOR_SINCE} needs it)" if needed else ""
         )
-        found.append(Finding("systemd", Verdict.OK, f"{facts.systemd_version}, init {facts.init}{generator}"))
+        version = facts.systemd_version or "(its version not found)"
+        found.append(Finding("systemd", Verdict.OK, f"{version}, init {facts.init}{generator}"))
+    if facts.init and not facts.init.endswith("/systemd"):
+        found.append(
+            Finding(
+                "init",
+                Verdict.NOTE,
+                f"/sbin/init is {facts.init}, not systemd: the test unit starts only if it starts systemd",
+                "boot systemd as init (init= on the command line, or /sbin/init -> systemd)",
+            )
+        )
     essential = [t for t in facts.missing_tools if t in ESSENTIAL_TOOLS]
     others = [t for t in facts.missing_tools if t not in ESSENTIAL_TOOLS]
     if essential:

@@ -96,7 +96,8 @@ def run_tool(cmd: list[str], what: str, stdin: str | None = None) -> str:
         result = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
     except FileNotFoundError:
         raise HarnessError(
-            f"{cmd[0]} is not installed, needed to {what}", "run tools/setup (mtools, e2fsprogs)"
+            f"{cmd[0]} is not installed, needed to {what}",
+            "install mtools and e2fsprogs (Debian: apt-get install mtools e2fsprogs; a checkout: tools/setup)",
         ) from None
     if result.returncode != 0:
         raise HarnessError(f"could not {what}: {cmd[0]}: {result.stderr.strip()[-300:]}")

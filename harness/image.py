@@ -12,15 +12,13 @@ comes from the initrd, else the kernel's or the UKI's header (harness.initrd).
 from __future__ import annotations
 
 import argparse
-import subprocess
-import tempfile
+import re
 import uuid
 from pathlib import Path
 
 import attrs
 
 from harness.disk import (
-    ESP_TYPE,
     LINUX_FILESYSTEM,
     MBR_LINUX,
     ROOT_PARTITION_TYPES,
@@ -29,11 +27,14 @@ from harness.disk import (
     PartitionTable,
     detect_format,
     partition_table,
+    raw_partition,
 )
 from harness.errors import HarnessError
 from harness.initrd import InitrdFacts, kernel_architecture, known_initrd_facts
-from harness.rootfs import RootFacts, known_root_facts, root_facts
+from harness.rootfs import RootFacts, filesystem_ids, known_root_facts, root_facts, unreadable
 
+# Debian's and Go's names for the kernel's (uname -m), which the harness uses.
+ARCHITECTURE_ALIASES = {"amd64": "x86_64", "x86-64": "x86_64", "arm64": "aarch64"}
 ROOT_SPELLINGS = ("PARTUUID=", "PARTLABEL=", "UUID=", "LABEL=", "/dev/")
 
 
@@ -82,7 +83,7 @@ class Image:
 def image_hint(disk: Path) -> str:
     """How the user remakes this image: mkosi's command where it looks like this project's
     mkosi output, their own image build otherwise."""
-    if disk.parent.name == "mkosi.output" or disk.with_name(disk.name + ".manifest").exists():
+    if disk.parent.name == "mkosi.output" or (sibling(disk, ".manifest") is not None):
         return "rebuild it: meson compile -C build mkosi"
     return "rebuild or recopy it with the tool that made it (os-harness check-image DISK says what it has)"
 
@@ -107,7 +108,12 @@ def open_image(parts: ImageParts) -> Image:
             "build it first (meson compile -C build mkosi), or give your disk with -Dimage=PATH",
         )
     disk = given.resolve()
-    fmt = parts.disk_format or detect_format(disk)
+    fmt = detect_format(disk)
+    if parts.disk_format and parts.disk_format != fmt:
+        raise HarnessError(
+            f"{disk} is a {fmt} disk, and the image format given is {parts.disk_format}",
+            "leave the format out (the harness tells it by the content), or give the right one",
+        )
     kernel = named_part(parts.kernel, "kernel") or sibling(given, ".vmlinuz")
     initrd = named_part(parts.initrd, "initrd") or sibling(given, ".initrd")
     uki = named_part(parts.uki, "UKI") or sibling(given, ".efi")
@@ -118,8 +124,8 @@ def open_image(parts: ImageParts) -> Image:
         )
     facts = known_initrd_facts(initrd) if initrd else None
     arch = architecture(parts, facts, kernel, uki)
-    root, root_partition = find_root(parts.root, table, arch, given)
-    esp = next(iter(table.find(ESP_TYPE)), None)
+    root, root_partition = find_root(parts.root, table, arch, given, fmt)
+    esp = table.esp
     root_fs = read_root(disk, fmt, root_partition)
     told = root_fs if root_fs and root_fs.readable and root_fs.systemd_version else None
     return Image(
@@ -137,7 +143,7 @@ def open_image(parts: ImageParts) -> Image:
         fmt,
         table,
         root_partition,
-        facts is None or facts.systemd_version is not None,
+        facts is not None and facts.systemd_version is not None,
         root_fs,
     )
 
@@ -152,29 +158,15 @@ def read_root(disk: Path, fmt: DiskFormat, partition: DiskPartition | None) -> R
 
 
 def qcow2_root_facts(disk: Path, partition: DiskPartition) -> RootFacts:
-    """root_facts of a qcow2's partition, through a sparse raw copy of that partition alone
-    (qemu-img's raw driver over the qcow2, at its offset): seconds, once per qcow2 file."""
-    source = (
-        f"driver=raw,offset={partition.offset},size={partition.size},"
-        f"file.driver=qcow2,file.file.filename={str(disk).replace(',', ',,')}"
-    )
-    with tempfile.TemporaryDirectory(prefix="harness-root-") as tmp:
-        copy = Path(tmp) / "root.raw"
-        try:
-            done = subprocess.run(
-                ["qemu-img", "convert", "-O", "raw", "--image-opts", source, str(copy)],
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return RootFacts(
-                "", "", "", False, None, "", "", False, False, (), f"qemu-img could not copy it: {e}"
-            )
-        if done.returncode != 0:
-            reason = f"qemu-img could not copy it: {done.stderr.strip()}"
-            return RootFacts("", "", "", False, None, "", "", False, False, (), reason)
-        return root_facts(copy, 0, partition.size)
+    """root_facts of a qcow2's partition, through a sparse raw copy of it alone: seconds,
+    once per qcow2 file (known_root_facts keeps them)."""
+    where = f"partition {partition.number} of {disk}"
+    try:
+        with raw_partition(disk, partition) as copy:
+            facts = root_facts(copy, 0, partition.size)
+    except HarnessError as e:
+        return unreadable(f"could not copy {where} to read it: {e.what}")
+    return attrs.evolve(facts, reason=facts.reason.replace(f"byte 0 of {copy}", where))
 
 
 def named_part(path: Path | None, what: str) -> Path | None:
@@ -192,13 +184,19 @@ def architecture(parts: ImageParts, facts: InitrdFacts | None, kernel: Path | No
     for name, header in (("kernel", kernel), ("UKI", uki)):
         if found is None and header is not None:
             found, source = kernel_architecture(header), name
-    if parts.architecture and found and parts.architecture != found:
+    given = ARCHITECTURE_ALIASES.get(parts.architecture, parts.architecture)
+    if given and given not in ROOT_PARTITION_TYPES:
         raise HarnessError(
-            f"{parts.disk}: the architecture given is {parts.architecture}, and its {source} is {found}",
+            f"architecture '{parts.architecture}' is none the harness knows",
+            f"give one of {', '.join(ROOT_PARTITION_TYPES)} (the kernel's names: uname -m)",
+        )
+    if given and found and given != found:
+        raise HarnessError(
+            f"{parts.disk}: the architecture given is {given}, and its {source} is {found}",
             "give the architecture the image was built for, or leave it out",
         )
-    if parts.architecture:
-        return parts.architecture
+    if given:
+        return given
     if found:
         return found
     raise HarnessError(
@@ -207,7 +205,9 @@ def architecture(parts: ImageParts, facts: InitrdFacts | None, kernel: Path | No
     )
 
 
-def find_root(given: str, table: PartitionTable, arch: str, disk: Path) -> tuple[str, DiskPartition | None]:
+def find_root(
+    given: str, table: PartitionTable, arch: str, disk: Path, fmt: DiskFormat = DiskFormat.RAW
+) -> tuple[str, DiskPartition | None]:
     """The root= value and the partition it names: the user's, else the partition whose
     type is the architecture's Discoverable Partitions root type."""
     if given:
@@ -216,18 +216,19 @@ def find_root(given: str, table: PartitionTable, arch: str, disk: Path) -> tuple
                 f"root '{given}' is not a root= the kernel reads",
                 "spell it PARTUUID=..., PARTLABEL=..., UUID=..., LABEL=... or /dev/vdaN",
             )
-        named = [
-            p
-            for p in table.partitions
-            if given.lower() in (f"partuuid={p.partuuid}", f"partlabel={p.label.lower()}")
-        ]
-        if given.startswith("PARTUUID=") and table.partitions and not named:
+        if given.startswith(("/dev/sd", "/dev/hd", "/dev/mmcblk", "/dev/nvme")):
+            raise HarnessError(
+                f"root '{given}': in the harness's VM the disk is virtio's, /dev/vda",
+                "give its partition as /dev/vdaN, or better PARTUUID=... (os-harness check-image lists them)",
+            )
+        named = named_partition(given, table, disk, fmt)
+        if given.startswith(("PARTUUID=", "PARTLABEL=", "/dev/vd")) and named is None:
             raise HarnessError(
                 f"{disk} has no partition {given}; it has: "
-                + "; ".join(p.describe() for p in table.partitions),
+                + ("; ".join(p.describe() for p in table.partitions) or "no partition table"),
                 "give one of those as root",
             )
-        return given, named[0] if named else None
+        return given, named
     roots = table.find(ROOT_PARTITION_TYPES.get(arch, uuid.UUID(int=0)))
     if roots:
         return f"PARTUUID={roots[0].partuuid}", roots[0]
@@ -238,6 +239,24 @@ def find_root(given: str, table: PartitionTable, arch: str, disk: Path) -> tuple
             "the image's architecture is inconsistent: rebuild it with one architecture",
         )
     raise HarnessError(root_missing(table, arch, disk), root_fix(table))
+
+
+def named_partition(root: str, table: PartitionTable, disk: Path, fmt: DiskFormat) -> DiskPartition | None:
+    """The partition a root= names: by PARTUUID or PARTLABEL, by its number (/dev/vdaN:
+    the VM's disk is virtio's), or by its filesystem's UUID or LABEL (blkid, raw disks)."""
+    if device := re.fullmatch(r"/dev/vd[a-z](\d*)", root):
+        if not device.group(1):  # the whole disk: a bare filesystem
+            return None if table.kind else DiskPartition(0, "", "", "", 0, disk.stat().st_size)
+        return next((p for p in table.partitions if p.number == int(device.group(1))), None)
+    for p in table.partitions:
+        if root.lower() in (f"partuuid={p.partuuid}", f"partlabel={p.label.lower()}"):
+            return p
+    if root.startswith(("UUID=", "LABEL=")) and fmt == DiskFormat.RAW:
+        for p in table.partitions:
+            fs_uuid, label = filesystem_ids(disk, p.offset, p.size)
+            if root in (f"UUID={fs_uuid}", f"LABEL={label}"):
+                return p
+    return None
 
 
 def root_missing(table: PartitionTable, arch: str, disk: Path) -> str:
@@ -260,6 +279,10 @@ def root_fix(table: PartitionTable) -> str:
     return (
         "say which is the root: -Droot=PARTUUID=... (or --root=), as the image's kernel command line has it"
     )
+
+
+# The options that name an image's parts besides its disk (add_image_options).
+IMAGE_PARTS = ("kernel", "initrd", "uki", "root", "architecture", "image-format")
 
 
 def add_image_options(p: argparse.ArgumentParser, disk_positional: bool = False) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import attrs
 
+from harness.errors import HarnessError
 from harness.facts_cache import cache_file, identity, keep, recall
 
 ELF_MACHINES = {"EM_X86_64": "x86_64", "EM_AARCH64": "aarch64", "EM_RISCV": "riscv64", "EM_386": "i386"}
@@ -128,6 +129,17 @@ class InitrdFacts:
 
 
 def initrd_facts(initrd: Path) -> InitrdFacts:
+    """What the initrd tells; a file none of the decoders can read is the image's fault."""
+    try:
+        return _read_initrd(initrd)
+    except Exception as e:  # every decoder (gzip, xz, zstd, ELF) raises its own kinds
+        raise HarnessError(
+            f"cannot read the initrd {initrd}: {type(e).__name__}: {e}",
+            "is it the image's initrd, and whole (an interrupted copy)? Give it with -Dinitrd=",
+        ) from None
+
+
+def _read_initrd(initrd: Path) -> InitrdFacts:
     arch, version, os_name = None, None, ""
     modules: set[str] = set()
     builtin: set[str] | None = None
@@ -180,10 +192,6 @@ def pretty_name(os_release: bytes) -> str:
         line.partition("=")[::2] for line in os_release.decode(errors="replace").splitlines() if "=" in line
     )
     return (fields.get("PRETTY_NAME") or fields.get("NAME") or "").strip().strip("\"'")
-
-
-def initrd_architecture(initrd: Path) -> str | None:
-    return initrd_facts(initrd).architecture
 
 
 PE_MACHINES = {0x8664: "x86_64", 0xAA64: "aarch64", 0x5064: "riscv64", 0x14C: "i386"}

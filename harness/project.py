@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def meson_test_args(build_dir: Path, name: str) -> list[str]:
     except (OSError, ValueError) as e:
         raise HarnessError(
             f"cannot read the tests of {build_dir} ({e})",
-            "meson setup BUILD -Dintegration-tests=true, and pass that directory with -C",
+            "meson setup BUILD first (os-harness's own checkout: with -Dintegration-tests=true), and pass BUILD with -C",
         ) from None
     for t in tests:
         if t["name"] == name and "run" in t["cmd"]:
@@ -105,10 +106,29 @@ def init(root: Path, update: bool) -> list[str]:
     return written
 
 
+def missing_glue(root: Path) -> list[str]:
+    """What a repository's own meson.build and options lack of the glue, said as what to add."""
+    missing = []
+    build = root / "meson.build"
+    if build.is_file() and not re.search(r"subdir\(\s*'test'\s*\)", build.read_text()):
+        missing.append(f"{build} is yours and has no subdir('test'): add it, after project()")
+    options = next((root / n for n in ("meson.options", "meson_options.txt") if (root / n).is_file()), None)
+    ours = re.findall(r"(?m)^option\('([^']+)'", (GLUE_DIR / "meson_options.txt").read_text())
+    theirs = set(re.findall(r"(?m)^option\('([^']+)'", options.read_text())) if options else set()
+    if options and set(ours) - theirs:
+        lacking = ", ".join(o for o in ours if o not in theirs)
+        missing.append(
+            f"{options} lacks the harness's options {lacking}: copy them from {GLUE_DIR / 'meson_options.txt'}"
+        )
+    return missing
+
+
 def cmd_init(o: argparse.Namespace) -> int:
     root = Path(o.directory)
     written = init(root, o.update)
     print("\n".join(f"wrote {root / path}" for path in written) or f"{root}: the glue is up to date")
+    for line in missing_glue(root):
+        print(f"to do: {line}")
     print(f"next: meson setup {root / 'build'} {root} -Dimage=YOUR-DISK, then meson test -C {root / 'build'}")
     return 0
 
@@ -119,7 +139,8 @@ def cmd_guest_files(o: argparse.Namespace) -> int:
     root = Path(o.root)
     if not root.is_dir():
         raise HarnessError(
-            f"{root} is not a directory", "give the root tree of the image being built (mkosi: $BUILDROOT)"
+            f"{root} is not a directory",
+            "give the root tree of the image being built (a directory that becomes its /)",
         )
     for path in install_guest_files(root):
         print(path)

@@ -12,6 +12,7 @@ such reader here: their facts say that their files were not read, and why.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import posixpath
 import re
 import stat
@@ -23,6 +24,7 @@ import attrs
 from harness.debugfs import Debugfs, Reader, Unreadable, listing_command, run_tool
 from harness.errors import HarnessError
 from harness.facts_cache import cache_file, identity, keep, recall
+from harness.guest.files import GENERATOR_NAME, GENERATOR_PATHS
 from harness.initrd import SYSTEMD_SHARED, pretty_name
 
 EXT_FILESYSTEMS = ("ext2", "ext3", "ext4")
@@ -64,8 +66,8 @@ GUEST_TOOLS = (
     "tr",  # the generator
 )
 TOOL_DIRS = ("/usr/bin", "/bin", "/usr/sbin", "/sbin")
-GENERATOR = "harness-credential-units"
-GENERATOR_DIRS = ("/usr/lib/systemd/system-generators", "/etc/systemd/system-generators")
+GENERATOR = GENERATOR_NAME
+GENERATOR_DIRS = tuple(f"/{posixpath.dirname(p)}" for p in GENERATOR_PATHS)
 UDEVD = ("/usr/lib/systemd/systemd-udevd", "/lib/systemd/systemd-udevd")
 OS_RELEASE = ("/usr/lib/os-release", "/etc/os-release")
 # Debian's multiarch directories: its libsystemd-shared is in /usr/lib/TRIPLET/systemd/.
@@ -78,7 +80,14 @@ TRIPLETS = (
     "powerpc64le-linux-gnu",
     "s390x-linux-gnu",
 )
-SYSTEMD_DIRS = ("/usr/lib/systemd", "/lib/systemd", *(f"/usr/lib/{t}/systemd" for t in TRIPLETS))
+# Fedora's, openSUSE's and RHEL's libsystemd-shared is in %{_libdir}: /usr/lib64/systemd.
+SYSTEMD_DIRS = (
+    "/usr/lib/systemd",
+    "/lib/systemd",
+    "/usr/lib64/systemd",
+    "/lib64/systemd",
+    *(f"/usr/lib/{t}/systemd" for t in TRIPLETS),
+)
 # The top-level symlinks of a merged /usr (and /usr/sbin -> bin of Arch and Fedora 42):
 # their targets place a relative symlink such as /sbin/init -> ../lib/systemd/systemd.
 MERGED = ("/bin", "/sbin", "/lib", "/usr/sbin")
@@ -111,17 +120,19 @@ def root_facts(disk: Path, offset: int, size: int) -> RootFacts:
     try:
         probe = _probe(disk, offset, size)
     except Unreadable as e:
-        return _unread({}, str(e))
+        return unreadable(str(e))
     fs = probe.get("TYPE", "")
     if fs not in EXT_FILESYSTEMS:
-        return _unread(probe, _why_not(disk, offset, fs))
+        return unreadable(_why_not(disk, offset, fs), probe)
     try:
         return _read_ext(probe, disk, offset)
     except Unreadable as e:
-        return _unread(probe, f"could not read the {fs} filesystem at byte {offset} of {disk}: {e}")
+        return unreadable(f"could not read the {fs} filesystem at byte {offset} of {disk}: {e}", probe)
 
 
-def _unread(probe: dict[str, str], reason: str) -> RootFacts:
+def unreadable(reason: str, probe: dict[str, str] | None = None) -> RootFacts:
+    """Facts that say nothing but why, and what blkid found there."""
+    probe = probe or {}
     fs, label, fs_uuid = (probe.get(k, "") for k in ("TYPE", "LABEL", "UUID"))
     return RootFacts(fs, label, fs_uuid, False, None, "", "", False, False, (), reason)
 
@@ -138,6 +149,16 @@ def _why_not(disk: Path, offset: int, fs: str) -> str:
         f"the filesystem at byte {offset} of {disk} is {fs}, which the harness cannot read"
         " without mounting it (it reads ext2, ext3 and ext4 only): its files were not checked"
     )
+
+
+def filesystem_ids(disk: Path, offset: int, size: int) -> tuple[str, str]:
+    """The UUID and LABEL of the filesystem there, as root=UUID= and root=LABEL= name it;
+    empty where there is none or blkid cannot tell."""
+    try:
+        probe = _probe(disk, offset, size)
+    except Unreadable:
+        return "", ""
+    return probe.get("UUID", ""), probe.get("LABEL", "")
 
 
 def _probe(disk: Path, offset: int, size: int) -> dict[str, str]:
@@ -245,11 +266,14 @@ def known_root_facts(
         cache_file(disk, "root-facts"),
         identity(disk, CACHE_FORMAT, offset, size, list(GUEST_TOOLS)),
     )
-    known = recall(cache, ident)
-    with contextlib.suppress(KeyError, TypeError, ValueError):
-        if known is not None:
-            return RootFacts(**{**known, "missing_tools": tuple(known["missing_tools"])})
-    facts = read() if read else root_facts(disk, offset, size)
-    if facts.readable or (facts.filesystem and facts.filesystem not in EXT_FILESYSTEMS):
-        keep(cache, ident, attrs.asdict(facts))
-    return facts
+    # One reader at a time (a qcow2's is a copy of its root): the others wait and recall.
+    with disk.open("rb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        known = recall(cache, ident)
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            if known is not None:
+                return RootFacts(**{**known, "missing_tools": tuple(known["missing_tools"])})
+        facts = read() if read else root_facts(disk, offset, size)
+        if facts.readable or (facts.filesystem and facts.filesystem not in EXT_FILESYSTEMS):
+            keep(cache, ident, attrs.asdict(facts))
+        return facts

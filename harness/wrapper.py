@@ -185,10 +185,11 @@ def announce(decl: TestDeclaration, image: Image, plan: BootPlan, backend: Backe
         f"timeout {plan.timeout or 'none'}{' s' if plan.timeout else ''}) on {backend.name}"
         + (f"; cold boot: {plan.cold_reason}" if plan.boot is BootPath.COLD and backend.can_resume else "")
     )
-    if not image.initrd_has_systemd and decl.storage == Storage.VOLATILE and plan.firmware == "linux":
+    direct = plan.firmware in ("linux", "linux-noinitrd")  # a UKI brings an initrd of its own
+    if direct and not image.initrd_has_systemd and decl.storage == Storage.VOLATILE:
         log.info(
-            f"{decl.name}: the initrd of {image.path.name} has no systemd, which is what makes storage "
-            "'volatile' (systemd.volatile=): the test's writes last until the VM ends, reboots included"
+            f"{decl.name}: {image.path.name} boots with no systemd in an initrd, which is what makes "
+            "storage 'volatile' (systemd.volatile=): the test's writes last until the VM ends, reboots included"
         )
     if plan.interactive:
         log.info("The console is attached: the test's output follows. Ctrl-a x quits QEMU.")

@@ -58,7 +58,7 @@ def test_a_whole_debian_image_is_ready_for_direct_kernel_boot(tmp_path):
     assert found["systemd"].verdict == Verdict.OK and "252" in found["systemd"].what
     assert found["root"].what.endswith("ext4 'root', Debian GNU/Linux 12 (bookworm)")
     assert found["initrd"].verdict == Verdict.NOTE and "has no systemd" in found["initrd"].what
-    assert found["uefi"].verdict == Verdict.MISSING
+    assert found["uefi"].verdict == Verdict.NOTE  # MISSING where no other firmware boots it
     assert found["tools"].verdict == Verdict.NOTE and "stty" in found["tools"].what
 
 
@@ -112,6 +112,28 @@ def test_the_wrapper_refuses_a_root_without_systemd(tmp_path):
     p = parts(tmp_path, debian_disk(tmp_path), root=f"PARTUUID={ROOT}")
     image = Image.open(p)
     assert boot_blockers(image) == []
-    hollow = attrs.evolve(image, root_facts=attrs.evolve(image.root_facts, systemd_version=None))
+    hollow = attrs.evolve(
+        image, root_facts=attrs.evolve(image.root_facts, systemd_version=None, init="/sbin/init")
+    )
     with pytest.raises(HarnessError, match="has no systemd; the harness runs each test as a systemd unit"):
         raise boot_blockers(hollow)[0]
+
+
+def test_systemd_older_than_252_in_the_root_is_refused(tmp_path):
+    image = Image.open(parts(tmp_path, debian_disk(tmp_path), root=f"PARTUUID={ROOT}"))
+    old = attrs.evolve(image, root_facts=attrs.evolve(image.root_facts, systemd_version=247))
+    (blocker,) = boot_blockers(old)
+    assert "has systemd 247; the harness needs 252 or later" in blocker.what
+
+
+def test_an_esp_without_a_uki_cannot_carry_the_command_line(tmp_path):
+    from harness.disk import ESP_TYPE
+
+    path = tmp_path / "cloud.img"
+    path.write_bytes(
+        gpt(
+            [(ESP_TYPE, uuid.uuid4(), "", 2048, 4095), (LINUX_FILESYSTEM, ROOT, "", 4096, 6143)], size=4 << 20
+        )
+    )
+    found = by_part(check(ImageParts(path, root=f"PARTUUID={ROOT}", architecture="x86_64")))
+    assert found["uefi"].verdict == Verdict.MISSING and "no UKI" in found["uefi"].what

@@ -8,7 +8,7 @@ from images import cpio, elf, gpt, write_image, write_initrd_with_modules
 from harness.disk import ESP_TYPE, ROOT_PARTITION_TYPES, read_gpt
 from harness.errors import HarnessError
 from harness.image import Image
-from harness.initrd import cpio_files, elf_architecture, initrd_architecture
+from harness.initrd import cpio_files, elf_architecture, initrd_facts
 
 
 @pytest.mark.parametrize("sector", [512, 4096])
@@ -47,7 +47,7 @@ def test_arch_from_first_elf_in_compressed_initrd(tmp_path):
     assert [n for n, _ in cpio_files(archive)] == ["etc/os-release", "usr/lib/systemd/systemd", "usr/bin/x86"]
     initrd = tmp_path / "image.initrd"
     initrd.write_bytes(zstandard.ZstdCompressor().compress(archive))
-    assert initrd_architecture(initrd) == "aarch64"
+    assert initrd_facts(initrd).architecture == "aarch64"
 
 
 def test_elf_architecture():

@@ -258,3 +258,52 @@ def test_every_guest_file_is_in_the_package():
     from harness.guest.files import GUEST_DIR, GUEST_FILES
 
     assert all(f.source.is_file() and f.source.parent == GUEST_DIR for f in GUEST_FILES)
+
+
+def test_a_truncated_initrd_is_an_error_naming_it(tmp_path):
+    initrd = tmp_path / "initrd.img"  # as initramfs-tools gzips it, cut short by a copy
+    initrd.write_bytes(gzip.compress(cpio(initrd_core(252, "Debian GNU/Linux 12 (bookworm)")))[:-200])
+    with pytest.raises(HarnessError, match=r"cannot read the initrd .*initrd.img: EOFError") as e:
+        initrd_facts(initrd)
+    assert "-Dinitrd=" in e.value.fix
+
+
+def test_a_compressed_disk_is_refused_with_the_command_that_decompresses_it(tmp_path):
+    import lzma
+
+    (tmp_path / "core-image.wic.xz").write_bytes(lzma.compress(b"\0" * 4096))
+    with pytest.raises(HarnessError, match=r"is compressed \(xz\)") as e:
+        Image.open(tmp_path / "core-image.wic.xz")
+    assert e.value.fix == f"decompress it first: xz -dk {tmp_path / 'core-image.wic.xz'}"
+
+
+def test_a_format_given_that_is_not_the_disks_is_refused(tmp_path):
+    disk = write_image(tmp_path)
+    with pytest.raises(HarnessError, match="is a raw disk, and the image format given is qcow2"):
+        Image.open(ImageParts(disk, disk_format=DiskFormat.QCOW2))
+
+
+def test_architecture_names_debian_uses_are_taken_and_unknown_ones_refused(tmp_path):
+    disk = generic_root_disk(tmp_path / "disk.img")
+    assert Image.open(ImageParts(disk, root="/dev/vda1", architecture="amd64")).architecture == "x86_64"
+    with pytest.raises(HarnessError, match="architecture 'armv7l' is none the harness knows"):
+        Image.open(ImageParts(disk, root="/dev/vda1", architecture="armv7l"))
+
+
+def test_root_by_device_number_and_a_sata_name_refused(tmp_path):
+    disk = generic_root_disk(tmp_path / "disk.img")
+    image = Image.open(ImageParts(disk, root="/dev/vda1", architecture="x86_64"))
+    assert image.root_partition and image.root_partition.number == 1
+    with pytest.raises(HarnessError, match="has no partition /dev/vda3"):
+        Image.open(ImageParts(disk, root="/dev/vda3", architecture="x86_64"))
+    with pytest.raises(HarnessError, match="the disk is virtio's, /dev/vda"):
+        Image.open(ImageParts(disk, root="/dev/sda1", architecture="x86_64"))
+
+
+def test_a_grown_qcow2_keeps_its_backup_gpt_where_its_header_says(tmp_path):
+    disk = generic_root_disk(tmp_path / "disk.img")  # 4 MiB, backup GPT in its last MiB
+    qcow2 = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(disk), str(qcow2)], check=True)
+    subprocess.run(["qemu-img", "resize", "-q", str(qcow2), "20M"], check=True)  # as a cloud image is grown
+    image = Image.open(ImageParts(qcow2, root=f"PARTUUID={ROOT}", architecture="x86_64"))
+    assert image.disk_format == DiskFormat.QCOW2 and image.root_partition is not None

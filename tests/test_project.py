@@ -58,6 +58,7 @@ def test_init_writes_a_repository_and_update_refreshes_only_the_harnesss_files(t
 def test_meson_sets_up_a_repository_init_wrote(tmp_path):
     repo = tmp_path / "my-os"
     init(repo, update=False)
+    (tmp_path / "disk.img").write_bytes(b"")
     done = subprocess.run(
         ["meson", "setup", str(tmp_path / "build"), str(repo), f"-Dimage={tmp_path / 'disk.img'}"],
         capture_output=True,
@@ -78,3 +79,48 @@ def test_meson_setup_without_an_image_says_how_to_give_one(tmp_path):
     )
     assert done.returncode != 0
     assert "give your disk with -Dimage=PATH" in done.stdout + done.stderr
+
+
+def run_setup(tmp_path, repo, *options):
+    return subprocess.run(
+        ["meson", "setup", str(tmp_path / "build"), str(repo), *options], capture_output=True, text=True
+    )
+
+
+def test_meson_setup_refuses_a_relative_or_missing_image_at_once(tmp_path):
+    repo = tmp_path / "my-os"
+    init(repo, update=False)
+    done = run_setup(tmp_path, repo, "-Dimage=my.img")
+    assert "-Dimage=my.img: give an absolute path (-Dimage=$PWD/my.img)" in done.stdout + done.stderr
+    done = run_setup(tmp_path, repo, f"-Dimage={tmp_path / 'nope.img'}")
+    assert "there is no such file" in done.stdout + done.stderr
+
+
+def test_a_repository_with_no_test_yet_sets_up(tmp_path):
+    repo = tmp_path / "my-os"
+    init(repo, update=False)
+    for f in (repo / "test" / "TEST-01-BOOTS").iterdir():
+        f.unlink()
+    (repo / "test" / "TEST-01-BOOTS").rmdir()
+    (repo / "test" / "TEST-02-NOT-A-DIRECTORY").write_text("")
+    (tmp_path / "disk.img").write_bytes(b"")
+    done = run_setup(tmp_path, repo, f"-Dimage={tmp_path / 'disk.img'}")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_init_into_a_repository_with_its_own_meson_files_says_what_to_add(tmp_path):
+    from harness.project import missing_glue
+
+    repo = tmp_path / "my-os"
+    repo.mkdir()
+    (repo / "meson.build").write_text("project('my-os')\n")
+    (repo / "meson.options").write_text("option('image', type: 'string', value: '')\n")
+    init(repo, update=False)
+    lacking = missing_glue(repo)
+    assert "has no subdir('test'): add it" in lacking[0]
+    assert "meson.options lacks the harness's options kernel, initrd" in lacking[1]
+    (repo / "meson.build").write_text("project('my-os')\nsubdir('test')\n")
+    (repo / "meson.options").unlink()
+    (repo / "meson_options.txt").unlink()
+    init(repo, update=False)
+    assert missing_glue(repo) == []

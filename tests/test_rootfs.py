@@ -297,3 +297,18 @@ def test_every_guest_tool_is_one_the_guest_side_runs():
     sources.append(root / "backends" / "qemu" / "agent.py")
     text = "\n".join(p.read_text() for p in sources if p.is_file())
     assert [t for t in GUEST_TOOLS if not re.search(rf"(^|[\s;|&({{'\"/=]){t}\b", text, re.MULTILINE)] == []
+
+
+def test_fedora_and_opensuse_keep_systemd_in_lib64_and_a_generator_in_lib_counts(tmp_path):
+    tree = build(
+        tmp_path / "tree",
+        files={"usr/lib/os-release": 'PRETTY_NAME="Fedora Linux 40"\n'},
+        links={"sbin": "usr/sbin", "usr/sbin/init": "../lib/systemd/systemd"},
+        exe=(
+            "usr/lib64/systemd/libsystemd-shared-255.13-1.fc40.so",
+            "usr/lib/systemd/systemd",
+            "lib/systemd/system-generators/harness-credential-units",
+        ),
+    )
+    facts = root_facts(disk(tmp_path, tree), OFFSET, FS_SIZE)
+    assert facts.systemd_version == 255 and facts.has_generator

@@ -240,7 +240,7 @@ def running_vm(
     if binary is None or shutil.which(binary) is None:
         raise HarnessError(
             f"the image is {cfg.image.architecture} and {binary or 'no QEMU binary'} is not installed",
-            "run the set-up script (tools/setup), or install QEMU for that architecture"
+            "install QEMU for that architecture (Debian: qemu-system-x86, qemu-system-arm, ...; a checkout: tools/setup)"
             " (HARNESS_QEMU names another binary)",
         )
     with contextlib.ExitStack() as stack:
@@ -310,7 +310,7 @@ def software_tpm(files: RunFiles) -> Iterator[None]:
     if binary is None:
         raise HarnessError(
             "the test declares tpm: true and swtpm is not installed",
-            "run the set-up script (tools/setup), or apt-get install swtpm",
+            "install swtpm (Debian: apt-get install swtpm; a checkout: tools/setup)",
         )
     state = files.tmp / "tpm"
     state.mkdir(mode=0o700)
