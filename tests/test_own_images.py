@@ -307,3 +307,38 @@ def test_a_grown_qcow2_keeps_its_backup_gpt_where_its_header_says(tmp_path):
     subprocess.run(["qemu-img", "resize", "-q", str(qcow2), "20M"], check=True)  # as a cloud image is grown
     image = Image.open(ImageParts(qcow2, root=f"PARTUUID={ROOT}", architecture="x86_64"))
     assert image.disk_format == DiskFormat.QCOW2 and image.root_partition is not None
+
+
+def extended_mbr_disk(path: Path) -> Path:
+    """An MBR disk as balenaOS-style boards have them: a boot partition, then an extended
+    one (beyond the first MiB) whose boot records chain two logical partitions."""
+    disk = bytearray(16 << 20)
+    struct.pack_into("<I", disk, 0x1B8, 0x0BA1E0A5)
+
+    def entry(at: int, kind: int, start: int, count: int) -> None:
+        struct.pack_into("<B3sB3sII", disk, at, 0, b"\0\0\0", kind, b"\0\0\0", start, count)
+
+    entry(0x1BE, 0x0C, 2048, 4096)
+    extended = 8192  # 4 MiB in
+    entry(0x1BE + 16, 0x05, extended, 16384)
+    disk[510:512] = b"\x55\xaa"
+    for i, (ebr, next_ebr) in enumerate([(extended, extended + 8192), (extended + 8192, 0)]):
+        at = ebr * 512
+        entry(at + 0x1BE, 0x83, 2048, 4096)  # relative to this record
+        if next_ebr:
+            entry(at + 0x1BE + 16, 0x05, next_ebr - extended, 8192)  # relative to the extended partition
+        disk[at + 510 : at + 512] = b"\x55\xaa"
+        assert i < 2
+    path.write_bytes(bytes(disk))
+    return path
+
+
+@pytest.mark.skipif(shutil.which("sfdisk") is None, reason="sfdisk (util-linux) is not installed")
+def test_logical_partitions_are_found_in_a_raw_disk_and_in_its_qcow2(tmp_path):
+    raw = extended_mbr_disk(tmp_path / "board.img")
+    qcow2 = tmp_path / "board.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow2)], check=True)
+    for disk in (raw, qcow2):
+        image = Image.open(ImageParts(disk, root="PARTUUID=0ba1e0a5-06", architecture="x86_64"))
+        assert image.root_partition and image.root_partition.number == 6, disk
+        assert image.root_partition.offset == (8192 + 8192 + 2048) * 512
