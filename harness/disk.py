@@ -182,17 +182,9 @@ def detect_format(disk: Path) -> DiskFormat:
 
 
 def qemu_img_info(disk: Path) -> dict[str, object]:
-    try:
-        done = subprocess.run(
-            ["qemu-img", "info", "--output=json", str(disk)], capture_output=True, text=True, timeout=60
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise HarnessError(
-            f"qemu-img could not read {disk}: {e}", "install qemu-img (Debian: apt-get install qemu-utils)"
-        ) from None
-    if done.returncode != 0:
-        raise HarnessError(f"qemu-img could not read {disk}: {done.stderr.strip()}", "is it a disk image?")
-    info: dict[str, object] = json.loads(done.stdout)
+    info: dict[str, object] = json.loads(
+        qemu_img(["info", "--output=json", str(disk)], disk, "is it a disk image?", timeout=60)
+    )
     return info
 
 
@@ -203,16 +195,18 @@ def partition_table(disk: Path, fmt: DiskFormat) -> PartitionTable:
         return read_table(qcow2_stand_in(disk, Path(tmp) / "tables.raw"))
 
 
-def qemu_img(args: list[str], disk: Path) -> None:
-    """Run qemu-img on `disk`; its failure is the image's, said with qemu-img's words."""
+def qemu_img(args: list[str], disk: Path, fix: str = "is the qcow2 whole?", timeout: int = 600) -> str:
+    """Run qemu-img on `disk`, and what it printed; its failure is the image's, said with
+    qemu-img's words."""
     try:
-        done = subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=600)
+        done = subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise HarnessError(
             f"qemu-img could not read {disk}: {e}", "install qemu-img (Debian: apt-get install qemu-utils)"
         ) from None
     if done.returncode != 0:
-        raise HarnessError(f"qemu-img could not read {disk}: {done.stderr.strip()}", "is the qcow2 whole?")
+        raise HarnessError(f"qemu-img could not read {disk}: {done.stderr.strip()}", fix)
+    return done.stdout
 
 
 EXTENDED = (0x05, 0x0F, 0x85)  # MBR types of an extended partition, whose EBRs chain the logical ones
