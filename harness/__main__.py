@@ -20,18 +20,18 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
-from harness import declaration_file
-from harness.accel import detect
-from harness.declaration import TestDeclaration
+from harness.boot.accel import detect
+from harness.declaration import file as declaration_file
+from harness.declaration.declaration import TestDeclaration
+from harness.declaration.keys import key_table
 from harness.errors import HarnessError, LogDirBusy
-from harness.image import IMAGE_PARTS, ImageParts, add_image_options, image_parts_of
-from harness.keys import key_table
-from harness.project import add_project_commands, check_glue
-from harness.results import EXIT_ERROR
+from harness.image.parts import IMAGE_PARTS, ImageParts, add_image_options, image_parts_of
+from harness.project.repository import add_project_commands, check_glue
+from harness.verdict.results import EXIT_ERROR
 
 if TYPE_CHECKING:
-    from harness.machine import Backend
-    from harness.record import TestRecord
+    from harness.boot.machine import Backend
+    from harness.verdict.record import TestRecord
     from harness.wrapper import RunContext
 
 log = logging.getLogger("harness")
@@ -39,7 +39,7 @@ log = logging.getLogger("harness")
 
 def add_declaration_option(p: argparse.ArgumentParser) -> None:
     """The declaration comes as a file (meson's way), or as --KEY=VALUE options after the
-    others (by hand); harness.declaration_file parses either, not argparse."""
+    others (by hand); harness.declaration.file parses either, not argparse."""
     p.add_argument(
         "--declaration", help="the file of --KEY=VALUE lines meson setup wrote (build/test/NAME.declaration)"
     )
@@ -82,11 +82,11 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> NoReturn:
 
 def cmd_run(o: argparse.Namespace) -> int:
     from harness.backends import BackendName, BackendOptions, make_backend
-    from harness.log_dir import owning_log_dir
-    from harness.plan import shell_requested
+    from harness.boot.plan import shell_requested
     from harness.report.html import current_run, update_run_report
     from harness.report.tap import setup_logging, tap_lines
-    from harness.results import Status
+    from harness.verdict.log_dir import owning_log_dir
+    from harness.verdict.results import Status
     from harness.wrapper import RunContext
 
     env = dict(os.environ)
@@ -174,7 +174,7 @@ def run_and_record(
     """Run the test and write its result.json; an infrastructure fault is its verdict."""
     import attrs
 
-    from harness.results import Outcome, Status
+    from harness.verdict.results import Outcome, Status
     from harness.wrapper import run_test
 
     try:
@@ -217,7 +217,7 @@ def meson_priority(decl: TestDeclaration) -> int:
     (they reboot, cold, as often as they like), then those that boot cold, and those of a
     machine shape (firmware, storage, TPM, disks) other than most tests', whose first test
     boots to make that shape's snapshot."""
-    from harness.plan import USUAL_SHAPE, declared_shape, resume_blocker
+    from harness.boot.plan import USUAL_SHAPE, declared_shape, resume_blocker
 
     boots = resume_blocker(decl, {}) or declared_shape(decl) != USUAL_SHAPE
     return decl.priority * 3 + (2 if decl.host else 1 if boots else 0)
@@ -241,7 +241,7 @@ def cmd_keys(o: argparse.Namespace) -> int:
 def cmd_lava_job(o: argparse.Namespace) -> int:
     """Prints the LAVA job meson test would submit for one test, and writes its board image."""
     from harness.backends.lava.backend import write_job
-    from harness.project import meson_test_args
+    from harness.project.repository import meson_test_args
 
     build_dir = Path(o.build_dir)
     run_args = meson_test_args(build_dir, o.name)
@@ -275,7 +275,7 @@ def cmd_lava_job(o: argparse.Namespace) -> int:
 
 
 def cmd_systemd_tests(o: argparse.Namespace) -> int:
-    from harness.systemd_tests import fetch
+    from harness.project.systemd_tests import fetch
 
     print(fetch(o.release, Path(o.into), o.names))
     return 0
@@ -284,7 +284,7 @@ def cmd_systemd_tests(o: argparse.Namespace) -> int:
 def boot_contract(o: argparse.Namespace) -> int:
     """check-image --boot: the image's parts as given, a test of the project's contract,
     booted cold; its logs are kept where it fails."""
-    from harness.project import CONTRACT_COMMAND
+    from harness.project.repository import CONTRACT_COMMAND
 
     image = [
         f"--image={o.image}",

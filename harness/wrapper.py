@@ -15,27 +15,27 @@ from typing import Any
 
 import attrs
 
-from harness.declaration import TestDeclaration, skip_reason
-from harness.doctor import boot_blockers
-from harness.driven import DrivenMachine, MachineError
+from harness.boot.machine import Backend, Ending, EndingKind, LogFile
+from harness.boot.plan import BootPath, BootPlan, plan_boot
+from harness.boot.watch import power_off_after, watch
+from harness.declaration.declaration import TestDeclaration, skip_reason
+from harness.declaration.keys import Storage
 from harness.errors import HarnessError
-from harness.esp import secure_boot_refusal
-from harness.gates import gate
 from harness.guest.reporting import CORE_DUMPS_EXPORT
 from harness.guest.units import MINIMUM_SYSTEMD
-from harness.image import Image, ImageParts
-from harness.journal import keep_journal, unit_excerpt
-from harness.keys import Storage
-from harness.log_dir import CONSOLE_FILE, HOST_TEST_LOG, JOURNAL_EXPORT, check_log_space, clear_logs
-from harness.machine import Backend, Ending, EndingKind, LogFile
-from harness.notify import GuestReport, Notify
-from harness.plan import BootPath, BootPlan, plan_boot
-from harness.record import TIMELINE_FILE, TestRecord
-from harness.results import Outcome, Status, classify
-from harness.secrets import mask_file, mask_text, masked_values
-from harness.subtests import Subtest, subtests_from
-from harness.timeline import decode_timeline, merge_timelines
-from harness.watch import power_off_after, watch
+from harness.host.driven_machine import DrivenMachine, MachineError
+from harness.image.doctor import boot_blockers
+from harness.image.esp import secure_boot_refusal
+from harness.image.parts import Image, ImageParts
+from harness.verdict.gates import gate
+from harness.verdict.journal import keep_journal, unit_excerpt
+from harness.verdict.log_dir import CONSOLE_FILE, HOST_TEST_LOG, JOURNAL_EXPORT, check_log_space, clear_logs
+from harness.verdict.notify import GuestReport, Notify
+from harness.verdict.record import TIMELINE_FILE, TestRecord
+from harness.verdict.results import Outcome, Status, classify
+from harness.verdict.secrets import mask_file, mask_text, masked_values
+from harness.verdict.subtests import Subtest, subtests_from
+from harness.verdict.timeline import decode_timeline, merge_timelines
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +223,8 @@ def drive(
     env: Mapping[str, str],
 ) -> TestRecord:
     """A host-driven test: boot as planned, hand the machine to the test's pytest file,
-    and take its steps as the subtests (harness/host_test.py)."""
-    from harness.host_test import host_outcome, run_host_test
+    and take its steps as the subtests (harness/host/pytest_run.py)."""
+    from harness.host.pytest_run import host_outcome, run_host_test
 
     secrets = masked_values(decl)
     with backend.boot(plan, ctx.log_dir) as machine:

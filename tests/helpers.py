@@ -1,7 +1,7 @@
 """Building declarations the way meson's arguments do, for tests."""
 
-from harness import declaration_file
-from harness.declaration import TestDeclaration
+from harness.declaration import file as declaration_file
+from harness.declaration.declaration import TestDeclaration
 
 
 def options(*args: str, name: str = "TEST-99-UNIT", test_dir: str = "/nonexistent/TEST-99-UNIT"):

@@ -11,7 +11,7 @@ import uuid
 import zlib
 from pathlib import Path
 
-from harness.disk import ESP_TYPE, ROOT_PARTITION_TYPES
+from harness.image.disk import ESP_TYPE, ROOT_PARTITION_TYPES
 
 MIB = 1 << 20
 EM_X86_64 = 62
@@ -106,7 +106,7 @@ def write_bootable_image(directory: Path, sector: int) -> Path:
     subprocess.run(["mcopy", "-i", str(esp), str(uki), "::/EFI/Linux/image.efi"], check=True)
     tree = directory / "root"
     (tree / "etc" / "systemd" / "system").mkdir(parents=True)
-    # what harness.rootfs looks for: systemd (new enough for no generator) as PID 1
+    # what harness.image.rootfs looks for: systemd (new enough for no generator) as PID 1
     (tree / "usr" / "lib" / "systemd").mkdir(parents=True)
     (tree / "usr" / "lib" / "systemd" / "libsystemd-shared-257.so").write_bytes(b"")
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(root), f"{root_size // 1024}k"], check=True)

@@ -85,7 +85,7 @@ def test_the_notify_keys_are_spelled_out_in_one_module():
         for p in HARNESS.rglob("*")
         if p.is_file()
         and p.suffix != ".sh"
-        and p != HARNESS / "notify.py"
+        and p != HARNESS / "verdict" / "notify.py"
         and "__pycache__" not in p.parts
         and "X_HARNESS_" in p.read_text(errors="replace")
     ]

@@ -13,8 +13,8 @@ from harness.backends.autokit.controls import BoardControls
 from harness.backends.autokit.virtual_worker import VirtualWorker
 from harness.backends.autokit.worker_api import make_handler
 from harness.backends.fake import FakeGuest
-from harness.driven import DrivenMachine, MachineError
 from harness.guest.units import CONSOLE_CONTROL, CONTROL_UNIT, VIRTIO_CONTROL, control_credentials
+from harness.host.driven_machine import DrivenMachine, MachineError
 from tests.stub_worker import StubWorker
 
 NOISE = b"[   12.345678] EXT4-fs (vda2): re-mounted. Quota mode: none.\r\n"

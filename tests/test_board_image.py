@@ -6,11 +6,11 @@ import subprocess
 import pytest
 from images import write_bootable_image, write_image
 
-from harness.board_image import build_board_image
-from harness.credential import Credential
-from harness.disk import ESP_TYPE, ROOT_PARTITION_TYPES, read_gpt
+from harness.backends.board.image import build_board_image
+from harness.declaration.credential import Credential
 from harness.errors import HarnessError
-from harness.esp import ENTRY_NAME, pe_section
+from harness.image.disk import ESP_TYPE, ROOT_PARTITION_TYPES, read_gpt
+from harness.image.esp import ENTRY_NAME, pe_section
 
 
 def partition_offsets(image):
@@ -73,8 +73,8 @@ def test_a_truncated_pe_has_no_sections():
 
 
 def test_the_boot_esp_is_a_gpt_disk_firmware_accepts(tmp_path):
-    from harness.disk import gpt_problem
-    from harness.esp import ESP_START, write_boot_esp
+    from harness.image.disk import gpt_problem
+    from harness.image.esp import ESP_START, write_boot_esp
 
     (tmp_path / "BOOTX64.EFI").write_bytes(b"MZ systemd-boot")
     (tmp_path / "image.efi").write_bytes(b"MZ a UKI" * 1000)
@@ -99,8 +99,8 @@ def test_a_uefi_image_without_its_boot_loader_is_refused_before_booting(tmp_path
     from images import write_split_artifacts
 
     from harness.backends.qemu.firmware import resolve_firmware
-    from harness.image import Image
-    from harness.keys import Firmware
+    from harness.declaration.keys import Firmware
+    from harness.image.parts import Image
 
     shared = write_bootable_image(tmp_path / "image", 512)
     write_split_artifacts(tmp_path / "image")

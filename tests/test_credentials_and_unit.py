@@ -11,7 +11,7 @@ from harness.backends.qemu.credentials import (
     smbios_args,
     smbios_credential,
 )
-from harness.credential import Credential
+from harness.declaration.credential import Credential
 from harness.guest.units import guest_credentials, render_test_unit
 
 

@@ -5,11 +5,11 @@ import pytest
 from helpers import declaration
 
 from harness.__main__ import main
-from harness.credential import Credential
-from harness.declaration import skip_reason
+from harness.declaration.credential import Credential
+from harness.declaration.declaration import skip_reason
+from harness.declaration.keys import KEYS, key_table
 from harness.errors import DeclarationError
-from harness.keys import KEYS, key_table
-from harness.results import EXIT_ERROR
+from harness.verdict.results import EXIT_ERROR
 
 ROOT = Path(__file__).resolve().parent.parent
 

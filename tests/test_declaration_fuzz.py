@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import declaration, declaration_file
+from harness.declaration import declaration
+from harness.declaration import file as declaration_file
+from harness.declaration.keys import KEYS
 from harness.errors import DeclarationError
-from harness.keys import KEYS
 
 SEED = 20261203
 CASES = 2500

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from e2e import meson_project
 
-from harness import declaration_file
+from harness.declaration import file as declaration_file
 
 pytestmark = pytest.mark.vm
 

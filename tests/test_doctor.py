@@ -14,10 +14,10 @@ from images import gpt
 from test_own_images import ROOT, bzimage, debian_initrd, mbr_disk
 from test_rootfs import FS_SIZE, OFFSET, disk, usrmerge
 
-from harness.disk import LINUX_FILESYSTEM
-from harness.doctor import Verdict, boot_blockers, check, report
 from harness.errors import HarnessError
-from harness.image import Image, ImageParts
+from harness.image.disk import LINUX_FILESYSTEM
+from harness.image.doctor import Verdict, boot_blockers, check, report
+from harness.image.parts import Image, ImageParts
 
 SECTOR = 512
 
@@ -127,7 +127,7 @@ def test_systemd_older_than_252_in_the_root_is_refused(tmp_path):
 
 
 def test_an_esp_without_a_uki_cannot_carry_the_command_line(tmp_path):
-    from harness.disk import ESP_TYPE
+    from harness.image.disk import ESP_TYPE
 
     path = tmp_path / "cloud.img"
     path.write_bytes(

@@ -10,10 +10,10 @@ import tarfile
 import pytest
 from helpers import declaration
 
+from harness.declaration.extra_tree import TREES_LIMIT
 from harness.errors import DeclarationError
-from harness.extra_tree import TREES_LIMIT
 from harness.guest.units import guest_credentials, render_test_unit
-from harness.secrets import masked_values
+from harness.verdict.secrets import masked_values
 
 
 @pytest.fixture

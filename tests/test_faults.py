@@ -53,15 +53,15 @@ from harness.backends.qemu import firmware
 from harness.backends.qemu.backend import QemuBackend
 from harness.backends.qemu.command import RunFiles
 from harness.backends.qemu.machine import QemuMachine, sweep_orphans
+from harness.boot.machine import Ending, EndingKind
+from harness.boot.plan import console_limit
+from harness.boot.watch import watch
+from harness.declaration.keys import Firmware
 from harness.errors import HarnessError, LogDirBusy
-from harness.image import Image
-from harness.keys import Firmware
-from harness.log_dir import owning_log_dir
-from harness.machine import Ending, EndingKind
-from harness.notify import GuestReport
-from harness.plan import console_limit
-from harness.results import Status, classify
-from harness.watch import watch
+from harness.image.parts import Image
+from harness.verdict.log_dir import owning_log_dir
+from harness.verdict.notify import GuestReport
+from harness.verdict.results import Status, classify
 from harness.wrapper import RunContext
 
 ENV = {"HARNESS_ACCEL": "tcg"}

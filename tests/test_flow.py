@@ -9,12 +9,12 @@ from helpers import declaration
 from images import write_image
 
 from harness.backends.fake import FakeBackend, Script, guest_said, passing
+from harness.boot.machine import Ending, EndingKind
+from harness.boot.plan import BootPath
 from harness.errors import HarnessError
-from harness.machine import Ending, EndingKind
-from harness.plan import BootPath
 from harness.report.tap import tap_lines
 from harness.report.text import describe
-from harness.results import EXIT_ERROR, Status
+from harness.verdict.results import EXIT_ERROR, Status
 from harness.wrapper import RunContext, run_test
 
 ENV = {"HARNESS_ACCEL": "tcg"}  # no probing of the host's /dev/kvm

@@ -1,4 +1,4 @@
-"""The gates after the verdict (harness/gates.py): kernel trouble on the console fails a
+"""The gates after the verdict (harness/verdict/gates.py): kernel trouble on the console fails a
 test that passed, naming the line; nothing else does."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from helpers import declaration
 
-from harness.gates import gate, kernel_trouble
-from harness.results import Outcome, Status
+from harness.verdict.gates import gate, kernel_trouble
+from harness.verdict.results import Outcome, Status
 
 PASSED = Outcome(Status.PASS, "TEST-99-UNIT exited with the expected status 123")
 

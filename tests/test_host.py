@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from harness.accel import Acceleration, cpu_flags, kvm_usable, running_vms, vcpus_for
 from harness.backends.qemu.command import resolve_machine_alias
 from harness.backends.qemu.firmware import select_ovmf
+from harness.boot.accel import Acceleration, cpu_flags, kvm_usable, running_vms, vcpus_for
 
 
 def descriptor(features, arch="x86_64", machines=("pc-q35-*",), interfaces=("uefi",), code="/c.fd"):

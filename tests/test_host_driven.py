@@ -12,12 +12,12 @@ import pytest
 from helpers import declaration
 from images import write_image
 
-import harness.host_test
+import harness.host.pytest_run
 from harness.backends.fake import FakeBackend, FakeGuest, Script
-from harness.driven import DrivenMachine, MachineError
 from harness.errors import DeclarationError
+from harness.host.driven_machine import DrivenMachine, MachineError
 from harness.report.tap import tap_lines
-from harness.results import Status
+from harness.verdict.results import Status
 from harness.wrapper import RunContext, run_test
 
 ENV = {"HARNESS_ACCEL": "tcg"}
@@ -261,7 +261,7 @@ def test_an_interrupt_that_pytest_turns_into_its_own_error_is_still_an_interrupt
         except KeyboardInterrupt:  # as pytest 8 did once, interrupted while importing a plugin
             raise TypeError("unsupported operand type(s) for -: 'NoneType' and 'int'") from None
 
-    monkeypatch.setattr(harness.host_test, "_pytest", pytest_breaks_on_interrupt)
+    monkeypatch.setattr(harness.host.pytest_run, "_pytest", pytest_breaks_on_interrupt)
     with pytest.raises(KeyboardInterrupt):
         host_test(tmp_path, image, "def test_x(machine):\n    pass\n")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handler is put back"

@@ -5,10 +5,10 @@ import pytest
 import zstandard
 from images import cpio, elf, gpt, write_image, write_initrd_with_modules
 
-from harness.disk import ESP_TYPE, ROOT_PARTITION_TYPES, read_gpt
 from harness.errors import HarnessError
-from harness.image import Image
-from harness.initrd import cpio_files, elf_architecture, initrd_facts
+from harness.image.disk import ESP_TYPE, ROOT_PARTITION_TYPES, read_gpt
+from harness.image.initrd import cpio_files, elf_architecture, initrd_facts
+from harness.image.parts import Image
 
 
 @pytest.mark.parametrize("sector", [512, 4096])
@@ -124,7 +124,7 @@ def test_an_initrd_without_modules_builtin_tells_no_drivers(tmp_path):
 
 def test_linux_noinitrd_boots_with_the_initrd_where_the_kernel_has_the_drivers_as_modules(tmp_path, caplog):
     from harness.backends.qemu.backend import QemuBackend
-    from harness.keys import Firmware
+    from harness.declaration.keys import Firmware
 
     write_image(tmp_path)
     write_initrd_with_modules(tmp_path, ["block/virtio_blk"], ["virtio/virtio-pci", "char/virtio_console"])
@@ -140,13 +140,13 @@ def test_linux_noinitrd_boots_with_the_initrd_where_the_kernel_has_the_drivers_a
 
 
 def test_the_initrds_facts_are_kept_beside_it_until_it_changes(tmp_path, monkeypatch):
-    import harness.initrd
+    import harness.image.initrd
 
     write_image(tmp_path)
     write_initrd_with_modules(tmp_path, ["block/virtio_blk"], ["char/virtio_console"])
     first = Image.open(tmp_path / "image.raw")
     assert (tmp_path / ".image.initrd.harness-facts.json").is_file()
-    monkeypatch.setattr(harness.initrd, "initrd_facts", lambda _: pytest.fail("read the initrd again"))
+    monkeypatch.setattr(harness.image.initrd, "initrd_facts", lambda _: pytest.fail("read the initrd again"))
     assert Image.open(tmp_path / "image.raw") == first
     monkeypatch.undo()
     (tmp_path / "image.initrd").unlink()  # a rebuild: a new file

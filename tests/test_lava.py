@@ -23,13 +23,13 @@ from harness.backends.lava.backend import (
     queue_limit,
 )
 from harness.backends.lava.client import JobState, LabError, LavaClient, LogLine
+from harness.boot.machine import EndingKind
+from harness.boot.plan import CONSOLE_LIMIT
+from harness.boot.watch import power_off_after, watch
 from harness.errors import HarnessError
 from harness.guest.reporting import CONSOLE_CHANNEL
 from harness.guest.units import render_test_unit
-from harness.machine import EndingKind
-from harness.plan import CONSOLE_LIMIT
-from harness.results import Status, classify
-from harness.watch import power_off_after, watch
+from harness.verdict.results import Status, classify
 
 URL = "http://lava.invalid"
 

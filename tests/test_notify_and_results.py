@@ -1,8 +1,8 @@
 import pytest
 
-from harness.machine import Ending
-from harness.notify import GuestReport, console_notify_lines, derive_exit_status, parse_notify
-from harness.results import classify
+from harness.boot.machine import Ending
+from harness.verdict.notify import GuestReport, console_notify_lines, derive_exit_status, parse_notify
+from harness.verdict.results import classify
 
 
 def test_parse_notify_keeps_order_and_skips_junk():

@@ -14,10 +14,10 @@ import pytest
 import zstandard
 from images import cpio, gpt, initrd_core, write_image
 
-from harness.disk import ESP_TYPE, LINUX_FILESYSTEM, DiskFormat
 from harness.errors import HarnessError
-from harness.image import Image, ImageParts
-from harness.initrd import initrd_facts, kernel_architecture
+from harness.image.disk import ESP_TYPE, LINUX_FILESYSTEM, DiskFormat
+from harness.image.initrd import initrd_facts, kernel_architecture
+from harness.image.parts import Image, ImageParts
 
 ROOT = uuid.UUID("6f0b1c2a-0000-4000-8000-000000000001")
 
@@ -147,7 +147,7 @@ def test_another_format_is_refused_with_the_conversion(tmp_path):
 
 def test_no_initrd_boots_the_kernel_alone_and_the_kernel_tells_the_architecture(tmp_path, caplog):
     from harness.backends.qemu.backend import QemuBackend
-    from harness.keys import Firmware
+    from harness.declaration.keys import Firmware
 
     caplog.set_level("INFO")
     disk = generic_root_disk(tmp_path / "disk.img")
@@ -218,7 +218,7 @@ def test_an_esp_in_a_gpt_with_a_generic_root(tmp_path):
 
 
 def test_mkosis_output_directory_gives_its_one_disk_even_with_an_image_version(tmp_path):
-    from harness.image import disk_path
+    from harness.image.parts import disk_path
 
     write_image(tmp_path)
     (tmp_path / "image.raw").rename(tmp_path / "image_1.2.raw")
@@ -232,7 +232,7 @@ def test_mkosis_output_directory_gives_its_one_disk_even_with_an_image_version(t
 def test_a_hand_run_is_told_its_own_command_to_rerun(tmp_path):
     from helpers import declaration
 
-    from harness.results import Outcome, Status
+    from harness.verdict.results import Outcome, Status
     from harness.wrapper import RunContext
 
     decl = declaration(name="TEST-90-HAND")
@@ -246,11 +246,11 @@ def test_a_hand_run_is_told_its_own_command_to_rerun(tmp_path):
 
 
 def test_systemd_tests_from_an_installed_package_say_they_need_a_checkout(tmp_path, monkeypatch):
-    import harness.systemd_tests
+    import harness.project.systemd_tests
 
-    monkeypatch.setattr(harness.systemd_tests, "ROOT", tmp_path)
+    monkeypatch.setattr(harness.project.systemd_tests, "ROOT", tmp_path)
     with pytest.raises(HarnessError, match="are laid out from a checkout of os-harness") as e:
-        harness.systemd_tests._download("trixie", tmp_path / "apt", tmp_path / "src")
+        harness.project.systemd_tests._download("trixie", tmp_path / "apt", tmp_path / "src")
     assert "clone of os-harness" in e.value.fix
 
 

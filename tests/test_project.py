@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.project import GLUE_DIR, GLUE_VERSION, HARNESS_OWNED, check_glue, init
+from harness.project.repository import GLUE_DIR, GLUE_VERSION, HARNESS_OWNED, check_glue, init
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,7 +109,7 @@ def test_a_repository_with_no_test_yet_sets_up(tmp_path):
 
 
 def test_init_into_a_repository_with_its_own_meson_files_says_what_to_add(tmp_path):
-    from harness.project import missing_glue
+    from harness.project.repository import missing_glue
 
     repo = tmp_path / "my-os"
     repo.mkdir()

@@ -4,16 +4,16 @@ from pathlib import Path
 import pytest
 from helpers import declaration
 
-from harness.accel import Acceleration
 from harness.backends.qemu.command import RunFiles, VmConfig, kernel_cmdline, qemu_command
 from harness.backends.qemu.firmware import Ovmf
 from harness.backends.qemu.snapshot import plan_snapshot_config, resumed_config, snapshot_config
 from harness.backends.qemu.snapshot_store import SHAPE, Snapshot, snapshot_machine_id
-from harness.credential import Credential
-from harness.disk import ESP_TYPE, DiskPartition
-from harness.image import Image
-from harness.keys import Firmware, Storage
-from harness.plan import BootPlan, harness_cmdline, machine_shape, resume_blocker
+from harness.boot.accel import Acceleration
+from harness.boot.plan import BootPlan, harness_cmdline, machine_shape, resume_blocker
+from harness.declaration.credential import Credential
+from harness.declaration.keys import Firmware, Storage
+from harness.image.disk import ESP_TYPE, DiskPartition
+from harness.image.parts import Image
 
 ROOT = uuid.UUID("8ce23b7e-642d-4dbe-827e-8b2ffc70816e")
 

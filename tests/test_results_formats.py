@@ -11,14 +11,14 @@ from pathlib import Path
 from helpers import declaration
 
 from harness.guest.units import TESTCASES_LIBRARY
-from harness.journal import read_export, unit_excerpt
-from harness.notify import GuestReport
-from harness.record import TestRecord
 from harness.report.html import records_of_run, render_html, summary, update_run_report
 from harness.report.tap import tap_lines
 from harness.report.timeline_chart import timeline_svg
-from harness.subtests import Subtest, subtests_from
-from harness.timeline import decode_timeline, parse_systemctl_show
+from harness.verdict.journal import read_export, unit_excerpt
+from harness.verdict.notify import GuestReport
+from harness.verdict.record import TestRecord
+from harness.verdict.subtests import Subtest, subtests_from
+from harness.verdict.timeline import decode_timeline, parse_systemctl_show
 
 
 def record(**kw) -> TestRecord:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-import harness.debugfs
-import harness.rootfs
+import harness.image.debugfs
+import harness.image.rootfs
 from harness.errors import HarnessError
-from harness.rootfs import GUEST_TOOLS, RootFacts, known_root_facts, root_facts
+from harness.image.rootfs import GUEST_TOOLS, RootFacts, known_root_facts, root_facts
 
 MIB = 1 << 20
 OFFSET = MIB  # where the filesystem starts in the disk, as after a GPT
@@ -254,7 +254,7 @@ def test_without_debugfs(tmp_path, monkeypatch):
 def test_a_debugfs_that_hangs_is_given_up(tmp_path, monkeypatch):
     path = disk(tmp_path, usrmerge(tmp_path / "tree"))
     fake_tools(tmp_path, monkeypatch, debugfs=f"exec {shutil.which('sleep')} 10")
-    monkeypatch.setattr(harness.debugfs, "TIMEOUT", 0.3)
+    monkeypatch.setattr(harness.image.debugfs, "TIMEOUT", 0.3)
     facts = root_facts(path, OFFSET, FS_SIZE)
     assert not facts.readable and facts.reason.endswith("debugfs did not finish within 0.3 s")
 
@@ -273,7 +273,7 @@ def test_the_facts_are_kept_beside_the_disk_until_it_changes(tmp_path, monkeypat
     first = known_root_facts(path, OFFSET, FS_SIZE)
     assert cache_of(path).is_file() and first.systemd_version == 252
     read = []
-    monkeypatch.setattr(harness.rootfs, "root_facts", lambda *a: read.append(a) or first)
+    monkeypatch.setattr(harness.image.rootfs, "root_facts", lambda *a: read.append(a) or first)
     assert known_root_facts(path, OFFSET, FS_SIZE) == first and read == []
     with path.open("ab") as f:  # another disk: a byte longer (its times may not change as fast)
         f.write(b"\0")
@@ -292,8 +292,12 @@ def test_facts_are_read_every_time_where_they_cannot_be_kept(tmp_path):
 def test_every_guest_tool_is_one_the_guest_side_runs():
     # Each name is a word of the guest's scripts or of the modules writing its commands,
     # so that the list follows them: a tool none of them runs any longer is dropped.
-    root = Path(harness.rootfs.__file__).parent
-    sources = [*(root / "guest").iterdir(), root / "extra_tree.py", root / "driven.py"]
+    root = Path(harness.image.rootfs.__file__).parent.parent
+    sources = [
+        *(root / "guest").iterdir(),
+        root / "declaration" / "extra_tree.py",
+        root / "host" / "driven_machine.py",
+    ]
     sources.append(root / "backends" / "qemu" / "agent.py")
     text = "\n".join(p.read_text() for p in sources if p.is_file())
     assert [t for t in GUEST_TOOLS if not re.search(rf"(^|[\s;|&({{'\"/=]){t}\b", text, re.MULTILINE)] == []

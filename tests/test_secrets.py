@@ -6,13 +6,13 @@ import pytest
 from helpers import declaration
 from images import write_image
 
-from harness import declaration_file
 from harness.__main__ import main
 from harness.backends.fake import FakeBackend, Script, guest_said
-from harness.credential import Credential
+from harness.declaration import file as declaration_file
+from harness.declaration.credential import Credential
 from harness.errors import DeclarationError
-from harness.results import Status
-from harness.secrets import mask_bytes, masked_values
+from harness.verdict.results import Status
+from harness.verdict.secrets import mask_bytes, masked_values
 from harness.wrapper import RunContext, run_test
 
 TOKEN = "s3cr3t-t0ken-value"

@@ -16,9 +16,9 @@ from harness.backends.fake import FakeBackend, passing
 from harness.backends.qemu.command import qemu_command
 from harness.backends.qemu.firmware import Ovmf, secure_boot_vars
 from harness.errors import HarnessError
-from harness.esp import pe_signed, secure_boot_refusal
-from harness.image import Image
-from harness.results import Status
+from harness.image.esp import pe_signed, secure_boot_refusal
+from harness.image.parts import Image
+from harness.verdict.results import Status
 from harness.wrapper import RunContext, run_test
 
 PE_AT = 0x80

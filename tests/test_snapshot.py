@@ -18,8 +18,8 @@ from harness.backends.qemu.snapshot_store import (
     shared_snapshot,
     snapshot_key,
 )
-from harness.credential import Credential
-from harness.plan import BootPath, resume_blocker
+from harness.boot.plan import BootPath, resume_blocker
+from harness.declaration.credential import Credential
 
 
 def fake_make(dest: Path) -> None:
@@ -217,7 +217,7 @@ def test_the_test_waits_for_the_clock_only_while_a_resumed_guest_sets_it(tmp_pat
 
 
 def test_a_resumed_tests_timeline_is_the_snapshots_boot_and_its_own_unit():
-    from harness.timeline import merge_timelines, parse_systemctl_show
+    from harness.verdict.timeline import merge_timelines, parse_systemctl_show
 
     boot = (
         "InitRDTimestampMonotonic=1000000\nUserspaceTimestampMonotonic=9000000\nUptimeSeconds=20.0\n\n"
@@ -263,7 +263,7 @@ def test_the_agent_is_connected_to_once_qemu_listens_not_when_its_socket_appears
     import types
 
     from harness.backends.qemu.snapshot import connect_agent
-    from harness.watch import Deadline
+    from harness.boot.watch import Deadline
 
     path = tmp_path / "agent.sock"
     server = socket.socket(socket.AF_UNIX)

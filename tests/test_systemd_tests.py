@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from harness.errors import HarnessError
-from harness.systemd_tests import TEST_CONTROL, _lay_out, _unpack
+from harness.project.systemd_tests import TEST_CONTROL, _lay_out, _unpack
 
 FILES = {
     "systemd-257.9/test/units/TEST-22-TMPFILES.sh": "#!/bin/bash\nrun_subtests\n",

@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from harness.backends.qemu.vsock import VsockNotifyListener
-from harness.notify import GuestReport
+from harness.verdict.notify import GuestReport
 
 VMADDR_CID_LOCAL = 1
 

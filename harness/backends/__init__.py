@@ -1,5 +1,5 @@
 """The machines a test can run on, one subpackage each, all behind the `Backend` protocol
-of harness.machine: `qemu` boots VMs on this host, `autokit` drives a board through an
+of harness.boot.machine: `qemu` boots VMs on this host, `autokit` drives a board through an
 autokit worker, `lava` submits jobs to a LAVA lab, `fake` scripts an ending for the unit
 tests of the flow.
 
@@ -14,9 +14,9 @@ from collections.abc import Mapping
 
 import attrs
 
+from harness.boot.machine import Backend
+from harness.declaration.small_file import NotRegularFile, read_small_file
 from harness.errors import HarnessError
-from harness.machine import Backend
-from harness.small_file import NotRegularFile, read_small_file
 
 
 class BackendName(enum.StrEnum):

@@ -25,15 +25,15 @@ from typing import Any
 
 import attrs
 
-from harness.declaration import TestDeclaration
-from harness.driven import BOOT_ID_COMMAND
+from harness.boot.machine import Ending, EndingKind, LogFile, Look, WatchRules
+from harness.boot.plan import BootPath, BootPlan
+from harness.declaration.declaration import TestDeclaration
+from harness.declaration.keys import Firmware
 from harness.guest.reporting import CORE_DUMPS_EXPORT, VIRTIO_CHANNEL
 from harness.guest.units import VIRTIO_CONTROL
-from harness.image import Image
-from harness.keys import Firmware
-from harness.machine import Ending, EndingKind, LogFile, Look, WatchRules
-from harness.notify import GuestReport
-from harness.plan import BootPath, BootPlan
+from harness.host.driven_machine import BOOT_ID_COMMAND
+from harness.image.parts import Image
+from harness.verdict.notify import GuestReport
 
 FAKE_FEATURES = frozenset({"dut", "serial"})
 

@@ -14,10 +14,10 @@ import re
 
 import attrs
 
-from harness.declaration import SKIP_EXIT
-from harness.journal import COREDUMP_MESSAGE_ID
-from harness.notify import Notify
-from harness.timeline import TIMELINE_MANAGER_PROPERTIES, TIMELINE_UNIT_PROPERTIES
+from harness.declaration.declaration import SKIP_EXIT
+from harness.verdict.journal import COREDUMP_MESSAGE_ID
+from harness.verdict.notify import Notify
+from harness.verdict.timeline import TIMELINE_MANAGER_PROPERTIES, TIMELINE_UNIT_PROPERTIES
 
 NOTIFY_PORT = "io.harness.notify"
 JOURNAL_PORT = "io.harness.journal"
@@ -115,7 +115,7 @@ def send_journal(unit_name: str, whole_journal: bool) -> str:
     # always), else only the test unit's part, which is what the report shows (exporting
     # the whole journal costs seconds under emulation).
     # A passed test sends its unit's part and every core dump's message (the host fails a
-    # test during which a process dumped core: harness/gates.py), once systemd-coredump
+    # test during which a process dumped core: harness/verdict/gates.py), once systemd-coredump
     # has written them (up to 20 s: it makes the stack trace first).
     # One journalctl for both: the matches are journalctl -u's, with every core dump's.
     export = "journalctl -o export"

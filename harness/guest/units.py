@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from harness.credential import Credential
-from harness.declaration import RESERVED_CREDENTIAL, TestDeclaration
-from harness.extra_tree import TREES_CREDENTIAL
+from harness.declaration.credential import Credential
+from harness.declaration.declaration import RESERVED_CREDENTIAL, TestDeclaration
+from harness.declaration.extra_tree import TREES_CREDENTIAL
 from harness.guest.reporting import (
     VIRTIO_CHANNEL,
     ReportChannel,
@@ -24,8 +24,8 @@ from harness.guest.reporting import (
     start_lines,
     verdict_line,
 )
-from harness.notify import Notify
-from harness.timeline import TIMELINE_MANAGER_PROPERTIES, TIMELINE_UNIT_PROPERTIES
+from harness.verdict.notify import Notify
+from harness.verdict.timeline import TIMELINE_MANAGER_PROPERTIES, TIMELINE_UNIT_PROPERTIES
 
 # What the guest's systemd must have: credentials imported from SMBIOS and fw_cfg (252).
 # The test unit arrives as a systemd.extra-unit.* credential, which systemd reads itself

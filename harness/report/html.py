@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from harness.record import RESULT_FILE, TIMELINE_FILE, TestRecord
 from harness.report.timeline_chart import timeline_svg
-from harness.timeline import parse_systemctl_show
+from harness.verdict.record import RESULT_FILE, TIMELINE_FILE, TestRecord
+from harness.verdict.timeline import parse_systemctl_show
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from harness.record import TestRecord
-from harness.results import Status
+from harness.verdict.record import TestRecord
+from harness.verdict.results import Status
 
 
 def _yaml_string(text: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.record import TestRecord
+from harness.verdict.record import TestRecord
 
 
 def describe(record: TestRecord) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 
-from harness.timeline import Timeline
+from harness.verdict.timeline import Timeline
 
 ROW = 16
 LABEL_WIDTH = 300

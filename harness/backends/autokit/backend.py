@@ -16,17 +16,17 @@ from pathlib import Path
 
 from harness.backends.autokit.client import WorkerClient, WorkerError
 from harness.backends.autokit.controls import BoardControls
-from harness.board_console import BoardConsole
-from harness.board_image import plan_board_image
-from harness.declaration import TestDeclaration
-from harness.driven import Controls
+from harness.backends.board.console import BoardConsole
+from harness.backends.board.image import plan_board_image
+from harness.boot.machine import LogFile, Look, WatchRules
+from harness.boot.plan import CONSOLE_LIMIT, BootPath, BootPlan
+from harness.declaration.declaration import TestDeclaration
+from harness.declaration.keys import Firmware
 from harness.guest.reporting import CONSOLE_CHANNEL
 from harness.guest.units import CONSOLE_CONTROL
-from harness.image import Image
-from harness.keys import Firmware
-from harness.machine import LogFile, Look, WatchRules
-from harness.notify import GuestReport
-from harness.plan import CONSOLE_LIMIT, BootPath, BootPlan
+from harness.host.driven_machine import Controls
+from harness.image.parts import Image
+from harness.verdict.notify import GuestReport
 
 SERIAL_POLL = 2.0
 FRAMES_FILE = "frames.tar.gz"  # the screen capture's frames, where the worker has one

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends.autokit.client import WorkerClient, WorkerError
-from harness.driven import MachineError
+from harness.host.driven_machine import MachineError
 
 SERIAL_POLL = 0.2  # s between reads of the serial log while a call waits for an answer
 

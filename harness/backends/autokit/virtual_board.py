@@ -20,7 +20,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from harness.accel import detect, vcpus_now
 from harness.backends.qemu.command import (
     MACHINES,
     disk_args,
@@ -32,7 +31,8 @@ from harness.backends.qemu.command import (
 from harness.backends.qemu.controls import connect
 from harness.backends.qemu.firmware import copy_nvram, find_ovmf
 from harness.backends.qemu.machine import die_with_parent
-from harness.driven import MachineError
+from harness.boot.accel import detect, vcpus_now
+from harness.host.driven_machine import MachineError
 
 ARCH = "x86_64"  # the board's
 EXEC_QUIET = 0.2  # s: the output of a typed line has ended when the console is this quiet

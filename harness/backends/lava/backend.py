@@ -23,21 +23,21 @@ from pathlib import Path
 
 import attrs
 
+from harness.backends.board.console import BoardConsole
+from harness.backends.board.image import plan_board_image
 from harness.backends.lava.client import CANCELED, COMPLETE, JobState, LabError, LavaClient
 from harness.backends.lava.job import job_definition
-from harness.board_console import BoardConsole
-from harness.board_image import plan_board_image
-from harness.declaration import TestDeclaration
-from harness.driven import Controls
+from harness.boot.machine import Ending, EndingKind, LogFile, Look, WatchRules
+from harness.boot.plan import CONSOLE_LIMIT, BootPath, BootPlan, plan_boot
+from harness.boot.watch import Deadline
+from harness.declaration.declaration import TestDeclaration
+from harness.declaration.keys import Firmware
 from harness.errors import HarnessError
 from harness.guest.reporting import CONSOLE_CHANNEL
 from harness.guest.units import CONSOLE_CONTROL
-from harness.image import Image, ImageParts
-from harness.keys import Firmware
-from harness.machine import Ending, EndingKind, LogFile, Look, WatchRules
-from harness.notify import GuestReport
-from harness.plan import CONSOLE_LIMIT, BootPath, BootPlan, plan_boot
-from harness.watch import Deadline
+from harness.host.driven_machine import Controls
+from harness.image.parts import Image, ImageParts
+from harness.verdict.notify import GuestReport
 
 log = logging.getLogger(__name__)
 

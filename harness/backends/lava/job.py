@@ -1,7 +1,7 @@
 """The LAVA job definition of one test: deploy its board image, boot it, and watch the
 console with LAVA's monitor test action.
 
-The image is the per-test board image (harness.board_image): the test unit, its
+The image is the per-test board image (harness.backends.board.image): the test unit, its
 credentials and its kernel command line are inside it, so the job itself carries no
 secret and needs no login or shell on the device. The monitor starts at the test unit's
 first report line and ends at the guest's last; every subtest line and the guest's
@@ -19,7 +19,7 @@ import math
 import yaml
 
 from harness.guest.reporting import CONSOLE_CHANNEL
-from harness.notify import Notify
+from harness.verdict.notify import Notify
 
 DEPLOY_TIMEOUT = 600  # s: the dispatcher fetches and copies the image (~900 MB here)
 BOOT_TIMEOUT = 120  # s: to start the device; the boot itself is the test's time

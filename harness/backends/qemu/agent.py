@@ -12,11 +12,11 @@ import shlex
 import time
 
 from harness.backends.qemu.snapshot_store import HARNESS_DIR
-from harness.credential import Credential
+from harness.boot.plan import BootPlan
+from harness.declaration.credential import Credential
 from harness.errors import HarnessError
 from harness.guest.reporting import RESUMED_MARK
 from harness.guest.units import CONTROL_CREDENTIAL, CONTROL_UNIT, control_credentials, timeline_script
-from harness.plan import BootPlan
 
 AGENT_UNIT = "harness-agent.service"
 AGENT_CREDENTIAL = "harness.agent"

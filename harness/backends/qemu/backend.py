@@ -19,14 +19,14 @@ from harness.backends.qemu.firmware import resolve_firmware
 from harness.backends.qemu.machine import QemuMachine, make_overlay, private_tmp, running_vm
 from harness.backends.qemu.snapshot import booted_snapshot, resumed_vm
 from harness.backends.qemu.snapshot_store import SnapshotUnavailable
-from harness.declaration import TestDeclaration
+from harness.boot.machine import LogFile
+from harness.boot.plan import BootPath, BootPlan, resume_blocker
+from harness.declaration.declaration import TestDeclaration
+from harness.declaration.keys import Firmware
 from harness.errors import HarnessError
 from harness.guest.reporting import VIRTIO_CHANNEL
 from harness.guest.units import VIRTIO_CONTROL
-from harness.image import Image
-from harness.keys import Firmware
-from harness.machine import LogFile
-from harness.plan import BootPath, BootPlan, resume_blocker
+from harness.image.parts import Image
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import attrs
 
-from harness.accel import FULL_VCPUS, Acceleration
 from harness.backends.qemu.firmware import Ovmf
-from harness.credential import Credential
+from harness.boot.accel import FULL_VCPUS, Acceleration
+from harness.boot.plan import BootPlan
+from harness.declaration.credential import Credential
+from harness.declaration.keys import Firmware
 from harness.guest.reporting import JOURNAL_PORT, NOTIFY_PORT
 from harness.guest.units import CONTROL_PORT
-from harness.image import Image
-from harness.keys import Firmware
-from harness.plan import BootPlan
+from harness.image.parts import Image
 
 AGENT_PORT = "io.harness.agent"  # the fast path's agent reads its test here (guest/agent.sh)
 

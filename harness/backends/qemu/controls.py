@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends.qemu.machine import QemuMachine, qmp_errors
-from harness.driven import MachineError
+from harness.host.driven_machine import MachineError
 
 CONNECT_TIMEOUT = 10.0  # s QEMU may take to create its sockets
 

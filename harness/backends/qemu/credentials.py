@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from harness.credential import Credential
+from harness.declaration.credential import Credential
 from harness.errors import HarnessError
 
 FW_CFG_NAME_MAX = 55  # QEMU's fw_cfg file names are at most 56 bytes with the NUL.

@@ -18,10 +18,10 @@ from typing import Any
 
 import attrs
 
-from harness.disk import DiskFormat
+from harness.declaration.keys import Firmware
 from harness.errors import HarnessError
-from harness.image import Image
-from harness.keys import Firmware
+from harness.image.disk import DiskFormat
+from harness.image.parts import Image
 
 # A QEMU firmware descriptor (docs/interop/firmware.json), as parsed JSON.
 Descriptor = dict[str, Any]

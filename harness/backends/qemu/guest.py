@@ -12,10 +12,10 @@ from harness.backends.qemu.credentials import (
     smbios_args,
     smbios_credential,
 )
-from harness.credential import Credential
-from harness.disk import DiskFormat
+from harness.declaration.credential import Credential
 from harness.errors import HarnessError
-from harness.esp import STUB_SMBIOS_SINCE, run_tool, uki_cmdline, write_boot_esp
+from harness.image.disk import DiskFormat
+from harness.image.esp import STUB_SMBIOS_SINCE, run_tool, uki_cmdline, write_boot_esp
 
 
 def boot_esp_args(cfg: VmConfig, files: RunFiles, cmdline: tuple[str, ...]) -> list[str]:

@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.accel import FULL_VCPUS, vcpus_now
 from harness.backends.qemu.command import (
     MACHINES,
     QEMU_BINARIES,
@@ -35,12 +34,13 @@ from harness.backends.qemu.command import (
 from harness.backends.qemu.firmware import copy_nvram, find_ovmf
 from harness.backends.qemu.guest import guest_args
 from harness.backends.qemu.vsock import VMADDR_CID_HOST, VsockNotifyListener, reserve_cid, vsock_available
-from harness.credential import Credential
+from harness.boot.accel import FULL_VCPUS, vcpus_now
+from harness.boot.machine import Ending, EndingKind, Look, WatchRules
+from harness.boot.plan import BootPath
+from harness.boot.watch import Deadline
+from harness.declaration.credential import Credential
 from harness.errors import HarnessError
-from harness.machine import Ending, EndingKind, Look, WatchRules
-from harness.notify import GuestReport, read_port_file
-from harness.plan import BootPath
-from harness.watch import Deadline
+from harness.verdict.notify import GuestReport, read_port_file
 
 if TYPE_CHECKING:
     from harness.backends.qemu.controls import VmControls

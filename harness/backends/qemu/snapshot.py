@@ -46,7 +46,6 @@ from typing import Any
 
 import attrs
 
-from harness.accel import Acceleration
 from harness.backends.qemu.agent import AGENT_UNIT, agent_credentials, handed_test
 from harness.backends.qemu.command import (
     MACHINES,
@@ -65,15 +64,16 @@ from harness.backends.qemu.snapshot_store import (
     snapshot_key,
     snapshot_machine_id,
 )
+from harness.boot.accel import Acceleration
+from harness.boot.plan import BootPlan, harness_cmdline, machine_shape
+from harness.boot.watch import Deadline, watch
+from harness.declaration.keys import Firmware, Storage
 from harness.errors import HarnessError
 from harness.guest.reporting import VIRTIO_CHANNEL
 from harness.guest.units import boot_options, emergency_guard
-from harness.image import Image
-from harness.keys import Firmware, Storage
-from harness.notify import Notify
-from harness.plan import BootPlan, harness_cmdline, machine_shape
-from harness.timeline import decode_timeline
-from harness.watch import Deadline, watch
+from harness.image.parts import Image
+from harness.verdict.notify import Notify
+from harness.verdict.timeline import decode_timeline
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The vsock channel of the notify protocol: PID 1 connects to the host once per message
 (credential `vmm.notify_socket=vsock-stream:2:PORT`). Needs /dev/vhost-vsock; without it
-the virtio-serial port carries the same messages (see harness.notify)."""
+the virtio-serial port carries the same messages (see harness.verdict.notify)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import struct
 import threading
 from types import TracebackType
 
-from harness.notify import GuestReport
+from harness.verdict.notify import GuestReport
 
 VHOST_VSOCK_SET_GUEST_CID = 0x4008AF60  # _IOW(VHOST_VIRTIO, 0x60, __u64)
 VMADDR_CID_HOST = 2

@@ -1,0 +1,131 @@
+"""Watching a running machine: the one policy every backend shares.
+
+A test's machine is followed until one of these happens, in this order of precedence:
+it stops by itself (QEMU exits, a lab finishes the job); its console passes the limit
+(it is stopped and console.log cut there: a guest stuck printing must not fill the disk);
+the guest says its last word (a throw-away VM is ended there, without waiting for its
+shutdown); the test unit ends and the machine's grace for winding up passes; the kernel
+panics; the deadline passes. A backend supplies only how to look at its machine
+(`Machine.look`), how to stop it, and its `WatchRules`; the flow calls `watch`.
+
+`Deadline` is the one way the harness waits with a time limit (labgrid's Timeout is the
+model): a point in time, asked whether it has passed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+
+from harness.boot.machine import Ending, EndingKind, Machine
+
+PANIC_MARKERS = (b"Kernel panic - not syncing", b"---[ end Kernel panic")
+
+
+@attrs.frozen
+class Deadline:
+    """A point on the monotonic clock that a wait must not pass; `at` None: never."""
+
+    at: float | None
+
+    @classmethod
+    def after(cls, seconds: float | None) -> Deadline:
+        return cls(None if seconds is None else time.monotonic() + seconds)
+
+    def passed(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
+    def wait_for(self, condition: Callable[[], bool], interval: float) -> bool:
+        """Ask `condition` every `interval` s until it holds (True) or this passes (False)."""
+        while not condition():
+            if self.passed():
+                return False
+            time.sleep(interval)
+        return True
+
+
+def panic_line(console: bytes) -> str | None:
+    """The kernel's panic line, if the console text shows one."""
+    for marker in PANIC_MARKERS:
+        at = console.find(marker)
+        if at >= 0:
+            return console[at:].split(b"\n")[0].decode(errors="replace").strip()
+    return None
+
+
+@attrs.define
+class PanicScan:
+    """Finds a panic line in a console read in pieces; a marker cut between two pieces
+    is found too (the end of the last piece is kept)."""
+
+    tail: bytes = b""
+    found: str | None = None
+
+    def feed(self, new: bytes) -> str | None:
+        if self.found is None and new:
+            text = self.tail + new
+            self.tail = text[-256:]
+            self.found = panic_line(text)
+        return self.found
+
+
+def cut_log(path: Path, limit: int) -> None:
+    """Cut a log the machine no longer writes to `limit` bytes, and say so at its end."""
+    with path.open("r+b") as f:
+        f.truncate(limit)
+        f.seek(0, 2)
+        f.write(f"\n[harness: the log is cut here, at {limit // 2**20} MB; the guest wrote more]\n".encode())
+
+
+def watch(machine: Machine, timeout: float | None, console_limit: int) -> Ending:
+    """Follow `machine` until it ends (see the module's docstring); `timeout` s counted
+    from the first look at which the test's time runs (None: no limit)."""
+    rules = machine.watch_rules
+    scan = PanicScan()
+    deadline: Deadline | None = None
+    winding_up: Deadline | None = None  # from the test unit's end
+    while True:
+        look = machine.look()
+        if look.stopped is not None:
+            return look.stopped
+        if look.written > console_limit:
+            return stop_flood(machine, console_limit)
+        panic = scan.feed(look.console)
+        if rules.end_at_last_word and look.report.said_all:
+            return Ending(
+                EndingKind.EXITED, detail=f"the guest reported everything; {machine.what_it_is} was ended"
+            )
+        if deadline is None and look.started:
+            deadline = Deadline.after(timeout)
+        if look.report.test_ended:
+            # The guest's word is the verdict now: no panic or timeout can change it.
+            winding_up = winding_up or Deadline.after(rules.finish_grace)
+            if winding_up.passed() or (deadline is not None and deadline.passed()):
+                return Ending(EndingKind.EXITED, 0)
+        elif panic:
+            return Ending(EndingKind.PANIC, detail=panic)
+        elif deadline is not None and deadline.passed():
+            return Ending(EndingKind.TIMEOUT)
+        time.sleep(rules.poll)
+
+
+def power_off_after(machine: Machine, ending: Ending) -> None:
+    """A machine that did not stop by itself is powered off once watched: asked nicely
+    at a timeout (its journal may still be flushed), forced after a panic or a flood."""
+    if ending.kind != EndingKind.EXITED:
+        machine.power_off(orderly=ending.kind == EndingKind.TIMEOUT)
+
+
+def stop_flood(machine: Machine, console_limit: int) -> Ending:
+    """Stop a machine whose guest writes more to its console than a log may hold, and
+    cut the log there."""
+    machine.power_off(orderly=False)
+    cut_log(machine.console_log, console_limit)
+    return Ending(
+        EndingKind.CONSOLE_FLOOD,
+        detail=f"the guest wrote more than {console_limit // 2**20} MB to its console "
+        f"(HARNESS_CONSOLE_LIMIT_MB); {machine.what_it_is} was stopped and console.log cut there,",
+    )
