@@ -1,11 +1,9 @@
-"""The integration test harness: one test's run, declare -> plan -> boot -> collect ->
-classify -> report, readable in `wrapper.run_test`.
-
-The core sits at the top of the package: `declaration` (what a test declares), `image`
-and `accel` (what the host and the image allow), `backend` (the protocol every machine
-implements, and the boot plan), `notify`/`subtests`/`journal`/`timeline` (what the guest
-said), `results` (the verdict), `record` (result.json), and `guest/` (the units and
-scripts the guest runs). Around it: `backends/` (the machines: qemu, autokit, fake) and
-`report/` (TAP, the HTML report and JSON summary). The core imports neither; the command
-line (`__main__`) joins them. docs/architecture.md draws the picture.
+"""The integration test harness: one test's run, in stages that `ls harness` lists in
+order: `declaration/` (what a test declares), `image/` (the image under test, read without
+booting it), `boot/` (the plan, the machine protocols, the watch), `verdict/` (what the
+guest said, the verdict, result.json), `host/` (host-driven tests), `report/` (TAP, HTML,
+JSON); `backends/` holds the machines (qemu, autokit, lava, fake), `guest/` what runs
+inside the guest, `project/` a repository of one's own. `wrapper.run_test` reads as the
+whole flow; `__main__` (the command line) is the only module that joins the core, the
+backends and the reports. docs/architecture.md holds the module map.
 """

@@ -5,6 +5,7 @@ the command line (harness/__main__.py) puts them together."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,74 @@ def test_no_module_is_too_long_to_read_whole():
         if (n := len(p.read_text().splitlines())) > 400
     ]
     assert not long
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(HARNESS.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the harness modules it imports (type-only imports included); `from
+    harness.x import y` counts as importing harness.x.y when y is a module."""
+    names = {module_name(p): p for p in HARNESS.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("harness"):
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    found.add(full if full in names else node.module)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name.startswith("harness"))
+        graph[name] = {m for m in found if m in names and m != name}
+    return graph
+
+
+def test_no_import_cycles():
+    """Each module can be read knowing only what it imports: no two modules import each
+    other, however indirectly, and not for type hints either."""
+    graph = import_graph()
+    done: set[str] = set()
+    cycles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycles.append(" -> ".join([*path[path.index(module) :], module]))
+            return
+        if module in done:
+            return
+        for imported in sorted(graph[module]):
+            visit(imported, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert not cycles
+
+
+def mapped_modules(text: str) -> set[str]:
+    """The module paths docs/architecture.md's map names: its tree (an indented code block
+    under "Where things live", two spaces a level) read back into paths."""
+    section = text.split("## Where things live", 1)[1].split("\n## ", 1)[0]
+    stack: list[str] = []
+    paths = set()
+    for line in section.splitlines():
+        match = re.match(r"^    ( *)(\S+)", line)
+        if not match or not match.group(2).endswith(("/", ".py")):
+            continue
+        depth = len(match.group(1)) // 2
+        stack[depth:] = [match.group(2)]
+        if match.group(2).endswith(".py"):
+            paths.add("".join(stack))
+    return paths
+
+
+def test_every_module_is_on_the_map():
+    """docs/architecture.md holds the one module map: every module is on it, and every
+    module it names exists."""
+    mapped = mapped_modules((HARNESS.parent / "docs" / "architecture.md").read_text())
+    actual = {str(p.relative_to(HARNESS.parent)) for p in HARNESS.rglob("*.py") if p.name != "__init__.py"}
+    assert not sorted(actual - mapped), "add them to docs/architecture.md's module map"
+    assert not sorted(mapped - actual), "docs/architecture.md's map names modules that do not exist"

@@ -14,7 +14,7 @@ import enum
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import attrs
 
@@ -23,6 +23,7 @@ from harness.declaration.credential import Credential
 from harness.declaration.declaration import TestDeclaration
 from harness.declaration.keys import BootMode, Firmware, Storage
 from harness.errors import HarnessError
+from harness.guest.reporting import ReportChannel
 from harness.guest.units import (
     IMPORT_CREDENTIAL_SINCE,
     boot_options,
@@ -35,8 +36,20 @@ from harness.guest.units import (
 )
 from harness.image.parts import Image
 
-if TYPE_CHECKING:
-    from harness.boot.machine import Backend
+
+class PlanningBackend(Protocol):
+    """What planning a boot asks of a backend (harness/boot/machine.py's `Backend` has it
+    all): defined here so that the plan needs nothing of the machines it plans for."""
+
+    report_channel: ReportChannel
+    control_device: str
+
+    def firmware(self, declared: Firmware, image: Image) -> Firmware: ...
+
+    def cold_boot_reason(
+        self, decl: TestDeclaration, firmware: Firmware, env: dict[str, str]
+    ) -> str | None: ...
+
 
 # What a console log may hold before the machine is stopped (HARNESS_CONSOLE_LIMIT_MB):
 # a guest stuck printing in a loop must not fill the disk, nor the report that shows it.
@@ -139,7 +152,7 @@ def choose_boot_path(
     decl: TestDeclaration,
     image: Image,
     firmware: Firmware,
-    backend: Backend,
+    backend: PlanningBackend,
     interactive: bool,
     env: dict[str, str],
 ) -> tuple[BootPath, str]:
@@ -158,7 +171,7 @@ def choose_boot_path(
 def plan_boot(
     decl: TestDeclaration,
     image: Image,
-    backend: Backend,
+    backend: PlanningBackend,
     interactive: bool,
     timeout_factor: int | None,
     env: dict[str, str],

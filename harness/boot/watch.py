@@ -8,43 +8,20 @@ shutdown); the test unit ends and the machine's grace for winding up passes; the
 panics; the deadline passes. A backend supplies only how to look at its machine
 (`Machine.look`), how to stop it, and its `WatchRules`; the flow calls `watch`.
 
-`Deadline` is the one way the harness waits with a time limit (labgrid's Timeout is the
-model): a point in time, asked whether it has passed.
+Its limits are `Deadline`s (harness/deadline.py).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import attrs
 
 from harness.boot.machine import Ending, EndingKind, Machine
+from harness.deadline import Deadline
 
 PANIC_MARKERS = (b"Kernel panic - not syncing", b"---[ end Kernel panic")
-
-
-@attrs.frozen
-class Deadline:
-    """A point on the monotonic clock that a wait must not pass; `at` None: never."""
-
-    at: float | None
-
-    @classmethod
-    def after(cls, seconds: float | None) -> Deadline:
-        return cls(None if seconds is None else time.monotonic() + seconds)
-
-    def passed(self) -> bool:
-        return self.at is not None and time.monotonic() >= self.at
-
-    def wait_for(self, condition: Callable[[], bool], interval: float) -> bool:
-        """Ask `condition` every `interval` s until it holds (True) or this passes (False)."""
-        while not condition():
-            if self.passed():
-                return False
-            time.sleep(interval)
-        return True
 
 
 def panic_line(console: bytes) -> str | None:

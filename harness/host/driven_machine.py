@@ -27,6 +27,8 @@ from typing import Any, NoReturn, Protocol
 
 import attrs
 
+from harness.deadline import Deadline
+
 RUN_TIMEOUT = 60.0  # s, with KVM, for one command
 BOOT_TIMEOUT = 120.0  # s, with KVM, for a boot to answer
 # s, with KVM: how long a boot may stay silent before the host asks the agent for its boot
@@ -100,7 +102,7 @@ class Console:
 
     def expect(self, pattern: str, timeout: float = BOOT_TIMEOUT) -> re.Match[str]:
         regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout * self._factor
+        deadline = Deadline.after(timeout * self._factor)
         while True:
             text = self._unread()
             match = regex.search(text)
@@ -109,7 +111,7 @@ class Console:
                 self._offset += len(text[: match.end()].encode(errors="surrogateescape"))
                 return match
             gone = self._controls.gone()
-            if gone or time.monotonic() >= deadline:
+            if gone or deadline.passed():
                 tail = "\n".join(text.splitlines()[-5:])
                 why = gone or f"not within {timeout * self._factor:.0f} s"
                 raise MachineError(f"console.expect({pattern!r}): {why}; the console's last lines:\n{tail}")
@@ -170,14 +172,14 @@ class DrivenMachine:
         if not self._powered:
             raise MachineError("wait_booted(): the machine is powered off; power_on() first")
         seconds = timeout * self._factor
-        deadline = time.monotonic() + seconds
+        deadline = Deadline.after(seconds)
         while True:
-            silence = min(BOOT_ASK_AFTER * self._factor, deadline - time.monotonic())
+            silence = deadline.remaining(at_most=BOOT_ASK_AFTER * self._factor)
             if self._read_until(
                 lambda: len(self._boots) >= self._awaited, max(0.0, silence), "wait_booted()"
             ):
                 return
-            if time.monotonic() >= deadline:
+            if deadline.passed():
                 self._unanswered(
                     "wait_booted()", f"boot {self._awaited} did not come up within {seconds:.0f} s"
                 )
@@ -280,13 +282,13 @@ class DrivenMachine:
     def _read_until(self, done: Callable[[], bool], seconds: float, call: str) -> bool:
         """Read the channel until `done` (True) or `seconds` passed (False); the machine
         stopping is a MachineError naming `call`."""
-        deadline = time.monotonic() + seconds
+        deadline = Deadline.after(seconds)
         while not done():
-            self._read_channel(min(1.0, max(0.0, deadline - time.monotonic())))
+            self._read_channel(deadline.remaining(at_most=1.0))
             if done():
                 return True
             self._fail_if_gone(call)
-            if time.monotonic() >= deadline:
+            if deadline.passed():
                 return False
         return True
 

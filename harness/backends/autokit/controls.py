@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends.autokit.client import WorkerClient, WorkerError
+from harness.deadline import Deadline
 from harness.host.driven_machine import MachineError
 
 SERIAL_POLL = 0.2  # s between reads of the serial log while a call waits for an answer
@@ -49,13 +50,13 @@ class BoardControls:
                 ) from None
 
     def receive(self, timeout: float) -> bytes:
-        deadline = time.monotonic() + timeout
+        deadline = Deadline.after(timeout)
         while True:
             try:
                 new = self._read_serial()
             except WorkerError as e:
                 raise MachineError(f"the board's serial log could not be read: {e.what}") from None
-            left = deadline - time.monotonic()
+            left = deadline.remaining()
             if new or left <= 0:
                 return new
             time.sleep(min(self._poll, left))

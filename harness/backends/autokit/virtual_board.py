@@ -14,12 +14,12 @@ import contextlib
 import gzip
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from harness import process
 from harness.backends.qemu.command import (
     MACHINES,
     disk_args,
@@ -30,9 +30,9 @@ from harness.backends.qemu.command import (
 )
 from harness.backends.qemu.controls import connect
 from harness.backends.qemu.firmware import copy_nvram, find_ovmf
-from harness.backends.qemu.machine import die_with_parent
 from harness.boot.accel import detect, vcpus_now
 from harness.host.driven_machine import MachineError
+from harness.process import OwnedProcess
 
 ARCH = "x86_64"  # the board's
 EXEC_QUIET = 0.2  # s: the output of a typed line has ended when the console is this quiet
@@ -47,7 +47,7 @@ class VirtualBoard:
         self.disk = state_dir / "disk.raw"
         self.serial_log = state_dir / "serial.log"
         self.serial_input = state_dir / "serial.sock"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: OwnedProcess | None = None
         self._serial: socket.socket | None = None  # the console, while the board is on
         self._logger: threading.Thread | None = None
         self.nvram: Path | None = None
@@ -103,20 +103,12 @@ class VirtualBoard:
                     log.write(data)
                     log.flush()
 
-    def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
-        with (self.dir / "qemu.stderr").open("wb") as stderr:
-            return subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                preexec_fn=die_with_parent,
-            )
+    def _spawn(self, cmd: list[str]) -> OwnedProcess:
+        return process.start(cmd, self.dir / "qemu.stderr")
 
     def power_off(self) -> None:
-        if self.proc and self.proc.poll() is None:
+        if self.proc:
             self.proc.kill()
-            self.proc.wait()
         self.proc = None
         if self._logger is not None:  # QEMU is gone: the log ends with what it printed last
             self._logger.join(timeout=10)

@@ -15,10 +15,38 @@ import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from harness.backends.autokit.virtual_worker import VirtualWorker
+
+class ServedBoard(Protocol):
+    """The board behind the API: what its power and serial endpoints reach."""
+
+    def power_on(self) -> None: ...
+    def power_off(self) -> None: ...
+    def type_line(self, line: str) -> bytes: ...
+    def serial_since(self, offset: int) -> bytes: ...
+
+
+class ServedWorker(Protocol):
+    """What the API serves (virtual_worker.VirtualWorker is one): defined here, so that the
+    HTTP face depends on no worker and the worker builds on it."""
+
+    @property
+    def token(self) -> str: ...
+    @property
+    def busy(self) -> bool: ...
+    @property
+    def flash_state(self) -> str: ...
+    @property
+    def board(self) -> ServedBoard: ...
+
+    def reserve(self) -> str: ...
+    def heartbeat(self) -> str: ...
+    def teardown(self) -> str: ...
+    def contract(self) -> dict[str, Any]: ...
+    def write_chunk(self, body: bytes, index: int | None, total: int | None) -> str: ...
+    def flash(self) -> dict[str, Any]: ...
+
 
 CHUNK_MIB = 40
 MIB = 1024 * 1024
@@ -39,7 +67,7 @@ class RequestError(Exception):
         self.status = status
 
 
-def make_handler(worker: VirtualWorker, idle_timeout: float = IDLE_SECONDS) -> type[BaseHTTPRequestHandler]:
+def make_handler(worker: ServedWorker, idle_timeout: float = IDLE_SECONDS) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         timeout = idle_timeout

@@ -29,7 +29,7 @@ from harness.backends.lava.client import CANCELED, COMPLETE, JobState, LabError,
 from harness.backends.lava.job import job_definition
 from harness.boot.machine import Ending, EndingKind, LogFile, Look, WatchRules
 from harness.boot.plan import CONSOLE_LIMIT, BootPath, BootPlan, plan_boot
-from harness.boot.watch import Deadline
+from harness.deadline import Deadline
 from harness.declaration.declaration import TestDeclaration
 from harness.declaration.keys import Firmware
 from harness.errors import HarnessError

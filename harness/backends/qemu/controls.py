@@ -10,18 +10,22 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness.backends.qemu.machine import QemuMachine, qmp_errors
+from harness.backends.qemu.command import RunFiles
+from harness.backends.qemu.qmp import Qmp, qmp_errors
+from harness.deadline import Deadline
 from harness.host.driven_machine import MachineError
+from harness.process import OwnedProcess
 
 CONNECT_TIMEOUT = 10.0  # s QEMU may take to create its sockets
 
 
 def connect(path: Path, proc_alive: Any) -> socket.socket:
     """A connection to one of QEMU's server sockets, once QEMU has made it."""
-    deadline = time.monotonic() + CONNECT_TIMEOUT
+    deadline = Deadline.after(CONNECT_TIMEOUT)
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -29,17 +33,25 @@ def connect(path: Path, proc_alive: Any) -> socket.socket:
             return sock
         except OSError:
             sock.close()
-            if not proc_alive() or time.monotonic() >= deadline:
+            if not proc_alive() or deadline.passed():
                 raise MachineError(f"could not connect to QEMU's {path.name}") from None
             time.sleep(0.05)
 
 
 class VmControls:
-    def __init__(self, machine: QemuMachine) -> None:
-        self.machine = machine
-        self.console_log = machine.console_log
-        self._alive = lambda: machine.proc.poll() is None
-        self._control = connect(machine.files.control, self._alive)
+    """One VM's controls: its QEMU process `proc`, its sockets in `files`, and what QEMU
+    said when it failed (`failure_detail`)."""
+
+    def __init__(
+        self, files: RunFiles, proc: OwnedProcess, qmp: Qmp, failure_detail: Callable[[], str]
+    ) -> None:
+        self.files = files
+        self.proc = proc
+        self.console_log = files.console
+        self._qmp = qmp
+        self._failure_detail = failure_detail
+        self._alive = proc.alive
+        self._control = connect(files.control, self._alive)
         self._console: socket.socket | None = None
 
     def close(self) -> None:
@@ -67,7 +79,7 @@ class VmControls:
 
     def send_console(self, data: bytes) -> None:
         if self._console is None:
-            self._console = connect(self.machine.files.console_input, self._alive)
+            self._console = connect(self.files.console_input, self._alive)
             # What QEMU writes to the socket is in console.log too; it is read and dropped
             # here so that a full socket never stalls the guest's console.
             threading.Thread(target=_drain, args=(self._console,), daemon=True).start()
@@ -81,16 +93,15 @@ class VmControls:
         self.qmp("cont", {})
 
     def gone(self) -> str | None:
-        status = self.machine.proc.poll()
+        status = self.proc.poll()
         if status is None:
             return None
-        detail = self.machine.failure_detail()
+        detail = self._failure_detail()
         return f"the VM stopped (QEMU exited with status {status}{': ' + detail if detail else ''})"
 
     def qmp(self, command: str, arguments: dict[str, Any]) -> Any:
         try:
-            with self.machine.qmp_session(30) as qmp:
-                return qmp.cmd(command, **arguments)
+            return self._qmp.call(command, 30, **arguments)
         except qmp_errors() as e:
             raise MachineError(f"qmp({command!r}): {e}") from None
 

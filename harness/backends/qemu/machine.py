@@ -10,18 +10,16 @@ wrapper leaves (`sweep_orphans`).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
+from harness import process
 from harness.backends.qemu.command import (
     MACHINES,
     QEMU_BINARIES,
@@ -31,42 +29,23 @@ from harness.backends.qemu.command import (
     qemu_binary,
     qemu_command,
 )
+from harness.backends.qemu.controls import VmControls
 from harness.backends.qemu.firmware import copy_nvram, find_ovmf
 from harness.backends.qemu.guest import guest_args
+from harness.backends.qemu.qmp import Qmp
 from harness.backends.qemu.vsock import VMADDR_CID_HOST, VsockNotifyListener, reserve_cid, vsock_available
 from harness.boot.accel import FULL_VCPUS, vcpus_now
 from harness.boot.machine import Ending, EndingKind, Look, WatchRules
 from harness.boot.plan import BootPath
-from harness.boot.watch import Deadline
+from harness.deadline import Deadline
 from harness.declaration.credential import Credential
 from harness.errors import HarnessError
+from harness.process import OwnedProcess
 from harness.verdict.notify import GuestReport, read_port_file
-
-if TYPE_CHECKING:
-    from harness.backends.qemu.controls import VmControls
 
 POWERDOWN_GRACE = 30.0  # seconds an orderly shutdown may take under emulation
 SCREENSHOT_INTERVAL = 10.0  # seconds between screenshots while a UEFI test runs
 CONSOLE_READ = 16 * 2**20  # bytes of console output looked at (for a panic) per look, at most
-
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """For Popen's preexec_fn: runs in the child between fork and exec, so QEMU does not
-    outlive its owner even when the owner is SIGKILLed. The signal fires when the forking
-    *thread* ends, so QEMU must be spawned from a thread that lives as long as the VM."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def qmp_errors() -> tuple[type[Exception], ...]:
-    """What talking to QEMU over QMP raises when QEMU is not (or no longer) there, or
-    refuses a command. qemu.qmp is imported when first needed: a skipped test or a
-    `validate` does not pay for it."""
-    from qemu.qmp import QMPError
-
-    return (OSError, EOFError, QMPError)
 
 
 class QemuMachine:
@@ -74,7 +53,7 @@ class QemuMachine:
 
     def __init__(
         self,
-        proc: subprocess.Popen[bytes],
+        proc: OwnedProcess,
         files: RunFiles,
         stderr: Path,
         report: GuestReport,
@@ -84,6 +63,7 @@ class QemuMachine:
         boot_timeline: str | None = None,  # a resumed VM's: its boot happened in the snapshot
     ) -> None:
         self.proc = proc
+        self.qmp = Qmp(files.qmp)
         self.files = files
         self.stderr = stderr
         self.report = report  # what arrives over vsock; the port's lines are read from its file
@@ -134,60 +114,26 @@ class QemuMachine:
     def screenshot(self) -> None:
         """The screen as it is now, through QMP; the last one taken is the one kept."""
         partial = self.files.tmp / "screen.png"
-        if self.qmp("screendump", filename=str(partial), format="png") and partial.is_file():
+        if self.qmp.try_call("screendump", filename=str(partial), format="png") and partial.is_file():
             os.replace(partial, self.files.screenshot)
-
-    @contextlib.contextmanager
-    def qmp_session(self, timeout: float) -> Iterator[Any]:
-        """One QMP connection to this VM's QEMU, closed on leaving."""
-        from qemu.qmp.legacy import QEMUMonitorProtocol
-
-        qmp = QEMUMonitorProtocol(str(self.files.qmp))
-        try:
-            qmp.settimeout(timeout)
-            qmp.connect()
-            yield qmp
-        finally:
-            with contextlib.suppress(*qmp_errors()):
-                qmp.close()
-
-    def qmp(self, command: str, **arguments: Any) -> bool:
-        """Send one QMP command; False when QEMU is not there or refused it."""
-        try:
-            with self.qmp_session(5) as qmp:
-                qmp.cmd(command, **arguments)
-            return True
-        except qmp_errors():
-            return False
-
-    def run_state(self) -> str | None:
-        """QEMU's run state (inmigrate, paused, running, ...), or None while QMP is not up."""
-        try:
-            with self.qmp_session(5) as qmp:
-                status = qmp.cmd("query-status")
-            return str(status["status"]) if isinstance(status, dict) else None
-        except qmp_errors():  # QMP not up yet, or QEMU gone: the caller checks which
-            return None
 
     def power_off(self, orderly: bool) -> None:
         if self.proc.poll() is not None:
             return
         if self.has_screen:
             self.screenshot()  # the screen as the test left it: a timeout's, a panic's
-        if orderly and self.qmp("system_powerdown"):
+        if orderly and self.qmp.try_call("system_powerdown"):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=POWERDOWN_GRACE)
                 return
-        if self.qmp("quit"):
+        if self.qmp.try_call("quit"):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=3)
                 return
         self.kill()
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        self.proc.kill()
         if self._controls is not None:
             self._controls.close()
 
@@ -204,10 +150,8 @@ class QemuMachine:
 
     def controls(self) -> VmControls:
         """The VM as a host-driven test drives it (its config has the control port)."""
-        from harness.backends.qemu.controls import VmControls
-
         if self._controls is None:
-            self._controls = VmControls(self)
+            self._controls = VmControls(self.files, self.proc, self.qmp, self.failure_detail)
         return self._controls
 
 
@@ -277,15 +221,8 @@ def running_vm(
         cmd = qemu_command(cfg, files, ovmf, nvram, vsock_cid, vhost_fd, args, resuming, vcpus)
         (files.logs / "qemu-command.txt").write_text(" ".join(cmd) + "\n")
         stderr = files.tmp / "qemu.stderr"
-        with stderr.open("wb") as err:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=None if cfg.interactive else subprocess.DEVNULL,
-                stdout=None if cfg.interactive else subprocess.DEVNULL,
-                stderr=err,
-                pass_fds=(vhost_fd,) if vhost_fd is not None else (),
-                preexec_fn=die_with_parent,
-            )
+        vhost = (vhost_fd,) if vhost_fd is not None else ()
+        proc = process.start(cmd, stderr, on_terminal=cfg.interactive, pass_fds=vhost)
         machine = QemuMachine(
             proc,
             files,
@@ -315,22 +252,16 @@ def software_tpm(files: RunFiles) -> Iterator[None]:
     state = files.tmp / "tpm"
     state.mkdir(mode=0o700)
     log = files.tmp / "swtpm.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                binary,
-                "socket",
-                "--tpm2",
-                "--tpmstate",
-                f"dir={state}",
-                "--ctrl",
-                f"type=unixio,path={files.tpm}",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
-        )
+    cmd = [
+        binary,
+        "socket",
+        "--tpm2",
+        "--tpmstate",
+        f"dir={state}",
+        "--ctrl",
+        f"type=unixio,path={files.tpm}",
+    ]
+    proc = process.start(cmd, log, merge_output=True)
     try:
         Deadline.after(10).wait_for(lambda: files.tpm.exists() or proc.poll() is not None, 0.05)
         if not files.tpm.exists():
@@ -340,12 +271,7 @@ def software_tpm(files: RunFiles) -> Iterator[None]:
             )
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc.stop(grace=5)
 
 
 @contextlib.contextmanager

@@ -56,7 +56,8 @@ from harness.backends.qemu.command import (
     qemu_major,
 )
 from harness.backends.qemu.firmware import NVRAM_NAME, find_ovmf
-from harness.backends.qemu.machine import QemuMachine, make_overlay, private_tmp, qmp_errors, running_vm
+from harness.backends.qemu.machine import QemuMachine, make_overlay, private_tmp, running_vm
+from harness.backends.qemu.qmp import qmp_errors
 from harness.backends.qemu.snapshot_store import (
     Snapshot,
     SnapshotUnavailable,
@@ -66,7 +67,8 @@ from harness.backends.qemu.snapshot_store import (
 )
 from harness.boot.accel import Acceleration
 from harness.boot.plan import BootPlan, harness_cmdline, machine_shape
-from harness.boot.watch import Deadline, watch
+from harness.boot.watch import watch
+from harness.deadline import Deadline
 from harness.declaration.keys import Firmware, Storage
 from harness.errors import HarnessError
 from harness.guest.reporting import VIRTIO_CHANNEL
@@ -232,7 +234,7 @@ def make_snapshot(cfg: VmConfig, dest: Path, timeout: float, console_limit: int)
 
 def save_state(machine: QemuMachine, state: Path, form: StateFormat) -> None:
     """Stop the VM, write its memory and device state to `state`, and quit QEMU."""
-    with machine.qmp_session(30) as qmp:
+    with machine.qmp.session(30) as qmp:
         qmp.cmd("stop")
         qmp.cmd("migrate-set-capabilities", capabilities=form.capabilities())
         qmp.cmd("migrate", uri=form.uri(state, saving=True))
@@ -299,10 +301,10 @@ def hand_over(
         connect_agent(machine, agent, deadline)
         # QMP's monitor may come up after the chardevs: wait until it answers.
         if not deadline.wait_for(
-            lambda: machine.proc.poll() is not None or machine.run_state() is not None, 0.005
+            lambda: machine.proc.poll() is not None or machine.qmp.run_state() is not None, 0.005
         ):
             raise OSError("QMP did not answer in time")
-        with machine.qmp_session(RESUME_TIMEOUT) as qmp:
+        with machine.qmp.session(RESUME_TIMEOUT) as qmp:
             qmp.cmd("migrate-set-capabilities", capabilities=form.capabilities())
             qmp.cmd("migrate-incoming", uri=form.uri(state, saving=False))
 
