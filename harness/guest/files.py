@@ -4,7 +4,7 @@ Everything else reaches the guest at boot (the test unit and its drop-ins as cre
 the payload as credentials or extra trees), so this list is short: the generator that
 turns those credentials into units on systemd older than 256, which reads them itself.
 An image made by any tool gets them with `os-harness guest-files ROOT` run against its
-root tree during the build (README: "Bring your own image").
+root tree during the build (docs/own-image.md).
 """
 
 from __future__ import annotations

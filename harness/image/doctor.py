@@ -22,7 +22,7 @@ from harness.image.parts import Image, ImageParts, architecture, find_root, name
 
 GUEST_FILES_FIX = (
     "install the harness's guest files during the image build: os-harness guest-files ROOTDIR "
-    "(README, 'Bring your own image', has it for mkosi, Yocto, debos and mmdebstrap)"
+    "(docs/own-image.md has it for mkosi, Yocto, debos and mmdebstrap)"
 )
 ESSENTIAL_TOOLS = ("sh", "systemctl", "journalctl")  # without these no test unit reports
 BOOT_PATHS = ("kernel", "uefi")  # the findings of firmware 'linux' and 'uefi'
