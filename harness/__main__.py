@@ -1,4 +1,4 @@
-"""Command line of the harness: `python3 -m harness run|validate|accel`.
+"""Command line of the harness: `python3 -m harness run|validate|accel|...`.
 
 meson calls `run` for every test (and `validate` for every declaration at `meson setup`);
 both take the declaration as the file meson wrote (`--declaration=FILE`) or as options
@@ -27,6 +27,7 @@ from harness.declaration.keys import key_table
 from harness.errors import HarnessError, LogDirBusy
 from harness.image.parts import IMAGE_PARTS, ImageParts, add_image_options, image_parts_of
 from harness.project.repository import add_project_commands, check_glue
+from harness.settings import Options, Settings, environment_table
 from harness.verdict.results import EXIT_ERROR
 
 if TYPE_CHECKING:
@@ -72,6 +73,11 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def settings_of(o: argparse.Namespace) -> Settings:
+    """The HARNESS_* switches, read here and nowhere else; a variable wins over `o`'s option."""
+    return Settings.from_environment(os.environ, Options.given(o))
+
+
 class Interrupted(Exception):
     pass
 
@@ -81,32 +87,28 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> NoReturn:
 
 
 def cmd_run(o: argparse.Namespace) -> int:
-    from harness.backends import BackendName, BackendOptions, make_backend
-    from harness.boot.plan import shell_requested
+    from harness.backends import BackendName, make_backend
     from harness.report.html import current_run, update_run_report
     from harness.report.tap import setup_logging, tap_lines
     from harness.verdict.log_dir import owning_log_dir
     from harness.verdict.results import Status
     from harness.wrapper import RunContext
 
-    env = dict(os.environ)
     check_glue(o.glue_version, Path(o.build_dir) if o.build_dir else None)
-    decl = declaration_of(o, env)
-    backend = make_backend(
-        o.backend,
-        BackendOptions(o.autokit_worker, o.lava_url, o.lava_device_type, o.lava_image_dir, o.lava_image_url),
-        env,
-    )
+    decl = declaration_of(o, os.environ)
+    settings = settings_of(o)
+    backend = make_backend(settings)
     # A host-driven test is driven by its pytest file, not by a person at the console.
     interactive = (
         backend.name == BackendName.QEMU
         and decl.host is None
         and (
-            env.get("HARNESS_INTERACTIVE") == "1"
-            or (env.get("HARNESS_INTERACTIVE") != "0" and sys.stdin.isatty() and sys.stdout.isatty())
+            sys.stdin.isatty() and sys.stdout.isatty()
+            if settings.interactive is None
+            else settings.interactive
         )
     )
-    if shell_requested(env) and not interactive:
+    if settings.shell and not interactive:
         raise HarnessError(
             "HARNESS_SHELL=1 (or TEST_SHELL=1) boots the test's VM to a shell at the console, and "
             + (
@@ -124,9 +126,7 @@ def cmd_run(o: argparse.Namespace) -> int:
     tests_dir = (build_dir or Path(".")) / "integration-tests"
     log_dir = Path(o.log_dir) if o.log_dir else tests_dir / decl.name
     # Absolute: a resumed disk names its snapshot as its backing file, from another directory.
-    snapshot_dir = Path(
-        env.get("HARNESS_SNAPSHOT_DIR") or o.snapshot_dir or log_dir.parent / "snapshots"
-    ).absolute()
+    snapshot_dir = (settings.snapshot_dir or log_dir.parent / "snapshots").absolute()
     ctx = RunContext(
         log_dir,
         build_dir,
@@ -137,7 +137,9 @@ def cmd_run(o: argparse.Namespace) -> int:
     )
     try:
         with owning_log_dir(log_dir, decl.name):
-            record = run_and_record(decl, image_parts_of(o), ctx, backend, env, interactive, o.timeout_factor)
+            record = run_and_record(
+                decl, image_parts_of(o), ctx, backend, settings, interactive, o.timeout_factor
+            )
         report_verdict(record, tap)
     except LogDirBusy as e:  # the other run's logs and verdict stay as they are
         print(f"error: {e}", file=sys.stderr, flush=True)
@@ -167,7 +169,7 @@ def run_and_record(
     image: ImageParts,
     ctx: RunContext,
     backend: Backend,
-    env: dict[str, str],
+    settings: Settings,
     interactive: bool,
     timeout_factor: int | None,
 ) -> TestRecord:
@@ -179,7 +181,7 @@ def run_and_record(
 
     try:
         record = run_test(
-            decl, image, ctx, backend, env, interactive=interactive, timeout_factor=timeout_factor
+            decl, image, ctx, backend, settings, interactive=interactive, timeout_factor=timeout_factor
         )
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
@@ -219,7 +221,7 @@ def meson_priority(decl: TestDeclaration) -> int:
     boots to make that shape's snapshot."""
     from harness.boot.plan import USUAL_SHAPE, declared_shape, resume_blocker
 
-    boots = resume_blocker(decl, {}) or declared_shape(decl) != USUAL_SHAPE
+    boots = resume_blocker(decl, Settings.defaults()) or declared_shape(decl) != USUAL_SHAPE
     return decl.priority * 3 + (2 if decl.host else 1 if boots else 0)
 
 
@@ -233,8 +235,9 @@ def cmd_validate(o: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys(o: argparse.Namespace) -> int:
-    print(key_table())
+def cmd_table(o: argparse.Namespace) -> int:
+    """`keys`, `environment`: README's tables of the declaration keys, of the HARNESS_* switches."""
+    print(key_table() if o.command == "keys" else environment_table())
     return 0
 
 
@@ -253,17 +256,11 @@ def cmd_lava_job(o: argparse.Namespace) -> int:
         parser.add_argument(option, action="store_true" if option == "--tap" else "store")
     run, leftover = parser.parse_known_args(run_args)
     run.declaration_options = leftover
-    env = dict(os.environ)
-    decl = declaration_of(run, env)
+    decl = declaration_of(run, os.environ)
+    settings = settings_of(run)
     out_dir = build_dir / "integration-tests" / decl.name
-    definition, image = write_job(
-        decl,
-        image_parts_of(run),
-        int(run.timeout_factor) if run.timeout_factor else None,
-        env.get("HARNESS_LAVA_DEVICE_TYPE") or run.lava_device_type,
-        out_dir,
-        env,
-    )
+    factor = int(run.timeout_factor) if run.timeout_factor else None
+    definition, image = write_job(decl, image_parts_of(run), factor, out_dir, settings)
     print(definition, end="")
     print(
         f"board image: {image} (it holds the test's credentials; the job fetches it by file://, which "
@@ -315,7 +312,7 @@ def boot_contract(o: argparse.Namespace) -> int:
 
 
 def cmd_accel(o: argparse.Namespace) -> int:
-    accel = detect()
+    accel = detect(None, settings_of(o))
     print(accel.kind, accel.timeout_factor, accel.reason)
     return 0
 
@@ -365,9 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     systemd_tests.set_defaults(func=cmd_systemd_tests)
 
     add_project_commands(sub, boot_contract)
-    sub.add_parser("keys", help="print the table of declaration keys (as in the README)").set_defaults(
-        func=cmd_keys
-    )
+    for table, what in (("keys", "declaration keys"), ("environment", "HARNESS_* environment switches")):
+        sub.add_parser(table, help=f"print the table of {what} (as in the README)").set_defaults(
+            func=cmd_table
+        )
     lava_job = sub.add_parser(
         "lava-job",
         help="print the LAVA job definition of a test, as the lava backend submits it",

@@ -4,36 +4,32 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
-import gzip
 import logging
 import shlex
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any
 
 import attrs
 
-from harness.boot.machine import Backend, Ending, EndingKind, LogFile
+from harness.boot.machine import Backend, Ending, EndingKind
 from harness.boot.plan import BootPath, BootPlan, plan_boot
 from harness.boot.watch import power_off_after, watch
 from harness.declaration.declaration import TestDeclaration, skip_reason
 from harness.declaration.keys import Storage
 from harness.errors import HarnessError
-from harness.guest.reporting import CORE_DUMPS_EXPORT
 from harness.guest.units import MINIMUM_SYSTEMD
-from harness.host.driven_machine import DrivenMachine, MachineError
 from harness.image.doctor import boot_blockers
 from harness.image.esp import secure_boot_refusal
 from harness.image.parts import Image, ImageParts
+from harness.settings import SaveJournal, Settings
 from harness.verdict.gates import gate
 from harness.verdict.journal import keep_journal, unit_excerpt
-from harness.verdict.log_dir import CONSOLE_FILE, HOST_TEST_LOG, JOURNAL_EXPORT, check_log_space, clear_logs
+from harness.verdict.log_dir import CONSOLE_FILE, JOURNAL_EXPORT, check_log_space, clear_logs
 from harness.verdict.notify import GuestReport, Notify
-from harness.verdict.record import TIMELINE_FILE, TestRecord
+from harness.verdict.record import NOTHING_FOUND, TIMELINE_FILE, Found, TestRecord
 from harness.verdict.results import Outcome, Status, classify
-from harness.verdict.secrets import mask_file, mask_text, masked_values
+from harness.verdict.secrets import Secrets
 from harness.verdict.subtests import Subtest, subtests_from
 from harness.verdict.timeline import decode_timeline, merge_timelines
 
@@ -63,9 +59,13 @@ class RunContext:
         self._t0 = time.monotonic()
 
     def record(
-        self, decl: TestDeclaration, backend: str, firmware: str, outcome: Outcome, **found: Any
+        self,
+        decl: TestDeclaration,
+        backend: str,
+        firmware: str,
+        outcome: Outcome,
+        found: Found = NOTHING_FOUND,
     ) -> TestRecord:
-        journal = found.pop("journal", None)
         return TestRecord(
             name=decl.name,
             run=self.run,
@@ -77,9 +77,14 @@ class RunContext:
             started=self.started,
             duration_s=round(time.monotonic() - self._t0, 1),
             log_dir=str(self.log_dir),
-            journal=str(journal or ""),
-            rerun=tuple(self.rerun_commands(decl, outcome, journal, found.get("subtests", ()))),
-            **found,
+            subtests=found.subtests,
+            journal=str(found.journal or ""),
+            journal_excerpt=found.journal_excerpt,
+            rerun=tuple(self.rerun_commands(decl, outcome, found.journal, found.subtests)),
+            boot=found.boot,
+            retried=found.retried,
+            os=found.os,
+            job_url=found.job_url,
         )
 
     def rerun_commands(
@@ -112,14 +117,14 @@ def run_test(
     image_parts: ImageParts,
     ctx: RunContext,
     backend: Backend,
-    env: dict[str, str],
+    settings: Settings,
     interactive: bool = False,
     timeout_factor: int | None = None,
 ) -> TestRecord:
     """Run one test; the record says how it went and where its logs are."""
     clear_logs(ctx.log_dir, backend.log_files)
     check_log_space(ctx.log_dir)
-    skipped = skip_before_boot(decl, backend, env)
+    skipped = skip_before_boot(decl, backend, settings)
     if skipped:
         return ctx.record(decl, backend.name, "", skipped)
     image = Image.open(image_parts)
@@ -129,27 +134,85 @@ def run_test(
     unbootable = secure_boot_refusal(image) if decl.firmware.is_secure_boot() else None
     if unbootable:  # not the test's fault, nor the harness's: the image was built without it
         return ctx.record(decl, backend.name, "", Outcome(Status.SKIP, unbootable))
-    plan = plan_boot(decl, image, backend, interactive, timeout_factor, env, ctx.snapshot_dir, ctx.run)
+    plan = plan_boot(decl, image, backend, interactive, timeout_factor, settings, ctx.snapshot_dir, ctx.run)
     announce(decl, image, plan, backend)
+    secrets = Secrets.of(decl)
+    run: BootedRun
     if decl.host is not None:
-        return drive(decl, decl.host, image, plan, backend, ctx, env)
-    run = boot_and_wait(backend, plan, ctx.log_dir, crash_retries(env))
-    run = withhold_secrets(run, ctx.log_dir, masked_values(decl), backend.log_files)
+        from harness.host.drive import drive  # and pytest with it: for host-driven tests only
+
+        run = drive(decl.host, image, plan, backend, ctx.log_dir, secrets, settings.save_journal)
+    else:
+        # A crash before the guest says anything happens in CI and is not the test's; booted
+        # again HARNESS_RETRY_QEMU_CRASH times (once), after which it is an ERROR.
+        run = in_guest(decl, image, plan, backend, ctx.log_dir, settings.retry_qemu_crash, secrets)
+    return conclude(decl, ctx, backend, plan.firmware, run, secrets, settings.save_journal)
+
+
+# A test's run from its boot (in_guest, host.drive.drive): it yields the verdict of the
+# test's own check, is sent that verdict back through the gates, and returns what it
+# found once its machine stopped.
+BootedRun = Generator[Outcome, Outcome, Found]
+
+
+def conclude(
+    decl: TestDeclaration,
+    ctx: RunContext,
+    backend: Backend,
+    firmware: str,
+    run: BootedRun,
+    secrets: Secrets,
+    save_journal: SaveJournal,
+) -> TestRecord:
+    """The one path after a boot, for a test in the guest and a host-driven one alike:
+    the run's verdict through the gates (which read each log as it will be kept: a
+    host-driven test's machine still runs then, to fetch the journal the verdict wants),
+    the secrets withheld from the logs once the machine stopped, the journal kept or not,
+    and the record."""
+    console, export = ctx.log_dir / CONSOLE_FILE, ctx.log_dir / JOURNAL_EXPORT
+    try:
+        outcome = gate(next(run), console, export, decl, secrets)
+        found = finish(run, outcome)
+    finally:
+        run.close()  # a run the gates broke off leaves its machine
+    secrets.withhold(ctx.log_dir, backend.log_files)
+    # What the test unit logged, read before keep_journal converts the export; a host-driven
+    # test boots no test unit.
+    excerpt = "" if decl.host else unit_excerpt(export, decl.unit_name)
+    journal = keep_journal(export, save_journal, outcome.status)
+    found = attrs.evolve(found, journal=journal, journal_excerpt=excerpt)
+    return ctx.record(decl, backend.name, firmware, outcome, found)
+
+
+def finish(run: BootedRun, outcome: Outcome) -> Found:
+    """Send the run its verdict, gated; what it found, once it returned."""
+    try:
+        run.send(outcome)
+    except StopIteration as returned:
+        found: Found = returned.value
+        return found
+    raise RuntimeError("a run yielded a second verdict")
+
+
+def in_guest(
+    decl: TestDeclaration,
+    image: Image,
+    plan: BootPlan,
+    backend: Backend,
+    log_dir: Path,
+    retries: int,
+    secrets: Secrets,
+) -> BootedRun:
+    """A test in the guest: boot as planned and wait for the test's end; yield the verdict
+    of what the guest said (masked as it enters), and with the gated verdict back, return
+    its subtests and the boot's facts."""
+    run = boot_and_wait(backend, plan, log_dir, retries).masked(secrets.text)
     outcome = classify(decl.name, decl.exit_code, plan.timeout, run.ending, run.report, run.detail)
     if plan.shell and not run.report.test_started and outcome.status != Status.ERROR:
         outcome = Outcome(Status.SKIP, "HARNESS_SHELL=1: a shell instead of the test, which was not started")
-    export = ctx.log_dir / JOURNAL_EXPORT
-    outcome = gate(outcome, ctx.log_dir / CONSOLE_FILE, export, decl)
-    keep_timeline(ctx.log_dir, run)
-    excerpt = unit_excerpt(export, decl.unit_name)  # before keep_journal converts the export
-    journal = keep_journal(export, env.get("HARNESS_SAVE_JOURNAL", "fail"), outcome.status)
-    return ctx.record(
-        decl,
-        backend.name,
-        plan.firmware,
-        outcome,
-        journal=journal,
-        journal_excerpt=excerpt,
+    outcome = yield outcome
+    keep_timeline(log_dir, run)
+    return Found(
         subtests=tuple(subtests_from(run.report, outcome.reason)),
         boot=str(run.boot_path),
         retried=run.retried,
@@ -158,8 +221,8 @@ def run_test(
     )
 
 
-def skip_before_boot(decl: TestDeclaration, backend: Backend, env: Mapping[str, str]) -> Outcome | None:
-    reason = skip_reason(decl, env)
+def skip_before_boot(decl: TestDeclaration, backend: Backend, settings: Settings) -> Outcome | None:
+    reason = skip_reason(decl, settings)
     if reason:
         return Outcome(Status.SKIP, reason)
     if decl.host and not backend.drives_host_tests:
@@ -178,12 +241,16 @@ def skip_before_boot(decl: TestDeclaration, backend: Backend, env: Mapping[str, 
 
 def announce(decl: TestDeclaration, image: Image, plan: BootPlan, backend: Backend) -> None:
     """The wrapper's first line: what boots, how, where, and for how long."""
-    how = "resuming the booted snapshot of" if plan.boot is BootPath.SNAPSHOT else "booting"
+    how = "resuming the booted snapshot of" if plan.boot_path is BootPath.SNAPSHOT else "booting"
     log.info(
         f"{decl.name}: {how} {image.path.name} ({image.os_name or 'unknown OS'}, {plan.firmware}, "
         f"{plan.accel.kind}: {plan.accel.reason}; "
         f"timeout {plan.timeout or 'none'}{' s' if plan.timeout else ''}) on {backend.name}"
-        + (f"; cold boot: {plan.cold_reason}" if plan.boot is BootPath.COLD and backend.can_resume else "")
+        + (
+            f"; cold boot: {plan.cold_reason}"
+            if plan.boot_path is BootPath.COLD and backend.can_resume
+            else ""
+        )
     )
     direct = plan.firmware in ("linux", "linux-noinitrd")  # a UKI brings an initrd of its own
     if direct and not image.initrd_has_systemd and decl.storage == Storage.VOLATILE:
@@ -211,94 +278,6 @@ def boot_and_wait(backend: Backend, plan: BootPlan, log_dir: Path, retries: int)
         )
         run = attrs.evolve(run_machine(backend, plan, log_dir), retried=retry)
     return run
-
-
-def drive(
-    decl: TestDeclaration,
-    file: Path,
-    image: Image,
-    plan: BootPlan,
-    backend: Backend,
-    ctx: RunContext,
-    env: Mapping[str, str],
-) -> TestRecord:
-    """A host-driven test: boot as planned, hand the machine to the test's pytest file,
-    and take its steps as the subtests (harness/host/pytest_run.py)."""
-    from harness.host.pytest_run import host_outcome, run_host_test
-
-    secrets = masked_values(decl)
-    with backend.boot(plan, ctx.log_dir) as machine:
-        driven = DrivenMachine(machine.controls(), plan.timeout_factor, backend.name)
-        run = run_host_test(file, driven, ctx.log_dir, plan.timeout)
-        outcome = host_outcome(file, run)
-        export = ctx.log_dir / JOURNAL_EXPORT
-        if outcome.status in (Status.PASS, Status.SKIP) and driven.boot and driven.answered:
-            keep_core_dumps(driven, export)
-        outcome = gate(outcome, ctx.log_dir / CONSOLE_FILE, export, decl)
-        wanted = outcome.status.is_failure() or env.get("HARNESS_SAVE_JOURNAL") == "1"
-        if wanted and driven.boot and driven.answered and not run.error:
-            keep_journal_export(driven, ctx.log_dir)
-        machine.power_off(orderly=False)
-        boot_path, job_url = machine.boot_path, machine.job_url
-    mask_logs(ctx.log_dir, secrets, backend.log_files)
-    hide = functools.partial(mask_text, values=secrets)
-    return ctx.record(
-        decl,
-        backend.name,
-        plan.firmware,
-        attrs.evolve(outcome, reason=hide(outcome.reason)),
-        journal=keep_journal(export, env.get("HARNESS_SAVE_JOURNAL", "fail"), outcome.status),
-        subtests=tuple(attrs.evolve(s, detail=hide(s.detail)) for s in run.steps),
-        boot=str(boot_path),
-        os=image.os_name,
-        job_url=job_url,
-    )
-
-
-def keep_core_dumps(driven: DrivenMachine, export: Path) -> None:
-    """The core dumps the guest's journal keeps (of every boot it kept), for the gate of a
-    host-driven test that passed: the test unit of the others sends them itself."""
-    with contextlib.suppress(MachineError, OSError):
-        export.write_bytes(driven.check(CORE_DUMPS_EXPORT, timeout=60).stdout)
-
-
-def keep_journal_export(driven: DrivenMachine, log_dir: Path) -> None:
-    """The guest's journal, every boot it kept, for a failed host-driven test; compressed
-    on the way, as a board's serial console carries some ten kilobytes a second."""
-    with contextlib.suppress(MachineError, OSError, EOFError):
-        packed = driven.check("journalctl -o export | gzip -1", timeout=120).stdout
-        (log_dir / JOURNAL_EXPORT).write_bytes(gzip.decompress(packed))
-
-
-def mask_logs(log_dir: Path, secrets: list[bytes], backend_files: tuple[LogFile, ...]) -> None:
-    """Mask the secrets in every log the run keeps: console, journal, the backend's."""
-    if not secrets:
-        return
-    texts = (
-        *log_dir.glob("console*.log"),
-        log_dir / HOST_TEST_LOG,
-        *(log_dir / f.name for f in backend_files if f.text),
-    )
-    for kept in texts:
-        mask_file(kept, secrets)
-    mask_file(log_dir / JOURNAL_EXPORT, secrets, same_length=True)  # binary fields carry their length
-
-
-def withhold_secrets(
-    run: MachineRun, log_dir: Path, secrets: list[bytes], backend_files: tuple[LogFile, ...]
-) -> MachineRun:
-    """The one place where secrets are masked: as the machine's words and logs enter the
-    run, so that nothing drawn from them later (verdict, subtests, journal, record,
-    report) can hold one."""
-    if not secrets:
-        return run
-    mask_logs(log_dir, secrets, backend_files)
-
-    def hide(text: str) -> str:
-        return mask_text(text, secrets)
-
-    ending = attrs.evolve(run.ending, detail=hide(run.ending.detail))
-    return attrs.evolve(run, ending=ending, report=run.report.masked(hide), detail=hide(run.detail))
 
 
 def keep_timeline(log_dir: Path, run: MachineRun) -> None:
@@ -332,6 +311,12 @@ class MachineRun:
             and not self.report.pairs
         )
 
+    def masked(self, hide: Callable[[str], str]) -> MachineRun:
+        """The run with the machine's words passed through `hide` as they enter it (secrets.py):
+        how it ended, what the guest reported, what the machine said about a crash."""
+        ending = attrs.evolve(self.ending, detail=hide(self.ending.detail))
+        return attrs.evolve(self, ending=ending, report=self.report.masked(hide), detail=hide(self.detail))
+
     @property
     def crash_description(self) -> str:
         status = self.ending.machine_status or 0
@@ -362,16 +347,3 @@ def run_machine(backend: Backend, plan: BootPlan, log_dir: Path) -> MachineRun:
             machine.boot_timeline,
             job_url=machine.job_url,
         )
-
-
-def crash_retries(env: Mapping[str, str]) -> int:
-    """How often a machine that crashes before the guest says anything is booted again
-    (HARNESS_RETRY_QEMU_CRASH, default once): such crashes happen in CI and are not the
-    test's; a second one is an ERROR."""
-    text = env.get("HARNESS_RETRY_QEMU_CRASH", "1")
-    if not text.isdigit():
-        raise HarnessError(
-            f"HARNESS_RETRY_QEMU_CRASH={text!r} is not a number of retries",
-            "use 0 (never retry), 1 (default), ...",
-        )
-    return int(text)

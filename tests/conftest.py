@@ -4,19 +4,17 @@ TMPDIR of their own for the wrappers they start. Helpers are in e2e.py and image
 
 import os
 import shutil
-import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from e2e import IMAGE, running_worker, sha256
+from tests.e2e import IMAGE, WorkerProcess, running_worker, sha256
 
 
 @pytest.fixture(scope="session", autouse=True)
-def wrapper_tmpdir(tmp_path_factory):
+def wrapper_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The wrappers these tests start make their private directories here rather than in
     /tmp, so a leftover check sees this run's leftovers only: another run on the machine
     (a second checkout, CI beside a developer) may hold its own harness-NAME-* at the time."""
@@ -33,7 +31,7 @@ def wrapper_tmpdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def image():
+def image() -> Iterator[Path]:
     """The image `meson compile -C build mkosi` built (or HARNESS_IMAGE); no test may
     write to it."""
     if not IMAGE.is_file():
@@ -46,7 +44,7 @@ def image():
 
 
 @pytest.fixture
-def worker_process(tmp_path):
+def worker_process(tmp_path: Path) -> Iterator[WorkerProcess]:
     """A virtual autokit worker on a free port, with its QEMU board; stopped afterwards,
     and its board with it."""
     with running_worker(tmp_path) as proc:

@@ -114,15 +114,16 @@ def wait_for_console(console: Path, marker: str, timeout: float = 300) -> None:
 
 def boot_path(tmp_path: Path) -> str:
     """How the run's VM came up, from its result.json: cold or snapshot."""
-    return json.loads((tmp_path / "logs" / "result.json").read_text())["boot"]
+    boot: str = json.loads((tmp_path / "logs" / "result.json").read_text())["boot"]
+    return boot
 
 
 def harness_leftovers(name: str) -> tuple[list[str], list[Path]]:
     """The processes and private directories of this session's wrappers for test NAME
     (conftest's wrapper_tmpdir gives them a TMPDIR of their own)."""
     tmp = Path(os.environ["TMPDIR"])
-    procs = subprocess.run(["pgrep", "-af", f"{tmp}/harness-{name}-"], capture_output=True, text=True).stdout
-    procs = [p for p in procs.splitlines() if "pgrep" not in p]
+    pgrep = subprocess.run(["pgrep", "-af", f"{tmp}/harness-{name}-"], capture_output=True, text=True).stdout
+    procs = [p for p in pgrep.splitlines() if "pgrep" not in p]
     return procs, list(tmp.glob(f"harness-{name}-*"))
 
 
@@ -132,13 +133,22 @@ TOKEN = "e2e-token"  # the virtual worker's, in the end-to-end tests
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
+
+
+class WorkerProcess(subprocess.Popen[bytes]):
+    """A virtual worker's process, and where it listens and logs."""
+
+    url: str
+    port: int
+    log: Path
 
 
 @contextlib.contextmanager
 def running_worker(
     tmp_path: Path, *options: str, listen: str = "127.0.0.1:{port}", token: str | None = TOKEN
-) -> Iterator[subprocess.Popen[bytes]]:
+) -> Iterator[WorkerProcess]:
     """A virtual worker process on a free port (`listen` says where; its `url`, `port` and
     `log` are set on it), its state in tmp_path/worker unless `options` say otherwise, its
     token TOKEN (None: it makes its own); stopped afterwards, and checked to have stopped
@@ -152,7 +162,7 @@ def running_worker(
         [] if any(o.startswith("--state-dir=") for o in options) else [f"--state-dir={tmp_path / 'worker'}"]
     )
     with log_path.open("w") as log:
-        proc = subprocess.Popen(
+        proc = WorkerProcess(
             [
                 sys.executable,
                 "-m",
@@ -170,9 +180,9 @@ def running_worker(
             wait_until(
                 lambda: "listening" in log_path.read_text(), 20, "the virtual worker did not start", 0.1
             )
-            proc.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
-            proc.port = port  # type: ignore[attr-defined]
-            proc.log = log_path  # type: ignore[attr-defined]
+            proc.url = f"http://127.0.0.1:{port}"
+            proc.port = port
+            proc.log = log_path
             yield proc
         finally:
             stop_worker(proc, log_path)

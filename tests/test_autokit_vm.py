@@ -10,7 +10,8 @@ import subprocess
 import time
 
 import pytest
-from e2e import (
+
+from tests.e2e import (
     ROOT,
     board_env,
     harness_leftovers,
@@ -21,7 +22,7 @@ from e2e import (
     start_wrapper,
     wait_until,
 )
-from stub_worker import StubWorker
+from tests.stub_worker import StubScript, StubWorker
 
 pytestmark = pytest.mark.vm
 
@@ -54,7 +55,7 @@ def test_worker_that_disappears_mid_test_is_an_infrastructure_error(image, tmp_p
 
 
 def test_worker_answering_500_is_an_infrastructure_error_and_is_released(image, tmp_path):
-    script = {
+    script: StubScript = {
         ("GET", "/start"): [(200, b"OK")],
         ("GET", "/heartbeat"): [(200, b"OK")],
         ("GET", "/contract"): [
@@ -82,7 +83,7 @@ PASSING_SERIAL = (
 )
 
 
-def stub_rig(serial: bytes = PASSING_SERIAL) -> dict:
+def stub_rig(serial: bytes = PASSING_SERIAL) -> StubScript:
     """A rig that takes the image, boots, and shows `serial` on the console."""
     return {
         ("GET", "/start"): [(200, b"OK")],

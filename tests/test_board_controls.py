@@ -15,6 +15,7 @@ from harness.backends.autokit.worker_api import make_handler
 from harness.backends.fake import FakeGuest
 from harness.guest.units import CONSOLE_CONTROL, CONTROL_UNIT, VIRTIO_CONTROL, control_credentials
 from harness.host.driven_machine import DrivenMachine, MachineError
+from harness.settings import Settings
 from tests.stub_worker import StubWorker
 
 NOISE = b"[   12.345678] EXT4-fs (vda2): re-mounted. Quota mode: none.\r\n"
@@ -111,7 +112,7 @@ def test_the_agent_on_the_console_keeps_the_serial_getty_off_it():
 
 @pytest.fixture
 def virtual_worker(tmp_path):
-    w = VirtualWorker(tmp_path, "t", watchdog=60)
+    w = VirtualWorker(tmp_path, "t", Settings.from_environment({}), watchdog=60)
     server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(w))
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()

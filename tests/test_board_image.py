@@ -2,18 +2,19 @@
 and credentials in the root, written at the partitions' offsets for either sector size."""
 
 import subprocess
+from pathlib import Path
 
 import pytest
-from images import write_bootable_image, write_image
 
 from harness.backends.board.image import build_board_image
 from harness.declaration.credential import Credential
 from harness.errors import HarnessError
 from harness.image.disk import ESP_TYPE, ROOT_PARTITION_TYPES, read_gpt
 from harness.image.esp import ENTRY_NAME, pe_section
+from tests.images import write_bootable_image, write_image
 
 
-def partition_offsets(image):
+def partition_offsets(image: Path) -> tuple[int, int]:
     with image.open("rb") as f:
         parts = read_gpt(f)
     esp = next(p for p in parts if p.type_uuid == ESP_TYPE)
@@ -45,7 +46,7 @@ def test_entry_units_and_credentials_land_in_the_copy(tmp_path, sector):
     ).stdout
     assert "efi /EFI/Linux/image.efi" in entry and "options harness.marker=1" in entry
 
-    def cat(path):
+    def cat(path: str) -> bytes:
         return subprocess.run(
             ["debugfs", "-R", f"cat {path}", f"{board}?offset={root}"], capture_output=True, check=True
         ).stdout
@@ -96,11 +97,10 @@ def test_the_boot_esp_is_a_gpt_disk_firmware_accepts(tmp_path):
 
 
 def test_a_uefi_image_without_its_boot_loader_is_refused_before_booting(tmp_path):
-    from images import write_split_artifacts
-
     from harness.backends.qemu.firmware import resolve_firmware
     from harness.declaration.keys import Firmware
     from harness.image.parts import Image
+    from tests.images import write_split_artifacts
 
     shared = write_bootable_image(tmp_path / "image", 512)
     write_split_artifacts(tmp_path / "image")

@@ -3,7 +3,6 @@ import stat
 import subprocess
 
 import pytest
-from helpers import declaration
 
 from harness.backends.qemu.credentials import (
     cmdline_extra_strings,
@@ -13,6 +12,7 @@ from harness.backends.qemu.credentials import (
 )
 from harness.declaration.credential import Credential
 from harness.guest.units import guest_credentials, render_test_unit
+from tests.helpers import declaration
 
 
 def test_smbios_credential_is_base64_of_exact_bytes():
@@ -86,7 +86,7 @@ def test_guest_credentials_include_emergency_guard_only_when_unattended():
 def test_the_control_agent_loads_its_script_as_the_guests_systemd_can():
     from harness.guest.units import control_credentials
 
-    def unit(systemd):
+    def unit(systemd: int | None) -> str:
         return control_credentials(systemd)[0].value.decode()
 
     assert "ImportCredential=harness.control" in unit(None) and "ImportCredential=" in unit(257)

@@ -2,14 +2,15 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import declaration
 
 from harness.__main__ import main
 from harness.declaration.credential import Credential
-from harness.declaration.declaration import skip_reason
+from harness.declaration.declaration import TestDeclaration, skip_reason
 from harness.declaration.keys import KEYS, key_table
 from harness.errors import DeclarationError
+from harness.settings import Settings
 from harness.verdict.results import EXIT_ERROR
+from tests.helpers import declaration
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,15 +71,20 @@ def test_missing_credential_file_is_a_declaration_error(tmp_path):
 
 
 def test_skip_switches():
+    def why(decl: TestDeclaration, **env: str) -> str:
+        reason = skip_reason(decl, Settings.from_environment(env))
+        assert reason is not None, "not skipped"
+        return reason
+
     d = declaration()
-    assert skip_reason(d, {}) is None
-    assert "HARNESS_INTEGRATION_TESTS=0" in skip_reason(d, {"HARNESS_INTEGRATION_TESTS": "0"})
-    assert "HARNESS_SKIP" in skip_reason(d, {"HARNESS_SKIP": "TEST-98 TEST-99"})
-    assert skip_reason(d, {"HARNESS_SKIP": "TEST-98"}) is None
+    assert skip_reason(d, Settings.from_environment({})) is None
+    assert "HARNESS_INTEGRATION_TESTS=0" in why(d, HARNESS_INTEGRATION_TESTS="0")
+    assert "HARNESS_SKIP" in why(d, HARNESS_SKIP="TEST-98 TEST-99")
+    assert skip_reason(d, Settings.from_environment({"HARNESS_SKIP": "TEST-98"})) is None
     slow = declaration("--slow=true")
-    assert "HARNESS_SLOW_TESTS=1" in skip_reason(slow, {})
-    assert skip_reason(slow, {"HARNESS_SLOW_TESTS": "1"}) is None
-    assert "disabled" in skip_reason(declaration("--enabled=false"), {})
+    assert "HARNESS_SLOW_TESTS=1" in why(slow)
+    assert skip_reason(slow, Settings.from_environment({"HARNESS_SLOW_TESTS": "1"})) is None
+    assert "disabled" in why(declaration("--enabled=false"))
 
 
 def _meson_literal(value: object) -> str:

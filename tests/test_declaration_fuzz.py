@@ -88,7 +88,7 @@ RAW_LINES = [b"--name=\xff\xfe", b"--cmdline=\xc3", b"garbage", b"--=x", b"--dec
 
 
 @pytest.fixture(scope="module")
-def test_dir(tmp_path_factory) -> Path:
+def test_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("fuzz") / "TEST-42-FUZZ"
     d.mkdir()
     (d / "ok.txt").write_text("fine\n")

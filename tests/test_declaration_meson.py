@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from e2e import meson_project
 
 from harness.declaration import file as declaration_file
+from tests.e2e import meson_project
 
 pytestmark = pytest.mark.vm
 

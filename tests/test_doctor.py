@@ -10,14 +10,14 @@ from pathlib import Path
 
 import attrs
 import pytest
-from images import gpt
-from test_own_images import ROOT, bzimage, debian_initrd, mbr_disk
-from test_rootfs import FS_SIZE, OFFSET, disk, usrmerge
 
 from harness.errors import HarnessError
 from harness.image.disk import LINUX_FILESYSTEM
-from harness.image.doctor import Verdict, boot_blockers, check, report
+from harness.image.doctor import Finding, Verdict, boot_blockers, check, report
 from harness.image.parts import Image, ImageParts
+from tests.images import gpt
+from tests.test_own_images import ROOT, bzimage, debian_initrd, mbr_disk
+from tests.test_rootfs import FS_SIZE, OFFSET, disk, usrmerge
 
 SECTOR = 512
 
@@ -46,7 +46,7 @@ def parts(tmp_path: Path, path: Path, **given: object) -> ImageParts:
     return ImageParts(path, kernel=tmp_path / "bzImage", initrd=initrd, **given)  # type: ignore[arg-type]
 
 
-def by_part(findings):
+def by_part(findings: list[Finding]) -> dict[str, Finding]:
     return {f.part: f for f in findings}
 
 
@@ -111,7 +111,7 @@ def test_a_disk_that_is_not_there(tmp_path):
 def test_the_wrapper_refuses_a_root_without_systemd(tmp_path):
     p = parts(tmp_path, debian_disk(tmp_path), root=f"PARTUUID={ROOT}")
     image = Image.open(p)
-    assert boot_blockers(image) == []
+    assert boot_blockers(image) == [] and image.root_facts is not None
     hollow = attrs.evolve(
         image, root_facts=attrs.evolve(image.root_facts, systemd_version=None, init="/sbin/init")
     )
@@ -121,6 +121,7 @@ def test_the_wrapper_refuses_a_root_without_systemd(tmp_path):
 
 def test_systemd_older_than_252_in_the_root_is_refused(tmp_path):
     image = Image.open(parts(tmp_path, debian_disk(tmp_path), root=f"PARTUUID={ROOT}"))
+    assert image.root_facts is not None
     old = attrs.evolve(image, root_facts=attrs.evolve(image.root_facts, systemd_version=247))
     (blocker,) = boot_blockers(old)
     assert "has systemd 247; the harness needs 252 or later" in blocker.what

@@ -8,12 +8,13 @@ import os
 import tarfile
 
 import pytest
-from helpers import declaration
 
+from harness.declaration.declaration import TestDeclaration
 from harness.declaration.extra_tree import TREES_LIMIT
 from harness.errors import DeclarationError
 from harness.guest.units import guest_credentials, render_test_unit
 from harness.verdict.secrets import masked_values
+from tests.helpers import declaration
 
 
 @pytest.fixture
@@ -30,7 +31,8 @@ def test_dir(tmp_path):
     return test
 
 
-def members(decl):
+def members(decl: TestDeclaration) -> dict[str, tarfile.TarInfo]:
+    assert decl.extra_trees is not None
     with tarfile.open(fileobj=io.BytesIO(decl.extra_trees.value)) as tar:
         return {m.name: m for m in tar.getmembers()}
 
@@ -49,7 +51,7 @@ def test_trees_are_packed_under_their_targets_with_modes_and_links(test_dir):
     ]
     assert m["usr/lib/tests/run.sh"].mode == 0o755 and m["usr/lib/tests/run.sh"].uid == 0
     assert m["usr/lib/tests/link.sh"].issym() and m["usr/lib/tests/link.sh"].linkname == "run.sh"
-    assert d.extra_trees.name == "harness.trees"
+    assert d.extra_trees is not None and d.extra_trees.name == "harness.trees"
 
 
 def test_the_test_unit_unpacks_them_before_the_test_and_they_are_not_masked(test_dir):

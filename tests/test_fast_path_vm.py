@@ -10,7 +10,8 @@ import subprocess
 import time
 
 import pytest
-from e2e import (
+
+from tests.e2e import (
     SNAPSHOTS,
     boot_path,
     harness_leftovers,

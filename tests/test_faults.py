@@ -28,23 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e import (
-    ROOT,
-    SNAPSHOTS,
-    boot_path,
-    harness_leftovers,
-    meson_project,
-    meson_setup,
-    run_wrapper,
-    start_wrapper,
-    wait_for_console,
-    wait_until,
-    wrapper_cmd,
-    wrapper_env,
-)
-from helpers import declaration
-from images import write_bootable_image, write_image, write_initrd_with_modules, write_split_artifacts
-from stub_worker import StubWorker
 
 from harness.__main__ import main, run_and_record
 from harness.backends.autokit.client import WorkerClient, WorkerError
@@ -58,11 +41,30 @@ from harness.boot.plan import console_limit
 from harness.boot.watch import watch
 from harness.declaration.keys import Firmware
 from harness.errors import HarnessError, LogDirBusy
-from harness.image.parts import Image
+from harness.image.parts import Image, ImageParts
+from harness.process import OwnedProcess
+from harness.settings import Settings
 from harness.verdict.log_dir import owning_log_dir
 from harness.verdict.notify import GuestReport
 from harness.verdict.results import Status, classify
 from harness.wrapper import RunContext
+from tests.e2e import (
+    ROOT,
+    SNAPSHOTS,
+    boot_path,
+    harness_leftovers,
+    meson_project,
+    meson_setup,
+    run_wrapper,
+    start_wrapper,
+    wait_for_console,
+    wait_until,
+    wrapper_cmd,
+    wrapper_env,
+)
+from tests.helpers import declaration
+from tests.images import write_bootable_image, write_image, write_initrd_with_modules, write_split_artifacts
+from tests.stub_worker import StubScript, StubWorker
 
 ENV = {"HARNESS_ACCEL": "tcg"}
 MB = 2**20
@@ -104,7 +106,7 @@ def test_a_flooding_console_stops_the_machine_and_the_log_is_cut(tmp_path):
     files.logs.mkdir()
     # What QEMU does with a guest printing in a loop: write the console file, endlessly.
     flood = subprocess.Popen(["sh", "-c", f"exec yes flood-line-of-a-stuck-guest > {files.console}"])
-    machine = QemuMachine(flood, files, files.tmp / "stderr", GuestReport())
+    machine = QemuMachine(OwnedProcess(flood), files, files.tmp / "stderr", GuestReport())
     try:
         ending = watch(machine, 60, 2 * MB)
     finally:
@@ -127,10 +129,10 @@ def test_a_flooding_console_is_the_tests_failure(tmp_path):
 
 
 def test_the_console_limit_is_a_number_of_megabytes():
-    assert console_limit({}) == 64 * MB
-    assert console_limit({"HARNESS_CONSOLE_LIMIT_MB": "5"}) == 5 * MB
+    assert console_limit(Settings.from_environment({})) == 64 * MB
+    assert console_limit(Settings.from_environment({"HARNESS_CONSOLE_LIMIT_MB": "5"})) == 5 * MB
     with pytest.raises(HarnessError, match="HARNESS_CONSOLE_LIMIT_MB='lots' is not a number of megabytes"):
-        console_limit({"HARNESS_CONSOLE_LIMIT_MB": "lots"})
+        console_limit(Settings.from_environment({"HARNESS_CONSOLE_LIMIT_MB": "lots"}))
 
 
 # --- an image a VM cannot boot -----------------------------------------------------------
@@ -207,7 +209,7 @@ def test_the_private_directories_of_killed_wrappers_are_swept(tmp_path):
 
 
 def test_a_worker_vanishing_mid_flash_is_an_infrastructure_error():
-    script = {
+    script: StubScript = {
         ("POST", "/dut/flashImage"): [(200, {"timeoutTries": 5})],
         ("GET", "/dut/flashState"): [(200, b"PENDING")],
     }
@@ -264,17 +266,18 @@ def test_a_nearly_full_log_disk_is_an_error_before_anything_boots(tmp_path, smal
 
 def test_a_disk_filling_up_during_the_run_is_an_error_and_leaves_no_half_file(tmp_path, small_disk):
     logs = small_disk / "logs"
-    image = write_image(tmp_path / "image")
+    image = ImageParts(write_image(tmp_path / "image"))
     fill(small_disk, leave=17 * MB)  # enough to start, not for what the guest prints
     ctx = RunContext(logs, None, "run-1", snapshot_dir=tmp_path / "snapshots")
     backend = FakeBackend(Script(passing().report, console=b"x" * (18 * MB)))
-    record = run_and_record(declaration(), image, ctx, backend, dict(ENV), False, 1)
+    record = run_and_record(declaration(), image, ctx, backend, Settings.from_environment(ENV), False, 1)
     assert record.status == Status.ERROR
     assert f"could not write the logs in {logs}: No space left on device" in record.reason
     assert backend.running == 0
     assert not list(logs.glob("*.partial"))
     (small_disk / "filler").unlink()  # space again: the next run is not hindered by this one
-    record = run_and_record(declaration(), image, ctx, FakeBackend(passing()), dict(ENV), False, 1)
+    settings = Settings.from_environment(ENV)
+    record = run_and_record(declaration(), image, ctx, FakeBackend(passing()), settings, False, 1)
     assert record.status == Status.PASS
     assert (logs / "result.json").is_file()
 

@@ -4,10 +4,10 @@ test that passed, naming the line; nothing else does."""
 from __future__ import annotations
 
 import pytest
-from helpers import declaration
 
 from harness.verdict.gates import gate, kernel_trouble
 from harness.verdict.results import Outcome, Status
+from tests.helpers import declaration
 
 PASSED = Outcome(Status.PASS, "TEST-99-UNIT exited with the expected status 123")
 
@@ -99,9 +99,8 @@ def test_a_core_dump_in_the_journal_fails_a_passed_test_with_its_stack_trace(tmp
 
 
 def test_a_coredump_exclude_regex_must_compile():
-    from helpers import declaration
-
     from harness.errors import DeclarationError
+    from tests.helpers import declaration
 
     assert declaration("--coredump-exclude-regex=/usr/bin/(sleep|true)$").coredump_exclude_regex
     with pytest.raises(DeclarationError, match="'coredump-exclude-regex': '\\(' is not a regular expression"):

@@ -4,7 +4,8 @@ report in the journal each fail a test whose payload passed, and the reason name
 from __future__ import annotations
 
 import pytest
-from e2e import harness_leftovers, run_wrapper, wrapper_env
+
+from tests.e2e import harness_leftovers, run_wrapper, wrapper_env
 
 pytestmark = pytest.mark.vm
 

@@ -1,11 +1,23 @@
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from harness.backends.qemu.command import resolve_machine_alias
 from harness.backends.qemu.firmware import select_ovmf
 from harness.boot.accel import Acceleration, cpu_flags, kvm_usable, running_vms, vcpus_for
+from harness.errors import HarnessError
+from harness.settings import Settings
 
 
-def descriptor(features, arch="x86_64", machines=("pc-q35-*",), interfaces=("uefi",), code="/c.fd"):
+def descriptor(
+    features: Iterable[str],
+    arch: str = "x86_64",
+    machines: Iterable[str] = ("pc-q35-*",),
+    interfaces: Iterable[str] = ("uefi",),
+    code: str = "/c.fd",
+) -> dict[str, Any]:
     return {
         "interface-types": list(interfaces),
         "features": list(features),
@@ -25,8 +37,10 @@ def test_ovmf_selection_skips_secure_boot_and_foreign_targets():
         (Path("50-bios.json"), descriptor([], interfaces=("bios",), code="/bios.fd")),
         (Path("60-plain.json"), descriptor(["acpi-s3"], code="/plain.fd")),
     ]
-    assert select_ovmf(ds, "x86_64", "pc-q35-7.2").code == Path("/plain.fd")
-    assert select_ovmf(ds, "x86_64", "pc-q35-7.2", secure_boot=True).code == Path("/sb.fd")
+    plain = select_ovmf(ds, "x86_64", "pc-q35-7.2")
+    assert plain is not None and plain.code == Path("/plain.fd")
+    secure = select_ovmf(ds, "x86_64", "pc-q35-7.2", secure_boot=True)
+    assert secure is not None and secure.code == Path("/sb.fd")
     assert select_ovmf(ds, "x86_64", "microvm") is None
 
 
@@ -53,11 +67,13 @@ def test_vcpus_under_tcg_follow_the_qemu_version():
 
 
 def test_a_vm_gets_two_vcpus_while_the_cores_go_round():
-    assert vcpus_for(cores=2, other_vms=0, env={}) == 2
-    assert vcpus_for(cores=2, other_vms=1, env={}) == 1  # two VMs on two cores: one each
-    assert vcpus_for(cores=8, other_vms=3, env={}) == 2
-    assert vcpus_for(cores=2, other_vms=1, env={"HARNESS_VCPUS": "2"}) == 2
-    assert vcpus_for(cores=2, other_vms=0, env={"HARNESS_VCPUS": "zero"}) == 2  # not a number: the rule
+    unset = Settings.from_environment({})
+    assert vcpus_for(cores=2, other_vms=0, settings=unset) == 2
+    assert vcpus_for(cores=2, other_vms=1, settings=unset) == 1  # two VMs on two cores: one each
+    assert vcpus_for(cores=8, other_vms=3, settings=unset) == 2
+    assert vcpus_for(cores=2, other_vms=1, settings=Settings.from_environment({"HARNESS_VCPUS": "2"})) == 2
+    with pytest.raises(HarnessError, match="HARNESS_VCPUS='zero' is not a number of vCPUs"):
+        Settings.from_environment({"HARNESS_VCPUS": "zero"})  # an error, as for every switch
 
 
 def test_running_vms_are_the_qemu_processes(tmp_path):

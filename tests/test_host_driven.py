@@ -7,24 +7,28 @@ from __future__ import annotations
 import os
 import signal
 import textwrap
+from pathlib import Path
 
 import pytest
-from helpers import declaration
-from images import write_image
 
 import harness.host.pytest_run
 from harness.backends.fake import FakeBackend, FakeGuest, Script
 from harness.errors import DeclarationError
 from harness.host.driven_machine import DrivenMachine, MachineError
+from harness.image.parts import ImageParts
 from harness.report.tap import tap_lines
+from harness.settings import Settings
+from harness.verdict.record import TestRecord
 from harness.verdict.results import Status
 from harness.wrapper import RunContext, run_test
+from tests.helpers import declaration
+from tests.images import write_image
 
 ENV = {"HARNESS_ACCEL": "tcg"}
 
 
 @pytest.fixture
-def image(tmp_path):
+def fake_image(tmp_path):
     return write_image(tmp_path / "image")
 
 
@@ -35,7 +39,9 @@ def guest(tmp_path, **kw) -> tuple[DrivenMachine, FakeGuest]:
     return DrivenMachine(fake, timeout_factor=0.05), fake
 
 
-def host_test(tmp_path, image, code, *args, script=None, timeout=300):
+def host_test(
+    tmp_path: Path, image: Path, code: str, *args: str, script: Script | None = None, timeout: int = 300
+) -> tuple[TestRecord, FakeBackend]:
     """Run a host-driven test whose pytest file is `code`, through the fake backend."""
     test_dir = tmp_path / "TEST-99-UNIT"
     test_dir.mkdir()
@@ -43,7 +49,7 @@ def host_test(tmp_path, image, code, *args, script=None, timeout=300):
     backend = FakeBackend(script or Script())
     ctx = RunContext(tmp_path / "logs", tmp_path / "build", "run-1", snapshot_dir=tmp_path / "snapshots")
     decl = declaration("--host=test_host.py", f"--timeout={timeout}", *args, test_dir=str(test_dir))
-    record = run_test(decl, image, ctx, backend, dict(ENV), timeout_factor=1)
+    record = run_test(decl, ImageParts(image), ctx, backend, Settings.from_environment(ENV), timeout_factor=1)
     assert backend.running == 0, "a machine was left running"
     return record, backend
 
@@ -173,8 +179,8 @@ STEPS = """
 """
 
 
-def test_each_function_is_a_subtest_and_a_failure_names_its_step(tmp_path, image):
-    record, backend = host_test(tmp_path, image, STEPS)
+def test_each_function_is_a_subtest_and_a_failure_names_its_step(tmp_path, fake_image):
+    record, backend = host_test(tmp_path, fake_image, STEPS)
     assert record.status == Status.FAIL
     assert [(s.name, s.status) for s in record.subtests] == [
         ("test_step_1_boots", Status.PASS),
@@ -187,12 +193,13 @@ def test_each_function_is_a_subtest_and_a_failure_names_its_step(tmp_path, image
     )
     assert "not ok 2 - TEST-99-UNIT/test_step_2_fails_on_purpose" in tap_lines(record)
     assert (tmp_path / "logs" / "host-test.log").read_text().count("PASSED") == 2
+    assert backend.machines[0].guest is not None
     assert backend.machines[0].guest.ran[-1] == "journalctl -o export | gzip -1", (
         "a failed host test keeps the journal"
     )
 
 
-def test_a_passing_file_passes_and_skips_are_subtests(tmp_path, image):
+def test_a_passing_file_passes_and_skips_are_subtests(tmp_path, fake_image):
     code = """
         import pytest
 
@@ -202,26 +209,26 @@ def test_a_passing_file_passes_and_skips_are_subtests(tmp_path, image):
         def test_not_here(machine):
             pytest.skip("no TPM on this machine")
     """
-    record, _ = host_test(tmp_path, image, code)
+    record, _ = host_test(tmp_path, fake_image, code)
     assert (record.status, record.reason) == (Status.PASS, "1 of 2 steps of test_host.py passed")
     assert record.subtests[1].detail == "no TPM on this machine"
     assert not list((tmp_path / "TEST-99-UNIT").glob("__pycache__")), "nothing written beside the file"
 
 
-def test_a_machine_that_never_comes_up_is_an_error(tmp_path, image):
-    record, _ = host_test(tmp_path, image, STEPS, script=Script(comes_up=False), timeout=2)
+def test_a_machine_that_never_comes_up_is_an_error(tmp_path, fake_image):
+    record, _ = host_test(tmp_path, fake_image, STEPS, script=Script(comes_up=False), timeout=2)
     assert record.status == Status.ERROR
     assert record.reason == (
         "the machine did not come up for its host test: the test's timeout (2 s) passed during this step"
     )
 
 
-def test_a_file_pytest_cannot_load_is_an_error(tmp_path, image):
-    record, _ = host_test(tmp_path, image, "def test_x(machine):\n    return (\n")
+def test_a_file_pytest_cannot_load_is_an_error(tmp_path, fake_image):
+    record, _ = host_test(tmp_path, fake_image, "def test_x(machine):\n    return (\n")
     assert record.status == Status.ERROR and "pytest could not load test_host.py: " in record.reason
 
 
-def test_the_timeout_bounds_the_whole_file(tmp_path, image):
+def test_the_timeout_bounds_the_whole_file(tmp_path, fake_image):
     code = """
         import time
 
@@ -231,7 +238,7 @@ def test_the_timeout_bounds_the_whole_file(tmp_path, image):
         def test_second(machine):
             pass
     """
-    record, _ = host_test(tmp_path, image, code, timeout=1)
+    record, _ = host_test(tmp_path, fake_image, code, timeout=1)
     assert [(s.name, s.status) for s in record.subtests] == [
         ("test_first", Status.FAIL),
         ("test_second", Status.FAIL),
@@ -241,7 +248,7 @@ def test_the_timeout_bounds_the_whole_file(tmp_path, image):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_during_a_step_interrupts_the_test_and_stops_its_machine(tmp_path, image, signum):
+def test_a_signal_during_a_step_interrupts_the_test_and_stops_its_machine(tmp_path, fake_image, signum):
     code = f"""
         import os
 
@@ -249,11 +256,11 @@ def test_a_signal_during_a_step_interrupts_the_test_and_stops_its_machine(tmp_pa
             os.kill(os.getpid(), {int(signum)})
     """
     with pytest.raises(KeyboardInterrupt):
-        host_test(tmp_path, image, code)
+        host_test(tmp_path, fake_image, code)
 
 
 def test_an_interrupt_that_pytest_turns_into_its_own_error_is_still_an_interrupt(
-    tmp_path, image, monkeypatch
+    tmp_path, fake_image, monkeypatch
 ):
     def pytest_breaks_on_interrupt(*args):
         try:
@@ -263,41 +270,45 @@ def test_an_interrupt_that_pytest_turns_into_its_own_error_is_still_an_interrupt
 
     monkeypatch.setattr(harness.host.pytest_run, "_pytest", pytest_breaks_on_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        host_test(tmp_path, image, "def test_x(machine):\n    pass\n")
+        host_test(tmp_path, fake_image, "def test_x(machine):\n    pass\n")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handler is put back"
 
 
-def test_a_core_dump_fails_a_host_test_whose_steps_passed_unless_excluded(tmp_path, image):
-    from test_gates import DUMP
+def test_a_core_dump_fails_a_host_test_whose_steps_passed_unless_excluded(tmp_path, fake_image):
+    from tests.test_gates import DUMP
 
     code = "def test_x(machine):\n    machine.check('true')\n"
-    record, backend = host_test(tmp_path, image, code, script=Script(journal_export=DUMP + b"\n"))
+    record, backend = host_test(tmp_path, fake_image, code, script=Script(journal_export=DUMP + b"\n"))
     assert record.status == Status.FAIL
     assert record.reason.startswith(
         "a process dumped core during the test: myd (pid 312, SIGSEGV, /usr/bin/myd)"
     )
     assert [s.status for s in record.subtests] == [Status.PASS]
+    assert backend.machines[0].guest is not None
     assert backend.machines[0].guest.ran[-1] == "journalctl -o export | gzip -1", (
         "the failure keeps the journal"
     )
     (tmp_path / "TEST-99-UNIT" / "test_host.py").unlink()
     (tmp_path / "TEST-99-UNIT").rmdir()
     record, _ = host_test(
-        tmp_path, image, code, "--coredump-exclude-regex=/myd$", script=Script(journal_export=DUMP + b"\n")
+        tmp_path,
+        fake_image,
+        code,
+        "--coredump-exclude-regex=/myd$",
+        script=Script(journal_export=DUMP + b"\n"),
     )
     assert record.status == Status.PASS and not (tmp_path / "logs" / "journal.export").exists()
 
 
-def test_a_host_test_skips_where_the_machine_cannot_be_driven(tmp_path, image):
+def test_a_host_test_skips_where_the_machine_cannot_be_driven(tmp_path, fake_image):
     code = "def test_x(machine):\n    pass\n"
     test_dir = tmp_path / "TEST-99-UNIT"
     test_dir.mkdir()
     (test_dir / "test_host.py").write_text(code)
     backend = FakeBackend(drives_host_tests=False, name="lava")
     ctx = RunContext(tmp_path / "logs", None, "run-1")
-    record = run_test(
-        declaration("--host=test_host.py", test_dir=str(test_dir)), image, ctx, backend, dict(ENV)
-    )
+    decl = declaration("--host=test_host.py", test_dir=str(test_dir))
+    record = run_test(decl, fake_image, ctx, backend, Settings.from_environment(ENV))
     assert record.status == Status.SKIP and "runs on qemu" in record.reason and backend.plans == []
 
 

@@ -9,7 +9,8 @@ import signal
 import textwrap
 
 import pytest
-from e2e import (
+
+from tests.e2e import (
     SNAPSHOTS,
     harness_leftovers,
     meson_project,

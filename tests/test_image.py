@@ -3,12 +3,12 @@ import uuid
 
 import pytest
 import zstandard
-from images import cpio, elf, gpt, write_image, write_initrd_with_modules
 
 from harness.errors import HarnessError
 from harness.image.disk import ESP_TYPE, ROOT_PARTITION_TYPES, read_gpt
 from harness.image.initrd import cpio_files, elf_architecture, initrd_facts
 from harness.image.parts import Image
+from tests.images import cpio, elf, gpt, write_image, write_initrd_with_modules
 
 
 @pytest.mark.parametrize("sector", [512, 4096])
@@ -114,7 +114,7 @@ def test_the_initrd_tells_which_drivers_are_there_before_the_root(tmp_path):
     write_initrd_with_modules(tmp_path, ["block/virtio_blk", "virtio/virtio-pci"], ["char/virtio_console"])
     image = Image.open(tmp_path / "image.raw")
     assert image.systemd_version == 252 and image.os_name == "Debian GNU/Linux 12 (bookworm)"
-    assert image.initrd_drivers == {"virtio_blk", "virtio_pci", "virtio_console"}
+    assert image.initrd_drivers == frozenset({"virtio_blk", "virtio_pci", "virtio_console"})
 
 
 def test_an_initrd_without_modules_builtin_tells_no_drivers(tmp_path):
@@ -129,7 +129,7 @@ def test_linux_noinitrd_boots_with_the_initrd_where_the_kernel_has_the_drivers_a
     write_image(tmp_path)
     write_initrd_with_modules(tmp_path, ["block/virtio_blk"], ["virtio/virtio-pci", "char/virtio_console"])
     image = Image.open(tmp_path / "image.raw")
-    assert image.kernel_drivers == {"virtio_pci", "virtio_console"}
+    assert image.kernel_drivers == frozenset({"virtio_pci", "virtio_console"})
     assert QemuBackend().firmware(Firmware.LINUX_NOINITRD, image) == Firmware.LINUX
     assert "in the kernel of image.raw virtio_blk is a module, not built in" in caplog.text
     write_initrd_with_modules(tmp_path, [], ["block/virtio_blk", "virtio/virtio-pci", "char/virtio_console"])
@@ -151,7 +151,7 @@ def test_the_initrds_facts_are_kept_beside_it_until_it_changes(tmp_path, monkeyp
     monkeypatch.undo()
     (tmp_path / "image.initrd").unlink()  # a rebuild: a new file
     write_initrd_with_modules(tmp_path, [], ["block/virtio_blk", "char/virtio_console"])
-    assert Image.open(tmp_path / "image.raw").kernel_drivers == {"virtio_blk", "virtio_console"}
+    assert Image.open(tmp_path / "image.raw").kernel_drivers == frozenset({"virtio_blk", "virtio_console"})
 
 
 def test_an_unwritable_directory_only_costs_the_cache(tmp_path):

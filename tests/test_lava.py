@@ -6,12 +6,13 @@ import json
 import re
 import subprocess
 import threading
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
 import yaml
-from helpers import declaration
 
 from harness.backends.lava import job as lava_job
 from harness.backends.lava.backend import (
@@ -20,25 +21,27 @@ from harness.backends.lava.backend import (
     LavaMachine,
     image_server,
     offered,
-    queue_limit,
 )
 from harness.backends.lava.client import JobState, LabError, LavaClient, LogLine
-from harness.boot.machine import EndingKind
+from harness.boot.machine import Ending, EndingKind
 from harness.boot.plan import CONSOLE_LIMIT
 from harness.boot.watch import power_off_after, watch
 from harness.errors import HarnessError
 from harness.guest.reporting import CONSOLE_CHANNEL
 from harness.guest.units import render_test_unit
+from harness.settings import Options, Settings
+from harness.verdict.notify import GuestReport
 from harness.verdict.results import Status, classify
+from tests.helpers import declaration
 
 URL = "http://lava.invalid"
 
 
-def console(*lines):
+def console(*lines: str) -> list[LogLine]:
     return [LogLine("target", line) for line in lines]
 
 
-def said(*pairs):
+def said(*pairs: str) -> list[str]:
     return [f"{CONSOLE_CHANNEL.prefix}{p}" for p in pairs]
 
 
@@ -53,45 +56,47 @@ PASSING = said(
 )
 
 
-class ScriptedLab:
+class ScriptedLab(LavaClient):
     """A lab whose job goes through `states` (one a poll; the last one stays) while its
-    log grows by `log` lines, a few at a time."""
+    log grows by `log` lines, a few at a time: the client's calls answered without a server."""
 
-    def __init__(self, states, log=(), per_poll=3):
+    def __init__(self, states: Iterable[JobState], log: Iterable[LogLine] = (), per_poll: int = 3) -> None:
         self.states = list(states)
         self.lines = [LogLine("info", "start: 0 validate"), *log]
         self.per_poll = per_poll
         self.polls = 0
-        self.cancelled = []
+        self.cancelled: list[int] = []
 
-    def job_url(self, job_id):
+    def job_url(self, job_id: int) -> str:
         return f"{URL}/scheduler/job/{job_id}"
 
-    def job(self, job_id):
+    def job(self, job_id: int) -> JobState:
         state = self.states[min(self.polls, len(self.states) - 1)]
         self.polls += 1
         if self.cancelled and not state.finished:
             state = JobState(job_id, "Finished", "Canceled", "qemu-01", "")
         return state
 
-    def log(self, job_id, start):
+    def log(self, job_id: int, start: int) -> list[LogLine]:
         return self.lines[start : min(len(self.lines), self.polls * self.per_poll)]
 
-    def cancel(self, job_id):
+    def cancel(self, job_id: int) -> None:
         self.cancelled.append(job_id)
 
-    def job_error(self, job_id):
+    def job_error(self, job_id: int) -> str:
         return "Infrastructure: the device did not power on"
 
 
-def state(name, health="Unknown", comment=""):
+def state(name: str, health: str = "Unknown", comment: str = "") -> JobState:
     return JobState(7, name, health, "qemu-01", comment)
 
 
 RUNNING, COMPLETE = state("Running"), state("Finished", "Complete")
 
 
-def follow(lab, tmp_path, timeout=60.0, console_limit=CONSOLE_LIMIT, **kw):
+def follow(
+    lab: LavaClient, tmp_path: Path, timeout: float = 60.0, console_limit: int = CONSOLE_LIMIT, **kw: float
+) -> tuple[LavaMachine, Ending, GuestReport]:
     """The machine watched as the flow watches it (wrapper.run_machine)."""
     machine = LavaMachine(lab, 7, tmp_path, poll=0, console_limit=console_limit, **kw)
     ending = watch(machine, timeout, console_limit)
@@ -189,10 +194,10 @@ def test_a_console_flood_cancels_the_job_and_cuts_the_log(tmp_path):
 
 
 def test_the_queue_limit_comes_from_the_environment():
-    assert queue_limit({}) == 600
-    assert queue_limit({"HARNESS_LAVA_QUEUE_TIMEOUT": "30"}) == 30
+    assert Settings.from_environment({}).lava_queue_timeout == 600
+    assert Settings.from_environment({"HARNESS_LAVA_QUEUE_TIMEOUT": "30"}).lava_queue_timeout == 30
     with pytest.raises(HarnessError, match="HARNESS_LAVA_QUEUE_TIMEOUT"):
-        queue_limit({"HARNESS_LAVA_QUEUE_TIMEOUT": "soon"})
+        Settings.from_environment({"HARNESS_LAVA_QUEUE_TIMEOUT": "soon"})
 
 
 # -- the job definition -----------------------------------------------------------------
@@ -227,9 +232,11 @@ def test_the_monitor_reads_what_the_guest_writes():
     assert re.search(monitor["pattern"], f"{CONSOLE_CHANNEL.prefix}X_HARNESS_TEST=pass 0 TEST-99") is None
 
 
-def test_requires_are_device_tags():
+def test_requires_are_device_tags(monkeypatch):
     backend = LavaBackend(URL, "qemu", None)
-    backend.client.device_tags = lambda device_type: [frozenset({"hdmi"}), frozenset({"can", "usb"})]
+    monkeypatch.setattr(
+        backend.client, "device_tags", lambda device_type: [frozenset({"hdmi"}), frozenset({"can", "usb"})]
+    )
     decl = declaration("--requires=can", "--requires=usb")
     assert backend.unmet_requirements(decl) == []
     decl = declaration("--requires=can", "--requires=hdmi")
@@ -245,7 +252,7 @@ class StubLava(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def answer(self, code, body, kind="application/json"):
+    def answer(self, code: int, body: object, kind: str = "application/json") -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", kind)
@@ -332,11 +339,13 @@ def test_an_unreachable_server_names_the_url_and_the_fix():
 
 
 def test_make_backend_needs_the_url():
-    from harness.backends import BackendOptions, make_backend
+    from harness.backends import make_backend
 
     with pytest.raises(HarnessError, match="-Dlava-url"):
-        make_backend("lava", BackendOptions(), {})
-    backend = make_backend("lava", BackendOptions(lava_url=URL), {"HARNESS_LAVA_DEVICE_TYPE": "rpi4"})
+        make_backend(Settings.from_environment({}, Options(backend="lava")))
+    env = {"HARNESS_LAVA_DEVICE_TYPE": "rpi4"}
+    backend = make_backend(Settings.from_environment(env, Options(backend="lava", lava_url=URL)))
+    assert isinstance(backend, LavaBackend)
     assert (backend.name, backend.device_type) == ("lava", "rpi4")
 
 

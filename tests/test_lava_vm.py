@@ -21,10 +21,12 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
-from e2e import (
+
+from tests.e2e import (
     IMAGE,
     ROOT,
     add_test_with_a_failing_subtest,
@@ -46,10 +48,11 @@ TOKEN_FILE = Path(os.environ.get("LAVA_TOKEN_FILE", "/var/lib/harness-lava/token
 FAILING = "TEST-90-FAILING-SUBTEST"
 
 
-def lava_api(path: str, token: str) -> dict:
+def lava_api(path: str, token: str) -> dict[str, Any]:
     req = urllib.request.Request(f"{LAVA_URL}/api/v0.2/{path}", headers={"Authorization": f"Token {token}"})
     with urllib.request.urlopen(req, timeout=30) as r:
-        return json.load(r)
+        answer: dict[str, Any] = json.load(r)
+        return answer
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +80,9 @@ def lab_run(tmp_path_factory, token):
     return meson_test_suite(project, build, env), build
 
 
-def record(build: Path, name: str) -> dict:
-    return json.loads((build / "integration-tests" / name / "result.json").read_text())
+def record(build: Path, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads((build / "integration-tests" / name / "result.json").read_text())
+    return result
 
 
 def lava_env(token: str, **extra: str) -> dict[str, str]:
@@ -141,9 +145,12 @@ def test_each_test_is_a_lava_job_with_its_subtests(lab_run, token):
         job_id = url.rsplit("/", 1)[1]
         with urllib.request.urlopen(url, timeout=30) as page:  # the web UI's page, public
             assert page.status == 200 and f"{job_id}" in page.read().decode(errors="replace")
+
         # The wrapper may be done before the lab has seen the job end (the worker's ping).
-        path = f"jobs/{job_id}/"
-        wait_until(lambda path=path: lava_api(path, token)["state"] == "Finished", 60, "job unfinished")
+        def finished(path: str = f"jobs/{job_id}/") -> bool:
+            return bool(lava_api(path, token)["state"] == "Finished")
+
+        wait_until(finished, 60, "job unfinished")
         job = lava_api(f"jobs/{job_id}/", token)
         assert job["health"] == "Complete"
         written = (build / "integration-tests" / name / "lava-job.yaml").read_text()
@@ -193,6 +200,7 @@ def test_ctrl_c_cancels_the_job_and_leaves_nothing(image, tmp_path, token):
     name = "TEST-93-INTERRUPTED"
     wrapper = start_wrapper(image, tmp_path, name, "--command=/bin/sleep 600", env=env)
     job_id = ""
+    assert wrapper.stdout is not None
     for line in wrapper.stdout:
         print(line, end="")
         if f"{name}: LAVA job " in line:

@@ -1,6 +1,6 @@
 import pytest
 
-from harness.boot.machine import Ending
+from harness.boot.machine import Ending, EndingKind
 from harness.verdict.notify import GuestReport, console_notify_lines, derive_exit_status, parse_notify
 from harness.verdict.results import classify
 
@@ -46,25 +46,31 @@ PASSED = b"READY=1\nX_HARNESS_SERVICE_RESULT=success\nX_HARNESS_EXIT_CODE=exited
 @pytest.mark.parametrize(
     "ending, data, status, exit_code, words",
     [
-        (Ending("exited", 0), PASSED, "pass", 0, "expected status 123"),
-        (Ending("exited", 0), b"READY=1\nEXIT_STATUS=77\n", "skip", 77, "skipped"),
-        (Ending("exited", 0), b"READY=1\nEXIT_STATUS=1\n", "fail", 1, "exit status 1"),
-        (Ending("exited", 0), b"EXIT_STATUS=0\n", "fail", 1, "never reported"),
-        (Ending("exited", 0), b"", "fail", 1, "without reporting an exit status"),
-        (Ending("exited", 0), b"X_HARNESS_EMERGENCY=1\n", "fail", 1, "emergency"),
-        (Ending("timeout"), b"READY=1\n", "fail", 1, "timed out after 60 s while the test was running"),
-        (Ending("timeout"), b"", "fail", 1, "before the test unit started"),
+        (Ending(EndingKind.EXITED, 0), PASSED, "pass", 0, "expected status 123"),
+        (Ending(EndingKind.EXITED, 0), b"READY=1\nEXIT_STATUS=77\n", "skip", 77, "skipped"),
+        (Ending(EndingKind.EXITED, 0), b"READY=1\nEXIT_STATUS=1\n", "fail", 1, "exit status 1"),
+        (Ending(EndingKind.EXITED, 0), b"EXIT_STATUS=0\n", "fail", 1, "never reported"),
+        (Ending(EndingKind.EXITED, 0), b"", "fail", 1, "without reporting an exit status"),
+        (Ending(EndingKind.EXITED, 0), b"X_HARNESS_EMERGENCY=1\n", "fail", 1, "emergency"),
         (
-            Ending("panic", detail="Kernel panic - not syncing: sysrq"),
+            Ending(EndingKind.TIMEOUT),
+            b"READY=1\n",
+            "fail",
+            1,
+            "timed out after 60 s while the test was running",
+        ),
+        (Ending(EndingKind.TIMEOUT), b"", "fail", 1, "before the test unit started"),
+        (
+            Ending(EndingKind.PANIC, detail="Kernel panic - not syncing: sysrq"),
             b"READY=1\n",
             "fail",
             1,
             "kernel panic",
         ),
-        (Ending("exited", 1), b"", "error", 99, "exited with status 1"),
-        (Ending("exited", -9), b"READY=1\n", "error", 99, "killed by signal 9"),
+        (Ending(EndingKind.EXITED, 1), b"", "error", 99, "exited with status 1"),
+        (Ending(EndingKind.EXITED, -9), b"READY=1\n", "error", 99, "killed by signal 9"),
         # A late crash after the guest reported is still the guest's verdict.
-        (Ending("exited", 1), PASSED, "pass", 0, "expected"),
+        (Ending(EndingKind.EXITED, 1), PASSED, "pass", 0, "expected"),
     ],
 )
 def test_classify(ending, data, status, exit_code, words):

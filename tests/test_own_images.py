@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from images import cpio, gpt, initrd_core, write_image
 
 from harness.errors import HarnessError
 from harness.image.disk import ESP_TYPE, LINUX_FILESYSTEM, DiskFormat
 from harness.image.initrd import initrd_facts, kernel_architecture
 from harness.image.parts import Image, ImageParts
+from tests.images import cpio, gpt, initrd_core, write_image
 
 ROOT = uuid.UUID("6f0b1c2a-0000-4000-8000-000000000001")
 
@@ -230,10 +230,9 @@ def test_mkosis_output_directory_gives_its_one_disk_even_with_an_image_version(t
 
 
 def test_a_hand_run_is_told_its_own_command_to_rerun(tmp_path):
-    from helpers import declaration
-
     from harness.verdict.results import Outcome, Status
     from harness.wrapper import RunContext
+    from tests.helpers import declaration
 
     decl = declaration(name="TEST-90-HAND")
     failed = Outcome(Status.FAIL, "it failed")

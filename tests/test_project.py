@@ -28,7 +28,8 @@ def test_every_glue_option_is_in_this_repositorys_options():
 
 def test_the_glue_says_the_version_the_wrapper_expects():
     text = (GLUE_DIR / "test" / "meson.build").read_text()
-    assert re.search(r"(?m)^harness_glue_version = (\d+)$", text).group(1) == str(GLUE_VERSION)
+    version = re.search(r"(?m)^harness_glue_version = (\d+)$", text)
+    assert version and version.group(1) == str(GLUE_VERSION)
 
 
 def test_a_glue_of_another_version_is_refused_with_the_command_that_refreshes_it():
@@ -81,7 +82,7 @@ def test_meson_setup_without_an_image_says_how_to_give_one(tmp_path):
     assert "give your disk with -Dimage=PATH" in done.stdout + done.stderr
 
 
-def run_setup(tmp_path, repo, *options):
+def run_setup(tmp_path: Path, repo: Path, *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["meson", "setup", str(tmp_path / "build"), str(repo), *options], capture_output=True, text=True
     )

@@ -2,7 +2,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import declaration
 
 from harness.backends.qemu.command import RunFiles, VmConfig, kernel_cmdline, qemu_command
 from harness.backends.qemu.firmware import Ovmf
@@ -14,15 +13,20 @@ from harness.declaration.credential import Credential
 from harness.declaration.keys import Firmware, Storage
 from harness.image.disk import ESP_TYPE, DiskPartition
 from harness.image.parts import Image
+from harness.settings import Settings
+from tests.helpers import declaration
 
 ROOT = uuid.UUID("8ce23b7e-642d-4dbe-827e-8b2ffc70816e")
+UNSET = Settings.from_environment({})  # no HARNESS_* switch set
 
 
-def plan(firmware="linux", accel="tcg", *args):
+def plan(firmware: str = "linux", accel: str = "tcg", *args: str) -> VmConfig:
     return VmConfig.for_plan(boot_plan(firmware, accel, *args))
 
 
-def boot_plan(firmware="linux", accel="tcg", *args, test_dir="/nonexistent/TEST-99-UNIT"):
+def boot_plan(
+    firmware: str = "linux", accel: str = "tcg", *args: str, test_dir: str = "/nonexistent/TEST-99-UNIT"
+) -> BootPlan:
     d = declaration(*args, test_dir=test_dir)
     image = Image(
         Path("/img/image.raw"),
@@ -44,6 +48,7 @@ def boot_plan(firmware="linux", accel="tcg", *args, test_dir="/nonexistent/TEST-
         accel=Acceleration(accel, "test"),
         timeout=60,
         interactive=False,
+        settings=UNSET,
     )
 
 
@@ -126,7 +131,8 @@ def test_a_resumed_vm_has_its_snapshots_devices_and_boots_again_as_its_test(host
 
 
 def test_a_persistent_snapshot_boots_without_the_volatile_overlay():
-    cfg = snapshot_config(plan().image, Acceleration("tcg", "test"), Firmware.LINUX, Storage.PERSISTENT)
+    accel = Acceleration("tcg", "test")
+    cfg = snapshot_config(plan().image, accel, Firmware.LINUX, Storage.PERSISTENT, settings=UNSET)
     append = qemu_command(cfg, FILES, None, None, None, None, [])
     append_words = append[append.index("-append") + 1].split()
     assert "systemd.unit=harness-agent.service" in append_words
@@ -136,14 +142,16 @@ def test_a_persistent_snapshot_boots_without_the_volatile_overlay():
 def test_a_tpm_and_disks_are_part_of_the_machine_shape_and_its_snapshot():
     accel = Acceleration("tcg", "test")
     image = plan().image
-    plain = snapshot_config(image, accel, Firmware.LINUX, Storage.VOLATILE)
-    both = snapshot_config(image, accel, Firmware.UEFI, Storage.PERSISTENT, True, (2**28, 2**30))
+    plain = snapshot_config(image, accel, Firmware.LINUX, Storage.VOLATILE, settings=UNSET)
+    both = snapshot_config(
+        image, accel, Firmware.UEFI, Storage.PERSISTENT, True, (2**28, 2**30), settings=UNSET
+    )
     assert machine_shape(plain.firmware, Storage.VOLATILE, plain.tpm, plain.disks) == "linux-volatile"
     shape = machine_shape(both.firmware, Storage.PERSISTENT, both.tpm, both.disks)
     assert shape == "uefi-persistent-tpm-disks-268435456-1073741824"
     assert SHAPE.fullmatch(shape)
     files = RunFiles(Path("/tmp/a"), Path("/snap"), Path("/snap/disk.qcow2"))
-    tpm = snapshot_config(image, accel, Firmware.LINUX, Storage.VOLATILE, True, (2**20,))
+    tpm = snapshot_config(image, accel, Firmware.LINUX, Storage.VOLATILE, True, (2**20,), settings=UNSET)
     saving = qemu_command(tpm, files, None, None, None, None, [])
     resumed = qemu_command(tpm, FILES, None, None, None, None, [], resuming=True)
     assert "tpm-crb,tpmdev=tpm0" in saving and "tpm-crb,tpmdev=tpm0" in resumed
@@ -152,7 +160,8 @@ def test_a_tpm_and_disks_are_part_of_the_machine_shape_and_its_snapshot():
 
 
 def test_a_uefi_snapshot_and_its_resumed_vms_boot_through_ovmf_alike():
-    cfg = snapshot_config(plan("uefi").image, Acceleration("tcg", "test"), Firmware.UEFI, Storage.VOLATILE)
+    accel = Acceleration("tcg", "test")
+    cfg = snapshot_config(plan("uefi").image, accel, Firmware.UEFI, Storage.VOLATILE, settings=UNSET)
     ovmf = Ovmf(Path("/fw/CODE.fd"), Path("/fw/VARS.fd"), "test")
     saving = qemu_command(
         cfg,
@@ -178,7 +187,7 @@ def test_a_declared_tpm_is_a_crb_device_on_swtpms_socket():
     assert "-tpmdev" not in qemu_command(plan("linux"), FILES, None, None, None, None, [])
     d = declaration("--tpm=true")
     assert d.requires == ("tpm",) and declaration("--tpm=true", "--requires=tpm").requires == ("tpm",)
-    assert resume_blocker(d, {}) is None  # its machine shape has a snapshot of its own
+    assert resume_blocker(d, UNSET) is None  # its machine shape has a snapshot of its own
 
 
 def test_rtc_sets_the_clock_to_the_hosts_utc_time_and_boots_cold():
@@ -186,7 +195,7 @@ def test_rtc_sets_the_clock_to_the_hosts_utc_time_and_boots_cold():
     assert cmd[cmd.index("-rtc") + 1].startswith("base=20")
     assert "-rtc" not in qemu_command(plan("linux"), FILES, None, None, None, None, [])
     d = declaration("--rtc=true", "--vm=true")
-    assert resume_blocker(d, {}) == "the test sets the real-time clock (rtc: true)"
+    assert resume_blocker(d, UNSET) == "the test sets the real-time clock (rtc: true)"
 
 
 def test_extra_disks_are_sparse_files_with_serials():
@@ -200,4 +209,4 @@ def test_extra_disks_are_sparse_files_with_serials():
     assert (
         len([a for a in qemu_command(plan("linux"), FILES, None, None, None, None, []) if a == "-drive"]) == 1
     )
-    assert resume_blocker(declaration("--disks=1G"), {}) is None
+    assert resume_blocker(declaration("--disks=1G"), UNSET) is None

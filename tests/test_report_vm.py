@@ -16,7 +16,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from e2e import IMAGE, add_test_with_a_failing_subtest, meson_project, meson_setup, meson_test_suite
+
+from tests.e2e import IMAGE, add_test_with_a_failing_subtest, meson_project, meson_setup, meson_test_suite
 
 pytestmark = pytest.mark.vm
 
@@ -44,12 +45,12 @@ def suite_run(tmp_path_factory):
     return meson_test_suite(project, build, env), build
 
 
-def junit_counts(build: Path) -> tuple[dict, list[tuple[str, str]]]:
+def junit_counts(build: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
     root = ET.parse(build / "meson-logs" / "testlog.junit.xml").getroot()
     cases = []
     for case in root.iter("testcase"):
         kinds = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
-        cases.append((case.get("name"), kinds[0] if kinds else "pass"))
+        cases.append((case.get("name", ""), kinds[0] if kinds else "pass"))
     count = {k: sum(1 for _, s in cases if s == k) for k in ("pass", "failure", "error", "skipped")}
     return count, cases
 

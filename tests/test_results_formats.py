@@ -8,17 +8,18 @@ import os
 import subprocess
 from pathlib import Path
 
-from helpers import declaration
-
 from harness.guest.units import TESTCASES_LIBRARY
 from harness.report.html import records_of_run, render_html, summary, update_run_report
 from harness.report.tap import tap_lines
 from harness.report.timeline_chart import timeline_svg
+from harness.settings import Settings
 from harness.verdict.journal import read_export, unit_excerpt
 from harness.verdict.notify import GuestReport
 from harness.verdict.record import TestRecord
+from harness.verdict.results import Status
 from harness.verdict.subtests import Subtest, subtests_from
 from harness.verdict.timeline import decode_timeline, parse_systemctl_show
+from tests.helpers import declaration
 
 
 def record(**kw) -> TestRecord:
@@ -45,9 +46,9 @@ def test_subtests_in_order_with_an_unfinished_one():
         b"X_HARNESS_TESTCASE_START=testcase_c\n"
     )
     assert subtests_from(report, "timed out after 600 s") == [
-        Subtest("testcase_a", "pass", 12, ""),
-        Subtest("testcase_b", "skip", 3, "no network here"),
-        Subtest("testcase_c", "fail", None, "did not finish: timed out after 600 s"),
+        Subtest("testcase_a", Status.PASS, 12, ""),
+        Subtest("testcase_b", Status.SKIP, 3, "no network here"),
+        Subtest("testcase_c", Status.FAIL, None, "did not finish: timed out after 600 s"),
     ]
 
 
@@ -71,9 +72,9 @@ def test_failing_subtest_is_its_own_point_and_explains_the_failure():
         cause="exit-status",
         reason="exit status 1",
         subtests=(
-            Subtest("testcase_a", "pass", 5),
-            Subtest("testcase_b", "fail", 7, "exited with status 1"),
-            Subtest("testcase_c", "skip", 1, "why not"),
+            Subtest("testcase_a", Status.PASS, 5),
+            Subtest("testcase_b", Status.FAIL, 7, "exited with status 1"),
+            Subtest("testcase_c", Status.SKIP, 1, "why not"),
         ),
     )
     lines = tap_lines(r)
@@ -88,7 +89,7 @@ def test_failure_outside_subtests_gets_a_point_of_its_own():
         status="fail",
         cause="",
         reason="kernel panic while the test was running",
-        subtests=(Subtest("testcase_a", "pass", 5),),
+        subtests=(Subtest("testcase_a", Status.PASS, 5),),
     )
     lines = tap_lines(r)
     assert "not ok 2 - TEST-07-SUBTESTS" in lines and lines[-1] == "1..2"
@@ -105,7 +106,11 @@ def test_summary_counts_cases_and_keeps_errors_apart():
         record(
             status="fail",
             cause="exit-status",
-            subtests=(Subtest("a", "pass", 1), Subtest("b", "fail", 1), Subtest("c", "skip", 1)),
+            subtests=(
+                Subtest("a", Status.PASS, 1),
+                Subtest("b", Status.FAIL, 1),
+                Subtest("c", Status.SKIP, 1),
+            ),
         ),
         record(name="TEST-01-BASIC", os="Debian GNU/Linux 12 (bookworm)"),
         record(name="TEST-06-SKIP", status="skip", reason="skipped itself"),
@@ -124,7 +129,7 @@ def test_record_round_trips_through_json(tmp_path):
     (tmp_path / "TEST-07-SUBTESTS").mkdir()
     r = record(
         log_dir=str(tmp_path / "TEST-07-SUBTESTS"),
-        subtests=(Subtest("a", "pass", 1),),
+        subtests=(Subtest("a", Status.PASS, 1),),
         rerun=("meson test -C build X",),
     )
     r.write()
@@ -154,7 +159,10 @@ ActiveEnterTimestampMonotonic=0
 
 def test_timeline_from_systemctl_show():
     encoded = base64.b64encode(gzip.compress(SHOW.encode())).decode()
-    t = parse_systemctl_show(decode_timeline(encoded))
+    show = decode_timeline(encoded)
+    assert show is not None
+    t = parse_systemctl_show(show)
+    assert t is not None
     assert (t.initrd_us, t.userspace_us, t.taken_us) == (1_500_000, 8_000_000, 20_500_000)
     assert [u.name for u in t.units] == ["systemd-journald.service", "TEST-07-SUBTESTS.service"]
     assert t.units[1].active_us is None
@@ -185,7 +193,7 @@ def test_html_report_is_self_contained_and_shows_everything(tmp_path):
         cause="exit-status",
         log_dir=str(tmp_path),
         journal_excerpt="[ 1.0] test.sh: boom",
-        subtests=(Subtest("testcase_b", "fail", 7, "exited with status 1"),),
+        subtests=(Subtest("testcase_b", Status.FAIL, 7, "exited with status 1"),),
         rerun=("meson test -C build --interactive TEST-07-SUBTESTS",),
     )
     page = render_html([r], summary([r], "integration-tests on qemu", "now"))
@@ -268,7 +276,8 @@ def test_library_runs_what_the_hosts_regular_expressions_select(tmp_path):
 def test_the_hosts_selection_reaches_the_test_unit_in_both_spellings():
     from harness.guest.units import render_test_unit, testcase_selection
 
-    selection = testcase_selection({"TEST_MATCH_TESTCASE": "^testcase_x$", "HARNESS_SKIP_TESTCASE": "slow"})
+    env = {"TEST_MATCH_TESTCASE": "^testcase_x$", "HARNESS_SKIP_TESTCASE": "slow"}
+    selection = testcase_selection(Settings.from_environment(env))
     assert selection == (
         ("HARNESS_MATCH_TESTCASE", "^testcase_x$"),
         ("TEST_MATCH_TESTCASE", "^testcase_x$"),
@@ -277,8 +286,8 @@ def test_the_hosts_selection_reaches_the_test_unit_in_both_spellings():
     )
     unit = render_test_unit(declaration(), False, selection=selection)
     assert 'Environment="HARNESS_MATCH_TESTCASE=^testcase_x$"' in unit and "TEST_SKIP_TESTCASES=slow" in unit
-    assert testcase_selection({}) == ()
-    assert testcase_selection({"TEST_SKIP_SUBTESTS": "[.]01"}) == (
+    assert testcase_selection(Settings.from_environment({})) == ()
+    assert testcase_selection(Settings.from_environment({"TEST_SKIP_SUBTESTS": "[.]01"})) == (
         ("HARNESS_SKIP_SUBTEST", "[.]01"),
         ("TEST_SKIP_SUBTESTS", "[.]01"),
     )

@@ -75,7 +75,7 @@ def disk(tmp_path: Path, tree: Path, name: str = "disk.raw", label: str = "root"
     path = tmp_path / name
     with path.open("wb") as f:
         f.truncate(OFFSET + FS_SIZE + MIB)
-    options = ["-q", "-t", "ext4", "-d", tree, "-L", label, "-U", FS_UUID, "-E", f"offset={OFFSET}"]
+    options = ["-q", "-t", "ext4", "-d", str(tree), "-L", label, "-U", FS_UUID, "-E", f"offset={OFFSET}"]
     subprocess.run(["mke2fs", *options, path, str(FS_SIZE // 1024)], check=True)
     return path
 
@@ -272,8 +272,13 @@ def test_the_facts_are_kept_beside_the_disk_until_it_changes(tmp_path, monkeypat
     path = disk(tmp_path, usrmerge(tmp_path / "tree"))
     first = known_root_facts(path, OFFSET, FS_SIZE)
     assert cache_of(path).is_file() and first.systemd_version == 252
-    read = []
-    monkeypatch.setattr(harness.image.rootfs, "root_facts", lambda *a: read.append(a) or first)
+    read: list[tuple[object, ...]] = []
+
+    def root_facts(*a: object) -> object:
+        read.append(a)
+        return first
+
+    monkeypatch.setattr(harness.image.rootfs, "root_facts", root_facts)
     assert known_root_facts(path, OFFSET, FS_SIZE) == first and read == []
     with path.open("ab") as f:  # another disk: a byte longer (its times may not change as fast)
         f.write(b"\0")

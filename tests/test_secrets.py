@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from helpers import declaration
-from images import write_image
 
 from harness.__main__ import main
 from harness.backends.fake import FakeBackend, Script, guest_said
 from harness.declaration import file as declaration_file
 from harness.declaration.credential import Credential
 from harness.errors import DeclarationError
+from harness.image.parts import ImageParts
+from harness.settings import Settings
+from harness.verdict.record import TestRecord
 from harness.verdict.results import Status
 from harness.verdict.secrets import mask_bytes, masked_values
 from harness.wrapper import RunContext, run_test
+from tests.helpers import declaration
+from tests.images import write_image
 
 TOKEN = "s3cr3t-t0ken-value"
 
@@ -45,7 +50,7 @@ def test_what_is_masked():
 
 
 def test_a_run_keeps_no_credential_value(tmp_path):
-    image = write_image(tmp_path / "image")
+    image = ImageParts(write_image(tmp_path / "image"))
     said = guest_said("READY=1", f"X_HARNESS_TESTCASE=fail 3 testcase_leak token is {TOKEN}", "EXIT_STATUS=1")
     export = f"__CURSOR=1\nMESSAGE=the token is {TOKEN}\n_SYSTEMD_UNIT=TEST-99-UNIT.service\n\n".encode()
     script = Script(
@@ -53,7 +58,8 @@ def test_a_run_keeps_no_credential_value(tmp_path):
     )
     decl = declaration("--credentials=app.token=env:APP_TOKEN", env={"APP_TOKEN": TOKEN})
     ctx = RunContext(tmp_path / "logs", None, "run-1", snapshot_dir=tmp_path / "snapshots")
-    record = run_test(decl, image, ctx, FakeBackend(script), {"HARNESS_ACCEL": "tcg"}, timeout_factor=1)
+    settings = Settings.from_environment({"HARNESS_ACCEL": "tcg"})
+    record = run_test(decl, image, ctx, FakeBackend(script), settings, timeout_factor=1)
     assert record.status == Status.FAIL
     record.write()
     kept = {p.name: p.read_bytes() for p in (tmp_path / "logs").iterdir() if p.is_file()}
@@ -61,6 +67,51 @@ def test_a_run_keeps_no_credential_value(tmp_path):
     assert [name for name, data in kept.items() if TOKEN.encode() in data] == []
     assert "printing *** to the console" in kept["console.log"].decode()
     assert "token is ***" in record.subtests[0].detail
+
+
+def host_driven(tmp_path: Path, code: str, script: Script) -> TestRecord:
+    """A host-driven test with a secret credential, its pytest file `code`, written and read back."""
+    test_dir = tmp_path / "TEST-99-UNIT"
+    test_dir.mkdir()
+    (test_dir / "test_host.py").write_text(code)
+    decl = declaration(
+        "--host=test_host.py",
+        "--credentials=app.token=env:APP_TOKEN",
+        env={"APP_TOKEN": TOKEN},
+        test_dir=str(test_dir),
+    )
+    ctx = RunContext(tmp_path / "logs", None, "run-1", snapshot_dir=tmp_path / "snapshots")
+    settings = Settings.from_environment({"HARNESS_ACCEL": "tcg"})
+    image = ImageParts(write_image(tmp_path / "image"))
+    record = run_test(decl, image, ctx, FakeBackend(script), settings, timeout_factor=1)
+    record.write()
+    kept = {p.name: p.read_bytes() for p in (tmp_path / "logs").iterdir() if p.is_file()}
+    assert [name for name, data in kept.items() if TOKEN.encode() in data] == []
+    return record
+
+
+def test_a_host_driven_run_keeps_no_credential_value_the_same_way(tmp_path):
+    code = f"def test_leak(machine):\n    assert machine.run('echo {TOKEN}').text == 'nothing'\n"
+    record = host_driven(tmp_path, code, Script())
+    assert record.status == Status.FAIL
+    assert "***" in record.subtests[0].detail and "***" in record.reason
+    assert "***" in (tmp_path / "logs" / "host-test.log").read_text()
+
+
+def test_the_gates_quote_a_host_driven_tests_journal_as_it_is_kept(tmp_path):
+    """The gates read the core dumps while the machine still runs, before the logs are
+    rewritten: they read them masked, as an in-guest test's."""
+    from tests.test_gates import export_entry
+
+    dump = export_entry(
+        MESSAGE_ID="fc2e22bc6ee647b6b90729ab34a250b1",
+        COREDUMP_COMM="myd",
+        COREDUMP_EXE="/usr/bin/myd",
+        MESSAGE=f"Process 312 (myd) dumped core.\n\nStack trace of thread 312:\n#0  0x1 {TOKEN} (myd + 0x10)\n",
+    )
+    record = host_driven(tmp_path, "def test_x(machine):\n    pass\n", Script(journal_export=dump + b"\n"))
+    assert record.status == Status.FAIL and record.cause == "coredump"
+    assert f"#0  0x1 {'*' * len(TOKEN)} (myd + 0x10)" in record.reason
 
 
 def test_the_declaration_file_holds_every_character(tmp_path):

@@ -13,7 +13,8 @@ import threading
 import time
 
 import pytest
-from e2e import IMAGE, SNAPSHOTS, meson_project, meson_setup
+
+from tests.e2e import IMAGE, SNAPSHOTS, meson_project, meson_setup
 
 pytestmark = pytest.mark.vm
 SECRET = "tok-7f3a9c2e55d1"

@@ -8,18 +8,19 @@ import struct
 from pathlib import Path
 
 import pytest
-from helpers import declaration
-from images import write_image
-from test_qemu_command import FILES, plan
 
 from harness.backends.fake import FakeBackend, passing
 from harness.backends.qemu.command import qemu_command
 from harness.backends.qemu.firmware import Ovmf, secure_boot_vars
 from harness.errors import HarnessError
 from harness.image.esp import pe_signed, secure_boot_refusal
-from harness.image.parts import Image
+from harness.image.parts import Image, ImageParts
+from harness.settings import Settings
 from harness.verdict.results import Status
 from harness.wrapper import RunContext, run_test
+from tests.helpers import declaration
+from tests.images import write_image
+from tests.test_qemu_command import FILES, plan
 
 PE_AT = 0x80
 
@@ -72,7 +73,13 @@ def test_an_unsigned_image_or_a_machine_without_secure_boot_skips_before_booting
     backend = FakeBackend(passing(), features=features)
     ctx = RunContext(tmp_path / "logs", tmp_path / "build", "run-1", snapshot_dir=tmp_path / "snapshots")
     decl = declaration("--firmware=uefi-secure-boot")
-    record = run_test(decl, write_image(tmp_path / "image"), ctx, backend, {"HARNESS_ACCEL": "tcg"})
+    record = run_test(
+        decl,
+        ImageParts(write_image(tmp_path / "image")),
+        ctx,
+        backend,
+        Settings.from_environment({"HARNESS_ACCEL": "tcg"}),
+    )
     assert record.status == Status.SKIP and why in record.reason
     assert backend.plans == []
 
@@ -97,7 +104,9 @@ def test_the_machine_has_smm_and_secure_flash_only_with_secure_boot():
 def test_the_variable_store_is_debians_with_its_test_key_or_the_users(tmp_path):
     mine = tmp_path / "VARS.fd"
     mine.write_bytes(b"vars")
-    assert secure_boot_vars({"HARNESS_SECURE_BOOT_VARS": str(mine)}) == mine
+    assert secure_boot_vars(Settings.from_environment({"HARNESS_SECURE_BOOT_VARS": str(mine)})) == mine
     with pytest.raises(HarnessError) as e:
-        secure_boot_vars({"HARNESS_SECURE_BOOT_VARS": str(tmp_path / "missing.fd")})
+        secure_boot_vars(
+            Settings.from_environment({"HARNESS_SECURE_BOOT_VARS": str(tmp_path / "missing.fd")})
+        )
     assert "missing.fd is not there" in e.value.what and "HARNESS_SECURE_BOOT_VARS" in e.value.fix

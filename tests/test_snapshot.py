@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import declaration
 
 from harness.backends.qemu.agent import agent_message, resume_script
 from harness.backends.qemu.snapshot import StateFormat
@@ -20,6 +19,8 @@ from harness.backends.qemu.snapshot_store import (
 )
 from harness.boot.plan import BootPath, resume_blocker
 from harness.declaration.credential import Credential
+from harness.settings import Settings
+from tests.helpers import declaration
 
 
 def fake_make(dest: Path) -> None:
@@ -40,7 +41,7 @@ def fake_make(dest: Path) -> None:
     ],
 )
 def test_who_may_resume(args, env, why):
-    assert resume_blocker(declaration(*args), env) == why
+    assert resume_blocker(declaration(*args), Settings.from_environment(env)) == why
     assert str(BootPath.SNAPSHOT) == "snapshot"
 
 
@@ -228,12 +229,14 @@ def test_a_resumed_tests_timeline_is_the_snapshots_boot_and_its_own_unit():
         "Id=TEST-01-X.service\nInactiveExitTimestampMonotonic=30000000\nActiveEnterTimestampMonotonic=0\n"
     )
     timeline = parse_systemctl_show(merge_timelines(boot, test))
+    assert timeline is not None
     assert [u.name for u in timeline.units] == ["basic.target", "TEST-01-X.service"]
     assert timeline.taken_us == 31_500_000
     assert merge_timelines("", test) == test
     # What a resumed guest sends: its uptime and its unit; the phases are the boot's.
     sent = "UptimeSeconds=31.5\n\nId=TEST-01-X.service\nInactiveExitTimestampMonotonic=30000000\n"
     timeline = parse_systemctl_show(merge_timelines(boot, sent))
+    assert timeline is not None
     assert (timeline.initrd_us, timeline.userspace_us, timeline.taken_us) == (
         1_000_000,
         9_000_000,
@@ -263,7 +266,7 @@ def test_the_agent_is_connected_to_once_qemu_listens_not_when_its_socket_appears
     import types
 
     from harness.backends.qemu.snapshot import connect_agent
-    from harness.boot.watch import Deadline
+    from harness.deadline import Deadline
 
     path = tmp_path / "agent.sock"
     server = socket.socket(socket.AF_UNIX)
@@ -282,10 +285,9 @@ def test_the_agent_is_connected_to_once_qemu_listens_not_when_its_socket_appears
 
 
 def test_a_host_driven_test_is_handed_its_control_agent_after_the_clock_is_set(tmp_path):
-    from test_qemu_command import boot_plan
-
     from harness.backends.qemu.agent import handed_unit
     from harness.guest.units import CONTROL_CREDENTIAL, CONTROL_UNIT
+    from tests.test_qemu_command import boot_plan
 
     (tmp_path / "test_x.py").touch()
     plan = boot_plan("linux", "tcg", "--host=test_x.py", test_dir=str(tmp_path))

@@ -5,19 +5,27 @@ from __future__ import annotations
 import threading
 import time
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from harness.backends.autokit.client import Retry, WorkerClient, WorkerError
 from harness.backends.autokit.virtual_worker import VirtualWorker
 from harness.backends.autokit.worker_api import make_handler
+from harness.settings import Settings
 
 TOKEN = "test-token"
 
 
+class ServedWorker(VirtualWorker):
+    """A virtual worker, and where its API listens."""
+
+    url: str
+
+
 @pytest.fixture
 def worker(tmp_path):
-    w = VirtualWorker(tmp_path, TOKEN, watchdog=60)
+    w = ServedWorker(tmp_path, TOKEN, Settings.from_environment({}), watchdog=60)
     server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(w))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -29,11 +37,11 @@ def worker(tmp_path):
     w.teardown()
 
 
-def client(w, token=TOKEN):
+def client(w: ServedWorker, token: str | None = TOKEN) -> WorkerClient:
     return WorkerClient(w.url, token=token, sleep=lambda s: None)
 
 
-def flashing_client(w):
+def flashing_client(w: ServedWorker) -> WorkerClient:
     """A client whose wait between flashState polls lasts until the worker's flash has
     ended: no poll budget to race on a loaded machine."""
     return WorkerClient(w.url, token=TOKEN, sleep=lambda s: w.wait_for_flash(timeout=120))
@@ -121,7 +129,7 @@ def small_chunks(monkeypatch):
     return 1 << 20
 
 
-def gzipped_image(tmp_path, size=3 << 20):
+def gzipped_image(tmp_path: Path, size: int = 3 << 20) -> tuple[bytes, bytes]:
     import gzip
     import os
 

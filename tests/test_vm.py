@@ -8,7 +8,8 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from e2e import ROOT, board_env, harness_leftovers, run_wrapper, wrapper_cmd, wrapper_env
+
+from tests.e2e import ROOT, board_env, harness_leftovers, run_wrapper, wrapper_cmd, wrapper_env
 
 pytestmark = pytest.mark.vm
 

@@ -9,7 +9,8 @@ import socket
 import stat
 
 import pytest
-from e2e import TOKEN, running_worker, wait_until
+
+from tests.e2e import TOKEN, running_worker, wait_until
 
 AUTH = f"Authorization: Bearer {TOKEN}\r\nConnection: close\r\n"  # answered, then closed: no waiting
 
@@ -50,7 +51,10 @@ def status(text: str) -> int:
 
 
 def peak_rss_kib(pid: int) -> int:
-    return int(re.search(r"VmHWM:\s+(\d+)", open(f"/proc/{pid}/status").read()).group(1))
+    with open(f"/proc/{pid}/status") as status:
+        found = re.search(r"VmHWM:\s+(\d+)", status.read())
+    assert found, f"no VmHWM in /proc/{pid}/status"
+    return int(found.group(1))
 
 
 def test_a_300_mb_body_without_the_token_is_answered_401_unread(worker):

@@ -10,13 +10,11 @@ core never imports a backend: `make_backend` is called by the command line only.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-
-import attrs
 
 from harness.boot.machine import Backend
 from harness.declaration.small_file import NotRegularFile, read_small_file
 from harness.errors import HarnessError
+from harness.settings import Settings
 
 
 class BackendName(enum.StrEnum):
@@ -25,22 +23,11 @@ class BackendName(enum.StrEnum):
     LAVA = "lava"
 
 
-@attrs.frozen
-class BackendOptions:
-    """What meson's options say about the backends (-Dautokit-worker, -Dlava-url, ...);
-    HARNESS_* variables override them for one run."""
-
-    autokit_worker: str = ""
-    lava_url: str = ""
-    lava_device_type: str = "qemu"
-    lava_image_dir: str = ""
-    lava_image_url: str = ""
-
-
-def make_backend(name: str, options: BackendOptions, env: Mapping[str, str]) -> Backend:
-    """The backend meson's options ask for, overridden by HARNESS_* for one run. Each is
-    imported only when chosen: a VM run does not load the worker client, and back."""
-    name = env.get("HARNESS_BACKEND") or name
+def make_backend(settings: Settings) -> Backend:
+    """The backend meson's options ask for, overridden by HARNESS_* for one run (both are
+    in `settings`). Each is imported only when chosen: a VM run does not load the worker
+    client, and back."""
+    name = settings.backend
     if name == BackendName.QEMU:
         from harness.backends.qemu.backend import QemuBackend
 
@@ -48,18 +35,19 @@ def make_backend(name: str, options: BackendOptions, env: Mapping[str, str]) -> 
     if name == BackendName.AUTOKIT:
         from harness.backends.autokit.backend import AutokitBackend
 
-        url = env.get("HARNESS_AUTOKIT_WORKER") or options.autokit_worker
+        url = settings.autokit_worker
         if not url:
             raise HarnessError(
                 "the autokit backend needs a worker URL",
                 "meson setup -Dtest-backend=autokit -Dautokit-worker=http://HOST:PORT, "
                 "or set HARNESS_AUTOKIT_WORKER",
             )
-        return AutokitBackend(url, bearer_token(env, "HARNESS_AUTOKIT_TOKEN"))
+        token = bearer_token("HARNESS_AUTOKIT_TOKEN", settings.autokit_token, settings.autokit_token_file)
+        return AutokitBackend(url, token)
     if name == BackendName.LAVA:
-        from harness.backends.lava.backend import LavaBackend, image_server, queue_limit
+        from harness.backends.lava.backend import LavaBackend, image_server
 
-        url = env.get("HARNESS_LAVA_URL") or options.lava_url
+        url = settings.lava_url
         if not url:
             raise HarnessError(
                 "the lava backend needs the LAVA server's URL",
@@ -67,13 +55,10 @@ def make_backend(name: str, options: BackendOptions, env: Mapping[str, str]) -> 
             )
         return LavaBackend(
             url,
-            env.get("HARNESS_LAVA_DEVICE_TYPE") or options.lava_device_type,
-            bearer_token(env, "HARNESS_LAVA_TOKEN"),
-            queue_limit=queue_limit(env),
-            image_server=image_server(
-                env.get("HARNESS_LAVA_IMAGE_DIR") or options.lava_image_dir,
-                env.get("HARNESS_LAVA_IMAGE_URL") or options.lava_image_url,
-            ),
+            settings.lava_device_type,
+            bearer_token("HARNESS_LAVA_TOKEN", settings.lava_token, settings.lava_token_file),
+            queue_limit=settings.lava_queue_timeout,
+            image_server=image_server(settings.lava_image_dir, settings.lava_image_url),
         )
     raise HarnessError(
         f"unknown backend '{name}'", f"use one of: {', '.join(BackendName)} (-Dtest-backend, HARNESS_BACKEND)"
@@ -83,18 +68,18 @@ def make_backend(name: str, options: BackendOptions, env: Mapping[str, str]) -> 
 TOKEN_FILE_LIMIT = 4096
 
 
-def bearer_token(env: Mapping[str, str], name: str) -> str | None:
-    """The token in `name`, or in the file `name`_FILE names (the way to keep it out of
-    meson's testlog, which holds the whole environment of `meson test`), without the
-    whitespace around it (a file saved with CRLF, `$(cat token)`): an HTTP header cannot
-    carry a CR, and the error would show the token. Never quoted in an error."""
-    path = env.get(f"{name}_FILE", "")
-    if path and env.get(name):
+def bearer_token(name: str, token: str, token_file: str) -> str | None:
+    """The token the variable `name` holds (`token`), or the file `name`_FILE names
+    (`token_file`: the way to keep it out of meson's testlog, which holds the whole
+    environment of `meson test`), without the whitespace around it (a file saved with
+    CRLF, `$(cat token)`): an HTTP header cannot carry a CR, and the error would show the
+    token. Never quoted in an error."""
+    if token_file and token:
         raise HarnessError(
             f"both {name} and {name}_FILE are set", f"unset one of them ({name}_FILE is safer)"
         )
-    token = (read_token_file(path, f"{name}_FILE") if path else env.get(name, "")).strip()
-    source = f"{name}_FILE's file" if path else name
+    token = (read_token_file(token_file, f"{name}_FILE") if token_file else token).strip()
+    source = f"{name}_FILE's file" if token_file else name
     bad = [i for i, c in enumerate(token) if not (c.isascii() and c.isprintable()) or c == " "]
     if bad:
         raise HarnessError(

@@ -19,7 +19,7 @@ import base64
 import contextlib
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from harness.guest.reporting import CORE_DUMPS_EXPORT, VIRTIO_CHANNEL
 from harness.guest.units import VIRTIO_CONTROL
 from harness.host.driven_machine import BOOT_ID_COMMAND
 from harness.image.parts import Image
+from harness.settings import Settings
 from harness.verdict.notify import GuestReport
 
 FAKE_FEATURES = frozenset({"dut", "serial"})
@@ -165,7 +166,7 @@ class FakeMachine:
     powered_off: list[bool] = attrs.Factory(list)  # `orderly` of every power_off()
     collected: bool = False
     guest: FakeGuest | None = None  # made when a host-driven test asks for the controls
-    what_it_is = "the fake machine"
+    display_name = "the fake machine"
     watch_rules = WatchRules(poll=0)
 
     @property
@@ -174,7 +175,7 @@ class FakeMachine:
 
     @property
     def boot_path(self) -> BootPath:
-        return self.script.boot_path or self.plan.boot
+        return self.script.boot_path or self.plan.boot_path
 
     @property
     def boot_timeline(self) -> str | None:
@@ -242,9 +243,7 @@ class FakeBackend:
     def firmware(self, declared: Firmware, image: Image) -> Firmware:
         return Firmware.LINUX if declared == Firmware.AUTO else declared
 
-    def cold_boot_reason(
-        self, decl: TestDeclaration, firmware: Firmware, env: Mapping[str, str]
-    ) -> str | None:
+    def cold_boot_reason(self, decl: TestDeclaration, firmware: Firmware, settings: Settings) -> str | None:
         return "the test declares boot: 'cold'" if decl.boot == "cold" else None
 
     @contextlib.contextmanager

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
+
+from harness.settings import Settings
 
 TCG_TIMEOUT_FACTOR = 5
 MTTCG_SAFE_QEMU = 9  # the first QEMU major version we run with several vCPUs under TCG
@@ -39,14 +40,13 @@ class Acceleration:
         return ["-cpu", "max", "-smp", str(vcpus) if qemu_major >= MTTCG_SAFE_QEMU else "1"]
 
 
-def vcpus_for(cores: int, other_vms: int, env: Mapping[str, str] = os.environ) -> int:
+def vcpus_for(cores: int, other_vms: int, settings: Settings) -> int:
     """How many vCPUs a VM booting now gets: two while every running VM can have two
     cores, else one. Under TCG a vCPU is a busy host thread: two VMs of two vCPUs on two
     cores take a fifth longer than two VMs of one (tools/bench-vcpus), as a suite run by
     meson or two CI stages side by side do. HARNESS_VCPUS=N decides instead."""
-    forced = env.get("HARNESS_VCPUS", "")
-    if forced.isdigit() and int(forced) > 0:
-        return int(forced)
+    if settings.vcpus is not None:
+        return settings.vcpus
     return FULL_VCPUS if cores >= FULL_VCPUS * (other_vms + 1) else 1
 
 
@@ -62,8 +62,8 @@ def running_vms(proc: Path = Path("/proc")) -> int:
     return count
 
 
-def vcpus_now(env: Mapping[str, str] = os.environ) -> int:
-    return vcpus_for(os.cpu_count() or 1, running_vms(), env)
+def vcpus_now(settings: Settings) -> int:
+    return vcpus_for(os.cpu_count() or 1, running_vms(), settings)
 
 
 def host_architecture() -> str:
@@ -87,10 +87,9 @@ def cpu_flags(cpuinfo: str) -> set[str]:
     return set()
 
 
-def detect(image_arch: str | None = None, env: Mapping[str, str] = os.environ) -> Acceleration:
-    forced = env.get("HARNESS_ACCEL")
-    if forced in ("kvm", "tcg"):
-        return Acceleration(forced, "HARNESS_ACCEL=" + forced)
+def detect(image_arch: str | None, settings: Settings) -> Acceleration:
+    if settings.accel:
+        return Acceleration(settings.accel, "HARNESS_ACCEL=" + settings.accel)
     arch = host_architecture()
     if image_arch and image_arch != arch:
         return Acceleration("tcg", f"the image is {image_arch}, the host {arch}")

@@ -21,6 +21,7 @@ from harness.declaration.keys import Firmware
 from harness.guest.reporting import ReportChannel
 from harness.host.driven_machine import Controls
 from harness.image.parts import Image
+from harness.settings import Settings
 from harness.verdict.notify import GuestReport
 
 
@@ -74,12 +75,25 @@ class LogFile:
 
 
 class Machine(Protocol):
-    boot_path: BootPath  # how it really came up (a failed snapshot falls back to cold)
-    boot_timeline: str | None  # the boot's timeline when it happened elsewhere (a snapshot's)
-    job_url: str  # where a lab shows the run (a LAVA job's page); empty on this host
-    console_log: Path  # console.log in the test's log directory
+    # Read-only for the core, so a machine may hold them or work them out (the fake one's).
+    @property
+    def boot_path(self) -> BootPath:
+        """How it really came up (a failed snapshot falls back to cold)."""
+
+    @property
+    def boot_timeline(self) -> str | None:
+        """The boot's timeline when it happened elsewhere (a snapshot's)."""
+
+    @property
+    def job_url(self) -> str:
+        """Where a lab shows the run (a LAVA job's page); empty on this host."""
+
+    @property
+    def console_log(self) -> Path:
+        """console.log in the test's log directory."""
+
     watch_rules: WatchRules
-    what_it_is: str  # how a message names it: "the VM", "the board", "the LAVA job"
+    display_name: str  # how a message names it: "the VM", "the board", "the LAVA job"
 
     def look(self) -> Look:
         """Read what is new on the console and the report channel; never blocks for long."""
@@ -111,7 +125,7 @@ class Backend(Protocol):
     def firmware(self, declared: Firmware, image: Image) -> Firmware:
         """How the machine will boot the image, given what the test declared."""
 
-    def cold_boot_reason(self, decl: TestDeclaration, firmware: Firmware, env: dict[str, str]) -> str | None:
+    def cold_boot_reason(self, decl: TestDeclaration, firmware: Firmware, settings: Settings) -> str | None:
         """Why this test must boot cold here, or None when it may resume a saved boot."""
 
     def boot(self, plan: BootPlan, log_dir: Path) -> AbstractContextManager[Machine]:

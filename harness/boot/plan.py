@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -22,7 +21,6 @@ from harness.boot.accel import Acceleration, detect
 from harness.declaration.credential import Credential
 from harness.declaration.declaration import TestDeclaration
 from harness.declaration.keys import BootMode, Firmware, Storage
-from harness.errors import HarnessError
 from harness.guest.reporting import ReportChannel
 from harness.guest.units import (
     IMPORT_CREDENTIAL_SINCE,
@@ -35,6 +33,7 @@ from harness.guest.units import (
     testcase_selection,
 )
 from harness.image.parts import Image
+from harness.settings import SaveJournal, Settings
 
 
 class PlanningBackend(Protocol):
@@ -47,13 +46,13 @@ class PlanningBackend(Protocol):
     def firmware(self, declared: Firmware, image: Image) -> Firmware: ...
 
     def cold_boot_reason(
-        self, decl: TestDeclaration, firmware: Firmware, env: dict[str, str]
+        self, decl: TestDeclaration, firmware: Firmware, settings: Settings
     ) -> str | None: ...
 
 
 # What a console log may hold before the machine is stopped (HARNESS_CONSOLE_LIMIT_MB):
 # a guest stuck printing in a loop must not fill the disk, nor the report that shows it.
-CONSOLE_LIMIT = 64 * 2**20
+CONSOLE_LIMIT = Settings.defaults().console_limit_mb * 2**20  # bytes
 
 
 class BootPath(enum.StrEnum):
@@ -78,13 +77,14 @@ class BootPlan:
     timeout: float | None  # None: wait for as long as the person at the console likes
     interactive: bool
     timeout_factor: float = 1  # what the declared timeout was multiplied by (TCG)
-    boot: BootPath = BootPath.COLD  # what the plan asks for; the machine says what it did
+    boot_path: BootPath = BootPath.COLD  # what the plan asks for; the machine says what it did
     cold_reason: str = ""  # why the test cannot resume the booted snapshot
     snapshot_dir: Path | None = None  # where booted snapshots are kept
-    attempt: str = ""  # the `meson test` run: a failed snapshot boot is not retried in it
+    run: str = ""  # the `meson test` run: a failed snapshot boot is not retried in it
     whole_journal: bool = False  # the guest sends its whole journal even when the test passed
     console_limit: int = CONSOLE_LIMIT  # bytes of console output before the machine is stopped
     shell: bool = False  # interactive, booted to the default target: the test unit is not started
+    settings: Settings = attrs.field(kw_only=True)  # the run's HARNESS_* switches, for the machine
 
     @property
     def name(self) -> str:
@@ -111,11 +111,11 @@ def declared_shape(decl: TestDeclaration) -> str:
 USUAL_SHAPE = machine_shape(Firmware.LINUX, Storage.VOLATILE, False, ())
 
 
-def resume_blocker(decl: TestDeclaration, env: Mapping[str, str]) -> str | None:
+def resume_blocker(decl: TestDeclaration, settings: Settings) -> str | None:
     """What in a declaration keeps a test from resuming a booted snapshot (one per machine
     shape: firmware, storage, TPM, extra disks; booted with nothing added to the command
     line or to QEMU's); None when nothing does."""
-    if env.get("HARNESS_COLD_BOOT") == "1":
+    if settings.cold_boot:
         return "HARNESS_COLD_BOOT=1"
     if decl.boot == BootMode.COLD:
         return "the test declares boot: 'cold'"
@@ -126,14 +126,6 @@ def resume_blocker(decl: TestDeclaration, env: Mapping[str, str]) -> str | None:
     if decl.rtc:
         return "the test sets the real-time clock (rtc: true)"
     return None
-
-
-SHELL_SWITCHES = ("HARNESS_SHELL", "TEST_SHELL")  # ours, and systemd's name for the same
-
-
-def shell_requested(env: Mapping[str, str]) -> bool:
-    """Whether the person asked for a shell instead of the test (HARNESS_SHELL=1)."""
-    return any(env.get(name) == "1" for name in SHELL_SWITCHES)
 
 
 def harness_cmdline(
@@ -154,7 +146,7 @@ def choose_boot_path(
     firmware: Firmware,
     backend: PlanningBackend,
     interactive: bool,
-    env: dict[str, str],
+    settings: Settings,
 ) -> tuple[BootPath, str]:
     """Resume a saved boot where the backend allows it for this test; otherwise boot
     cold, and say why."""
@@ -164,7 +156,7 @@ def choose_boot_path(
         # A resumed guest finds the test's credentials in /run/credstore, which only
         # ImportCredential= reads.
         return BootPath.COLD, f"the image's systemd {image.systemd_version} has no ImportCredential= (254)"
-    why = backend.cold_boot_reason(decl, firmware, env)
+    why = backend.cold_boot_reason(decl, firmware, settings)
     return (BootPath.COLD, why) if why else (BootPath.SNAPSHOT, "")
 
 
@@ -174,17 +166,17 @@ def plan_boot(
     backend: PlanningBackend,
     interactive: bool,
     timeout_factor: int | None,
-    env: dict[str, str],
+    settings: Settings,
     snapshot_dir: Path | None = None,
-    attempt: str = "",
+    run: str = "",
 ) -> BootPlan:
-    accel = detect(image.architecture, env)
+    accel = detect(image.architecture, settings)
     factor = timeout_factor if timeout_factor is not None else accel.timeout_factor
     firmware = backend.firmware(decl.firmware, image)
-    boot, cold_reason = choose_boot_path(decl, image, firmware, backend, interactive, env)
+    boot, cold_reason = choose_boot_path(decl, image, firmware, backend, interactive, settings)
     # A sanitizer build (HARNESS_SANITIZERS=1): every process's reports reach the gate.
-    whole_journal = env.get("HARNESS_SAVE_JOURNAL", "fail") == "1" or env.get("HARNESS_SANITIZERS") == "1"
-    shell = interactive and shell_requested(env)
+    whole_journal = settings.save_journal is SaveJournal.ALWAYS or settings.sanitizers
+    shell = interactive and settings.shell
     if snapshot_dir is None:
         boot, cold_reason = BootPath.COLD, "no directory for snapshots"
     channel = backend.report_channel
@@ -196,7 +188,13 @@ def plan_boot(
         )
     else:
         unit = render_test_unit(
-            decl, interactive, channel, whole_journal, image.systemd_version, testcase_selection(env), shell
+            decl,
+            interactive,
+            channel,
+            whole_journal,
+            image.systemd_version,
+            testcase_selection(settings),
+            shell,
         )
         boot_credentials = tuple(guest_credentials(decl, unit, interactive, channel, shell))
     test_credentials = (*decl.credentials, *payload_credentials(decl))
@@ -212,23 +210,17 @@ def plan_boot(
         timeout=None if interactive else decl.timeout * factor,
         interactive=interactive,
         timeout_factor=factor,
-        boot=boot,
+        boot_path=boot,
         cold_reason=cold_reason,
         snapshot_dir=snapshot_dir,
-        attempt=attempt,
+        run=run,
         whole_journal=whole_journal,
-        console_limit=console_limit(env),
+        console_limit=console_limit(settings),
         shell=shell,
+        settings=settings,
     )
 
 
-def console_limit(env: Mapping[str, str]) -> int:
-    text = env.get("HARNESS_CONSOLE_LIMIT_MB", "")
-    if not text:
-        return CONSOLE_LIMIT
-    if not text.isdigit() or int(text) == 0:
-        raise HarnessError(
-            f"HARNESS_CONSOLE_LIMIT_MB='{text}' is not a number of megabytes",
-            f"set it to a whole number above 0, or unset it (default {CONSOLE_LIMIT // 2**20})",
-        )
-    return int(text) * 2**20
+def console_limit(settings: Settings) -> int:
+    """Bytes of console output before the machine is stopped (HARNESS_CONSOLE_LIMIT_MB)."""
+    return settings.console_limit_mb * 2**20

@@ -71,9 +71,9 @@ def watch(machine: Machine, timeout: float | None, console_limit: int) -> Ending
         if look.written > console_limit:
             return stop_flood(machine, console_limit)
         panic = scan.feed(look.console)
-        if rules.end_at_last_word and look.report.said_all:
+        if rules.end_at_last_word and look.report.last_word_came:
             return Ending(
-                EndingKind.EXITED, detail=f"the guest reported everything; {machine.what_it_is} was ended"
+                EndingKind.EXITED, detail=f"the guest reported everything; {machine.display_name} was ended"
             )
         if deadline is None and look.started:
             deadline = Deadline.after(timeout)
@@ -104,5 +104,5 @@ def stop_flood(machine: Machine, console_limit: int) -> Ending:
     return Ending(
         EndingKind.CONSOLE_FLOOD,
         detail=f"the guest wrote more than {console_limit // 2**20} MB to its console "
-        f"(HARNESS_CONSOLE_LIMIT_MB); {machine.what_it_is} was stopped and console.log cut there,",
+        f"(HARNESS_CONSOLE_LIMIT_MB); {machine.display_name} was stopped and console.log cut there,",
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import attrs
@@ -20,6 +20,7 @@ from harness.declaration.disks import disk_sizes
 from harness.declaration.extra_tree import TREES_CREDENTIAL, declared_trees
 from harness.declaration.keys import KEYS, BootMode, Firmware, Storage
 from harness.errors import DeclarationError
+from harness.settings import Settings
 
 SKIP_EXIT = 77
 RESERVED_CREDENTIAL = "harness.testcases"
@@ -47,6 +48,8 @@ class Configuration:
 
 @attrs.frozen
 class TestDeclaration:
+    __test__ = False  # not a pytest class
+
     name: str
     source: str  # the meson.build that declared it, for error messages
     test_dir: Path
@@ -198,19 +201,15 @@ def _split_env(spec: str, bad: Callable[[str, str], DeclarationError]) -> tuple[
     return key, value
 
 
-def skip_reason(decl: TestDeclaration, env: Mapping[str, str]) -> str | None:
+def skip_reason(decl: TestDeclaration, settings: Settings) -> str | None:
     """Why this test should not run at all, from its declaration and the HARNESS_* switches."""
-    if env.get("HARNESS_INTEGRATION_TESTS", "1") == "0":
+    if not settings.integration_tests:
         return "integration tests are turned off (HARNESS_INTEGRATION_TESTS=0)"
     if not decl.enabled:
         return f"disabled in {decl.source}"
-    if decl.slow and env.get("HARNESS_SLOW_TESTS", "0") != "1":
+    if decl.slow and not settings.slow_tests:
         return "slow test; set HARNESS_SLOW_TESTS=1 to run it"
-    for word in _words(env.get("HARNESS_SKIP", "")):
+    for word in settings.skip:
         if word in decl.name:
             return f"skipped by HARNESS_SKIP ('{word}')"
     return None
-
-
-def _words(text: str) -> Iterable[str]:
-    return (w for w in text.split() if w)

@@ -11,7 +11,6 @@ What the test unit runs to report its start and end is reporting.py's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 from harness.declaration.credential import Credential
@@ -24,6 +23,7 @@ from harness.guest.reporting import (
     start_lines,
     verdict_line,
 )
+from harness.settings import Settings
 from harness.verdict.notify import Notify
 from harness.verdict.timeline import TIMELINE_MANAGER_PROPERTIES, TIMELINE_UNIT_PROPERTIES
 
@@ -172,27 +172,21 @@ TTYPath=/dev/console
 """
 
 
-# Which testcases and subtests run, from the host's environment: ours, and systemd's names
-# for the same, each a regular expression matched against the testcase's function name or
-# the subtest's file. The unit gets ours (testcases.sh reads them) and the one systemd's
-# test-control.sh reads (guest/test-control.sh, ours, reads both).
-TESTCASE_SELECTION = (
-    # ours, what the host may set instead, what systemd's test scripts read
-    ("HARNESS_MATCH_TESTCASE", ("TEST_MATCH_TESTCASE",), "TEST_MATCH_TESTCASE"),
-    ("HARNESS_SKIP_TESTCASE", ("TEST_SKIP_TESTCASE", "TEST_SKIP_TESTCASES"), "TEST_SKIP_TESTCASES"),
-    ("HARNESS_MATCH_SUBTEST", ("TEST_MATCH_SUBTEST",), "TEST_MATCH_SUBTEST"),
-    ("HARNESS_SKIP_SUBTEST", ("TEST_SKIP_SUBTEST", "TEST_SKIP_SUBTESTS"), "TEST_SKIP_SUBTESTS"),
-)
-
-
-def testcase_selection(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    """The test unit's environment for the selection the host asked for: both spellings."""
-    selection: list[tuple[str, str]] = []
-    for ours, aliases, upstream in TESTCASE_SELECTION:
-        value = next((env[n] for n in (ours, *aliases) if env.get(n)), "")
-        if value:
-            selection += [(ours, value), (upstream, value)]
-    return tuple(selection)
+def testcase_selection(settings: Settings) -> tuple[tuple[str, str], ...]:
+    """The test unit's environment for the testcases and subtests the host asked for (each
+    a regular expression matched against the testcase's function name or the subtest's
+    file; harness/settings.py reads them, and systemd's names for them): ours, which
+    testcases.sh reads, and the one systemd's test-control.sh reads (guest/test-control.sh,
+    ours, reads both)."""
+    chosen = (
+        ("HARNESS_MATCH_TESTCASE", "TEST_MATCH_TESTCASE", settings.match_testcase),
+        ("HARNESS_SKIP_TESTCASE", "TEST_SKIP_TESTCASES", settings.skip_testcase),
+        ("HARNESS_MATCH_SUBTEST", "TEST_MATCH_SUBTEST", settings.match_subtest),
+        ("HARNESS_SKIP_SUBTEST", "TEST_SKIP_SUBTESTS", settings.skip_subtest),
+    )
+    return tuple(
+        pair for ours, upstream, value in chosen if value for pair in ((ours, value), (upstream, value))
+    )
 
 
 def _testcase_env(ch: ReportChannel) -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -37,6 +37,11 @@ class TimeoutPassed(MachineError):
 class HostRun:
     steps: tuple[Subtest, ...]
     error: str = ""  # why the file did not run as a test: the machine or the file, not a step
+
+    def masked(self, hide: Callable[[str], str]) -> HostRun:
+        """The run with every step's name and detail, and its error, passed through `hide`."""
+        steps = tuple(attrs.evolve(s, name=hide(s.name), detail=hide(s.detail)) for s in self.steps)
+        return HostRun(steps, hide(self.error))
 
 
 class _Steps:

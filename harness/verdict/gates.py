@@ -15,7 +15,9 @@ its processes crashed, even where the test's payload did not notice:
   A passed test's journal holds its own unit's lines only, unless HARNESS_SANITIZERS=1
   has the guest send all of it (plan.py): then every process's reports count.
 A panic ends the machine at once (watch.py); these let it run on and fail the test once
-it is done, naming what happened, so that the test's own subtests still report.
+it is done, naming what happened, so that the test's own subtests still report. They
+read each log as it will be kept (secrets.py), so that what they quote of it holds no
+credential value, even while a host-driven test's machine still writes the console.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import attrs
 from harness.declaration.declaration import TestDeclaration
 from harness.verdict.journal import COREDUMP_MESSAGE_ID, read_export
 from harness.verdict.results import Outcome, Status
+from harness.verdict.secrets import NO_SECRETS, Secrets
 
 KERNEL_TROUBLE = re.compile(
     rb"^\[ *\d+\.\d+\] ((?:\S+: )?(?:BUG: |Oops: |general protection fault|INFO: task \S+ blocked for more than).*)$",
@@ -99,6 +102,7 @@ def gate(
     console_log: Path,
     journal_export: Path | None = None,
     decl: TestDeclaration | None = None,
+    secrets: Secrets = NO_SECRETS,
 ) -> Outcome:
     """`outcome`, or a FAIL where a passed (or skipped) test's console shows kernel
     trouble, or its journal a core dump or a sanitizer's report not excluded."""
@@ -106,7 +110,7 @@ def gate(
         return outcome
     coredump_exclude = decl.coredump_exclude_regex if decl else ""
     sanitizer_exclude = decl.sanitizer_exclude_regex if decl else ""
-    trouble = kernel_trouble(_read(console_log))
+    trouble = kernel_trouble(_read(console_log, secrets))
     if trouble is not None:
         return attrs.evolve(
             outcome,
@@ -114,7 +118,7 @@ def gate(
             reason=f"the kernel reported trouble during the test: {trouble} (see console.log)",
             cause="kernel",
         )
-    journal = _read(journal_export) if journal_export else b""
+    journal = _read(journal_export, secrets) if journal_export else b""
     dumps = core_dumps(journal, coredump_exclude)
     if dumps:
         return attrs.evolve(
@@ -136,8 +140,8 @@ def gate(
     return outcome
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Path, secrets: Secrets) -> bytes:
     try:
-        return path.read_bytes()
+        return secrets.log(path, path.read_bytes())
     except FileNotFoundError:
         return b""

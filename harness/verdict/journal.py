@@ -6,6 +6,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from harness.settings import SaveJournal
+
 # The message systemd-coredump logs for every core dump (its catalog entry).
 COREDUMP_MESSAGE_ID = "fc2e22bc6ee647b6b90729ab34a250b1"
 
@@ -16,17 +18,17 @@ CONVERTERS = (
 )
 
 
-def wanted(policy: str, status: str) -> bool:
-    """HARNESS_SAVE_JOURNAL: 'fail' (default) keeps it for failures and errors,
-    '1'/'always' for every run, '0'/'never' for none."""
-    if policy in ("1", "always", "yes"):
+def wanted(policy: SaveJournal, status: str) -> bool:
+    """HARNESS_SAVE_JOURNAL: 'fail' (default) keeps it for failures and errors, '1' for
+    every run, '0' for none."""
+    if policy is SaveJournal.ALWAYS:
         return True
-    if policy in ("0", "never", "no"):
+    if policy is SaveJournal.NEVER:
         return False
     return status in ("fail", "error")
 
 
-def keep_journal(export: Path, policy: str, status: str) -> Path | None:
+def keep_journal(export: Path, policy: SaveJournal, status: str) -> Path | None:
     """The journal file to point people at, or None (the export is then removed)."""
     if not export.is_file() or export.stat().st_size == 0 or not wanted(policy, status):
         export.unlink(missing_ok=True)

@@ -125,7 +125,7 @@ class GuestReport:
         return self.last(Notify.SERVICE_RESULT) is not None or self.entered_emergency
 
     @property
-    def said_all(self) -> bool:
+    def last_word_came(self) -> bool:
         """The guest's last word came: the test's DONE, or the agent waiting for a test."""
         return self.last(Notify.DONE) == "1" or self.last(Notify.AGENT_READY) == "1"
 

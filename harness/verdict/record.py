@@ -3,7 +3,8 @@
 A TestRecord is written as result.json into the test's log directory; the TAP output,
 the suite's JSON summary and the HTML report are all drawn from records through
 `cases()`, so the three always count the same things: one case per subtest, or one for
-the test when it has none, plus one for a failure that belongs to no subtest.
+the test when it has none, plus one for a failure that belongs to no subtest. What a run
+found besides its verdict reaches the record as one typed value, `Found`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,23 @@ class Case:
     status: Status
     detail: str = ""
     duration_ms: int | None = None
+
+
+@attrs.frozen
+class Found:
+    """What a run found besides its verdict, for its record (TestRecord's fields of the
+    same names); none of its text holds a credential value (secrets.py)."""
+
+    subtests: tuple[Subtest, ...] = ()
+    boot: str = ""  # cold or snapshot; empty when it did not boot
+    retried: int = 0  # boots that crashed before this one
+    os: str = ""  # the image's operating system
+    job_url: str = ""  # the lab's page of the run
+    journal: Path | None = None  # the kept journal file, if any
+    journal_excerpt: str = ""  # what the test unit logged
+
+
+NOTHING_FOUND = Found()  # of a run that did not boot
 
 
 @attrs.frozen

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 from harness.backends.autokit.client import WorkerClient, WorkerError
@@ -26,6 +26,7 @@ from harness.guest.reporting import CONSOLE_CHANNEL
 from harness.guest.units import CONSOLE_CONTROL
 from harness.host.driven_machine import Controls
 from harness.image.parts import Image
+from harness.settings import Settings
 from harness.verdict.notify import GuestReport
 
 SERIAL_POLL = 2.0
@@ -33,7 +34,7 @@ FRAMES_FILE = "frames.tar.gz"  # the screen capture's frames, where the worker h
 
 
 class AutokitMachine:
-    what_it_is = "the board"
+    display_name = "the board"
 
     def __init__(
         self,
@@ -97,9 +98,7 @@ class AutokitBackend:
     def firmware(self, declared: Firmware, image: Image) -> Firmware:
         return Firmware.UEFI  # a board boots what it was flashed with, through its own firmware
 
-    def cold_boot_reason(
-        self, decl: TestDeclaration, firmware: Firmware, env: Mapping[str, str]
-    ) -> str | None:
+    def cold_boot_reason(self, decl: TestDeclaration, firmware: Firmware, settings: Settings) -> str | None:
         return "a board is flashed and powered on for every test"
 
     @contextlib.contextmanager

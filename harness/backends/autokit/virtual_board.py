@@ -33,6 +33,7 @@ from harness.backends.qemu.firmware import copy_nvram, find_ovmf
 from harness.boot.accel import detect, vcpus_now
 from harness.host.driven_machine import MachineError
 from harness.process import OwnedProcess
+from harness.settings import Settings
 
 ARCH = "x86_64"  # the board's
 EXEC_QUIET = 0.2  # s: the output of a typed line has ended when the console is this quiet
@@ -42,8 +43,9 @@ EXEC_LONGEST = 2.0  # s: and at most this long after it was typed
 class VirtualBoard:
     """The device under test: a disk image, UEFI variables and a QEMU process."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, settings: Settings) -> None:
         self.dir = state_dir
+        self.settings = settings  # the worker's: HARNESS_QEMU, HARNESS_ACCEL, HARNESS_VCPUS
         self.disk = state_dir / "disk.raw"
         self.serial_log = state_dir / "serial.log"
         self.serial_input = state_dir / "serial.sock"
@@ -60,7 +62,7 @@ class VirtualBoard:
             shutil.copyfileobj(src, dst, 1 << 20)
         tmp.replace(self.disk)
         self.serial_log.write_bytes(b"")  # a new board: its log starts again
-        ovmf = find_ovmf(ARCH, machine_alias(qemu_binary(ARCH), MACHINES[ARCH]))
+        ovmf = find_ovmf(ARCH, machine_alias(qemu_binary(ARCH, self.settings), MACHINES[ARCH]), self.settings)
         self.nvram = copy_nvram(ovmf, self.dir)  # a freshly flashed board has fresh variables
 
     def power_on(self) -> None:
@@ -69,9 +71,9 @@ class VirtualBoard:
         if not self.disk.exists():
             raise RuntimeError("nothing flashed yet: POST /dut/sendImage and /dut/flashImage first")
         assert self.nvram is not None
-        ovmf = find_ovmf(ARCH, machine_alias(qemu_binary(ARCH), MACHINES[ARCH]))
+        ovmf = find_ovmf(ARCH, machine_alias(qemu_binary(ARCH, self.settings), MACHINES[ARCH]), self.settings)
         cmd = [
-            *machine_args(ARCH, detect(ARCH), vcpus_now()),
+            *machine_args(ARCH, detect(ARCH, self.settings), self.settings, vcpus_now(self.settings)),
             *disk_args(self.disk, "raw"),
             *uefi_args(ovmf, self.nvram),
             "-nic",

@@ -29,6 +29,8 @@ import attrs
 
 from harness.backends.autokit.virtual_board import VirtualBoard
 from harness.backends.autokit.worker_api import CHUNK_MIB, IDLE_SECONDS, WorkerServer, make_handler
+from harness.errors import HarnessError
+from harness.settings import Settings
 
 WATCHDOG_SECONDS = 300.0
 
@@ -55,11 +57,13 @@ class UploadParts:
 class VirtualWorker:
     """The worker's state: reservation, watchdog, uploads and flashing."""
 
-    def __init__(self, state_dir: Path, token: str, watchdog: float = WATCHDOG_SECONDS) -> None:
+    def __init__(
+        self, state_dir: Path, token: str, settings: Settings, watchdog: float = WATCHDOG_SECONDS
+    ) -> None:
         self.dir = state_dir
         self.token = token
         self.watchdog_seconds = watchdog
-        self.board = VirtualBoard(state_dir)
+        self.board = VirtualBoard(state_dir, settings)
         self.upload = state_dir / "upload.gz"
         self.upload_parts = UploadParts()
         self.lock = threading.Lock()
@@ -149,10 +153,11 @@ def serve(
     port: int,
     state_dir: Path,
     token: str,
+    settings: Settings,
     ready: Callable[[ThreadingHTTPServer], None] | None = None,
     idle_timeout: float = IDLE_SECONDS,
 ) -> None:
-    worker = VirtualWorker(state_dir, token)
+    worker = VirtualWorker(state_dir, token, settings)
     server = WorkerServer((host, port), make_handler(worker, idle_timeout))
     if ready:
         ready(server)
@@ -207,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     o = p.parse_args(argv)
     host, port = listen_address(o.listen)
+    try:  # the board's QEMU, acceleration and vCPUs, as for a test's VM
+        settings = Settings.from_environment(os.environ)
+    except HarnessError as e:
+        p.error(str(e))
     state_dir = Path(
         o.state_dir or Path(os.environ.get("XDG_STATE_HOME", "/var/tmp")) / "harness-virtual-worker"
     )
@@ -216,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     state_dir.chmod(0o700)
     if o.token_file:
         token = Path(o.token_file).read_text().strip()
-    elif os.environ.get("HARNESS_AUTOKIT_TOKEN"):
-        token = os.environ["HARNESS_AUTOKIT_TOKEN"].strip()
+    elif settings.autokit_token:
+        token = settings.autokit_token.strip()
     else:
         token = new_token_file(state_dir / "token")
         print(f"virtual-worker: token written to {state_dir / 'token'}", flush=True)
@@ -236,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-    serve(host, port, state_dir, token, ready, o.idle_timeout)
+    serve(host, port, state_dir, token, settings, ready, o.idle_timeout)
     return 0
 
 

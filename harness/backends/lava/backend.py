@@ -18,7 +18,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -37,12 +37,13 @@ from harness.guest.reporting import CONSOLE_CHANNEL
 from harness.guest.units import CONSOLE_CONTROL
 from harness.host.driven_machine import Controls
 from harness.image.parts import Image, ImageParts
+from harness.settings import Settings
 from harness.verdict.notify import GuestReport
 
 log = logging.getLogger(__name__)
 
 POLL = 2.0  # s between two looks at the job
-QUEUE_LIMIT = 600  # s a job may wait for a device (HARNESS_LAVA_QUEUE_TIMEOUT)
+QUEUE_LIMIT = Settings.defaults().lava_queue_timeout  # s a job may wait for a device
 # s the job may take to be seen finished once the guest has reported its end (a lab's
 # worker notices a finished job at its next ping, every 20 s by default); past it, the
 # guest's word is the verdict and the job is left to finish by itself.
@@ -56,7 +57,7 @@ JOB_FILE = "lava-job.yaml"
 class LavaMachine:
     """One submitted job, seen as a machine: its console is the job log's target lines."""
 
-    what_it_is = "the LAVA job"
+    display_name = "the LAVA job"
 
     def __init__(
         self,
@@ -157,7 +158,7 @@ class LavaMachine:
 
     def controls(self) -> Controls:
         raise HarnessError(
-            f"{self.what_it_is} cannot be driven from the host", "run host-driven tests on qemu"
+            f"{self.display_name} cannot be driven from the host", "run host-driven tests on qemu"
         )
 
 
@@ -196,9 +197,7 @@ class LavaBackend:
     def firmware(self, declared: Firmware, image: Image) -> Firmware:
         return Firmware.UEFI  # the device boots its image through its own firmware
 
-    def cold_boot_reason(
-        self, decl: TestDeclaration, firmware: Firmware, env: Mapping[str, str]
-    ) -> str | None:
+    def cold_boot_reason(self, decl: TestDeclaration, firmware: Firmware, settings: Settings) -> str | None:
         return "a lab's device boots every test's own image"
 
     def definition(self, plan: BootPlan, image_url: str) -> str:
@@ -286,14 +285,13 @@ def write_job(
     decl: TestDeclaration,
     image_parts: ImageParts,
     timeout_factor: int | None,
-    device_type: str,
     out_dir: Path,
-    env: dict[str, str],
+    settings: Settings,
 ) -> tuple[str, Path]:
     """The job definition the backend would submit for `decl`, and its board image,
     written to `out_dir` for someone who submits by hand (`python3 -m harness lava-job`)."""
-    backend = LavaBackend("", device_type, None)
-    plan = plan_boot(decl, Image.open(image_parts), backend, False, timeout_factor, env)
+    backend = LavaBackend("", settings.lava_device_type, None)
+    plan = plan_boot(decl, Image.open(image_parts), backend, False, timeout_factor, settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Built beside its place: a rename across file systems would fail.
     with tempfile.TemporaryDirectory(prefix=".board-", dir=out_dir) as tmp:
@@ -302,15 +300,3 @@ def write_job(
     definition = backend.definition(plan, image.absolute().as_uri())
     (out_dir / JOB_FILE).write_text(definition)
     return definition, image
-
-
-def queue_limit(env: Mapping[str, str]) -> float:
-    text = env.get("HARNESS_LAVA_QUEUE_TIMEOUT", "")
-    if not text:
-        return QUEUE_LIMIT
-    if not text.isdigit():
-        raise HarnessError(
-            f"HARNESS_LAVA_QUEUE_TIMEOUT='{text}' is not a number of seconds",
-            f"set it to a whole number of seconds, or unset it (default {QUEUE_LIMIT})",
-        )
-    return float(text)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 from harness.backends.qemu.command import RunFiles, VmConfig
@@ -27,6 +27,7 @@ from harness.errors import HarnessError
 from harness.guest.reporting import VIRTIO_CHANNEL
 from harness.guest.units import VIRTIO_CONTROL
 from harness.image.parts import Image
+from harness.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +95,8 @@ class QemuBackend:
             )
         return resolve_firmware(declared, image)
 
-    def cold_boot_reason(
-        self, decl: TestDeclaration, firmware: Firmware, env: Mapping[str, str]
-    ) -> str | None:
-        return resume_blocker(decl, env)
+    def cold_boot_reason(self, decl: TestDeclaration, firmware: Firmware, settings: Settings) -> str | None:
+        return resume_blocker(decl, settings)
 
     @contextlib.contextmanager
     def boot(self, plan: BootPlan, log_dir: Path) -> Iterator[QemuMachine]:
@@ -105,7 +104,7 @@ class QemuBackend:
         the snapshot can be had, else booted cold."""
         with contextlib.ExitStack() as stack:
             snapshot = None
-            if plan.boot is BootPath.SNAPSHOT:
+            if plan.boot_path is BootPath.SNAPSHOT:
                 try:
                     snapshot = stack.enter_context(booted_snapshot(plan))
                 except SnapshotUnavailable as e:

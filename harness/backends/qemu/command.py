@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import datetime
 import functools
-import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
@@ -25,6 +23,7 @@ from harness.declaration.keys import Firmware
 from harness.guest.reporting import JOURNAL_PORT, NOTIFY_PORT
 from harness.guest.units import CONTROL_PORT
 from harness.image.parts import Image
+from harness.settings import Settings
 
 AGENT_PORT = "io.harness.agent"  # the fast path's agent reads its test here (guest/agent.sh)
 
@@ -111,6 +110,7 @@ class VmConfig:
     tpm: bool = False  # a TPM 2.0 device, its swtpm's socket in the private directory
     rtc: bool = False  # the RTC set to the host's UTC time when QEMU starts
     disks: tuple[int, ...] = ()  # the extra disks' sizes in bytes
+    settings: Settings = attrs.field(kw_only=True)  # the run's switches: HARNESS_QEMU, _VCPUS, ...
 
     @classmethod
     def for_plan(cls, plan: BootPlan) -> VmConfig:
@@ -127,6 +127,7 @@ class VmConfig:
             tpm=plan.decl.tpm,
             rtc=plan.decl.rtc,
             disks=plan.decl.disks,
+            settings=plan.settings,
         )
 
 
@@ -135,9 +136,9 @@ def smbios_supported(arch: str, firmware: Firmware) -> bool:
     return arch in ("x86_64", "i386") or firmware.is_uefi()
 
 
-def qemu_binary(arch: str, env: Mapping[str, str] = os.environ) -> str:
+def qemu_binary(arch: str, settings: Settings) -> str:
     """QEMU for the image's architecture: HARNESS_QEMU when set, else the one on PATH."""
-    return env.get("HARNESS_QEMU") or QEMU_BINARIES[arch]
+    return settings.qemu or QEMU_BINARIES[arch]
 
 
 def qemu_major(binary: str) -> int:
@@ -173,7 +174,7 @@ def kernel_cmdline(cfg: VmConfig) -> list[str]:
 
 
 def machine_args(
-    arch: str, accel: Acceleration, vcpus: int = FULL_VCPUS, secure_boot: bool = False
+    arch: str, accel: Acceleration, settings: Settings, vcpus: int = FULL_VCPUS, secure_boot: bool = False
 ) -> list[str]:
     """QEMU and the machine every VM of the harness is: the same for a test's VM and the
     virtual worker's board. `secure_boot`: OVMF's Secure Boot build keeps its variables
@@ -184,7 +185,7 @@ def machine_args(
     smm = ["-global", "driver=cfi.pflash01,property=secure,value=on"] if secure_boot else []
     if secure_boot:
         machine += ",smm=on"
-    binary = qemu_binary(arch)
+    binary = qemu_binary(arch, settings)
     return [
         binary,
         "-machine",
@@ -261,7 +262,7 @@ def qemu_command(
     (snapshot.hand_over) says where it is and how it was saved."""
     disk_format = cfg.image.disk_format if files.disk == cfg.image.path else "qcow2"
     cmd = [
-        *machine_args(cfg.image.architecture, cfg.accel, vcpus, cfg.firmware.is_secure_boot()),
+        *machine_args(cfg.image.architecture, cfg.accel, cfg.settings, vcpus, cfg.firmware.is_secure_boot()),
         *disk_args(files.disk, disk_format),
         *extra_disk_args(cfg, files),
         "-qmp",

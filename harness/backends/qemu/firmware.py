@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from harness.declaration.keys import Firmware
 from harness.errors import HarnessError
 from harness.image.disk import DiskFormat
 from harness.image.parts import Image
+from harness.settings import Settings
 
 # A QEMU firmware descriptor (docs/interop/firmware.json), as parsed JSON.
 Descriptor = dict[str, Any]
@@ -121,9 +121,7 @@ def read_descriptors(dirs: Iterable[Path] = DESCRIPTOR_DIRS) -> list[tuple[Path,
     return list(found.values())
 
 
-def find_ovmf(
-    arch: str, machine: str, secure_boot: bool = False, env: Mapping[str, str] = os.environ
-) -> Ovmf:
+def find_ovmf(arch: str, machine: str, settings: Settings, secure_boot: bool = False) -> Ovmf:
     """OVMF for the machine; with `secure_boot`, its build that enforces Secure Boot
     (SMM), started with a variable store that has the image's signing key enrolled."""
     ovmf = select_ovmf(read_descriptors(), arch, machine, secure_boot)
@@ -134,7 +132,7 @@ def find_ovmf(
             "install OVMF (Debian: apt-get install ovmf), or use firmware 'linux'",
         )
     if secure_boot:
-        ovmf = attrs.evolve(ovmf, vars_template=secure_boot_vars(env))
+        ovmf = attrs.evolve(ovmf, vars_template=secure_boot_vars(settings))
     return ovmf
 
 
@@ -143,10 +141,10 @@ def find_ovmf(
 SNAKEOIL_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd")
 
 
-def secure_boot_vars(env: Mapping[str, str]) -> Path:
+def secure_boot_vars(settings: Settings) -> Path:
     """The variable store a Secure Boot VM starts from: HARNESS_SECURE_BOOT_VARS, or
     Debian's with its test key enrolled."""
-    path = Path(env.get("HARNESS_SECURE_BOOT_VARS") or SNAKEOIL_VARS)
+    path = settings.secure_boot_vars or SNAKEOIL_VARS
     if not path.is_file():
         raise HarnessError(
             f"firmware 'uefi-secure-boot' needs a UEFI variable store with the image's signing key "

@@ -49,7 +49,7 @@ CONSOLE_READ = 16 * 2**20  # bytes of console output looked at (for a panic) per
 
 
 class QemuMachine:
-    what_it_is = "the VM"
+    display_name = "the VM"
 
     def __init__(
         self,
@@ -180,7 +180,8 @@ def running_vm(
     """Start QEMU for `cfg` on `files` (booting, or `resuming` a saved VM, whose boot's
     timeline is `boot_timeline` and whose UEFI variables are `nvram_template`); on leaving
     the context QEMU is gone."""
-    binary = qemu_binary(cfg.image.architecture) if cfg.image.architecture in QEMU_BINARIES else None
+    arch = cfg.image.architecture
+    binary = qemu_binary(arch, cfg.settings) if arch in QEMU_BINARIES else None
     if binary is None or shutil.which(binary) is None:
         raise HarnessError(
             f"the image is {cfg.image.architecture} and {binary or 'no QEMU binary'} is not installed",
@@ -194,6 +195,7 @@ def running_vm(
             ovmf = find_ovmf(
                 cfg.image.architecture,
                 machine_alias(binary, MACHINES[cfg.image.architecture]),
+                cfg.settings,
                 secure_boot=cfg.firmware.is_secure_boot(),
             )
             nvram = copy_nvram(ovmf, files.tmp, nvram_template)
@@ -217,7 +219,7 @@ def running_vm(
         args = guest_args(cfg, files, credentials)
         # The booted snapshot and the VMs resumed from it keep FULL_VCPUS: migration needs
         # the same CPUs on both sides.
-        vcpus = FULL_VCPUS if cfg.agent else vcpus_now()
+        vcpus = FULL_VCPUS if cfg.agent else vcpus_now(cfg.settings)
         cmd = qemu_command(cfg, files, ovmf, nvram, vsock_cid, vhost_fd, args, resuming, vcpus)
         (files.logs / "qemu-command.txt").write_text(" ".join(cmd) + "\n")
         stderr = files.tmp / "qemu.stderr"

@@ -74,6 +74,7 @@ from harness.errors import HarnessError
 from harness.guest.reporting import VIRTIO_CHANNEL
 from harness.guest.units import boot_options, emergency_guard
 from harness.image.parts import Image
+from harness.settings import Settings
 from harness.verdict.notify import Notify
 from harness.verdict.timeline import decode_timeline
 
@@ -110,8 +111,8 @@ class StateFormat(StrEnum):
         return ("exec:cat >" if saving else "exec:cat ") + shlex.quote(str(state))
 
 
-def state_format(image: Image) -> StateFormat:
-    binary = shutil.which(qemu_binary(image.architecture)) or ""
+def state_format(image: Image, settings: Settings) -> StateFormat:
+    binary = shutil.which(qemu_binary(image.architecture, settings)) or ""
     return StateFormat.for_qemu(qemu_major(binary))
 
 
@@ -123,6 +124,8 @@ def snapshot_config(
     tpm: bool = False,
     disks: tuple[int, ...] = (),
     machine_id: str | None = None,
+    *,
+    settings: Settings,
 ) -> VmConfig:
     """The VM of one machine shape that boots to the agent and is saved: what every
     eligible test of that firmware, storage, TPM and extra disks resumes."""
@@ -137,12 +140,15 @@ def snapshot_config(
         agent=True,
         tpm=tpm,
         disks=disks,
+        settings=settings,
     )
 
 
 def plan_snapshot_config(plan: BootPlan, machine_id: str | None = None) -> VmConfig:
     d = plan.decl
-    return snapshot_config(plan.image, plan.accel, plan.firmware, d.storage, d.tpm, d.disks, machine_id)
+    return snapshot_config(
+        plan.image, plan.accel, plan.firmware, d.storage, d.tpm, d.disks, machine_id, settings=plan.settings
+    )
 
 
 def resumed_config(plan: BootPlan, snapshot: Snapshot) -> VmConfig:
@@ -162,12 +168,14 @@ def booted_snapshot(plan: BootPlan) -> contextlib.AbstractContextManager[Snapsho
     """The booted snapshot of `plan`'s image and machine shape, made first if needed, held
     while in use."""
     assert plan.snapshot_dir is not None
-    binary = shutil.which(qemu_binary(plan.image.architecture)) or ""
+    binary = shutil.which(qemu_binary(plan.image.architecture, plan.settings)) or ""
     image = plan.image
     files = [image.path, image.kernel, image.initrd, Path(binary)]
     if plan.firmware.is_uefi():  # new firmware, or other enrolled keys: a new snapshot
         arch = image.architecture
-        ovmf = find_ovmf(arch, machine_alias(binary, MACHINES[arch]), plan.firmware.is_secure_boot())
+        ovmf = find_ovmf(
+            arch, machine_alias(binary, MACHINES[arch]), plan.settings, plan.firmware.is_secure_boot()
+        )
         files += [ovmf.code, ovmf.vars_template]
     swtpm = shutil.which("swtpm")
     if plan.decl.tpm and swtpm:  # the TPM's state travels in the snapshot, in swtpm's own format
@@ -179,7 +187,7 @@ def booted_snapshot(plan: BootPlan) -> contextlib.AbstractContextManager[Snapsho
             plan.accel.kind,
             *plan.accel.cpu_args(qemu_major(binary)),
             binary,
-            state_format(image),
+            state_format(image, plan.settings),
             f"root={image.root}",  # the same disk booted with another root= is another machine
         ],
         [p for p in files if p is not None],
@@ -195,7 +203,7 @@ def booted_snapshot(plan: BootPlan) -> contextlib.AbstractContextManager[Snapsho
         )
         make_snapshot(plan_snapshot_config(plan, snapshot_machine_id(key)), dest, timeout, plan.console_limit)
 
-    return shared_snapshot(plan.snapshot_dir, key, plan.attempt, make)
+    return shared_snapshot(plan.snapshot_dir, key, plan.run, make)
 
 
 def make_snapshot(cfg: VmConfig, dest: Path, timeout: float, console_limit: int) -> None:
@@ -227,7 +235,7 @@ def make_snapshot(cfg: VmConfig, dest: Path, timeout: float, console_limit: int)
             timeline = decode_timeline(report.last(Notify.TIMELINE))
             if timeline:
                 Snapshot(dest).timeline.write_text(timeline)
-            save_state(machine, Snapshot(dest).state, state_format(cfg.image))
+            save_state(machine, Snapshot(dest).state, state_format(cfg.image, cfg.settings))
         if cfg.firmware.is_uefi():  # QEMU has quit: the store is as the saved VM left it
             shutil.copyfile(tmp / NVRAM_NAME, Snapshot(dest).nvram)
 
@@ -265,7 +273,7 @@ def resumed_vm(snapshot: Snapshot, plan: BootPlan, files: RunFiles) -> Iterator[
         running_vm(cfg, files, resuming=True, boot_timeline=timeline, nvram_template=nvram) as machine,
         socket.socket(socket.AF_UNIX) as agent,
     ):
-        hand_over(machine, agent, handed_test(plan), snapshot.state, state_format(plan.image))
+        hand_over(machine, agent, handed_test(plan), snapshot.state, state_format(plan.image, plan.settings))
         yield machine
 
 

@@ -99,11 +99,11 @@ def snapshot_machine_id(key: str) -> str:
 
 
 @contextlib.contextmanager
-def shared_snapshot(root: Path, key: str, attempt: str, make: Callable[[Path], None]) -> Iterator[Snapshot]:
+def shared_snapshot(root: Path, key: str, run: str, make: Callable[[Path], None]) -> Iterator[Snapshot]:
     """The snapshot named `key` under `root`, made by `make(directory)` if nobody has made it
     yet; held (shared lock) until the context ends, so nobody removes it while in use.
 
-    A snapshot whose boot failed is not tried again in the same `attempt` (a `meson test`
+    A snapshot whose boot failed is not tried again in the same `run` (a `meson test`
     run): the other tests of that run boot cold at once."""
     root.mkdir(parents=True, exist_ok=True)
     snapshot = Snapshot(root / key)
@@ -112,16 +112,16 @@ def shared_snapshot(root: Path, key: str, attempt: str, make: Callable[[Path], N
         if not snapshot.complete:
             fcntl.flock(lock, fcntl.LOCK_EX)  # not atomic: someone else may make it meanwhile
             if not snapshot.complete:
-                _make(root, key, attempt, make, snapshot)
+                _make(root, key, run, make, snapshot)
             fcntl.flock(lock, fcntl.LOCK_SH)
         yield snapshot
 
 
-def _make(root: Path, key: str, attempt: str, make: Callable[[Path], None], snapshot: Snapshot) -> None:
+def _make(root: Path, key: str, run: str, make: Callable[[Path], None], snapshot: Snapshot) -> None:
     failed = root / f"{key}.failed"
     if failed.is_file():
-        last_attempt, _, reason = failed.read_text().partition("\n")
-        if last_attempt == attempt:
+        last_run, _, reason = failed.read_text().partition("\n")
+        if last_run == run:
             raise SnapshotUnavailable(reason)
     for leftover in root.glob(f".partial-{key}-*"):  # from a maker that was killed
         shutil.rmtree(leftover, ignore_errors=True)
@@ -134,7 +134,7 @@ def _make(root: Path, key: str, attempt: str, make: Callable[[Path], None], snap
         with contextlib.suppress(FileNotFoundError):
             shutil.copyfile(partial / "console.log", console)
         reason = f"{e}; its console log: {console}"
-        failed.write_text(f"{attempt}\n{reason}")
+        failed.write_text(f"{run}\n{reason}")
         shutil.rmtree(partial, ignore_errors=True)
         raise SnapshotUnavailable(reason) from None
     except BaseException:
@@ -142,7 +142,7 @@ def _make(root: Path, key: str, attempt: str, make: Callable[[Path], None], snap
         raise
     partial.rename(snapshot.dir)
     failed.unlink(missing_ok=True)
-    (root / f"{key}.console.log").unlink(missing_ok=True)  # of an earlier run's failed attempt
+    (root / f"{key}.console.log").unlink(missing_ok=True)  # of an earlier run's failed boot
     remove_stale(root, keep=key)
 
 

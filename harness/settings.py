@@ -1,0 +1,389 @@
+"""Every HARNESS_* switch of the person running the tests: one table, read once.
+
+The environment says how one run differs from the usual one (run the slow tests, boot
+cold, another backend, a shell instead of the test). Each variable is one row of
+SWITCHES: what it accepts, its default and what it does; README's table of them is
+printed from it (`python3 -m harness environment`). `Settings.from_environment` reads
+them all once, where the command line starts a run (a variable says otherwise than the
+command-line option of the same meaning, for one run), and everything below takes the
+`Settings`: a test's settings reach every reader, none reads os.environ behind its back,
+and a bad value is the same error whichever variable holds it, naming the variable and
+what it accepts.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from harness.errors import HarnessError
+
+
+class SaveJournal(enum.StrEnum):
+    """HARNESS_SAVE_JOURNAL: which runs keep the guest's journal."""
+
+    FAIL = "fail"  # failed tests' (and errors')
+    ALWAYS = "1"
+    NEVER = "0"
+
+
+@attrs.frozen
+class Accepts:
+    """What a switch takes: `what` completes "'x' is not ...", `hint` says what to set
+    (README's column), `parse` raises ValueError for anything else. `empty` is the value
+    of a switch unset that has no default."""
+
+    what: str
+    hint: str
+    parse: Callable[[str], Any]
+    empty: Any = None
+
+
+def _number(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not (text.isascii() and text.isdigit()) or int(text) < minimum:
+            raise ValueError(text)
+        return int(text)
+
+    return parse
+
+
+def _one_of(values: Mapping[str, Any], also: Mapping[str, Any] | None = None) -> Accepts:
+    """One of the keys of `values` (or, quietly, of `also`: spellings taken before), for its value."""
+    accepted = {**values, **(also or {})}
+
+    def parse(text: str) -> Any:
+        if text not in accepted:
+            raise ValueError(text)
+        return accepted[text]
+
+    return Accepts(_either(list(values)), _either([f"`{v}`" for v in values]), parse)
+
+
+def _either(values: Sequence[str]) -> str:
+    return f"{', '.join(values[:-1])} or {values[-1]}"
+
+
+def _text(what: str) -> Accepts:
+    return Accepts(what, what, str, "")
+
+
+FLAG = _one_of({"0": False, "1": True})
+REGEX = _text("a regular expression (bash's `=~`)")
+URL = _text("a URL")
+FILE = Accepts("a file", "a file", Path)
+DIRECTORY = Accepts("a directory", "a directory", Path)
+TOKEN = _text("the token")
+
+
+@attrs.frozen
+class Switch:
+    """One HARNESS_* variable: it sets the Settings field of its name (HARNESS_COLD_BOOT:
+    `cold_boot`). `default` is spelled as the variable would be ("" for none);
+    `shown_default` is README's column where that says too little. `aliases` are
+    systemd's names for the same, read where ours is unset; with `option`, the variable
+    says otherwise than the command-line option of the same name (an `Options` field)."""
+
+    name: str
+    accepts: Accepts
+    meaning: str
+    default: str = ""
+    shown_default: str = ""
+    aliases: tuple[str, ...] = ()
+    option: bool = False
+
+    @property
+    def field(self) -> str:
+        return self.name.removeprefix("HARNESS_").lower()
+
+    def read(self, env: Mapping[str, str]) -> tuple[str, str]:
+        """The variable that is set (ours first, then systemd's names) and its value."""
+        return next(((n, env[n]) for n in (self.name, *self.aliases) if env.get(n)), (self.name, ""))
+
+
+SWITCHES = (
+    Switch("HARNESS_INTEGRATION_TESTS", FLAG, "`0`: every integration test SKIPs", "1"),
+    Switch("HARNESS_SLOW_TESTS", FLAG, "`1`: run tests declared `slow`", "0"),
+    Switch(
+        "HARNESS_SKIP",
+        Accepts("words", "words, separated by spaces", lambda text: tuple(text.split()), ()),
+        'SKIP tests whose name contains any of the words (`HARNESS_SKIP="TEST-04 TEST-05"`)',
+    ),
+    Switch(
+        "HARNESS_MATCH_TESTCASE",
+        REGEX,
+        "run only the subtests (testcase_* functions) it matches",
+        aliases=("TEST_MATCH_TESTCASE",),
+    ),
+    Switch(
+        "HARNESS_SKIP_TESTCASE",
+        REGEX,
+        "run none of the subtests (testcase_* functions) it matches",
+        aliases=("TEST_SKIP_TESTCASE", "TEST_SKIP_TESTCASES"),
+    ),
+    Switch(
+        "HARNESS_MATCH_SUBTEST",
+        REGEX,
+        "the same for systemd's subtest files (`TEST-NN-NAME.*.sh`, run by `run_subtests`): "
+        "run only those it matches",
+        aliases=("TEST_MATCH_SUBTEST",),
+    ),
+    Switch(
+        "HARNESS_SKIP_SUBTEST",
+        REGEX,
+        "the same for systemd's subtest files: run none of those it matches",
+        aliases=("TEST_SKIP_SUBTEST", "TEST_SKIP_SUBTESTS"),
+    ),
+    Switch(
+        "HARNESS_SHELL",
+        FLAG,
+        "`1`, with `meson test -i`: boot the test's VM to its default target and a root shell on the "
+        "console instead of starting the test; `systemctl start TEST-NN-NAME.service` runs the test "
+        "there, its output on the console, and its status is the verdict (a failure leaves the VM up: "
+        "leave the shell to end it); a VM powered off without starting it SKIPs. Without a console it "
+        "is an error",
+        "0",
+        aliases=("TEST_SHELL",),
+    ),
+    Switch(
+        "HARNESS_SANITIZERS",
+        FLAG,
+        "`1`: the image's code is built with sanitizers (systemd's `SANITIZERS`): the guest sends its "
+        "whole journal after a passed test too (seconds under TCG), so that a report of any process, "
+        "not only the test's own, fails it (`sanitizer-exclude-regex` excludes processes by name)",
+        "0",
+    ),
+    Switch(
+        "HARNESS_SAVE_JOURNAL",
+        _one_of(
+            {"fail": SaveJournal.FAIL, "1": SaveJournal.ALWAYS, "0": SaveJournal.NEVER},
+            {
+                "always": SaveJournal.ALWAYS,
+                "yes": SaveJournal.ALWAYS,
+                "never": SaveJournal.NEVER,
+                "no": SaveJournal.NEVER,
+            },
+        ),
+        "`fail`: keep the guest's journal of failed tests; `1`: always; `0`: never",
+        "fail",
+    ),
+    Switch(
+        "HARNESS_ACCEL",
+        _one_of({"kvm": "kvm", "tcg": "tcg"}),
+        "override the acceleration check",
+        shown_default="KVM where it works, else TCG",
+    ),
+    Switch(
+        "HARNESS_INTERACTIVE",
+        FLAG,
+        "force console mode on (`1`) or off (`0`)",
+        shown_default="on when stdin and stdout are a terminal, as with `meson test -i`",
+    ),
+    Switch(
+        "HARNESS_BACKEND",
+        _one_of({"qemu": "qemu", "autokit": "autokit", "lava": "lava"}),
+        "override `-Dtest-backend` for one run",
+        "qemu",
+        "`-Dtest-backend` (`qemu`)",
+        option=True,
+    ),
+    Switch(
+        "HARNESS_AUTOKIT_WORKER",
+        URL,
+        "the autokit worker to use",
+        shown_default="`-Dautokit-worker`",
+        option=True,
+    ),
+    Switch(
+        "HARNESS_AUTOKIT_TOKEN_FILE",
+        _text("a file"),
+        "the file holding the worker's bearer token (see Tokens)",
+    ),
+    Switch(
+        "HARNESS_AUTOKIT_TOKEN",
+        TOKEN,
+        "the worker's bearer token itself (meson's logs hold the environment: the file is safer)",
+    ),
+    Switch(
+        "HARNESS_LAVA_URL",
+        URL,
+        "the LAVA server",
+        shown_default="`-Dlava-url`",
+        option=True,
+    ),
+    Switch(
+        "HARNESS_LAVA_TOKEN_FILE",
+        _text("a file"),
+        "the file holding the LAVA server's API token (see Tokens)",
+    ),
+    Switch("HARNESS_LAVA_TOKEN", TOKEN, "the LAVA server's API token itself (the file is safer)"),
+    Switch(
+        "HARNESS_LAVA_DEVICE_TYPE",
+        _text("a device type"),
+        "the device type LAVA jobs ask for",
+        "qemu",
+        "`-Dlava-device-type` (`qemu`)",
+        option=True,
+    ),
+    Switch(
+        "HARNESS_LAVA_IMAGE_DIR",
+        _text("a directory"),
+        "for a lab whose dispatchers run elsewhere: the web server's directory the test images go into",
+        shown_default="`-Dlava-image-dir`",
+        option=True,
+    ),
+    Switch(
+        "HARNESS_LAVA_IMAGE_URL",
+        URL,
+        "for such a lab: that directory's URL",
+        shown_default="`-Dlava-image-url`",
+        option=True,
+    ),
+    Switch(
+        "HARNESS_LAVA_QUEUE_TIMEOUT",
+        Accepts("a number of seconds", "a whole number of seconds", _number(0)),
+        "how long a LAVA job may wait for a device before the test is an ERROR",
+        "600",
+    ),
+    Switch("HARNESS_COLD_BOOT", FLAG, "`1`: every test boots cold (no fast path)", "0"),
+    Switch(
+        "HARNESS_VCPUS",
+        Accepts("a number of vCPUs", "a whole number above 0", _number(1)),
+        "vCPUs of a cold-booted VM",
+        shown_default="2 while the host has two cores for every QEMU running, else 1",
+    ),
+    Switch(
+        "HARNESS_SNAPSHOT_DIR",
+        DIRECTORY,
+        "where booted snapshots are kept",
+        shown_default="`--snapshot-dir`, else `build/integration-tests/snapshots`",
+        option=True,
+    ),
+    Switch(
+        "HARNESS_SECURE_BOOT_VARS",
+        FILE,
+        "the UEFI variable store `firmware: 'uefi-secure-boot'` starts from, with the certificate "
+        "that signed the image enrolled",
+        shown_default="Debian's, with its test key",
+    ),
+    Switch(
+        "HARNESS_QEMU",
+        _text("a program, by path or by name on `PATH`"),
+        "the QEMU binary to run",
+        shown_default="`qemu-system-ARCH` on `PATH`",
+    ),
+    Switch(
+        "HARNESS_CONSOLE_LIMIT_MB",
+        Accepts("a number of megabytes", "a whole number of megabytes above 0", _number(1)),
+        "how much console output a test may write before its machine is stopped and the test FAILs",
+        "64",
+    ),
+    Switch(
+        "HARNESS_RETRY_QEMU_CRASH",
+        Accepts("a number of retries", "a whole number (`0`: never)", _number(0)),
+        "how often a machine that crashes before the guest says anything (QEMU killed by a signal or "
+        "exiting with an error) is booted again; the verdict line, result.json (`retried`) and the "
+        "report say so, and the crashed boot's console is kept as `console.crash-1.log`",
+        "1",
+    ),
+)
+
+
+@attrs.frozen
+class Options:
+    """What the command line says (meson passes its -D options so) where a variable may
+    say otherwise for one run; "" where it says nothing."""
+
+    backend: str = ""
+    autokit_worker: str = ""
+    lava_url: str = ""
+    lava_device_type: str = ""
+    lava_image_dir: str = ""
+    lava_image_url: str = ""
+    snapshot_dir: str = ""
+
+    @classmethod
+    def given(cls, parsed: object) -> Options:
+        """The options an argparse namespace holds under these names (None: not given)."""
+        return cls(**{name: getattr(parsed, name, None) or "" for name in attrs.fields_dict(cls)})
+
+
+@attrs.frozen
+class Settings:
+    """The switches of one run, validated: one field for each row of SWITCHES."""
+
+    integration_tests: bool
+    slow_tests: bool
+    skip: tuple[str, ...]
+    match_testcase: str
+    skip_testcase: str
+    match_subtest: str
+    skip_subtest: str
+    shell: bool
+    sanitizers: bool
+    save_journal: SaveJournal
+    accel: str | None  # kvm or tcg; None: as the host allows
+    interactive: bool | None  # None: by the terminal
+    backend: str
+    autokit_worker: str
+    autokit_token_file: str
+    autokit_token: str
+    lava_url: str
+    lava_token_file: str
+    lava_token: str
+    lava_device_type: str
+    lava_image_dir: str
+    lava_image_url: str
+    lava_queue_timeout: int
+    cold_boot: bool
+    vcpus: int | None  # None: by the host's cores
+    snapshot_dir: Path | None  # None: beside the log directory
+    secure_boot_vars: Path | None  # None: Debian's
+    qemu: str  # "": qemu-system-ARCH
+    console_limit_mb: int
+    retry_qemu_crash: int
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str], options: Options = Options()) -> Settings:
+        """Every switch from `env` (os.environ at the command line, a dict in tests), else
+        from `options`, else its default; a bad value is a HarnessError naming it."""
+        values: dict[str, Any] = {}
+        for switch in SWITCHES:
+            source, text = switch.read(env)
+            if not text and switch.option and getattr(options, switch.field):
+                source, text = f"--{switch.field.replace('_', '-')}", getattr(options, switch.field)
+            values[switch.field] = parsed(switch, source, text or switch.default)
+        return cls(**values)
+
+    @classmethod
+    def defaults(cls) -> Settings:
+        """What a run gets with no switch set."""
+        return cls.from_environment({})
+
+
+def parsed(switch: Switch, source: str, text: str) -> Any:
+    if not text:
+        return switch.accepts.empty
+    try:
+        return switch.accepts.parse(text)
+    except ValueError:
+        accepted = switch.accepts.hint.replace("`", "")
+        default = f" (default {switch.default})" if switch.default else ""
+        raise HarnessError(
+            f"{source}='{text}' is not {switch.accepts.what}",
+            f"use {accepted}" if source.startswith("--") else f"set it to {accepted}, or unset it{default}",
+        ) from None
+
+
+def environment_table() -> str:
+    """README's table of the environment switches."""
+    rows = ["| variable | accepts | default | effect |", "|---|---|---|---|"]
+    for s in SWITCHES:
+        name = f"`{s.name}`" + (f" (systemd's {', '.join(f'`{a}`' for a in s.aliases)})" if s.aliases else "")
+        default = s.shown_default or (f"`{s.default}`" if s.default else "")
+        rows.append(f"| {name} | {s.accepts.hint} | {default} | {s.meaning} |")
+    return "\n".join(rows)
