@@ -47,11 +47,13 @@ def add_declaration_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--glue-version", type=int, help="the meson glue's version (test/meson.build passes it)")
 
 
-def declaration_of(o: argparse.Namespace, env: Mapping[str, str] | None = None) -> TestDeclaration:
-    """The declaration in o.declaration's file and the options argparse left over."""
-    options = declaration_file.read(Path(o.declaration)) if o.declaration else []
-    where = o.declaration or "the command line"
-    return TestDeclaration.from_options(declaration_file.parse(options + o.declaration_options, where), env)
+def declaration_of(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> TestDeclaration:
+    """The declaration in args.declaration's file and the options argparse left over."""
+    options = declaration_file.read(Path(args.declaration)) if args.declaration else []
+    where = args.declaration or "the command line"
+    return TestDeclaration.from_options(
+        declaration_file.parse(options + args.declaration_options, where), env
+    )
 
 
 def add_backend_options(p: argparse.ArgumentParser) -> None:
@@ -73,9 +75,9 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def settings_of(o: argparse.Namespace) -> Settings:
-    """The HARNESS_* switches, read here and nowhere else; a variable wins over `o`'s option."""
-    return Settings.from_environment(os.environ, Options.given(o))
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The HARNESS_* switches, read here and nowhere else; a variable wins over `args`' option."""
+    return Settings.from_environment(os.environ, Options.given(args))
 
 
 class Interrupted(Exception):
@@ -86,7 +88,7 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> NoReturn:
     raise Interrupted(signal.Signals(signum).name)
 
 
-def cmd_run(o: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     from harness.backends import BackendName, make_backend
     from harness.report.html import current_run, update_run_report
     from harness.report.tap import setup_logging, tap_lines
@@ -94,9 +96,9 @@ def cmd_run(o: argparse.Namespace) -> int:
     from harness.verdict.results import Status
     from harness.wrapper import RunContext
 
-    check_glue(o.glue_version, Path(o.build_dir) if o.build_dir else None)
-    decl = declaration_of(o, os.environ)
-    settings = settings_of(o)
+    check_glue(args.glue_version, Path(args.build_dir) if args.build_dir else None)
+    decl = declaration_of(args, os.environ)
+    settings = settings_of(args)
     backend = make_backend(settings)
     # A host-driven test is driven by its pytest file, not by a person at the console.
     interactive = (
@@ -118,13 +120,13 @@ def cmd_run(o: argparse.Namespace) -> int:
             ),
             f"run it as meson test -C build -i {decl.name}, on the qemu backend, from a terminal",
         )
-    tap = o.tap and not interactive  # at a console, people read; meson parses nothing then
+    tap = args.tap and not interactive  # at a console, people read; meson parses nothing then
     if tap:
         print("TAP version 14", flush=True)
     setup_logging(tap)
-    build_dir = Path(o.build_dir) if o.build_dir else None
+    build_dir = Path(args.build_dir) if args.build_dir else None
     tests_dir = (build_dir or Path(".")) / "integration-tests"
-    log_dir = Path(o.log_dir) if o.log_dir else tests_dir / decl.name
+    log_dir = Path(args.log_dir) if args.log_dir else tests_dir / decl.name
     # Absolute: a resumed disk names its snapshot as its backing file, from another directory.
     snapshot_dir = (settings.snapshot_dir or log_dir.parent / "snapshots").absolute()
     ctx = RunContext(
@@ -138,7 +140,7 @@ def cmd_run(o: argparse.Namespace) -> int:
     try:
         with owning_log_dir(log_dir, decl.name):
             record = run_and_record(
-                decl, image_parts_of(o), ctx, backend, settings, interactive, o.timeout_factor
+                decl, image_parts_of(args), ctx, backend, settings, interactive, args.timeout_factor
             )
         report_verdict(record, tap)
     except LogDirBusy as e:  # the other run's logs and verdict stay as they are
@@ -225,29 +227,29 @@ def meson_priority(decl: TestDeclaration) -> int:
     return decl.priority * 3 + (2 if decl.host else 1 if boots else 0)
 
 
-def cmd_validate(o: argparse.Namespace) -> int:
+def cmd_validate(args: argparse.Namespace) -> int:
     """Checks the glue and the declaration; prints meson's priority for it."""
-    check_glue(o.glue_version)
-    decl = declaration_of(o)
-    if o.declaration:  # inline credentials are in it: the user's only, whatever meson made it
-        Path(o.declaration).chmod(0o600)
+    check_glue(args.glue_version)
+    decl = declaration_of(args)
+    if args.declaration:  # inline credentials are in it: the user's only, whatever meson made it
+        Path(args.declaration).chmod(0o600)
     print(meson_priority(decl))
     return 0
 
 
-def cmd_table(o: argparse.Namespace) -> int:
+def cmd_table(args: argparse.Namespace) -> int:
     """`keys`, `environment`: README's tables of the declaration keys, of the HARNESS_* switches."""
-    print(key_table() if o.command == "keys" else environment_table())
+    print(key_table() if args.command == "keys" else environment_table())
     return 0
 
 
-def cmd_lava_job(o: argparse.Namespace) -> int:
+def cmd_lava_job(args: argparse.Namespace) -> int:
     """Prints the LAVA job meson test would submit for one test, and writes its board image."""
     from harness.backends.lava.backend import write_job
     from harness.project.repository import meson_test_args
 
-    build_dir = Path(o.build_dir)
-    run_args = meson_test_args(build_dir, o.name)
+    build_dir = Path(args.build_dir)
+    run_args = meson_test_args(build_dir, args.name)
     parser = argparse.ArgumentParser(allow_abbrev=False)
     add_declaration_option(parser)
     add_backend_options(parser)
@@ -271,21 +273,21 @@ def cmd_lava_job(o: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_systemd_tests(o: argparse.Namespace) -> int:
+def cmd_systemd_tests(args: argparse.Namespace) -> int:
     from harness.project.systemd_tests import fetch
 
-    print(fetch(o.release, Path(o.into), o.names))
+    print(fetch(args.release, Path(args.into), args.names))
     return 0
 
 
-def boot_contract(o: argparse.Namespace) -> int:
+def boot_contract(args: argparse.Namespace) -> int:
     """check-image --boot: the image's parts as given, a test of the project's contract,
     booted cold; its logs are kept where it fails."""
     from harness.project.repository import CONTRACT_COMMAND
 
     image = [
-        f"--image={o.image}",
-        *(f"--{k}={v}" for k in IMAGE_PARTS if (v := getattr(o, k.replace("-", "_")))),
+        f"--image={args.image}",
+        *(f"--{k}={v}" for k in IMAGE_PARTS if (v := getattr(args, k.replace("-", "_")))),
     ]
     where = Path(tempfile.mkdtemp(prefix="os-harness-check-"))
     test_dir = where / "TEST-00-CHECK-IMAGE"  # a test's directory name, as meson's would be
@@ -311,8 +313,8 @@ def boot_contract(o: argparse.Namespace) -> int:
     return status
 
 
-def cmd_accel(o: argparse.Namespace) -> int:
-    accel = detect(None, settings_of(o))
+def cmd_accel(args: argparse.Namespace) -> int:
+    accel = detect(None, settings_of(args))
     print(accel.kind, accel.timeout_factor, accel.reason)
     return 0
 
@@ -377,14 +379,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     lava_job.set_defaults(func=cmd_lava_job)
 
-    o, leftover = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    o.declaration_options = leftover
-    if o.declaration_options and not hasattr(o, "declaration"):
-        parser.error(f"unrecognized arguments: {' '.join(o.declaration_options)}")
+    args, leftover = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    args.declaration_options = leftover
+    if args.declaration_options and not hasattr(args, "declaration"):
+        parser.error(f"unrecognized arguments: {' '.join(args.declaration_options)}")
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupted)
     try:
-        return int(o.func(o))
+        return int(args.func(args))
     except KeyboardInterrupt:
         print("interrupted by SIGINT; the VM was stopped.", flush=True)
         return 130

@@ -79,34 +79,36 @@ class TestDeclaration:
         return f"{self.name}.service"
 
     @classmethod
-    def from_options(cls, o: argparse.Namespace, env: Mapping[str, str] | None = None) -> TestDeclaration:
+    def from_options(
+        cls, parsed: argparse.Namespace, env: Mapping[str, str] | None = None
+    ) -> TestDeclaration:
         """Build from the wrapper's parsed options (harness.declaration.file.parse); `env`
         is where env: credentials are read from (None: only check them)."""
-        test_dir = Path(o.test_dir)
+        test_dir = Path(parsed.test_dir)
         source = str(test_dir / "meson.build")
 
         def bad(key: str, problem: str, fix: str = "") -> DeclarationError:
             return DeclarationError(source, key, problem, fix)
 
-        if not TEST_NAME.fullmatch(o.name):
+        if not TEST_NAME.fullmatch(parsed.name):
             raise bad(
                 "name",
-                f"'{o.name}' does not follow TEST-NN-NAME",
+                f"'{parsed.name}' does not follow TEST-NN-NAME",
                 "name the directory TEST-NN-NAME (two or more digits, upper-case name)",
             )
-        if o.timeout <= 0:
-            raise bad("timeout", f"{o.timeout} is not a positive number of seconds")
+        if parsed.timeout <= 0:
+            raise bad("timeout", f"{parsed.timeout} is not a positive number of seconds")
         for key in KEYS:
-            value = getattr(o, key.attribute, None)
+            value = getattr(parsed, key.attribute, None)
             if key.choices and value not in set(key.choices):
                 raise bad(key.name, f"unknown {key.name} '{value}'", f"use one of: {', '.join(key.choices)}")
-        if not 1 <= o.exit_code <= 255 or o.exit_code == SKIP_EXIT:
+        if not 1 <= parsed.exit_code <= 255 or parsed.exit_code == SKIP_EXIT:
             raise bad(
                 "exit-code",
-                f"{o.exit_code} cannot mean success",
+                f"{parsed.exit_code} cannot mean success",
                 "use 1..255 except 77 (skip); 0 is what a VM that just powers off reports",
             )
-        credentials = tuple(Credential.parse(c, test_dir, source, env) for c in o.credentials)
+        credentials = tuple(Credential.parse(c, test_dir, source, env) for c in parsed.credentials)
         names = [c.name for c in credentials]
         if len(set(names)) != len(names):
             raise bad("credentials", "a credential name is given twice")
@@ -118,60 +120,62 @@ class TestDeclaration:
                     "give the credential another name",
                 )
         # A list of units, or systemd's spelling: one string of them, space-separated.
-        wants, after = (tuple(u for entry in units for u in entry.split()) for units in (o.wants, o.after))
+        wants, after = (
+            tuple(u for entry in units for u in entry.split()) for units in (parsed.wants, parsed.after)
+        )
         for unit in (*wants, *after):
             if not UNIT_NAME.fullmatch(unit):
                 raise bad("configuration", f"'{unit}' in wants/after is not a unit name")
-        unit_env = tuple(_split_env(e, bad) for e in o.env)
-        host = _host_file(o.host, test_dir, bad) if o.host else None
-        trees = declared_trees(o.extra_trees, test_dir, host is not None, bad)
+        unit_env = tuple(_split_env(e, bad) for e in parsed.env)
+        host = _host_file(parsed.host, test_dir, bad) if parsed.host else None
+        trees = declared_trees(parsed.extra_trees, test_dir, host is not None, bad)
         return cls(
-            name=o.name,
+            name=parsed.name,
             source=source,
             test_dir=test_dir,
-            timeout=o.timeout,
-            priority=o.priority,
-            slow=o.slow,
-            enabled=o.enabled,
-            firmware=Firmware(o.firmware),
-            cmdline=tuple(o.cmdline),
+            timeout=parsed.timeout,
+            priority=parsed.priority,
+            slow=parsed.slow,
+            enabled=parsed.enabled,
+            firmware=Firmware(parsed.firmware),
+            cmdline=tuple(parsed.cmdline),
             credentials=credentials,
-            qemu_args=tuple(o.qemu_args),
-            exit_code=o.exit_code,
-            storage=Storage(o.storage),
-            boot=BootMode(o.boot),
-            requires=_requires(o),
-            tpm=o.tpm,
-            rtc=o.rtc,
-            disks=disk_sizes(o.disks, bad),
+            qemu_args=tuple(parsed.qemu_args),
+            exit_code=parsed.exit_code,
+            storage=Storage(parsed.storage),
+            boot=BootMode(parsed.boot),
+            requires=_requires(parsed),
+            tpm=parsed.tpm,
+            rtc=parsed.rtc,
+            disks=disk_sizes(parsed.disks, bad),
             extra_trees=trees,
-            coredump_exclude_regex=_regex("coredump-exclude-regex", o.coredump_exclude_regex, bad),
-            sanitizer_exclude_regex=_regex("sanitizer-exclude-regex", o.sanitizer_exclude_regex, bad),
+            coredump_exclude_regex=_regex("coredump-exclude-regex", parsed.coredump_exclude_regex, bad),
+            sanitizer_exclude_regex=_regex("sanitizer-exclude-regex", parsed.sanitizer_exclude_regex, bad),
             host=host,
             configuration=Configuration(
-                command=o.command or DEFAULT_COMMAND.format(name=o.name),
+                command=parsed.command or DEFAULT_COMMAND.format(name=parsed.name),
                 wants=wants,
                 after=after,
                 env=unit_env,
-                unit=tuple(o.unit),
-                service=tuple(o.service),
-                memory_accounting=o.memory_accounting,
+                unit=tuple(parsed.unit),
+                service=tuple(parsed.service),
+                memory_accounting=parsed.memory_accounting,
             ),
         )
 
 
-def _requires(o: argparse.Namespace) -> tuple[str, ...]:
+def _requires(parsed: argparse.Namespace) -> tuple[str, ...]:
     """The declared features, and those that the tpm, disks and firmware keys imply."""
     implied = [
         f
         for f, wanted in (
-            ("tpm", o.tpm),
-            ("disks", bool(o.disks)),
-            ("secure-boot", o.firmware == Firmware.UEFI_SECURE_BOOT),
+            ("tpm", parsed.tpm),
+            ("disks", bool(parsed.disks)),
+            ("secure-boot", parsed.firmware == Firmware.UEFI_SECURE_BOOT),
         )
         if wanted
     ]
-    return tuple(o.requires) + tuple(f for f in implied if f not in o.requires)
+    return tuple(parsed.requires) + tuple(f for f in implied if f not in parsed.requires)
 
 
 def _host_file(name: str, test_dir: Path, bad: Callable[[str, str, str], DeclarationError]) -> Path:
