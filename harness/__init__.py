@@ -1,4 +1,4 @@
-"""The integration test harness: one test's run, in stages that `ls harness` lists in
+"""The integration test harness: one test's run, in stages, one folder each, in
 order: `declaration/` (what a test declares), `image/` (the image under test, read without
 booting it), `boot/` (the plan, the machine protocols, the watch), `verdict/` (what the
 guest said, the verdict, result.json), `host/` (host-driven tests), `report/` (TAP, HTML,

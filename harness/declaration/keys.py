@@ -1,7 +1,7 @@
 """The vocabulary of a test's declaration: every key its meson.build may write, with its
 default and meaning (the README's key table is printed from KEYS: `python3 -m harness
 keys`), and the StrEnums of the keys whose values are words. declaration.py checks a
-declaration against these; declaration_file.py parses the file meson writes with them.
+declaration against these; declaration/file.py parses the file meson writes with them.
 """
 
 from __future__ import annotations

@@ -332,7 +332,7 @@ Restart=always
     ]
     if device == CONSOLE_CONTROL:
         # A getty on the console would read the host's commands. A board's image holds the
-        # agent's unit in /etc/systemd/system (board_image.py): no serial getty starts there.
+        # agent's unit in /etc/systemd/system (backends/board/image.py): no serial getty starts there.
         credentials.append(
             Credential(
                 "systemd.unit-dropin.serial-getty@.service~harness",

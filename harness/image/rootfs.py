@@ -34,7 +34,7 @@ EXT_FILESYSTEMS = ("ext2", "ext3", "ext4")
 # guest/test-control.sh, guest/testcases.sh, the Exec*= lines and scripts of guest/units.py
 # and guest/reporting.py, the test unit's `tar -xzf` of extra_tree.py's trees (tar runs
 # gzip), the fast path's `date -s` (backends/qemu/agent.py) and a host-driven machine's
-# `cat` and `base64 -d` (driven.py).
+# `cat` and `base64 -d` (host/driven_machine.py).
 GUEST_TOOLS = (
     "sh",  # every unit's shell lines, the agents
     "bash",  # testcases.sh, test-control.sh, the debug and HARNESS_SHELL shells
