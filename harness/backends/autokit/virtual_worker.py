@@ -210,21 +210,21 @@ def main(argv: list[str] | None = None) -> int:
         default=IDLE_SECONDS,
         help=f"close a connection silent this many seconds (default {IDLE_SECONDS:g})",
     )
-    o = p.parse_args(argv)
-    host, port = listen_address(o.listen)
+    args = p.parse_args(argv)
+    host, port = listen_address(args.listen)
     try:  # the board's QEMU, acceleration and vCPUs, as for a test's VM
         settings = Settings.from_environment(os.environ)
     except HarnessError as e:
         p.error(str(e))
     state_dir = Path(
-        o.state_dir or Path(os.environ.get("XDG_STATE_HOME", "/var/tmp")) / "harness-virtual-worker"
+        args.state_dir or Path(os.environ.get("XDG_STATE_HOME", "/var/tmp")) / "harness-virtual-worker"
     )
     # The uploads, the board's disk and its logs hold the test's credentials: the user's only.
     os.umask(0o077)
     state_dir.mkdir(parents=True, exist_ok=True)
     state_dir.chmod(0o700)
-    if o.token_file:
-        token = Path(o.token_file).read_text().strip()
+    if args.token_file:
+        token = Path(args.token_file).read_text().strip()
     elif settings.autokit_token:
         token = settings.autokit_token.strip()
     else:
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-    serve(host, port, state_dir, token, settings, ready, o.idle_timeout)
+    serve(host, port, state_dir, token, settings, ready, args.idle_timeout)
     return 0
 
 
