@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout-factor", type=int, help="multiply the timeout (default: 1 with KVM, more with TCG)"
     )
     run.add_argument(
-        "--backend", default="qemu", help="qemu (default), autokit or lava; HARNESS_BACKEND overrides"
+        "--backend", default="qemu", help="qemu (default), autokit, lava or nspawn; HARNESS_BACKEND overrides"
     )
     add_backend_options(run)
     run.add_argument(

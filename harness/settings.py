@@ -185,7 +185,7 @@ SWITCHES = (
     ),
     Switch(
         "HARNESS_BACKEND",
-        _one_of({"qemu": "qemu", "autokit": "autokit", "lava": "lava"}),
+        _one_of({"qemu": "qemu", "autokit": "autokit", "lava": "lava", "nspawn": "nspawn"}),
         "override `-Dtest-backend` for one run",
         "qemu",
         "`-Dtest-backend` (`qemu`)",
@@ -277,6 +277,13 @@ SWITCHES = (
         shown_default="`qemu-system-ARCH` on `PATH`",
     ),
     Switch(
+        "HARNESS_NSPAWN",
+        _text("a program, by path or by name on `PATH`"),
+        "the systemd-nspawn the nspawn backend runs",
+        shown_default="the tools tree beside the image (mkosi's `mkosi.output/tools`), else "
+        "`systemd-nspawn` on `PATH`",
+    ),
+    Switch(
         "HARNESS_CONSOLE_LIMIT_MB",
         Accepts("a number of megabytes", "a whole number of megabytes above 0", _number(1)),
         "how much console output a test may write before its machine is stopped and the test FAILs",
@@ -344,6 +351,7 @@ class Settings:
     snapshot_dir: Path | None  # None: beside the log directory
     secure_boot_vars: Path | None  # None: Debian's
     qemu: str  # "": qemu-system-ARCH
+    nspawn: str  # "": the tools tree's, else systemd-nspawn on PATH
     console_limit_mb: int
     retry_qemu_crash: int
 

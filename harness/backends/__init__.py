@@ -1,7 +1,8 @@
 """The machines a test can run on, one subpackage each, all behind the `Backend` protocol
-of harness.boot.machine: `qemu` boots VMs on this host, `autokit` drives a board through an
-autokit worker, `lava` submits jobs to a LAVA lab, `fake` scripts an ending for the unit
-tests of the flow.
+of harness.boot.machine: `qemu` boots VMs on this host, `nspawn` containers on this host
+(for tests that need no kernel of their own), `autokit` drives a board through an autokit
+worker, `lava` submits jobs to a LAVA lab, `fake` scripts an ending for the unit tests of
+the flow.
 
 A backend depends on the core (declaration, plan, notify protocol, guest units); the
 core never imports a backend: `make_backend` is called by the command line only.
@@ -21,6 +22,7 @@ class BackendName(enum.StrEnum):
     QEMU = "qemu"
     AUTOKIT = "autokit"
     LAVA = "lava"
+    NSPAWN = "nspawn"
 
 
 def make_backend(settings: Settings) -> Backend:
@@ -32,6 +34,10 @@ def make_backend(settings: Settings) -> Backend:
         from harness.backends.qemu.backend import QemuBackend
 
         return QemuBackend()
+    if name == BackendName.NSPAWN:
+        from harness.backends.nspawn.backend import NspawnBackend
+
+        return NspawnBackend()
     if name == BackendName.AUTOKIT:
         from harness.backends.autokit.backend import AutokitBackend
 
