@@ -57,7 +57,8 @@ def command(p: BootPlan, tmp: Path) -> list[str]:
 def test_the_command_boots_the_root_read_only_with_the_plans_credentials(tmp_path):
     p = plan("--credentials=harness.secret=hush")
     cmd = command(p, tmp_path)
-    assert cmd[0] == NSPAWN[0]
+    # nspawn first in a PID namespace of its own: nothing of the container outlives it
+    assert cmd[: cmd.index(NSPAWN[0])] == ["unshare", "--pid", "--fork", "--kill-child"]
     for option in ("--directory=/run/root", "--volatile=overlay", "--register=no", "--keep-unit"):
         assert option in cmd
     assert "--console=read-only" in cmd and "--private-network" in cmd and "--settings=no" in cmd
@@ -219,6 +220,14 @@ def test_killing_the_machine_kills_the_container_too(tmp_path):
     m.power_off(orderly=False)
     assert not m.proc.alive()
     assert Deadline.after(10).wait_for(lambda: gone(child), 0.01)
+
+
+def test_an_orderly_power_off_asks_nspawn_first(tmp_path):
+    # nspawn (the stand-in's child) shuts its container down on SIGTERM and exits.
+    m = machine(tmp_path, "sh -c 'trap \"exit 0\" TERM; while :; do sleep 0.05; done'; exit 5")
+    Deadline.after(10).wait_for(lambda: bool(children(m.proc.pid)), 0.01)
+    m.power_off(orderly=True)
+    assert m.proc.poll() == 5  # ended by itself, not killed
 
 
 def gone(pid: int) -> bool:

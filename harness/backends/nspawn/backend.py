@@ -17,7 +17,6 @@ import os
 import platform
 import signal
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from harness import process
 from harness.backends.board.console import BoardConsole
 from harness.backends.nspawn.command import find_nspawn, machine_name, nspawn_command
 from harness.backends.nspawn.placement import vm_reasons
-from harness.backends.nspawn.root import mounted_root
+from harness.backends.nspawn.root import mounted_root, private_tmp
 from harness.boot.machine import Ending, EndingKind, LogFile, Look, WatchRules
 from harness.boot.plan import BootPath, BootPlan
 from harness.declaration.credential import Credential
@@ -85,20 +84,17 @@ class NspawnMachine:
 
     def power_off(self, orderly: bool) -> None:
         """Orderly: nspawn asks the container's systemd to power off (SIGTERM to nspawn);
-        then, or at once, the container's init and nspawn are killed."""
+        then, or at once, it is killed, and with it everything in its PID namespace."""
         if orderly and self.proc.alive():
-            self.proc.popen.terminate()
+            signal_children(self.proc.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=POWEROFF_GRACE)
         self.kill()
 
     def kill(self) -> None:
-        # nspawn killed leaves its container running: its init goes first, and with it,
-        # the init of its PID namespace, every process in the container.
+        # unshare passes on no signal: nspawn, its child, is killed first.
         if self.proc.alive():
-            for child in children(self.proc.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child, signal.SIGKILL)
+            signal_children(self.proc.pid, signal.SIGKILL)
         self.proc.kill()
 
     def collect(self) -> GuestReport:
@@ -135,6 +131,12 @@ def children(pid: int) -> list[int]:
         if len(fields) > 1 and fields[1] == str(pid):
             found.append(int(entry.name))
     return found
+
+
+def signal_children(pid: int, signum: int) -> None:
+    for child in children(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signum)
 
 
 def write_private(directory: Path, name: str, content: bytes) -> Path:
@@ -179,8 +181,7 @@ class NspawnBackend:
             )
         nspawn = find_nspawn(plan.settings, image.path, image.architecture)
         with contextlib.ExitStack() as stack:
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"harness-{plan.name}-")))
-            os.chmod(tmp, 0o700)
+            tmp = stack.enter_context(private_tmp(plan.name))
             root = stack.enter_context(mounted_root(image, tmp / "root"))
             files = credential_files(plan.credentials, tmp / "credentials")
             cmd = nspawn_command(nspawn, root, plan, files, machine_name(plan.name, os.getpid()))

@@ -8,7 +8,8 @@ VM's SMBIOS ones do, each read by nspawn from a private file (`--load-credential
 test unit and the harness's helper units arrive as `systemd.extra-unit.*` the same way.
 The plan's command-line options for systemd become arguments of the container's init;
 the console is nspawn's stdout (`--console=read-only`: no TTY needed), where the units
-report with the console channel's marker, as on a board.
+report with the console channel's marker, as on a board. nspawn runs as the first process
+of a PID namespace (PID_NAMESPACE), so that nothing of the container outlives it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from harness.settings import Settings
 # command line are systemd's, which the container's init reads from its arguments.
 NOT_FOR_INIT = ("rw", "ro")
 VOLATILE = "systemd.volatile="
+# nspawn killed leaves its container running; as the first process of a PID namespace of
+# its own, its end ends every process below it, the container's included. unshare dies
+# with the wrapper (the parent-death signal), and nspawn with unshare (--kill-child).
+PID_NAMESPACE = ("unshare", "--pid", "--fork", "--kill-child")
 # mkosi's tools tree: a newer systemd than the host's, run through its own loader.
 TOOLS_TREE = "tools"
 LOADER = "usr/lib/{triplet}/ld-linux-x86-64.so.2"
@@ -51,6 +56,7 @@ def nspawn_command(
     """The command that boots the container on `root` (the mounted root partition), its
     credentials read from `credential_files` (name, private file)."""
     return [
+        *PID_NAMESPACE,
         *nspawn,
         f"--directory={root}",
         f"--machine={machine}",

@@ -3,7 +3,9 @@
 `systemd-nspawn --image=` needs udev to find a disk's partitions; this does without: the
 partition the image's table names (harness.image) is attached as a read-only loop device
 at its offset and mounted read-only on a private directory. The image is never written;
-on leaving, the mount and the loop device are gone, whatever happened inside.
+on leaving, the mount and the loop device are gone, whatever happened inside. A wrapper
+killed outright (SIGKILL runs no clean-up) leaves them: the next run sweeps them
+(`sweep_orphans`), as the qemu backend sweeps its private directories.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,3 +98,57 @@ def unmount(where: Path) -> None:
     done = subprocess.run(["umount", str(where)], capture_output=True, timeout=TOOL_TIMEOUT)
     if done.returncode != 0:
         subprocess.run(["umount", "--lazy", str(where)], capture_output=True, timeout=TOOL_TIMEOUT)
+
+
+PREFIX = "harness-nspawn-"
+# The private directory of one run: the wrapper's PID tells a later run whose it is.
+ORPHAN = re.compile(rf"^{PREFIX}.*-p(\d+)-[a-z0-9_]+$")
+
+
+@contextlib.contextmanager
+def private_tmp(name: str) -> Iterator[Path]:
+    """A directory only the user can read, for one container (its root's mount point,
+    credentials, console), gone afterwards; litter of killed wrappers swept first."""
+    tmp = Path(tempfile.gettempdir())
+    sweep_orphans(tmp)
+    with tempfile.TemporaryDirectory(prefix=f"{PREFIX}{name}-p{os.getpid()}-", dir=tmp) as directory:
+        os.chmod(directory, 0o700)
+        yield Path(directory)
+
+
+def mounts() -> list[tuple[Path, str]]:
+    """This mount namespace's mount points and their sources (/proc/self/mountinfo)."""
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields, _, rest = line.partition(" - ")
+            point = fields.split()[4].encode().decode("unicode_escape")  # \040 for a space
+            found.append((Path(point), rest.split()[1] if len(rest.split()) > 1 else ""))
+    return found
+
+
+def sweep_orphans(tmp: Path) -> None:
+    """Unmount, detach and remove what runs killed outright left in `tmp`."""
+    dead = {
+        d
+        for d in tmp.glob(f"{PREFIX}*")
+        if (m := ORPHAN.match(d.name)) and not process_alive(int(m.group(1)))
+    }
+    for point, source in mounts():
+        if point.parent in dead:
+            log.info(f"unmounting {point}, left by a run that was killed")
+            unmount(point)
+            if source.startswith("/dev/loop"):
+                detach(source)
+    for directory in dead:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
