@@ -89,7 +89,7 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> NoReturn:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.backends import BackendName, make_backend
+    from harness.backends import BackendName, backend_for
     from harness.report.html import current_run, update_run_report
     from harness.report.tap import setup_logging, tap_lines
     from harness.verdict.log_dir import owning_log_dir
@@ -99,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_glue(args.glue_version, Path(args.build_dir) if args.build_dir else None)
     decl = declaration_of(args, os.environ)
     settings = settings_of(args)
-    backend = make_backend(settings)
+    backend, placed = backend_for(decl, settings)
     # A host-driven test is driven by its pytest file, not by a person at the console.
     interactive = (
         backend.name == BackendName.QEMU
@@ -124,6 +124,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if tap:
         print("TAP version 14", flush=True)
     setup_logging(tap)
+    if placed:
+        log.info(placed)
     build_dir = Path(args.build_dir) if args.build_dir else None
     tests_dir = (build_dir or Path(".")) / "integration-tests"
     log_dir = Path(args.log_dir) if args.log_dir else tests_dir / decl.name

@@ -192,6 +192,14 @@ SWITCHES = (
         option=True,
     ),
     Switch(
+        "HARNESS_PREFER_CONTAINERS",
+        FLAG,
+        "`1`, with the qemu backend: each test that needs no VM (no `vm: true`, UEFI, TPM, disks, "
+        "kernel command line, QEMU arguments, persistent storage, `requires`, host) runs in a "
+        "systemd-nspawn container instead (the nspawn backend); the run's log says where each went and why",
+        "0",
+    ),
+    Switch(
         "HARNESS_AUTOKIT_WORKER",
         URL,
         "the autokit worker to use",
@@ -336,6 +344,7 @@ class Settings:
     accel: str | None  # kvm or tcg; None: as the host allows
     interactive: bool | None  # None: by the terminal
     backend: str
+    prefer_containers: bool
     autokit_worker: str
     autokit_token_file: str
     autokit_token: str

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness import process
-from harness.backends import BackendName, make_backend
+from harness.backends import BackendName, backend_for, make_backend
 from harness.backends.nspawn.backend import NspawnBackend, NspawnMachine, children, credential_files
 from harness.backends.nspawn.command import find_nspawn, init_arguments, machine_name, nspawn_command
 from harness.backends.nspawn.placement import place, vm_reasons
@@ -237,3 +237,20 @@ def gone(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat[stat.rfind(")") + 2] == "Z"
+
+
+def test_where_containers_are_preferred_a_test_that_needs_no_vm_runs_in_one():
+    prefer = Settings.from_environment({"HARNESS_PREFER_CONTAINERS": "1"})
+    backend, placed = backend_for(declaration(), prefer)
+    assert backend.name == BackendName.NSPAWN
+    assert placed == "TEST-99-UNIT: in a container (HARNESS_PREFER_CONTAINERS=1)"
+    backend, placed = backend_for(declaration("--tpm=true"), prefer)
+    assert backend.name == BackendName.QEMU
+    assert placed == "TEST-99-UNIT: in a VM: tpm: a TPM needs a VM (HARNESS_PREFER_CONTAINERS=1)"
+    # Not preferred, another backend named, or a person at a shell: no choice made.
+    for env in ({}, {"HARNESS_PREFER_CONTAINERS": "1", "HARNESS_SHELL": "1"}):
+        backend, placed = backend_for(declaration(), Settings.from_environment(env))
+        assert (backend.name, placed) == (BackendName.QEMU, "")
+    lava = {"HARNESS_PREFER_CONTAINERS": "1", "HARNESS_BACKEND": "lava", "HARNESS_LAVA_URL": "http://lab"}
+    backend, placed = backend_for(declaration(), Settings.from_environment(lava))
+    assert (backend.name, placed) == (BackendName.LAVA, "")

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import enum
 
+import attrs
+
 from harness.boot.machine import Backend
+from harness.declaration.declaration import TestDeclaration
 from harness.declaration.small_file import NotRegularFile, read_small_file
 from harness.errors import HarnessError
 from harness.settings import Settings
@@ -69,6 +72,20 @@ def make_backend(settings: Settings) -> Backend:
     raise HarnessError(
         f"unknown backend '{name}'", f"use one of: {', '.join(BackendName)} (-Dtest-backend, HARNESS_BACKEND)"
     )
+
+
+def backend_for(decl: TestDeclaration, settings: Settings) -> tuple[Backend, str]:
+    """The backend `decl` runs on, and where a choice was made, what it was and why: the
+    backend `settings` name, except that where containers are preferred
+    (HARNESS_PREFER_CONTAINERS=1, with qemu) a test that needs no VM runs in a container
+    (backends/nspawn/placement.py: place). A person at a shell keeps the VM."""
+    if settings.prefer_containers and settings.backend == BackendName.QEMU and not settings.shell:
+        from harness.backends.nspawn.placement import place
+
+        placement = place(decl)
+        chosen = make_backend(attrs.evolve(settings, backend=placement.backend))
+        return chosen, f"{decl.name}: {placement.describe()} (HARNESS_PREFER_CONTAINERS=1)"
+    return make_backend(settings), ""
 
 
 TOKEN_FILE_LIMIT = 4096
