@@ -364,7 +364,6 @@ def main(argv: list[str] | None = None) -> int:
     systemd_tests.add_argument("--into", required=True, help="the directory for the source and the trees")
     systemd_tests.add_argument("names", nargs="+", help="systemd's tests, e.g. TEST-22-TMPFILES")
     systemd_tests.set_defaults(func=cmd_systemd_tests)
-
     add_project_commands(sub, boot_contract)
     for table, what in (("keys", "declaration keys"), ("environment", "HARNESS_* environment switches")):
         sub.add_parser(table, help=f"print the table of {what} (as in the README)").set_defaults(

@@ -78,6 +78,7 @@ URL = _text("a URL")
 FILE = Accepts("a file", "a file", Path)
 DIRECTORY = Accepts("a directory", "a directory", Path)
 TOKEN = _text("the token")
+PROGRAM = _text("a program, by path or by name on `PATH`")
 
 
 @attrs.frozen
@@ -194,9 +195,7 @@ SWITCHES = (
     Switch(
         "HARNESS_PREFER_CONTAINERS",
         FLAG,
-        "`1`, with the qemu backend: each test that needs no VM (no `vm: true`, UEFI, TPM, disks, "
-        "kernel command line, QEMU arguments, persistent storage, `requires`, host) runs in a "
-        "systemd-nspawn container instead (the nspawn backend); the run's log says where each went and why",
+        "`1`, with qemu: a test that needs no VM runs in a container (nspawn; docs/backends.md)",
         "0",
     ),
     Switch(
@@ -278,18 +277,12 @@ SWITCHES = (
         "that signed the image enrolled",
         shown_default="Debian's, with its test key",
     ),
-    Switch(
-        "HARNESS_QEMU",
-        _text("a program, by path or by name on `PATH`"),
-        "the QEMU binary to run",
-        shown_default="`qemu-system-ARCH` on `PATH`",
-    ),
+    Switch("HARNESS_QEMU", PROGRAM, "the QEMU binary to run", shown_default="`qemu-system-ARCH` on `PATH`"),
     Switch(
         "HARNESS_NSPAWN",
-        _text("a program, by path or by name on `PATH`"),
+        PROGRAM,
         "the systemd-nspawn the nspawn backend runs",
-        shown_default="the tools tree beside the image (mkosi's `mkosi.output/tools`), else "
-        "`systemd-nspawn` on `PATH`",
+        shown_default="mkosi's tools tree beside the image, else `systemd-nspawn` on `PATH`",
     ),
     Switch(
         "HARNESS_CONSOLE_LIMIT_MB",
