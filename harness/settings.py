@@ -197,6 +197,7 @@ SWITCHES = (
         FLAG,
         "`1`, with qemu: a test that needs no VM runs in a container (nspawn; docs/backends.md)",
         "0",
+        aliases=("TEST_PREFER_NSPAWN",),
     ),
     Switch(
         "HARNESS_AUTOKIT_WORKER",
