@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import signal
 import subprocess
 from collections.abc import Sequence
@@ -87,3 +88,14 @@ def start(
             preexec_fn=die_with_parent,
         )
     return OwnedProcess(popen)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a wrapper's, whose private directory it is)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True

@@ -24,6 +24,7 @@ from harness.deadline import Deadline
 from harness.errors import HarnessError
 from harness.image.disk import DiskFormat
 from harness.image.parts import Image
+from harness.process import process_alive
 
 TOOL_TIMEOUT = 60
 DETACH_WAIT = 5.0  # s
@@ -142,13 +143,3 @@ def sweep_orphans(tmp: Path) -> None:
                 detach(source)
     for directory in dead:
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
