@@ -89,7 +89,7 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> NoReturn:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.backends import BackendName, make_backend
+    from harness.backends import BackendName, backend_for
     from harness.report.html import current_run, update_run_report
     from harness.report.tap import setup_logging, tap_lines
     from harness.verdict.log_dir import owning_log_dir
@@ -99,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_glue(args.glue_version, Path(args.build_dir) if args.build_dir else None)
     decl = declaration_of(args, os.environ)
     settings = settings_of(args)
-    backend = make_backend(settings)
+    backend, placed = backend_for(decl, settings)
     # A host-driven test is driven by its pytest file, not by a person at the console.
     interactive = (
         backend.name == BackendName.QEMU
@@ -124,6 +124,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if tap:
         print("TAP version 14", flush=True)
     setup_logging(tap)
+    if placed:
+        log.info(placed)
     build_dir = Path(args.build_dir) if args.build_dir else None
     tests_dir = (build_dir or Path(".")) / "integration-tests"
     log_dir = Path(args.log_dir) if args.log_dir else tests_dir / decl.name
@@ -333,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout-factor", type=int, help="multiply the timeout (default: 1 with KVM, more with TCG)"
     )
     run.add_argument(
-        "--backend", default="qemu", help="qemu (default), autokit or lava; HARNESS_BACKEND overrides"
+        "--backend", default="qemu", help="qemu (default), autokit, lava or nspawn; HARNESS_BACKEND overrides"
     )
     add_backend_options(run)
     run.add_argument(
@@ -362,7 +364,6 @@ def main(argv: list[str] | None = None) -> int:
     systemd_tests.add_argument("--into", required=True, help="the directory for the source and the trees")
     systemd_tests.add_argument("names", nargs="+", help="systemd's tests, e.g. TEST-22-TMPFILES")
     systemd_tests.set_defaults(func=cmd_systemd_tests)
-
     add_project_commands(sub, boot_contract)
     for table, what in (("keys", "declaration keys"), ("environment", "HARNESS_* environment switches")):
         sub.add_parser(table, help=f"print the table of {what} (as in the README)").set_defaults(

@@ -1,14 +1,16 @@
-"""The long-lived children the harness owns (QEMU, swtpm, a virtual board's QEMU), started
-and stopped one way: `start` spawns one with its output in a log file and the parent-death
-signal set, so that none outlives its owner even when the owner is SIGKILLed; `stop` asks
-it to end and kills it after a grace; `kill` ends it now. Short commands whose output is
-read (qemu-img, debugfs, ...) go through subprocess.run where they are needed.
+"""The long-lived children the harness owns (QEMU, swtpm, a virtual board's QEMU,
+systemd-nspawn), started and stopped one way: `start` spawns one with its output in a log
+file and the parent-death signal set, so that none outlives its owner even when the owner
+is SIGKILLed; `stop` asks it to end and kills it after a grace; `kill` ends it now. Short
+commands whose output is read (qemu-img, debugfs, ...) go through subprocess.run where
+they are needed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import signal
 import subprocess
 from collections.abc import Sequence
@@ -68,18 +70,32 @@ def start(
     merge_output: bool = False,
     on_terminal: bool = False,
     pass_fds: Sequence[int] = (),
+    output: Path | None = None,
 ) -> OwnedProcess:
     """Start `cmd` as an owned child: its stderr (with `merge_output` its stdout too) goes
-    to `log`; stdin and stdout are /dev/null unless `on_terminal` (a person at the
-    console: they stay the harness's own)."""
+    to `log`, its stdout to `output` where given (a container's console); stdin and stdout
+    are /dev/null unless `on_terminal` (a person at the console: they stay the harness's
+    own)."""
     terminal_or_null = None if on_terminal else subprocess.DEVNULL
-    with log.open("wb") as out:
+    with log.open("wb") as out, contextlib.ExitStack() as stack:
+        stdout = stack.enter_context(output.open("wb")) if output is not None else None
         popen = subprocess.Popen(
             list(cmd),
             stdin=terminal_or_null,
-            stdout=out if merge_output else terminal_or_null,
+            stdout=stdout or (out if merge_output else terminal_or_null),
             stderr=out,
             pass_fds=tuple(pass_fds),
             preexec_fn=die_with_parent,
         )
     return OwnedProcess(popen)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a wrapper's, whose private directory it is)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True

@@ -78,6 +78,7 @@ URL = _text("a URL")
 FILE = Accepts("a file", "a file", Path)
 DIRECTORY = Accepts("a directory", "a directory", Path)
 TOKEN = _text("the token")
+PROGRAM = _text("a program, by path or by name on `PATH`")
 
 
 @attrs.frozen
@@ -185,11 +186,18 @@ SWITCHES = (
     ),
     Switch(
         "HARNESS_BACKEND",
-        _one_of({"qemu": "qemu", "autokit": "autokit", "lava": "lava"}),
+        _one_of({"qemu": "qemu", "autokit": "autokit", "lava": "lava", "nspawn": "nspawn"}),
         "override `-Dtest-backend` for one run",
         "qemu",
         "`-Dtest-backend` (`qemu`)",
         option=True,
+    ),
+    Switch(
+        "HARNESS_PREFER_CONTAINERS",
+        FLAG,
+        "`1`, with qemu: a test that needs no VM runs in a container (nspawn; docs/backends.md)",
+        "0",
+        aliases=("TEST_PREFER_NSPAWN",),
     ),
     Switch(
         "HARNESS_AUTOKIT_WORKER",
@@ -270,11 +278,12 @@ SWITCHES = (
         "that signed the image enrolled",
         shown_default="Debian's, with its test key",
     ),
+    Switch("HARNESS_QEMU", PROGRAM, "the QEMU binary to run", shown_default="`qemu-system-ARCH` on `PATH`"),
     Switch(
-        "HARNESS_QEMU",
-        _text("a program, by path or by name on `PATH`"),
-        "the QEMU binary to run",
-        shown_default="`qemu-system-ARCH` on `PATH`",
+        "HARNESS_NSPAWN",
+        PROGRAM,
+        "the systemd-nspawn the nspawn backend runs",
+        shown_default="mkosi's tools tree beside the image, else `systemd-nspawn` on `PATH`",
     ),
     Switch(
         "HARNESS_CONSOLE_LIMIT_MB",
@@ -329,6 +338,7 @@ class Settings:
     accel: str | None  # kvm or tcg; None: as the host allows
     interactive: bool | None  # None: by the terminal
     backend: str
+    prefer_containers: bool
     autokit_worker: str
     autokit_token_file: str
     autokit_token: str
@@ -344,6 +354,7 @@ class Settings:
     snapshot_dir: Path | None  # None: beside the log directory
     secure_boot_vars: Path | None  # None: Debian's
     qemu: str  # "": qemu-system-ARCH
+    nspawn: str  # "": the tools tree's, else systemd-nspawn on PATH
     console_limit_mb: int
     retry_qemu_crash: int
 

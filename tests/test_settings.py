@@ -94,7 +94,7 @@ def test_defaults():
         ("HARNESS_INTERACTIVE", "true", "0 or 1"),
         ("TEST_SHELL", "2", "0 or 1"),
         ("HARNESS_ACCEL", "xen", "kvm or tcg"),
-        ("HARNESS_BACKEND", "docker", "qemu, autokit or lava"),
+        ("HARNESS_BACKEND", "docker", "qemu, autokit, lava or nspawn"),
         ("HARNESS_SAVE_JOURNAL", "sometimes", "fail, 1 or 0"),
     ],
 )
@@ -125,7 +125,7 @@ def test_the_option_unless_the_variable_says_otherwise():
     options = Options(backend="lava", lava_url="http://option", snapshot_dir="/option")
     s = Settings.from_environment({"HARNESS_LAVA_URL": "http://variable"}, options)
     assert (s.backend, s.lava_url, s.snapshot_dir) == ("lava", "http://variable", Path("/option"))
-    with pytest.raises(HarnessError, match="--backend='docker' is not qemu, autokit or lava"):
+    with pytest.raises(HarnessError, match="--backend='docker' is not qemu, autokit, lava or nspawn"):
         Settings.from_environment({}, Options(backend="docker"))
 
 

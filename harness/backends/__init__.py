@@ -1,7 +1,8 @@
 """The machines a test can run on, one subpackage each, all behind the `Backend` protocol
-of harness.boot.machine: `qemu` boots VMs on this host, `autokit` drives a board through an
-autokit worker, `lava` submits jobs to a LAVA lab, `fake` scripts an ending for the unit
-tests of the flow.
+of harness.boot.machine: `qemu` boots VMs on this host, `nspawn` containers on this host
+(for tests that need no kernel of their own), `autokit` drives a board through an autokit
+worker, `lava` submits jobs to a LAVA lab, `fake` scripts an ending for the unit tests of
+the flow.
 
 A backend depends on the core (declaration, plan, notify protocol, guest units); the
 core never imports a backend: `make_backend` is called by the command line only.
@@ -11,7 +12,10 @@ from __future__ import annotations
 
 import enum
 
+import attrs
+
 from harness.boot.machine import Backend
+from harness.declaration.declaration import TestDeclaration
 from harness.declaration.small_file import NotRegularFile, read_small_file
 from harness.errors import HarnessError
 from harness.settings import Settings
@@ -21,6 +25,7 @@ class BackendName(enum.StrEnum):
     QEMU = "qemu"
     AUTOKIT = "autokit"
     LAVA = "lava"
+    NSPAWN = "nspawn"
 
 
 def make_backend(settings: Settings) -> Backend:
@@ -32,6 +37,10 @@ def make_backend(settings: Settings) -> Backend:
         from harness.backends.qemu.backend import QemuBackend
 
         return QemuBackend()
+    if name == BackendName.NSPAWN:
+        from harness.backends.nspawn.backend import NspawnBackend
+
+        return NspawnBackend()
     if name == BackendName.AUTOKIT:
         from harness.backends.autokit.backend import AutokitBackend
 
@@ -63,6 +72,20 @@ def make_backend(settings: Settings) -> Backend:
     raise HarnessError(
         f"unknown backend '{name}'", f"use one of: {', '.join(BackendName)} (-Dtest-backend, HARNESS_BACKEND)"
     )
+
+
+def backend_for(decl: TestDeclaration, settings: Settings) -> tuple[Backend, str]:
+    """The backend `decl` runs on, and where a choice was made, what it was and why: the
+    backend `settings` name, except that where containers are preferred
+    (HARNESS_PREFER_CONTAINERS=1, with qemu) a test that needs no VM runs in a container
+    (backends/nspawn/placement.py: place). A person at a shell keeps the VM."""
+    if settings.prefer_containers and settings.backend == BackendName.QEMU and not settings.shell:
+        from harness.backends.nspawn.placement import place
+
+        placement = place(decl)
+        chosen = make_backend(attrs.evolve(settings, backend=placement.backend))
+        return chosen, f"{decl.name}: {placement.describe()} (HARNESS_PREFER_CONTAINERS=1)"
+    return make_backend(settings), ""
 
 
 TOKEN_FILE_LIMIT = 4096

@@ -68,6 +68,7 @@ class TestDeclaration:
     tpm: bool = False
     rtc: bool = False
     disks: tuple[int, ...] = ()  # the extra disks' sizes, in bytes
+    vm: bool = False  # the test needs a VM: never placed in a container
     extra_trees: Credential | None = None  # the declared trees, packed (extra_tree.py)
     coredump_exclude_regex: str = ""
     sanitizer_exclude_regex: str = ""
@@ -148,6 +149,7 @@ class TestDeclaration:
             tpm=parsed.tpm,
             rtc=parsed.rtc,
             disks=disk_sizes(parsed.disks, bad),
+            vm=parsed.vm,
             extra_trees=trees,
             coredump_exclude_regex=_regex("coredump-exclude-regex", parsed.coredump_exclude_regex, bad),
             sanitizer_exclude_regex=_regex("sanitizer-exclude-regex", parsed.sanitizer_exclude_regex, bad),

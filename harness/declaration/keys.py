@@ -147,7 +147,12 @@ KEYS = (
         "`ExtraTrees=` spelling); packed at most 256 KiB, on every backend and path; not for host-driven tests",
         repeated=True,
     ),
-    Key("vm", False, "systemd's key, accepted: every test here runs in a VM or on a board (no containers)"),
+    Key(
+        "vm",
+        False,
+        "systemd's key: `true`, the test needs a VM (the nspawn backend SKIPs it); `false`, a container "
+        "will do unless another key needs a kernel or machine of its own (see docs/backends.md)",
+    ),
     Key(
         "coredump-exclude-regex",
         "",

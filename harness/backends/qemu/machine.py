@@ -40,7 +40,7 @@ from harness.boot.plan import BootPath
 from harness.deadline import Deadline
 from harness.declaration.credential import Credential
 from harness.errors import HarnessError
-from harness.process import OwnedProcess
+from harness.process import OwnedProcess, process_alive
 from harness.verdict.notify import GuestReport, read_port_file
 
 POWERDOWN_GRACE = 30.0  # seconds an orderly shutdown may take under emulation
@@ -296,13 +296,3 @@ def sweep_orphans(tmp: Path) -> None:
         m = ORPHAN.match(directory.name)
         if m and not process_alive(int(m.group(1))):
             shutil.rmtree(directory, ignore_errors=True)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True

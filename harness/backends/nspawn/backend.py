@@ -1,0 +1,193 @@
+"""The nspawn backend: a test's in-guest payload in a systemd-nspawn container booted from
+the shared image, with the same declarations, units and verdicts as in a VM.
+
+A container shares the host's kernel, so it boots in a fraction of a second and needs
+no acceleration; what needs a kernel or a machine of its own (placement.py says what) is
+an unmet requirement here: such a test SKIPs when run on this backend. Its parts:
+command.py (nspawn's command line, the binary), root.py (the image's root, mounted
+read-only). The container's console is nspawn's stdout; the guest's units report on it
+with the console channel's marker, as a board's do, and it ends itself with the test's
+status (SuccessAction=exit), which is nspawn's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from harness import process
+from harness.backends.board.console import BoardConsole
+from harness.backends.nspawn.command import find_nspawn, machine_name, nspawn_command
+from harness.backends.nspawn.placement import vm_reasons
+from harness.backends.nspawn.root import mounted_root, private_tmp
+from harness.boot.machine import Ending, EndingKind, LogFile, Look, WatchRules
+from harness.boot.plan import BootPath, BootPlan
+from harness.declaration.credential import Credential
+from harness.declaration.declaration import TestDeclaration
+from harness.declaration.keys import Firmware
+from harness.errors import HarnessError
+from harness.guest.reporting import CONSOLE_CHANNEL
+from harness.guest.units import CONSOLE_CONTROL
+from harness.host.driven_machine import Controls
+from harness.image.parts import Image
+from harness.process import OwnedProcess
+from harness.settings import Settings
+from harness.verdict.notify import GuestReport
+
+POWEROFF_GRACE = 10.0  # s a container may take to shut down when asked (SIGTERM to nspawn)
+CONSOLE_READ = 16 * 2**20  # bytes of console read per look, at most
+COMMAND_FILE = "nspawn-command.txt"
+# What nspawn prints on every run here that says nothing about the test.
+NOISE = ("Attempted to remove disk file system", "Some capabilities will not be set", "Spawning container")
+
+
+class NspawnMachine:
+    display_name = "the container"
+
+    def __init__(
+        self, proc: OwnedProcess, raw_console: Path, stderr: Path, log_dir: Path, limit: int
+    ) -> None:
+        self.proc = proc
+        self.raw_console = raw_console  # nspawn's stdout, whole
+        self.stderr = stderr
+        self.console_log = log_dir / "console.log"
+        self.console = BoardConsole(self.console_log, limit)
+        self.boot_path = BootPath.COLD
+        self.boot_timeline: str | None = None
+        self.job_url = ""
+        # The container ends itself with the test's status in a moment: its last word
+        # need not be waited past, and a look is one small read.
+        self.watch_rules = WatchRules(poll=0.05)
+        self._offset = 0
+
+    def _read_console(self) -> bytes:
+        try:
+            with self.raw_console.open("rb") as f:
+                f.seek(self._offset)
+                chunk = f.read(CONSOLE_READ)
+        except FileNotFoundError:
+            return b""
+        self._offset += len(chunk)
+        self.console.add(chunk)
+        return chunk
+
+    def look(self) -> Look:
+        status = self.proc.poll()  # first: all it printed before it ended is read below
+        new = self._read_console()
+        stopped = Ending(EndingKind.EXITED, status) if status is not None else None
+        return Look(self.console.report, new, self.console.written, stopped=stopped)
+
+    def power_off(self, orderly: bool) -> None:
+        """Orderly: nspawn asks the container's systemd to power off (SIGTERM to nspawn);
+        then, or at once, it is killed, and with it everything in its PID namespace."""
+        if orderly and self.proc.alive():
+            signal_children(self.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=POWEROFF_GRACE)
+        self.kill()
+
+    def kill(self) -> None:
+        # unshare passes on no signal: nspawn, its child, is killed first.
+        if self.proc.alive():
+            signal_children(self.proc.pid, signal.SIGKILL)
+        self.proc.kill()
+
+    def collect(self) -> GuestReport:
+        while self._read_console():
+            pass
+        return self.console.report
+
+    def failure_detail(self) -> str:
+        try:
+            lines = self.stderr.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        said = [line for line in lines if line.strip() and not line.startswith(NOISE)]
+        return " | ".join(said[-3:])
+
+    def controls(self) -> Controls:
+        raise HarnessError(
+            "a container is not driven from the host yet", "run host-driven tests on the qemu backend"
+        )
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 1 and fields[1] == str(pid):
+            found.append(int(entry.name))
+    return found
+
+
+def signal_children(pid: int, signum: int) -> None:
+    for child in children(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signum)
+
+
+def write_private(directory: Path, name: str, content: bytes) -> Path:
+    path = directory / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(content)
+    return path
+
+
+def credential_files(credentials: tuple[Credential, ...], directory: Path) -> list[tuple[str, Path]]:
+    """Each credential in a file only the user can read: values never show in `ps`."""
+    directory.mkdir(mode=0o700)
+    return [(c.name, write_private(directory, f"credential-{i}", c.value)) for i, c in enumerate(credentials)]
+
+
+class NspawnBackend:
+    name = "nspawn"
+    report_channel = CONSOLE_CHANNEL
+    can_resume = False
+    drives_host_tests = False
+    control_device = CONSOLE_CONTROL
+    log_files: tuple[LogFile, ...] = (LogFile(COMMAND_FILE),)
+
+    def unmet_requirements(self, decl: TestDeclaration) -> list[str]:
+        return vm_reasons(decl)
+
+    def firmware(self, declared: Firmware, image: Image) -> Firmware:
+        return Firmware.LINUX  # the host's kernel, already running: no firmware at all
+
+    def cold_boot_reason(self, decl: TestDeclaration, firmware: Firmware, settings: Settings) -> str | None:
+        return "a container boots in under a second: nothing to resume"
+
+    @contextlib.contextmanager
+    def boot(self, plan: BootPlan, log_dir: Path) -> Iterator[NspawnMachine]:
+        image = plan.image
+        host = platform.machine()
+        if image.architecture != host:
+            raise HarnessError(
+                f"the image is {image.architecture} and this host {host}: a container runs on the host's CPU",
+                "use the qemu backend for another architecture",
+            )
+        nspawn = find_nspawn(plan.settings, image.path, image.architecture)
+        with contextlib.ExitStack() as stack:
+            tmp = stack.enter_context(private_tmp(plan.name))
+            root = stack.enter_context(mounted_root(image, tmp / "root"))
+            files = credential_files(plan.credentials, tmp / "credentials")
+            cmd = nspawn_command(nspawn, root, plan, files, machine_name(plan.name, os.getpid()))
+            (log_dir / COMMAND_FILE).write_text(" ".join(cmd) + "\n")
+            raw, stderr = tmp / "console", tmp / "nspawn.stderr"
+            proc = process.start(cmd, stderr, output=raw)
+            machine = NspawnMachine(proc, raw, stderr, log_dir, plan.console_limit)
+            stack.callback(machine.kill)
+            yield machine
