@@ -151,7 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"Bail out! {e.what}", flush=True)
         return EXIT_ERROR
     except Interrupted as e:
-        log.info(f"{decl.name}: interrupted by {e}; the VM was stopped. Logs: {ctx.log_dir}")
+        log.info(f"{decl.name}: interrupted by {e}; its machine was stopped. Logs: {ctx.log_dir}")
         return 130
     if build_dir is not None:
         try:
@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
-        print("interrupted by SIGINT; the VM was stopped.", flush=True)
+        print("interrupted by SIGINT; the test's machine was stopped.", flush=True)
         return 130
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

@@ -97,6 +97,13 @@ def test_the_units_report_on_the_console():
     assert "HARNESS_NOTIFY_PREFIX" in p.unit and CONSOLE_CHANNEL.prefix in p.unit
 
 
+def test_a_containers_timeout_is_the_declared_one_even_without_kvm(monkeypatch):
+    # The host's CPU runs the test: no TCG factor, whatever KVM does here.
+    monkeypatch.setattr("harness.boot.plan.detect", lambda *a: pytest.fail("KVM asked for a container"))
+    p = plan_boot(declaration("--timeout=30"), image(), NspawnBackend(), False, None, UNSET)
+    assert (p.accel.kind, p.timeout_factor, p.timeout) == ("host", 1, 30)
+
+
 def test_machine_names_are_hostnames():
     assert machine_name("TEST-01-BASIC", 1234) == "test-01-basic-1234"
     assert len(machine_name("TEST-01-" + "X" * 80, 1)) <= 64

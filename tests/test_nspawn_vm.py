@@ -120,7 +120,7 @@ class Running:
         self.name = name
         # Its own session, as at a terminal: Ctrl-C is SIGINT to the whole group.
         self.proc = subprocess.Popen(
-            wrapper_cmd(image, tmp_path, name, "--backend=nspawn", "--timeout-factor=1", *args),
+            wrapper_cmd(image, tmp_path, name, "--backend=nspawn", *args),
             cwd=ROOT,
             env=nspawn_env(),
             stdout=subprocess.PIPE,
@@ -207,6 +207,7 @@ def test_a_core_dump_in_a_container_is_not_seen(image, tmp_path):
 
 def test_a_hang_fails_at_its_timeout_and_leaves_nothing(image, tmp_path):
     name = "TEST-91-HANGS"
+    # No --timeout-factor: a container's timeout is the declared one, KVM or not.
     running = Running(image, tmp_path, name, PAYLOAD, "--timeout=4")
     out = running.finish(timeout=60)
     assert running.proc.returncode == 1

@@ -22,12 +22,12 @@ FULL_VCPUS = 2  # a VM's vCPUs when the host has the cores; the booted snapshot'
 
 @attrs.frozen
 class Acceleration:
-    kind: str  # "kvm" or "tcg"
+    kind: str  # "kvm" or "tcg"; "host" for a container: no machine, the host's CPU
     reason: str
 
     @property
     def timeout_factor(self) -> int:
-        return 1 if self.kind == "kvm" else TCG_TIMEOUT_FACTOR
+        return TCG_TIMEOUT_FACTOR if self.kind == "tcg" else 1
 
     def cpu_args(self, qemu_major: int, vcpus: int = FULL_VCPUS) -> list[str]:
         """-cpu and -smp. Two vCPUs where the host has the cores for them (tools/bench: a
@@ -38,6 +38,10 @@ class Acceleration:
         if self.kind == "kvm":
             return ["-cpu", "host", "-smp", str(vcpus)]
         return ["-cpu", "max", "-smp", str(vcpus) if qemu_major >= MTTCG_SAFE_QEMU else "1"]
+
+
+# A container's: it runs on the host's CPU as the host's processes do, nothing emulated.
+HOST_CPU = Acceleration("host", "a container runs on the host's CPU")
 
 
 def vcpus_for(cores: int, other_vms: int, settings: Settings) -> int:

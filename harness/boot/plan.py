@@ -17,7 +17,7 @@ from typing import Protocol
 
 import attrs
 
-from harness.boot.accel import Acceleration, detect
+from harness.boot.accel import HOST_CPU, Acceleration, detect
 from harness.declaration.credential import Credential
 from harness.declaration.declaration import TestDeclaration
 from harness.declaration.keys import BootMode, Firmware, Storage
@@ -170,7 +170,9 @@ def plan_boot(
     snapshot_dir: Path | None = None,
     run: str = "",
 ) -> BootPlan:
-    accel = detect(image.architecture, settings)
+    # A backend whose tests run on the host's CPU (containers) has nothing to accelerate:
+    # its timeouts are the declared ones.
+    accel = HOST_CPU if getattr(backend, "runs_on_host_cpu", False) else detect(image.architecture, settings)
     factor = timeout_factor if timeout_factor is not None else accel.timeout_factor
     firmware = backend.firmware(decl.firmware, image)
     boot, cold_reason = choose_boot_path(decl, image, firmware, backend, interactive, settings)

@@ -160,6 +160,7 @@ class NspawnBackend:
     drives_host_tests = False
     control_device = CONSOLE_CONTROL
     log_files: tuple[LogFile, ...] = (LogFile(COMMAND_FILE),)
+    runs_on_host_cpu = True  # no TCG factor on its timeouts (harness/boot/plan.py)
 
     def unmet_requirements(self, decl: TestDeclaration) -> list[str]:
         return vm_reasons(decl)
