@@ -10,6 +10,7 @@ regular file of at most CREDENTIAL_FILE_LIMIT bytes (a FIFO would block setup fo
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -115,3 +116,12 @@ def _credential_file(test_dir: Path, name: str, source: str) -> bytes:
             f"{path} is larger than {CREDENTIAL_FILE_LIMIT // 2**20} MB", "a credential is a small file"
         )
     return data
+
+
+def write_private(directory: Path, name: str, content: bytes) -> Path:
+    """Write a file that only the current user can read (the directory is private too): a credential's value on its way to a machine."""
+    path = directory / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(content)
+    return path

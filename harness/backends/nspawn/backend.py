@@ -27,7 +27,7 @@ from harness.backends.nspawn.placement import vm_reasons
 from harness.backends.nspawn.root import mounted_root, private_tmp
 from harness.boot.machine import Ending, EndingKind, LogFile, Look, WatchRules
 from harness.boot.plan import BootPath, BootPlan
-from harness.declaration.credential import Credential
+from harness.declaration.credential import Credential, write_private
 from harness.declaration.declaration import TestDeclaration
 from harness.declaration.keys import Firmware
 from harness.errors import HarnessError
@@ -137,14 +137,6 @@ def signal_children(pid: int, signum: int) -> None:
     for child in children(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signum)
-
-
-def write_private(directory: Path, name: str, content: bytes) -> Path:
-    path = directory / name
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(content)
-    return path
 
 
 def credential_files(credentials: tuple[Credential, ...], directory: Path) -> list[tuple[str, Path]]:

@@ -8,11 +8,10 @@ escaping is needed. Where a machine has no SMBIOS, fw_cfg carries the credential
 from __future__ import annotations
 
 import base64
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from harness.declaration.credential import Credential
+from harness.declaration.credential import Credential, write_private
 from harness.errors import HarnessError
 
 FW_CFG_NAME_MAX = 55  # QEMU's fw_cfg file names are at most 56 bytes with the NUL.
@@ -29,15 +28,6 @@ def cmdline_extra_strings(cmdline: Iterable[str]) -> list[str]:
     if not line:
         return []
     return [f"io.systemd.stub.kernel-cmdline-extra={line}", f"io.systemd.boot.kernel-cmdline-extra={line}"]
-
-
-def write_private(directory: Path, name: str, content: bytes) -> Path:
-    """Write a file that only the current user can read (the directory is private too)."""
-    path = directory / name
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(content)
-    return path
 
 
 def smbios_args(strings: Iterable[str], directory: Path) -> list[str]:
