@@ -57,8 +57,12 @@ def command(p: BootPlan, tmp: Path) -> list[str]:
 def test_the_command_boots_the_root_read_only_with_the_plans_credentials(tmp_path):
     p = plan("--credentials=harness.secret=hush")
     cmd = command(p, tmp_path)
-    # nspawn first in a PID namespace of its own: nothing of the container outlives it
-    assert cmd[: cmd.index(NSPAWN[0])] == ["unshare", "--pid", "--fork", "--kill-child"]
+    # nspawn first in a PID and a mount namespace of its own, on a private
+    # /run/systemd/nspawn: nothing of the container outlives it, no mount is left
+    unshare = cmd[: cmd.index("sh")]
+    assert unshare == ["unshare", "--pid", "--fork", "--kill-child", "--mount", "--propagation=private"]
+    setup = cmd[cmd.index("sh") : cmd.index(NSPAWN[0])]
+    assert "mount -t tmpfs" in setup[2] and setup[-1] == "/run/systemd/nspawn"
     for option in ("--directory=/run/root", "--volatile=overlay", "--register=no", "--keep-unit"):
         assert option in cmd
     assert "--console=read-only" in cmd and "--private-network" in cmd and "--settings=no" in cmd

@@ -9,7 +9,7 @@ test unit and the harness's helper units arrive as `systemd.extra-unit.*` the sa
 The plan's command-line options for systemd become arguments of the container's init;
 the console is nspawn's stdout (`--console=read-only`: no TTY needed), where the units
 report with the console channel's marker, as on a board. nspawn runs as the first process
-of a PID namespace (PID_NAMESPACE), so that nothing of the container outlives it.
+of a PID and a mount namespace (NAMESPACES), so that nothing of the container outlives it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,18 @@ VOLATILE = "systemd.volatile="
 # nspawn killed leaves its container running; as the first process of a PID namespace of
 # its own, its end ends every process below it, the container's included. unshare dies
 # with the wrapper (the parent-death signal), and nspawn with unshare (--kill-child).
-PID_NAMESPACE = ("unshare", "--pid", "--fork", "--kill-child")
+# nspawn also mounts into /run/systemd/nspawn (a tmpfs per container in unix-export/, its
+# propagate/ directory) and here, with no systemd as the host's PID 1, leaves them all
+# behind: in a mount namespace of its own, on a tmpfs of its own there, they end with it.
+NAMESPACES = ("unshare", "--pid", "--fork", "--kill-child", "--mount", "--propagation=private")
+NSPAWN_STATE = "/run/systemd/nspawn"
+PRIVATE_STATE = (
+    "sh",
+    "-c",
+    'mkdir -p "$1" && mount -t tmpfs -o mode=0755 harness-nspawn "$1" && shift && exec "$@"',
+    "sh",
+    NSPAWN_STATE,
+)
 # mkosi's tools tree: a newer systemd than the host's, run through its own loader.
 TOOLS_TREE = "tools"
 LOADER = "usr/lib/{triplet}/ld-linux-x86-64.so.2"
@@ -56,7 +67,8 @@ def nspawn_command(
     """The command that boots the container on `root` (the mounted root partition), its
     credentials read from `credential_files` (name, private file)."""
     return [
-        *PID_NAMESPACE,
+        *NAMESPACES,
+        *PRIVATE_STATE,
         *nspawn,
         f"--directory={root}",
         f"--machine={machine}",
