@@ -58,14 +58,16 @@ def private_dirs(name: str) -> list[Path]:
 
 
 def our_mounts(name: str) -> list[tuple[str, str]]:
-    """The mounts (point, source) under this test's private directories."""
-    prefix = f"{os.environ['TMPDIR']}/harness-nspawn-{name}-"
+    """The mounts (point, source) under this test's private directories, and any under
+    /run/systemd/nspawn (nspawn's per-container tmpfs, which it leaves on a host whose
+    PID 1 is not systemd unless it runs in a mount namespace of its own)."""
+    prefixes = (f"{os.environ['TMPDIR']}/harness-nspawn-{name}-", "/run/systemd/nspawn/")
     found = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields, _, rest = line.partition(" - ")
             point = fields.split()[4]
-            if point.startswith(prefix):
+            if point.startswith(prefixes):
                 found.append((point, rest.split()[1]))
     return found
 
