@@ -51,7 +51,14 @@ def plan(*args: str) -> BootPlan:
 
 
 def command(p: BootPlan, tmp: Path) -> list[str]:
-    return nspawn_command(NSPAWN, Path("/run/root"), p, credential_files(p.credentials, tmp / "c"), "t-1")
+    return nspawn_command(
+        NSPAWN,
+        Path("/run/root"),
+        p,
+        credential_files(p.credentials, tmp / "c"),
+        "t-1",
+        tmp / "journal.export",
+    )
 
 
 def test_the_command_boots_the_root_read_only_with_the_plans_credentials(tmp_path):

@@ -21,6 +21,7 @@ from harness.verdict.timeline import TIMELINE_MANAGER_PROPERTIES, TIMELINE_UNIT_
 
 NOTIFY_PORT = "io.harness.notify"
 JOURNAL_PORT = "io.harness.journal"
+JOURNAL_PORT_PATH = f"/dev/virtio-ports/{JOURNAL_PORT}"  # in the guest
 # Made by the fast path's hand-over in a resumed guest: its test unit then sends only its
 # own part of the timeline (the host has the boot's from the snapshot). The hand-over sets
 # the clock beside the test unit's start (`date` is a process, a tenth of a second under
@@ -110,8 +111,8 @@ def report_end(ch: ReportChannel) -> str:
 
 
 def send_journal(unit_name: str, whole_journal: bool) -> str:
-    # The journal goes out on its own port (VMs only), so it is there even when the disk
-    # is thrown away: all of it when the test did not succeed (or the host keeps it
+    # The journal goes out on its own port, so it is there even when the disk is thrown
+    # away (a container has a host file bound at the port's path: `test -e`, not `-c`): all of it when the test did not succeed (or the host keeps it
     # always), else only the test unit's part, which is what the report shows (exporting
     # the whole journal costs seconds under emulation).
     # A passed test sends its unit's part and every core dump's message (the host fails a
@@ -127,8 +128,8 @@ def send_journal(unit_name: str, whole_journal: bool) -> str:
         export = f'{{ if [ "$SERVICE_RESULT" = success ]; then {export} {matches}; else {export}; fi; }}'
     settle = COREDUMPS_SETTLE.replace("$", "$$")  # in a unit's command line
     return (
-        f"test -c /dev/virtio-ports/{JOURNAL_PORT} && {{ {settle}; }} && journalctl --sync &&"
-        f" {export} >/dev/virtio-ports/{JOURNAL_PORT}"
+        f"test -e {JOURNAL_PORT_PATH} && {{ {settle}; }} && journalctl --sync &&"
+        f" {export} >{JOURNAL_PORT_PATH}"
     )
 
 

@@ -37,6 +37,7 @@ from harness.host.driven_machine import Controls
 from harness.image.parts import Image
 from harness.process import OwnedProcess
 from harness.settings import Settings
+from harness.verdict.log_dir import JOURNAL_EXPORT
 from harness.verdict.notify import GuestReport
 
 POWEROFF_GRACE = 10.0  # s a container may take to shut down when asked (SIGTERM to nspawn)
@@ -177,7 +178,9 @@ class NspawnBackend:
             tmp = stack.enter_context(private_tmp(plan.name))
             root = stack.enter_context(mounted_root(image, tmp / "root"))
             files = credential_files(plan.credentials, tmp / "credentials")
-            cmd = nspawn_command(nspawn, root, plan, files, machine_name(plan.name, os.getpid()))
+            journal = log_dir / JOURNAL_EXPORT
+            journal.touch(mode=0o600)  # written by the guest, as a VM's journal port is
+            cmd = nspawn_command(nspawn, root, plan, files, machine_name(plan.name, os.getpid()), journal)
             (log_dir / COMMAND_FILE).write_text(" ".join(cmd) + "\n")
             raw, stderr = tmp / "console", tmp / "nspawn.stderr"
             proc = process.start(cmd, stderr, output=raw)

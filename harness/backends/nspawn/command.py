@@ -20,6 +20,7 @@ from pathlib import Path
 
 from harness.boot.plan import BootPlan
 from harness.errors import HarnessError
+from harness.guest.reporting import JOURNAL_PORT_PATH
 from harness.settings import Settings
 
 # What the VM's volatile overlay is, nspawn does itself; the other options of the plan's
@@ -63,9 +64,12 @@ def nspawn_command(
     plan: BootPlan,
     credential_files: Sequence[tuple[str, Path]],
     machine: str,
+    journal_export: Path,
 ) -> list[str]:
     """The command that boots the container on `root` (the mounted root partition), its
-    credentials read from `credential_files` (name, private file)."""
+    credentials read from `credential_files` (name, private file), the host's file
+    `journal_export` where a VM's journal port is (what the test unit writes its journal
+    to there lands in the test's log directory, as a VM's port's does)."""
     return [
         *NAMESPACES,
         *PRIVATE_STATE,
@@ -78,6 +82,7 @@ def nspawn_command(
         "--private-network",
         "--settings=no",  # no .nspawn file of the host's changes the run
         "--console=read-only",
+        f"--bind={journal_export}:{JOURNAL_PORT_PATH}",
         *(f"--load-credential={name}:{path}" for name, path in credential_files),
         "--boot",
         *init_arguments(plan.cmdline),
