@@ -113,6 +113,9 @@ def test_a_containers_timeout_is_the_declared_one_even_without_kvm(monkeypatch):
     monkeypatch.setattr("harness.boot.plan.detect", lambda *a: pytest.fail("KVM asked for a container"))
     p = plan_boot(declaration("--timeout=30"), image(), NspawnBackend(), False, None, UNSET)
     assert (p.accel.kind, p.timeout_factor, p.timeout) == ("host", 1, 30)
+    # meson passes the VMs' factor (x5 under TCG) to every test: a container's is still 1.
+    p = plan_boot(declaration("--timeout=30"), image(), NspawnBackend(), False, 5, UNSET)
+    assert (p.timeout_factor, p.timeout) == (1, 30)
 
 
 def test_machine_names_are_hostnames():

@@ -171,9 +171,10 @@ def plan_boot(
     run: str = "",
 ) -> BootPlan:
     # A backend whose tests run on the host's CPU (containers) has nothing to accelerate:
-    # its timeouts are the declared ones.
-    accel = HOST_CPU if getattr(backend, "runs_on_host_cpu", False) else detect(image.architecture, settings)
-    factor = timeout_factor if timeout_factor is not None else accel.timeout_factor
+    # its timeouts are the declared ones, whatever factor meson passes for the VMs.
+    on_host_cpu = getattr(backend, "runs_on_host_cpu", False)
+    accel = HOST_CPU if on_host_cpu else detect(image.architecture, settings)
+    factor = accel.timeout_factor if timeout_factor is None or on_host_cpu else timeout_factor
     firmware = backend.firmware(decl.firmware, image)
     boot, cold_reason = choose_boot_path(decl, image, firmware, backend, interactive, settings)
     # A sanitizer build (HARNESS_SANITIZERS=1): every process's reports reach the gate.
