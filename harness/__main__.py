@@ -27,7 +27,7 @@ from harness.declaration.keys import key_table
 from harness.errors import HarnessError, LogDirBusy
 from harness.image.parts import IMAGE_PARTS, ImageParts, add_image_options, image_parts_of
 from harness.project.repository import add_project_commands, check_glue
-from harness.settings import Options, Settings, environment_table
+from harness.settings import SWITCHES, Options, Settings, environment_table
 from harness.verdict.results import EXIT_ERROR
 
 if TYPE_CHECKING:
@@ -56,23 +56,13 @@ def declaration_of(args: argparse.Namespace, env: Mapping[str, str] | None = Non
     )
 
 
-def add_backend_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--autokit-worker", default="", help="the worker's URL; HARNESS_AUTOKIT_WORKER overrides")
-    p.add_argument("--lava-url", default="", help="the LAVA server's URL; HARNESS_LAVA_URL overrides")
-    p.add_argument(
-        "--lava-device-type",
-        default="qemu",
-        help="the LAVA device type the jobs ask for; HARNESS_LAVA_DEVICE_TYPE overrides",
-    )
-    p.add_argument(
-        "--lava-image-dir",
-        default="",
-        help="where to put the images for a lab whose dispatchers run elsewhere (a web server's "
-        "directory); HARNESS_LAVA_IMAGE_DIR overrides",
-    )
-    p.add_argument(
-        "--lava-image-url", default="", help="that directory's URL; HARNESS_LAVA_IMAGE_URL overrides"
-    )
+def add_switch_options(p: argparse.ArgumentParser) -> None:
+    """The options meson passes its -D options as, each overridden by the variable of its
+    name for one run (settings.Options; the table is settings.SWITCHES)."""
+    for switch in SWITCHES:
+        if switch.option:
+            flag = f"--{switch.field.replace('_', '-')}"
+            p.add_argument(flag, default="", help=f"{switch.meaning.replace('`', '')}; {switch.name} overrides")
 
 
 def settings_of(args: argparse.Namespace) -> Settings:
@@ -254,9 +244,9 @@ def cmd_lava_job(args: argparse.Namespace) -> int:
     run_args = meson_test_args(build_dir, args.name)
     parser = argparse.ArgumentParser(allow_abbrev=False)
     add_declaration_option(parser)
-    add_backend_options(parser)
+    add_switch_options(parser)
     add_image_options(parser)
-    for option in ("--timeout-factor", "--tap", "--build-dir", "--backend"):
+    for option in ("--timeout-factor", "--tap", "--build-dir"):
         parser.add_argument(option, action="store_true" if option == "--tap" else "store")
     run, leftover = parser.parse_known_args(run_args)
     run.declaration_options = leftover
@@ -334,15 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--timeout-factor", type=int, help="multiply the timeout (default: 1 with KVM, more with TCG)"
     )
-    run.add_argument(
-        "--backend", default="qemu", help="qemu (default), autokit, lava or nspawn; HARNESS_BACKEND overrides"
-    )
-    add_backend_options(run)
-    run.add_argument(
-        "--snapshot-dir",
-        help="where booted snapshots are kept (default: beside the log directory; "
-        "HARNESS_SNAPSHOT_DIR overrides)",
-    )
+    add_switch_options(run)
     run.add_argument(
         "--tap",
         action="store_true",

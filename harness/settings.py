@@ -1,16 +1,13 @@
 """Every HARNESS_* switch of the person running the tests: one table, read once.
 
-The environment says how one run differs from the usual one (run the slow tests, boot
-cold, another backend, a shell instead of the test). Each variable is one row of
-SWITCHES: what it accepts, its default and what it does; README's table of them is
-printed from it (`python3 -m harness environment`). `Settings.from_environment` reads
-them all once, where the command line starts a run (a variable says otherwise than the
-command-line option of the same meaning, for one run), and everything below takes the
-`Settings`: a test's settings reach every reader, none reads os.environ behind its back,
-and a bad value is the same error whichever variable holds it, naming the variable and
-what it accepts.
+The environment says how one run differs from the usual one (the slow tests, cold boots,
+another backend, a shell instead of the test). Each variable is one row of SWITCHES (what
+it accepts, its default, what it does), which README's table is printed from (`python3 -m
+harness environment`). `Settings.from_environment` reads them all once, where a run starts
+(a variable overrides the command-line option of its name for one run); everything below
+takes the `Settings`: none reads os.environ behind its back, and a bad value is the same
+error whichever variable holds it, naming the variable and what it accepts.
 """
-
 from __future__ import annotations
 
 import enum
@@ -187,7 +184,7 @@ SWITCHES = (
     Switch(
         "HARNESS_BACKEND",
         _one_of({"qemu": "qemu", "autokit": "autokit", "lava": "lava", "nspawn": "nspawn"}),
-        "override `-Dtest-backend` for one run",
+        "what runs the tests: `qemu`, `autokit`, `lava` or `nspawn`",
         "qemu",
         "`-Dtest-backend` (`qemu`)",
         option=True,
@@ -197,7 +194,9 @@ SWITCHES = (
         FLAG,
         "`1`, with qemu: a test that needs no VM runs in a container (nspawn; docs/backends.md)",
         "0",
+        "`-Dprefer-containers` (`false`)",
         aliases=("TEST_PREFER_NSPAWN",),
+        option=True,
     ),
     Switch(
         "HARNESS_AUTOKIT_WORKER",
@@ -308,6 +307,7 @@ class Options:
     say otherwise for one run; "" where it says nothing."""
 
     backend: str = ""
+    prefer_containers: str = ""
     autokit_worker: str = ""
     lava_url: str = ""
     lava_device_type: str = ""

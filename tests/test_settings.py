@@ -129,6 +129,17 @@ def test_the_option_unless_the_variable_says_otherwise():
         Settings.from_environment({}, Options(backend="docker"))
 
 
+def test_containers_are_preferred_by_option_or_by_variable_systemds_spelling_too():
+    # meson passes -Dprefer-containers as --prefer-containers=0 or 1
+    assert Settings.from_environment({}, Options(prefer_containers="1")).prefer_containers
+    assert not Settings.from_environment(
+        {"HARNESS_PREFER_CONTAINERS": "0"}, Options(prefer_containers="1")
+    ).prefer_containers
+    assert Settings.from_environment(
+        {"TEST_PREFER_NSPAWN": "1"}, Options(prefer_containers="0")
+    ).prefer_containers
+
+
 def test_a_bad_switch_stops_the_run_before_anything_boots(monkeypatch, capsys):
     monkeypatch.setenv("HARNESS_COLD_BOOT", "yes")
     test = ["--name=TEST-99-UNIT", "--test-dir=/nonexistent/TEST-99-UNIT"]

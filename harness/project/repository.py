@@ -34,7 +34,7 @@ def meson_test_args(build_dir: Path, name: str) -> list[str]:
 GLUE_DIR = Path(__file__).parent / "glue"
 # The glue's version: test/meson.build says which it is (harness_glue_version) and passes it
 # to every `validate` and `run`; a copy older or newer than this wrapper is refused.
-GLUE_VERSION = 1
+GLUE_VERSION = 2
 HARNESS_OWNED = ("test/meson.build", "test/declaration.in")  # init --update rewrites these
 EXAMPLE_TEST = "test/TEST-01-BOOTS"
 
