@@ -62,7 +62,9 @@ def add_switch_options(p: argparse.ArgumentParser) -> None:
     for switch in SWITCHES:
         if switch.option:
             flag = f"--{switch.field.replace('_', '-')}"
-            p.add_argument(flag, default="", help=f"{switch.meaning.replace('`', '')}; {switch.name} overrides")
+            p.add_argument(
+                flag, default="", help=f"{switch.meaning.replace('`', '')}; {switch.name} overrides"
+            )
 
 
 def settings_of(args: argparse.Namespace) -> Settings:

@@ -1,12 +1,12 @@
 """Every HARNESS_* switch of the person running the tests: one table, read once.
 
-The environment says how one run differs from the usual one (the slow tests, cold boots,
-another backend, a shell instead of the test). Each variable is one row of SWITCHES (what
-it accepts, its default, what it does), which README's table is printed from (`python3 -m
-harness environment`). `Settings.from_environment` reads them all once, where a run starts
-(a variable overrides the command-line option of its name for one run); everything below
-takes the `Settings`: none reads os.environ behind its back, and a bad value is the same
-error whichever variable holds it, naming the variable and what it accepts.
+How one run differs from the usual one (the slow tests, cold boots, another backend, a
+shell instead of the test): one row of SWITCHES per variable (what it accepts, its default,
+what it does), README's table printed from it (`python3 -m harness environment`).
+`Settings.from_environment` reads them all once, where a run starts (a variable overrides
+the command-line option of its name for one run); everything below takes the `Settings`:
+none reads os.environ behind its back, and a bad value is the same error whichever
+variable holds it, naming the variable and what it accepts.
 """
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ status (SuccessAction=exit), which is nspawn's.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import signal
@@ -23,6 +24,7 @@ from pathlib import Path
 from harness import process
 from harness.backends.board.console import BoardConsole
 from harness.backends.nspawn.command import find_nspawn, machine_name, nspawn_command
+from harness.backends.nspawn.crashes import CrashWatch, add_to_export
 from harness.backends.nspawn.placement import vm_reasons
 from harness.backends.nspawn.root import mounted_root, private_tmp
 from harness.boot.machine import Ending, EndingKind, LogFile, Look, WatchRules
@@ -40,6 +42,7 @@ from harness.settings import Settings
 from harness.verdict.log_dir import JOURNAL_EXPORT
 from harness.verdict.notify import GuestReport
 
+log = logging.getLogger(__name__)
 POWEROFF_GRACE = 10.0  # s a container may take to shut down when asked (SIGTERM to nspawn)
 CONSOLE_READ = 16 * 2**20  # bytes of console read per look, at most
 COMMAND_FILE = "nspawn-command.txt"
@@ -183,7 +186,26 @@ class NspawnBackend:
             cmd = nspawn_command(nspawn, root, plan, files, machine_name(plan.name, os.getpid()), journal)
             (log_dir / COMMAND_FILE).write_text(" ".join(cmd) + "\n")
             raw, stderr = tmp / "console", tmp / "nspawn.stderr"
+            crashes = watch_crashes(plan.name)
+            stack.callback(report_crashes, crashes, journal, root)  # once the container is gone
             proc = process.start(cmd, stderr, output=raw)
+            crashes.root = proc.pid
             machine = NspawnMachine(proc, raw, stderr, log_dir, plan.console_limit)
             stack.callback(machine.kill)
             yield machine
+
+
+def watch_crashes(test: str) -> CrashWatch:
+    watch = CrashWatch()
+    watch.start()
+    if watch.unavailable:
+        log.warning(f"{test}: a core dump in the container will go unseen: {watch.unavailable}")
+    return watch
+
+
+def report_crashes(watch: CrashWatch, journal_export: Path, root: Path) -> None:
+    """The core dumps the host saw, into the journal export the gate reads."""
+    watch.stop()
+    if watch.lost:
+        log.warning("the kernel dropped process events during the test: a core dump may have gone unseen")
+    add_to_export(journal_export, watch.crashes, root)
