@@ -264,10 +264,10 @@ def test_where_containers_are_preferred_a_test_that_needs_no_vm_runs_in_one():
     prefer = Settings.from_environment({"HARNESS_PREFER_CONTAINERS": "1"})
     backend, placed = backend_for(declaration(), prefer)
     assert backend.name == BackendName.NSPAWN
-    assert placed == "TEST-99-UNIT: in a container (HARNESS_PREFER_CONTAINERS=1)"
+    assert placed == "TEST-99-UNIT: in a container (containers preferred)"
     backend, placed = backend_for(declaration("--tpm=true"), prefer)
     assert backend.name == BackendName.QEMU
-    assert placed == "TEST-99-UNIT: in a VM: tpm: a TPM needs a VM (HARNESS_PREFER_CONTAINERS=1)"
+    assert placed == "TEST-99-UNIT: in a VM: tpm: a TPM needs a VM (containers preferred)"
     # Not preferred, another backend named, or a person at a shell: no choice made.
     for env in ({}, {"HARNESS_PREFER_CONTAINERS": "1", "HARNESS_SHELL": "1"}):
         backend, placed = backend_for(declaration(), Settings.from_environment(env))

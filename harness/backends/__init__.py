@@ -84,7 +84,7 @@ def backend_for(decl: TestDeclaration, settings: Settings) -> tuple[Backend, str
 
         placement = place(decl)
         chosen = make_backend(attrs.evolve(settings, backend=placement.backend))
-        return chosen, f"{decl.name}: {placement.describe()} (HARNESS_PREFER_CONTAINERS=1)"
+        return chosen, f"{decl.name}: {placement.describe()} (containers preferred)"
     return make_backend(settings), ""
 
 
