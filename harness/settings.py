@@ -8,6 +8,7 @@ the command-line option of its name for one run); everything below takes the `Se
 none reads os.environ behind its back, and a bad value is the same error whichever
 variable holds it, naming the variable and what it accepts.
 """
+
 from __future__ import annotations
 
 import enum

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import signal
 import socket
 import struct
@@ -41,7 +42,6 @@ CN_MSG = struct.Struct("=IIIIHH")  # cn_msg: idx, val, seq, ack, len, flags
 EVENT = struct.Struct("=IIQ")  # proc_event: what, cpu, timestamp_ns; then its data
 EVENT_DATA = HEADER.size + CN_MSG.size + EVENT.size
 RECEIVE_BUFFER = 8 * 2**20  # bytes: a container's fork storm is not lost
-POLL = 0.1  # s between looks at the stop flag
 MAX_DEPTH = 4096  # forks from the container's first process to a crash, at most
 
 
@@ -86,6 +86,7 @@ class CrashWatch:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
+        self._wake_r = self._wake_w = -1
 
     def start(self) -> None:
         try:
@@ -98,25 +99,32 @@ class CrashWatch:
                 sock.setsockopt(socket.SOL_SOCKET, 33, RECEIVE_BUFFER)
             sock.bind((0, CN_IDX_PROC))
             sock.send(listen_message(PROC_CN_MCAST_LISTEN))
-            sock.settimeout(POLL)
         except OSError as e:
             sock.close()
             self.unavailable = f"the kernel's process events cannot be read ({e.strerror}: root is needed)"
             return
         self._sock = sock
+        self._wake_r, self._wake_w = os.pipe()  # stop() wakes the reader through it
         self._thread = threading.Thread(target=self._read, name="crash-watch", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop watching, once the container ended: its last events are read first."""
+        """Stop watching, once the container ended. The kernel queued its events as they
+        happened: those still unread are read here, without waiting for more."""
         if self._thread is None or self._sock is None:
             return
-        time.sleep(POLL)  # events of the container's end still on their way
         self._stop.set()
+        os.write(self._wake_w, b"x")
         self._thread.join()
+        self._sock.setblocking(False)
+        with contextlib.suppress(OSError):  # BlockingIOError: none left
+            while True:
+                self._event(self._sock.recv(65536))
         with contextlib.suppress(OSError):
             self._sock.send(listen_message(PROC_CN_MCAST_IGNORE))
         self._sock.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
         self.crashes = [self._crash(tgid) for tgid in self._dumped]
 
     def _crash(self, tgid: int) -> Crash:
@@ -126,10 +134,11 @@ class CrashWatch:
     def _read(self) -> None:
         assert self._sock is not None
         while not self._stop.is_set():
+            ready, _, _ = select.select([self._sock.fileno(), self._wake_r], [], [])
+            if self._sock.fileno() not in ready:
+                continue
             try:
                 data = self._sock.recv(65536)
-            except TimeoutError:
-                continue
             except OSError as e:
                 if e.errno == errno.ENOBUFS:
                     self.lost = True
@@ -145,8 +154,12 @@ class CrashWatch:
             _, parent_tgid, child_pid, child_tgid = struct.unpack_from("=iiii", data, EVENT_DATA)
             if child_pid == child_tgid:  # a process, not a thread
                 self._parents[child_tgid] = parent_tgid
-                self._facts.pop(child_tgid, None)
                 self._signals.pop(child_tgid, None)
+                # A child runs its parent's program until it execs its own.
+                self._facts.pop(child_tgid, None)
+                if parent_tgid in self._facts:  # one of the container's (its exec was seen)
+                    comm, exe, _ = self._facts[parent_tgid]
+                    self._facts[child_tgid] = (comm, exe, child_tgid)
         elif what == EXEC:
             tgid = struct.unpack_from("=ii", data, EVENT_DATA)[1]
             if self._below_root(tgid):
@@ -154,9 +167,11 @@ class CrashWatch:
         elif what == COREDUMP:
             tgid = struct.unpack_from("=ii", data, EVENT_DATA)[1]
             if self._below_root(tgid):
-                now = process_facts(tgid)  # it is still there, most often
+                # It is still there, most often; its executable may be gone already
+                # (the exit takes its memory first): what its exec showed fills in.
+                comm, exe, pid = process_facts(tgid)
                 seen = self._facts.get(tgid, ("", "", tgid))
-                self._facts[tgid] = now if now[0] else seen
+                self._facts[tgid] = (comm or seen[0], exe or seen[1], pid if comm else seen[2])
                 self._dumped.append(tgid)
         elif what == EXIT and len(data) >= EVENT_DATA + 16:
             pid, tgid, exit_code, _ = struct.unpack_from("=iiII", data, EVENT_DATA)
