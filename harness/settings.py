@@ -1,12 +1,11 @@
 """Every HARNESS_* switch of the person running the tests: one table, read once.
 
-How one run differs from the usual one (the slow tests, cold boots, another backend, a
-shell instead of the test): one row of SWITCHES per variable (what it accepts, its default,
-what it does), README's table printed from it (`python3 -m harness environment`).
-`Settings.from_environment` reads them all once, where a run starts (a variable overrides
-the command-line option of its name for one run); everything below takes the `Settings`:
-none reads os.environ behind its back, and a bad value is the same error whichever
-variable holds it, naming the variable and what it accepts.
+How one run differs from the usual one (slow tests, cold boots, another backend, a shell):
+one row of SWITCHES per variable (what it accepts, its default, what it does), README's
+table printed from it (`python3 -m harness environment`). `Settings.from_environment`
+reads them all once, where a run starts (a variable overrides the command-line option of
+its name for one run); everything below takes the `Settings`: none reads os.environ
+behind its back, and a bad value is the same error whichever variable holds it.
 """
 
 from __future__ import annotations
