@@ -33,6 +33,7 @@ TESTDATA = Path("usr/lib/systemd/tests/testdata")
 def fetch(release: str, into: Path, names: Iterable[str]) -> str:
     """Lay out the trees of the tests `names` in `into`; the source package's version."""
     names = list(names)
+    into = into.absolute()  # apt reads a relative Dir:: option from /etc/apt/
     for name in names:
         if not TEST_NAME.fullmatch(name):
             raise HarnessError(
