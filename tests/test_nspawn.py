@@ -10,7 +10,13 @@ import pytest
 from harness import process
 from harness.backends import BackendName, backend_for, make_backend
 from harness.backends.nspawn.backend import NspawnBackend, NspawnMachine, children, credential_files
-from harness.backends.nspawn.command import find_nspawn, init_arguments, machine_name, nspawn_command
+from harness.backends.nspawn.command import (
+    bind_path,
+    find_nspawn,
+    init_arguments,
+    machine_name,
+    nspawn_command,
+)
 from harness.backends.nspawn.placement import place, vm_reasons
 from harness.backends.nspawn.root import check_image
 from harness.boot.machine import EndingKind
@@ -275,3 +281,7 @@ def test_where_containers_are_preferred_a_test_that_needs_no_vm_runs_in_one():
     lava = {"HARNESS_PREFER_CONTAINERS": "1", "HARNESS_BACKEND": "lava", "HARNESS_LAVA_URL": "http://lab"}
     backend, placed = backend_for(declaration(), Settings.from_environment(lava))
     assert (backend.name, placed) == (BackendName.LAVA, "")
+
+
+def test_a_bound_path_may_hold_a_colon():
+    assert bind_path(Path("/logs/a:b\\c")) == "/logs/a\\:b\\\\c"

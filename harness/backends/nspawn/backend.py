@@ -29,6 +29,7 @@ from harness.backends.nspawn.placement import vm_reasons
 from harness.backends.nspawn.root import mounted_root, private_tmp
 from harness.boot.machine import Ending, EndingKind, LogFile, Look, WatchRules
 from harness.boot.plan import BootPath, BootPlan
+from harness.deadline import Deadline
 from harness.declaration.credential import Credential, write_private
 from harness.declaration.declaration import TestDeclaration
 from harness.declaration.keys import Firmware
@@ -43,6 +44,7 @@ from harness.verdict.log_dir import JOURNAL_EXPORT
 from harness.verdict.notify import GuestReport
 
 log = logging.getLogger(__name__)
+KILL_WAIT = 2.0  # s for a killed container's processes to be gone
 POWEROFF_GRACE = 10.0  # s a container may take to shut down when asked (SIGTERM to nspawn)
 CONSOLE_READ = 16 * 2**20  # bytes of console read per look, at most
 COMMAND_FILE = "nspawn-command.txt"
@@ -96,9 +98,17 @@ class NspawnMachine:
         self.kill()
 
     def kill(self) -> None:
-        # unshare passes on no signal: nspawn, its child, is killed first.
+        # unshare passes on no signal: nspawn, its child, is killed first. As the first
+        # process of its PID namespace, nspawn is gone once everything in it is: its
+        # processes' last events (a core dump's signal) are then the kernel's to send.
         if self.proc.alive():
-            signal_children(self.proc.pid, signal.SIGKILL)
+            nspawn = children(self.proc.pid)
+            for pid in nspawn:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            Deadline.after(KILL_WAIT).wait_for(
+                lambda: not any(Path(f"/proc/{p}").exists() for p in nspawn), 0.01
+            )
         self.proc.kill()
 
     def collect(self) -> GuestReport:
@@ -182,14 +192,15 @@ class NspawnBackend:
             root = stack.enter_context(mounted_root(image, tmp / "root"))
             files = credential_files(plan.credentials, tmp / "credentials")
             journal = log_dir / JOURNAL_EXPORT
-            journal.touch(mode=0o600)  # written by the guest, as a VM's journal port is
+            # Written by the guest, as a VM's port is; empty again when the boot is retried.
+            os.close(os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
             cmd = nspawn_command(nspawn, root, plan, files, machine_name(plan.name, os.getpid()), journal)
             (log_dir / COMMAND_FILE).write_text(" ".join(cmd) + "\n")
             raw, stderr = tmp / "console", tmp / "nspawn.stderr"
             crashes = watch_crashes(plan.name)
             stack.callback(report_crashes, crashes, journal, root)  # once the container is gone
             proc = process.start(cmd, stderr, output=raw)
-            crashes.root = proc.pid
+            crashes.watch_below(proc.pid)
             machine = NspawnMachine(proc, raw, stderr, log_dir, plan.console_limit)
             stack.callback(machine.kill)
             yield machine

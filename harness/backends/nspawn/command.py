@@ -53,6 +53,12 @@ def init_arguments(cmdline: Sequence[str]) -> list[str]:
     return [w for w in cmdline if w not in NOT_FOR_INIT and not w.startswith(VOLATILE)]
 
 
+def bind_path(path: Path) -> str:
+    """A path as nspawn's --bind= takes it: a colon separates paths there, and backslash
+    escapes are read."""
+    return str(path).replace("\\", "\\\\").replace(":", "\\:")
+
+
 def machine_name(test: str, pid: int) -> str:
     """The container's name (and hostname): the test's, unique among parallel runs."""
     return f"{test.lower()}-{pid}"[:64]
@@ -82,7 +88,7 @@ def nspawn_command(
         "--private-network",
         "--settings=no",  # no .nspawn file of the host's changes the run
         "--console=read-only",
-        f"--bind={journal_export}:{JOURNAL_PORT_PATH}",
+        f"--bind={bind_path(journal_export)}:{JOURNAL_PORT_PATH}",
         *(f"--load-credential={name}:{path}" for name, path in credential_files),
         "--boot",
         *init_arguments(plan.cmdline),
