@@ -229,8 +229,7 @@ def skip_before_boot(decl: TestDeclaration, backend: Backend, settings: Settings
         return Outcome(
             Status.SKIP,
             f"a host-driven test, and the {backend.name} backend's machines cannot be driven from the "
-            "host (a LAVA job runs without the harness at the controls, a container is not driven yet); "
-            "it runs on qemu and autokit",
+            "host (a LAVA job runs without the harness at the controls); it runs on qemu, autokit and nspawn",
         )
     missing = backend.unmet_requirements(decl)
     if missing:

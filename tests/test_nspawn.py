@@ -164,11 +164,11 @@ def test_a_plain_test_runs_in_a_container():
         assert place(decl).describe() == "in a container"
 
 
-def test_host_driven_tests_are_placed_in_a_vm(tmp_path):
+def test_host_driven_tests_are_placed_in_a_container(tmp_path):
     (tmp_path / "test_host.py").write_text("")
     decl = declaration("--host=test_host.py", test_dir=str(tmp_path), name="TEST-99-UNIT")
-    assert place(decl).backend == BackendName.QEMU
-    assert not NspawnBackend().drives_host_tests
+    assert place(decl).backend == BackendName.NSPAWN
+    assert NspawnBackend().drives_host_tests
 
 
 def test_the_backend_is_chosen_by_name():
@@ -216,11 +216,13 @@ def test_nspawn_from_the_variable_the_tools_tree_or_path(tmp_path, monkeypatch):
 
 def machine(tmp_path: Path, script: str) -> NspawnMachine:
     """A stand-in container: sh printing what the console would carry, then exiting."""
-    raw = tmp_path / "console"
-    proc = process.start(["sh", "-c", script], tmp_path / "stderr", output=raw)
     logs = tmp_path / "logs"
     logs.mkdir()
-    return NspawnMachine(proc, raw, tmp_path / "stderr", logs, 1 << 20)
+
+    def launch(console: Path) -> process.OwnedProcess:
+        return process.start(["sh", "-c", script], tmp_path / "stderr", output=console)
+
+    return NspawnMachine(launch, tmp_path, tmp_path / "stderr", logs, 1 << 20)
 
 
 def test_the_machine_reads_the_console_and_ends_with_the_containers_status(tmp_path):

@@ -258,3 +258,45 @@ def test_an_interrupted_run_leaves_nothing(image, tmp_path, signum, group):
     assert running.proc.returncode == 130
     assert "interrupted" in out
     running.assert_nothing_left()
+
+
+# (e) host-driven tests ------------------------------------------------------------------
+
+HOST_TEST = """
+def test_commands_files_a_reboot_and_a_power_cut(machine, tmp_path):
+    assert machine.check("echo hello").stdout == b"hello\\n"
+    (tmp_path / "sent").write_bytes(b"payload")
+    machine.put(tmp_path / "sent", "/run/payload")
+    machine.get("/run/payload", tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == b"payload"
+    first = machine.boot_id
+    machine.reboot()
+    second = machine.boot_id
+    machine.power_cycle()
+    assert len({first, second, machine.boot_id}) == 3
+    machine.console.expect(r"harness: boot \\S+ is up")
+
+
+def test_qmp_is_refused_naming_why(machine):
+    try:
+        machine.qmp("query-status")
+    except Exception as e:
+        assert "a container has no QMP" in str(e)
+    else:
+        raise AssertionError("qmp answered in a container")
+"""
+
+
+def test_a_host_driven_test_drives_a_container(image, tmp_path):
+    (tmp_path / "test_host.py").write_text(HOST_TEST)
+    r = run_in_container(image, tmp_path, "TEST-96-HOST", "--host=test_host.py")
+    assert r.returncode == 0, r.stdout
+    assert "TEST-96-HOST: PASS: 2 of 2 steps of test_host.py passed" in r.stdout
+
+
+def test_a_core_dump_fails_a_host_driven_test_in_a_container(image, tmp_path):
+    crash = "def test_crash(machine):\n    machine.run('sleep 60 & sleep 0.5; kill -SEGV $!; wait')\n"
+    (tmp_path / "test_host.py").write_text(crash)
+    r = run_in_container(image, tmp_path, "TEST-97-HOST-CRASH", "--host=test_host.py")
+    assert r.returncode == 1, r.stdout
+    assert "a process dumped core during the test: sleep (pid " in r.stdout

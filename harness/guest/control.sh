@@ -27,8 +27,10 @@ if [ -t 3 ]; then
     # of a reply line: from here on only emergencies (a panic) go there; the journal keeps
     # the rest. The boot's mark goes to the console directly.
     stty -icanon -echo -isig min 1 time 0 <&3
-    echo 1 >/proc/sys/kernel/printk
+    echo 1 2>/dev/null >/proc/sys/kernel/printk  # read-only in a container
     printf '%s\n' "$mark" >&3
+    # A container's agent is on a pty of its own: its console is marked apart.
+    if [ "$port" != /dev/console ] && [ -w /dev/console ]; then printf '%s\n' "$mark" >/dev/console; fi
 fi
 printf 'H %s\n' "$boot_id" >&3
 

@@ -46,6 +46,10 @@ def drive(
         outcome = host_outcome(file, run)
         if outcome.status in (Status.PASS, Status.SKIP) and driven.boot and driven.answered:
             keep_core_dumps(driven, log_dir / JOURNAL_EXPORT)
+        # A container's core dumps reach the host, not its journal (backends/nspawn/crashes.py).
+        add_seen = getattr(machine, "add_core_dumps_seen", None)
+        if add_seen is not None:
+            add_seen(log_dir / JOURNAL_EXPORT)
         outcome = yield outcome
         wanted = outcome.status.is_failure() or save_journal is SaveJournal.ALWAYS
         if wanted and driven.boot and driven.answered and not run.error:

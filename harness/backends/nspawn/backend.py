@@ -16,14 +16,17 @@ import contextlib
 import logging
 import os
 import platform
+import pty
 import signal
 import subprocess
-from collections.abc import Iterator
+import tty
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from harness import process
 from harness.backends.board.console import BoardConsole
 from harness.backends.nspawn.command import find_nspawn, machine_name, nspawn_command
+from harness.backends.nspawn.controls import NspawnControls
 from harness.backends.nspawn.crashes import CrashWatch, add_to_export
 from harness.backends.nspawn.placement import vm_reasons
 from harness.backends.nspawn.root import mounted_root, private_tmp
@@ -35,7 +38,7 @@ from harness.declaration.declaration import TestDeclaration
 from harness.declaration.keys import Firmware
 from harness.errors import HarnessError
 from harness.guest.reporting import CONSOLE_CHANNEL
-from harness.guest.units import CONSOLE_CONTROL
+from harness.guest.units import VIRTIO_CONTROL
 from harness.host.driven_machine import Controls
 from harness.image.parts import Image
 from harness.process import OwnedProcess
@@ -56,10 +59,16 @@ class NspawnMachine:
     display_name = "the container"
 
     def __init__(
-        self, proc: OwnedProcess, raw_console: Path, stderr: Path, log_dir: Path, limit: int
+        self,
+        launch: Callable[[Path], OwnedProcess],
+        tmp: Path,
+        stderr: Path,
+        log_dir: Path,
+        limit: int,
+        control: tuple[int, int] | None = None,
     ) -> None:
-        self.proc = proc
-        self.raw_console = raw_console  # nspawn's stdout, whole
+        self._launch = launch  # starts nspawn, its stdout into the file given
+        self._tmp = tmp
         self.stderr = stderr
         self.console_log = log_dir / "console.log"
         self.console = BoardConsole(self.console_log, limit)
@@ -69,9 +78,20 @@ class NspawnMachine:
         # The container ends itself with the test's status in a moment: its last word
         # need not be waited past, and a look is one small read.
         self.watch_rules = WatchRules(poll=0.05)
-        self._offset = 0
+        self.control = control  # a host-driven test's pty: the host's end, the container's
+        # What the host saw dump core until now, into a journal export (backend.boot).
+        self.add_core_dumps_seen: Callable[[Path], None] = lambda export: None
+        self._starts = 0
+        self.start()
 
-    def _read_console(self) -> bytes:
+    def start(self) -> None:
+        """Start the container (again: a reboot, a power cycle) on the same root."""
+        self._starts += 1
+        self.raw_console = self._tmp / f"console.{self._starts}"  # nspawn's stdout, whole
+        self._offset = 0
+        self.proc = self._launch(self.raw_console)
+
+    def read_console(self) -> bytes:
         try:
             with self.raw_console.open("rb") as f:
                 f.seek(self._offset)
@@ -84,7 +104,7 @@ class NspawnMachine:
 
     def look(self) -> Look:
         status = self.proc.poll()  # first: all it printed before it ended is read below
-        new = self._read_console()
+        new = self.read_console()
         stopped = Ending(EndingKind.EXITED, status) if status is not None else None
         return Look(self.console.report, new, self.console.written, stopped=stopped)
 
@@ -112,7 +132,7 @@ class NspawnMachine:
         self.proc.kill()
 
     def collect(self) -> GuestReport:
-        while self._read_console():
+        while self.read_console():
             pass
         return self.console.report
 
@@ -125,9 +145,9 @@ class NspawnMachine:
         return " | ".join(said[-3:])
 
     def controls(self) -> Controls:
-        raise HarnessError(
-            "a container is not driven from the host yet", "run host-driven tests on the qemu backend"
-        )
+        if self.control is None:
+            raise HarnessError("only a host-driven test's container is driven", "declare `host:`")
+        return NspawnControls(self, *self.control)
 
 
 def children(pid: int) -> list[int]:
@@ -163,8 +183,8 @@ class NspawnBackend:
     name = "nspawn"
     report_channel = CONSOLE_CHANNEL
     can_resume = False
-    drives_host_tests = False
-    control_device = CONSOLE_CONTROL
+    drives_host_tests = True
+    control_device = VIRTIO_CONTROL  # a pty bound there (controls.py)
     log_files: tuple[LogFile, ...] = (LogFile(COMMAND_FILE),)
     runs_on_host_cpu = True  # no TCG factor on its timeouts (harness/boot/plan.py)
 
@@ -194,16 +214,43 @@ class NspawnBackend:
             journal = log_dir / JOURNAL_EXPORT
             # Written by the guest, as a VM's port is; empty again when the boot is retried.
             os.close(os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-            cmd = nspawn_command(nspawn, root, plan, files, machine_name(plan.name, os.getpid()), journal)
+            control = stack.enter_context(control_pty()) if plan.decl.host else None
+            cmd = nspawn_command(
+                nspawn,
+                root,
+                plan,
+                files,
+                machine_name(plan.name, os.getpid()),
+                journal,
+                os.ttyname(control[1]) if control else None,
+            )
             (log_dir / COMMAND_FILE).write_text(" ".join(cmd) + "\n")
-            raw, stderr = tmp / "console", tmp / "nspawn.stderr"
+            stderr = tmp / "nspawn.stderr"
             crashes = watch_crashes(plan.name)
             stack.callback(report_crashes, crashes, journal, root)  # once the container is gone
-            proc = process.start(cmd, stderr, output=raw)
-            crashes.watch_below(proc.pid)
-            machine = NspawnMachine(proc, raw, stderr, log_dir, plan.console_limit)
+
+            def launch(console: Path) -> OwnedProcess:
+                proc = process.start(cmd, stderr, output=console)
+                crashes.watch_below(proc.pid)
+                return proc
+
+            machine = NspawnMachine(launch, tmp, stderr, log_dir, plan.console_limit, control)
+            machine.add_core_dumps_seen = lambda export: add_to_export(export, crashes.seen_so_far(), root)
             stack.callback(machine.kill)
             yield machine
+
+
+@contextlib.contextmanager
+def control_pty() -> Iterator[tuple[int, int]]:
+    """A pty for the control agent: the host's end, and the container's, raw (no echo,
+    no line editing: the agent's protocol is its own)."""
+    host_end, far_end = pty.openpty()
+    try:
+        tty.setraw(far_end)
+        yield host_end, far_end
+    finally:
+        os.close(host_end)
+        os.close(far_end)
 
 
 def watch_crashes(test: str) -> CrashWatch:

@@ -21,6 +21,7 @@ from pathlib import Path
 from harness.boot.plan import BootPlan
 from harness.errors import HarnessError
 from harness.guest.reporting import JOURNAL_PORT_PATH
+from harness.guest.units import VIRTIO_CONTROL
 from harness.settings import Settings
 
 # What the VM's volatile overlay is, nspawn does itself; the other options of the plan's
@@ -71,6 +72,7 @@ def nspawn_command(
     credential_files: Sequence[tuple[str, Path]],
     machine: str,
     journal_export: Path,
+    control_tty: str | None = None,
 ) -> list[str]:
     """The command that boots the container on `root` (the mounted root partition), its
     credentials read from `credential_files` (name, private file), the host's file
@@ -89,6 +91,7 @@ def nspawn_command(
         "--settings=no",  # no .nspawn file of the host's changes the run
         "--console=read-only",
         f"--bind={bind_path(journal_export)}:{JOURNAL_PORT_PATH}",
+        *([f"--bind={control_tty}:{VIRTIO_CONTROL}"] if control_tty else []),
         *(f"--load-credential={name}:{path}" for name, path in credential_files),
         "--boot",
         *init_arguments(plan.cmdline),

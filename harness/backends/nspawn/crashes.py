@@ -157,6 +157,12 @@ class CrashWatch:
         self.crashes += self._dumping.values()
         self._dumping.clear()
 
+    def seen_so_far(self) -> list[Crash]:
+        """The crashes seen until now, the container still running (a host-driven test's
+        gate looks before the container stops)."""
+        with self._lock:
+            return [*self.crashes, *self._dumping.values()]
+
     def _close_pipe(self) -> None:
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:

@@ -65,9 +65,6 @@ class Placement:
 
 
 def place(decl: TestDeclaration) -> Placement:
-    """The container when nothing the test declares needs a VM, else the VM and why. A
-    host-driven test goes to the VM too: a container's machine is not driven yet."""
+    """The container when nothing the test declares needs a VM, else the VM and why."""
     reasons = vm_reasons(decl)
-    if decl.host:
-        reasons.append("a host-driven test (containers are not driven from the host yet)")
     return Placement("qemu" if reasons else "nspawn", tuple(reasons))
