@@ -87,3 +87,19 @@ def test_qmp_and_typing_on_the_console_are_refused_naming_why(tmp_path, pair):
         controls.qmp("query-status", {})
     with pytest.raises(MachineError, match="read-only"):
         controls.send_console(b"root\n")
+
+
+def test_waiting_on_the_console_reads_it_on(tmp_path, pair):
+    # console.expect asks gone() between its reads of console.log: the container's console
+    # reaches console.log there, not only when the agent's channel is read.
+    machine = Counting(tmp_path, [0])
+    NspawnControls(machine, *pair).gone()
+    assert machine.reads == 1
+
+
+class Counting(StandIn):
+    reads = 0
+
+    def read_console(self) -> bytes:
+        self.reads += 1
+        return b""

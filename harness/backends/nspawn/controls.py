@@ -98,6 +98,9 @@ class NspawnControls:
         self._powered = True
 
     def gone(self) -> str | None:
+        # Every wait asks this (console.expect too, which reads console.log): the console
+        # is read on here, as the container only writes it to nspawn's stdout.
+        self._pump()
         status = self.machine.proc.poll()
         if not self._powered or status is None or status == REBOOT_STATUS:
             return None
