@@ -17,6 +17,7 @@ from harness.backends.nspawn.command import (
     machine_name,
     nspawn_command,
 )
+from harness.backends.nspawn.crashes import CrashWatch
 from harness.backends.nspawn.placement import place, vm_reasons
 from harness.backends.nspawn.root import check_image
 from harness.boot.machine import EndingKind
@@ -222,7 +223,7 @@ def machine(tmp_path: Path, script: str) -> NspawnMachine:
     def launch(console: Path) -> process.OwnedProcess:
         return process.start(["sh", "-c", script], tmp_path / "stderr", output=console)
 
-    return NspawnMachine(launch, tmp_path, tmp_path / "stderr", logs, 1 << 20)
+    return NspawnMachine(launch, tmp_path, tmp_path / "stderr", logs, 1 << 20, CrashWatch(), tmp_path)
 
 
 def test_the_machine_reads_the_console_and_ends_with_the_containers_status(tmp_path):

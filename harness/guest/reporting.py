@@ -112,9 +112,10 @@ def report_end(ch: ReportChannel) -> str:
 
 def send_journal(unit_name: str, whole_journal: bool) -> str:
     # The journal goes out on its own port, so it is there even when the disk is thrown
-    # away (a container has a host file bound at the port's path: `test -e`, not `-c`): all of it when the test did not succeed (or the host keeps it
-    # always), else only the test unit's part, which is what the report shows (exporting
-    # the whole journal costs seconds under emulation).
+    # away (a container has a host file bound at the port's path: `test -e`, not `-c`):
+    # all of it when the test did not succeed (or the host keeps it always), else only the
+    # test unit's part, which is what the report shows (exporting the whole journal costs
+    # seconds under emulation).
     # A passed test sends its unit's part and every core dump's message (the host fails a
     # test during which a process dumped core: harness/verdict/gates.py), once systemd-coredump
     # has written them (up to 20 s: it makes the stack trace first).

@@ -65,6 +65,8 @@ class NspawnMachine:
         stderr: Path,
         log_dir: Path,
         limit: int,
+        crashes: CrashWatch,
+        root: Path,
         control: tuple[int, int] | None = None,
     ) -> None:
         self._launch = launch  # starts nspawn, its stdout into the file given
@@ -79,8 +81,8 @@ class NspawnMachine:
         # need not be waited past, and a look is one small read.
         self.watch_rules = WatchRules(poll=0.05)
         self.control = control  # a host-driven test's pty: the host's end, the container's
-        # What the host saw dump core until now, into a journal export (backend.boot).
-        self.add_core_dumps_seen: Callable[[Path], None] = lambda export: None
+        self.crashes = crashes  # the host's watch over the container's core dumps
+        self._root = root
         self._starts = 0
         self.start()
 
@@ -122,10 +124,7 @@ class NspawnMachine:
         # process of its PID namespace, nspawn is gone once everything in it is: its
         # processes' last events (a core dump's signal) are then the kernel's to send.
         if self.proc.alive():
-            nspawn = children(self.proc.pid)
-            for pid in nspawn:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            nspawn = signal_children(self.proc.pid, signal.SIGKILL)
             Deadline.after(KILL_WAIT).wait_for(
                 lambda: not any(Path(f"/proc/{p}").exists() for p in nspawn), 0.01
             )
@@ -143,6 +142,11 @@ class NspawnMachine:
             return ""
         said = [line for line in lines if line.strip() and not line.startswith(NOISE)]
         return " | ".join(said[-3:])
+
+    def add_core_dumps_seen(self, journal_export: Path) -> None:
+        """The core dumps the host saw so far, into a journal export the gate reads (a
+        host-driven test's, while the container runs; the container's own, at its end)."""
+        add_to_export(journal_export, self.crashes.seen_so_far(), self._root)
 
     def controls(self) -> Controls:
         if self.control is None:
@@ -167,10 +171,13 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def signal_children(pid: int, signum: int) -> None:
-    for child in children(pid):
+def signal_children(pid: int, signum: int) -> list[int]:
+    """Signal the processes whose parent is `pid`; which they were."""
+    signalled = children(pid)
+    for child in signalled:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signum)
+    return signalled
 
 
 def credential_files(credentials: tuple[Credential, ...], directory: Path) -> list[tuple[str, Path]]:
@@ -227,15 +234,15 @@ class NspawnBackend:
             (log_dir / COMMAND_FILE).write_text(" ".join(cmd) + "\n")
             stderr = tmp / "nspawn.stderr"
             crashes = watch_crashes(plan.name)
-            stack.callback(report_crashes, crashes, journal, root)  # once the container is gone
+            stack.callback(crashes.stop)  # (a second stop does nothing)
 
             def launch(console: Path) -> OwnedProcess:
                 proc = process.start(cmd, stderr, output=console)
                 crashes.watch_below(proc.pid)
                 return proc
 
-            machine = NspawnMachine(launch, tmp, stderr, log_dir, plan.console_limit, control)
-            machine.add_core_dumps_seen = lambda export: add_to_export(export, crashes.seen_so_far(), root)
+            machine = NspawnMachine(launch, tmp, stderr, log_dir, plan.console_limit, crashes, root, control)
+            stack.callback(report_crashes, machine, journal)  # once the container is gone
             stack.callback(machine.kill)
             yield machine
 
@@ -261,9 +268,9 @@ def watch_crashes(test: str) -> CrashWatch:
     return watch
 
 
-def report_crashes(watch: CrashWatch, journal_export: Path, root: Path) -> None:
+def report_crashes(machine: NspawnMachine, journal_export: Path) -> None:
     """The core dumps the host saw, into the journal export the gate reads."""
-    watch.stop()
-    if watch.lost:
+    machine.crashes.stop()
+    if machine.crashes.lost:
         log.warning("the kernel dropped process events during the test: a core dump may have gone unseen")
-    add_to_export(journal_export, watch.crashes, root)
+    machine.add_core_dumps_seen(journal_export)

@@ -158,8 +158,8 @@ class CrashWatch:
         self._dumping.clear()
 
     def seen_so_far(self) -> list[Crash]:
-        """The crashes seen until now, the container still running (a host-driven test's
-        gate looks before the container stops)."""
+        """The crashes seen until now: while the container runs (a host-driven test's gate
+        looks then), or all of them once the watch stopped."""
         with self._lock:
             return [*self.crashes, *self._dumping.values()]
 
