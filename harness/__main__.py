@@ -232,7 +232,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    """`keys`, `environment`: README's tables of the declaration keys, of the HARNESS_* switches."""
+    """`keys`, `environment`: docs/reference.md's tables of the declaration keys, of the HARNESS_* switches."""
     print(key_table() if args.command == "keys" else environment_table())
     return 0
 
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     systemd_tests.set_defaults(func=cmd_systemd_tests)
     add_project_commands(sub, boot_contract)
     for table, what in (("keys", "declaration keys"), ("environment", "HARNESS_* environment switches")):
-        sub.add_parser(table, help=f"print the table of {what} (as in the README)").set_defaults(
+        sub.add_parser(table, help=f"print the table of {what} (as in docs/reference.md)").set_defaults(
             func=cmd_table
         )
     lava_job = sub.add_parser(

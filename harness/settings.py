@@ -1,7 +1,7 @@
 """Every HARNESS_* switch of the person running the tests: one table, read once.
 
 How one run differs from the usual one (slow tests, cold boots, another backend, a shell):
-one row of SWITCHES per variable (what it accepts, its default, what it does), README's
+one row of SWITCHES per variable (what it accepts, its default, what it does), docs/reference.md's
 table printed from it (`python3 -m harness environment`). `Settings.from_environment`
 reads them all once, where a run starts (a variable overrides the command-line option of
 its name for one run); everything below takes the `Settings`: none reads os.environ
@@ -31,7 +31,7 @@ class SaveJournal(enum.StrEnum):
 @attrs.frozen
 class Accepts:
     """What a switch takes: `what` completes "'x' is not ...", `hint` says what to set
-    (README's column), `parse` raises ValueError for anything else. `empty` is the value
+    (the reference table's column), `parse` raises ValueError for anything else. `empty` is the value
     of a switch unset that has no default."""
 
     what: str
@@ -82,7 +82,7 @@ PROGRAM = _text("a program, by path or by name on `PATH`")
 class Switch:
     """One HARNESS_* variable: it sets the Settings field of its name (HARNESS_COLD_BOOT:
     `cold_boot`). `default` is spelled as the variable would be ("" for none);
-    `shown_default` is README's column where that says too little. `aliases` are
+    `shown_default` is the reference table's column where that says too little. `aliases` are
     systemd's names for the same, read where ours is unset; with `option`, the variable
     says otherwise than the command-line option of the same name (an `Options` field)."""
 
@@ -391,7 +391,7 @@ def parsed(switch: Switch, source: str, text: str) -> Any:
 
 
 def environment_table() -> str:
-    """README's table of the environment switches."""
+    """docs/reference.md's table of the environment switches."""
     rows = ["| variable | accepts | default | effect |", "|---|---|---|---|"]
     for s in SWITCHES:
         name = f"`{s.name}`" + (f" (systemd's {', '.join(f'`{a}`' for a in s.aliases)})" if s.aliases else "")

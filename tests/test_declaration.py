@@ -106,9 +106,9 @@ def test_the_meson_template_spells_out_the_keys_and_their_defaults():
     assert template == {k.name: _meson_literal(k.default) for k in KEYS if not k.configuration}
 
 
-def test_the_readme_key_table_is_the_one_the_keys_print():
-    assert key_table() in (ROOT / "README.md").read_text(), (
-        "README's key table is stale: python3 -m harness keys"
+def test_the_reference_key_table_is_the_one_the_keys_print():
+    assert key_table() in (ROOT / "docs" / "reference.md").read_text(), (
+        "docs/reference.md's key table is stale: python3 -m harness keys"
     )
 
 

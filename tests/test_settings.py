@@ -1,5 +1,5 @@
 """The HARNESS_* switches: one table (harness/settings.py), read once, every one validated
-alike; README's table is the one `python3 -m harness environment` prints."""
+alike; docs/reference.md's table is the one `python3 -m harness environment` prints."""
 
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ HARNESS = ROOT / "harness"
 NAME = re.compile(r"(?<![A-Za-z0-9_])HARNESS_[A-Z0-9_]*[A-Z0-9]")  # not X_HARNESS_ notify keys
 
 
-def test_the_readme_environment_table_is_the_one_the_command_prints(capsys):
+def test_the_reference_environment_table_is_the_one_the_command_prints(capsys):
     assert main(["environment"]) == 0
     printed = capsys.readouterr().out
     assert printed == environment_table() + "\n"
-    assert environment_table() in (ROOT / "README.md").read_text(), (
-        "README's environment table is stale: python3 -m harness environment"
+    assert environment_table() in (ROOT / "docs" / "reference.md").read_text(), (
+        "docs/reference.md's environment table is stale: python3 -m harness environment"
     )
 
 

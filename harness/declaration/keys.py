@@ -1,5 +1,5 @@
 """The vocabulary of a test's declaration: every key its meson.build may write, with its
-default and meaning (the README's key table is printed from KEYS: `python3 -m harness
+default and meaning (docs/reference.md's key table is printed from KEYS: `python3 -m harness
 keys`), and the StrEnums of the keys whose values are words. declaration.py checks a
 declaration against these; declaration/file.py parses the file meson writes with them.
 """
@@ -50,7 +50,7 @@ class Key:
 
     name: str
     default: object
-    meaning: str  # the README's key table is printed from these: python3 -m harness keys
+    meaning: str  # docs/reference.md's key table is printed from these: python3 -m harness keys
     repeated: bool = False  # a list (or dict) in meson.build: one option per element
     choices: type[enum.StrEnum] | None = None
     configuration: bool = False  # a key inside `configuration : {...}`
@@ -230,7 +230,7 @@ def _shown(value: object) -> str:
 
 
 def key_table() -> str:
-    """The README's table of declaration keys."""
+    """docs/reference.md's table of declaration keys."""
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for k in KEYS:
         name = f"`configuration: {k.name}`" if k.configuration else f"`{k.name}`"
