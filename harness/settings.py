@@ -266,7 +266,7 @@ SWITCHES = (
     Switch(
         "HARNESS_SNAPSHOT_DIR",
         DIRECTORY,
-        "where booted snapshots are kept",
+        "where booted snapshots and containers' root trees are kept",
         shown_default="`--snapshot-dir`, else `build/integration-tests/snapshots`",
         option=True,
     ),

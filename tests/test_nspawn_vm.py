@@ -147,8 +147,9 @@ class Running:
         )
         self.processes = descendants(self.proc.pid)
         self.mounts = our_mounts(name)
+        # The root tree bound read-only, or (while the tree was made) the loop device.
         self.loops = [source for _, source in self.mounts if source.startswith("/dev/loop")]
-        assert self.loops and all(attached(loop) for loop in self.loops), self.mounts
+        assert self.mounts and all(attached(loop) for loop in self.loops), self.mounts
         assert any(cmdline(p) == "sleep infinity" for p in self.processes), (
             "the payload is not below the wrapper"
         )
@@ -197,6 +198,7 @@ def test_a_failing_subtest_is_a_fail_naming_it(image, tmp_path):
 
 # As in test_gates_vm.py: sleep, killed by SIGSEGV; the test itself exits as if all was well.
 CRASH = "--command=/bin/sh -c 'sleep 60 & sleep 1; kill -SEGV $$!; wait; exit 123'"
+EXIT_123 = "--command=/bin/sh -c 'exit 123'"
 
 
 def test_a_core_dump_in_a_container_fails_it_as_in_a_vm(image, tmp_path):
@@ -224,6 +226,21 @@ def test_a_sanitizer_report_fails_a_sanitizer_build_in_a_container(image, tmp_pa
     r = run_wrapper(image, tmp_path, "TEST-95-SANITIZER", "--backend=nspawn", REPORT, env=env)
     assert r.returncode == 1, r.stdout
     assert "TEST-95-SANITIZER: FAIL: a sanitizer reported during the test: myd[" in r.stdout, r.stdout
+
+
+def test_the_root_is_copied_once_per_image_then_bound(image, tmp_path):
+    store = tmp_path / "store"
+    env = {**nspawn_env(), "HARNESS_SNAPSHOT_DIR": str(store)}
+    said = []
+    for _ in range(2):
+        r = run_wrapper(image, tmp_path, "TEST-96-ROOT-TREE", "--backend=nspawn", EXIT_123, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        said.append(r.stdout + r.stderr)
+    assert "copying the root of" in said[0] and "copying the root of" not in said[1]
+    trees = sorted(p.name for p in store.iterdir())
+    assert len(trees) == 2 and trees[0].startswith("container-root-") and trees[1] == f"{trees[0]}.lock"
+    assert harness_leftovers("TEST-96-ROOT-TREE") == ([], [])
+    assert str(image) not in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
 
 
 # (c) ------------------------------------------------------------------------------------

@@ -6,9 +6,10 @@ import pytest
 from harness.backends.qemu.command import RunFiles, VmConfig, kernel_cmdline, qemu_command
 from harness.backends.qemu.firmware import Ovmf
 from harness.backends.qemu.snapshot import plan_snapshot_config, resumed_config, snapshot_config
-from harness.backends.qemu.snapshot_store import SHAPE, Snapshot, snapshot_machine_id
+from harness.backends.qemu.snapshot_store import Snapshot, snapshot_machine_id
 from harness.boot.accel import Acceleration
 from harness.boot.plan import BootPlan, harness_cmdline, machine_shape, resume_blocker
+from harness.boot.store import SHAPE
 from harness.declaration.credential import Credential
 from harness.declaration.keys import Firmware, Storage
 from harness.image.disk import ESP_TYPE, DiskPartition

@@ -10,14 +10,9 @@ import pytest
 
 from harness.backends.qemu.agent import agent_message, resume_script
 from harness.backends.qemu.snapshot import StateFormat
-from harness.backends.qemu.snapshot_store import (
-    SnapshotUnavailable,
-    key_shape,
-    remove_stale,
-    shared_snapshot,
-    snapshot_key,
-)
+from harness.backends.qemu.snapshot_store import SnapshotUnavailable, shared_snapshot, snapshot_key
 from harness.boot.plan import BootPath, resume_blocker
+from harness.boot.store import key_shape, remove_stale
 from harness.declaration.credential import Credential
 from harness.settings import Settings
 from tests.helpers import declaration

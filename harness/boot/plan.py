@@ -79,7 +79,7 @@ class BootPlan:
     timeout_factor: float = 1  # what the declared timeout was multiplied by (TCG)
     boot_path: BootPath = BootPath.COLD  # what the plan asks for; the machine says what it did
     cold_reason: str = ""  # why the test cannot resume the booted snapshot
-    snapshot_dir: Path | None = None  # where booted snapshots are kept
+    snapshot_dir: Path | None = None  # where booted snapshots (and containers' root trees) are kept
     run: str = ""  # the `meson test` run: a failed snapshot boot is not retried in it
     whole_journal: bool = False  # the guest sends its whole journal even when the test passed
     console_limit: int = CONSOLE_LIMIT  # bytes of console output before the machine is stopped

@@ -216,7 +216,7 @@ class NspawnBackend:
         nspawn = find_nspawn(plan.settings, image.path, image.architecture)
         with contextlib.ExitStack() as stack:
             tmp = stack.enter_context(private_tmp(plan.name))
-            root = stack.enter_context(mounted_root(image, tmp / "root"))
+            root = stack.enter_context(mounted_root(image, tmp / "root", plan.snapshot_dir, plan.run))
             files = credential_files(plan.credentials, tmp / "credentials")
             journal = log_dir / JOURNAL_EXPORT
             # Written by the guest, as a VM's port is; empty again when the boot is retried.

@@ -1,9 +1,13 @@
-"""The image's root partition, mounted read-only for one container, and gone again.
+"""The image's root, read-only on a private directory for one container, and gone again.
 
 `systemd-nspawn --image=` needs udev to find a disk's partitions; this does without: the
 partition the image's table names (harness.image) is attached as a read-only loop device
-at its offset and mounted read-only on a private directory. The image is never written;
-on leaving, the mount and the loop device are gone, whatever happened inside. A wrapper
+at its offset and mounted read-only. The first container of an image copies that root
+into a tree kept beside the booted snapshots (one per image, replaced when the image
+is rebuilt); every container then binds the tree read-only: a new loop device per test
+started with nothing cached and read the whole boot's files through it again, a quarter
+of a container test's CPU (docs/performance.md). The image is never written; on
+leaving, the mount and the loop device are gone, whatever happened inside. A wrapper
 killed outright (SIGKILL runs no clean-up) leaves them: the next run sweeps them
 (`sweep_orphans`), as the qemu backend sweeps its private directories.
 """
@@ -11,6 +15,7 @@ killed outright (SIGKILL runs no clean-up) leaves them: the next run sweeps them
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -20,26 +25,33 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from harness.boot.store import shared_directory
 from harness.deadline import Deadline
 from harness.errors import HarnessError
 from harness.image.disk import DiskFormat
+from harness.image.facts_cache import identity
 from harness.image.parts import Image
 from harness.process import process_alive
 
-TOOL_TIMEOUT = 60
+TOOL_TIMEOUT = 60  # s
+COPY_TIMEOUT = 900  # s to copy a root of some GB
+TREE = "root"
+TREE_SHAPE = "container-root"  # its key in the store: harness.boot.store
 DETACH_WAIT = 5.0  # s
 log = logging.getLogger(__name__)
 
 
-def run(cmd: list[str], what: str) -> str:
+LOOP_FIX = "the nspawn backend runs as root, with loop devices (modprobe loop); or use the qemu backend"
+
+
+def run(cmd: list[str], what: str, fix: str = LOOP_FIX, timeout: float = TOOL_TIMEOUT) -> str:
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise HarnessError(f"could not {what}: {e}", "check that util-linux is installed") from None
     if done.returncode != 0:
         raise HarnessError(
-            f"could not {what}: {done.stderr.strip() or f'{cmd[0]} exited with {done.returncode}'}",
-            "the nspawn backend runs as root, with loop devices (modprobe loop); or use the qemu backend",
+            f"could not {what}: {done.stderr.strip() or f'{cmd[0]} exited with {done.returncode}'}", fix
         )
     return done.stdout.strip()
 
@@ -61,12 +73,49 @@ def check_image(image: Image) -> None:
 
 
 @contextlib.contextmanager
-def mounted_root(image: Image, where: Path) -> Iterator[Path]:
-    """The image's root partition mounted read-only on `where` (made here, empty)."""
+def mounted_root(image: Image, where: Path, store: Path | None = None, run_id: str = "") -> Iterator[Path]:
+    """The image's root read-only on `where` (made here, empty): the root tree kept in
+    `store` for this image bound there (made on first use), or, without a store, the
+    root partition itself mounted there."""
     check_image(image)
+    where.mkdir(mode=0o700)
+    if store is None:
+        with loop_mounted(image, where):
+            yield where
+        return
+
+    def make(partial: Path) -> None:
+        log.info(
+            f"copying the root of {image.path.name} to {partial.parent / tree_key(image)}, once:"
+            " the containers of this image boot from that copy"
+        )
+        with loop_mounted(image, where):  # on the private directory: swept if killed
+            run(
+                ["cp", "-a", str(where), str(partial / TREE)], f"copy the root of {image.path} into {partial}"
+            )
+
+    with shared_directory(store, tree_key(image), run_id, make, lambda made: (made / TREE).is_dir()) as made:
+        run(["mount", "--bind", "-o", "ro", str(made / TREE), str(where)], f"bind {made / TREE} on {where}")
+        try:
+            yield where
+        finally:
+            unmount(where)
+
+
+def tree_key(image: Image) -> str:
+    """The root tree's name in the store: its shape, then a digest of the image file's
+    identity and the partition's place (a rebuilt image is a new file)."""
     partition = image.root_partition
     assert partition is not None  # check_image
-    where.mkdir(mode=0o700)
+    ident = [*identity(image.path), partition.offset, partition.size]
+    return f"{TREE_SHAPE}-{hashlib.sha256(repr(ident).encode()).hexdigest()[:16]}"
+
+
+@contextlib.contextmanager
+def loop_mounted(image: Image, where: Path) -> Iterator[None]:
+    """The image's root partition on a read-only loop device, mounted read-only on `where`."""
+    partition = image.root_partition
+    assert partition is not None  # check_image
     loop = run(
         [
             "losetup", "--find", "--show", "--read-only",
@@ -77,7 +126,7 @@ def mounted_root(image: Image, where: Path) -> Iterator[Path]:
     try:
         run(["mount", "-o", "ro", loop, str(where)], f"mount {loop} (the root partition of {image.path})")
         try:
-            yield where
+            yield
         finally:
             unmount(where)
     finally:

@@ -8,21 +8,18 @@ and a newer key is made. What a snapshot holds and how it is made and resumed is
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
-import os
-import re
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import attrs
 
+from harness.boot.store import SHAPE, MakeFailed, shared_directory
+
 HARNESS_DIR = Path(__file__).resolve().parents[2]  # the package: its code is part of the key
-SHAPE = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 
 
-class SnapshotUnavailable(Exception):
+class SnapshotUnavailable(MakeFailed):
     """The snapshot could not be made (its boot failed): tests boot cold instead."""
 
 
@@ -47,11 +44,6 @@ def snapshot_key(shape: str, inputs: list[str], files: list[Path]) -> str:
         if path.suffix in (".py", ".sh") and path.is_file():
             h.update(path.relative_to(HARNESS_DIR).as_posix().encode() + b"\0" + path.read_bytes())
     return f"{shape}-{h.hexdigest()[:16]}"
-
-
-def key_shape(key: str) -> str:
-    """The shape a key names: what precedes its digest."""
-    return key.rpartition("-")[0]
 
 
 @attrs.frozen
@@ -101,69 +93,11 @@ def snapshot_machine_id(key: str) -> str:
 @contextlib.contextmanager
 def shared_snapshot(root: Path, key: str, run: str, make: Callable[[Path], None]) -> Iterator[Snapshot]:
     """The snapshot named `key` under `root`, made by `make(directory)` if nobody has made it
-    yet; held (shared lock) until the context ends, so nobody removes it while in use.
-
-    A snapshot whose boot failed is not tried again in the same `run` (a `meson test`
-    run): the other tests of that run boot cold at once."""
-    root.mkdir(parents=True, exist_ok=True)
-    snapshot = Snapshot(root / key)
-    with open(root / f"{key}.lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_SH)
-        if not snapshot.complete:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # not atomic: someone else may make it meanwhile
-            if not snapshot.complete:
-                _make(root, key, run, make, snapshot)
-            fcntl.flock(lock, fcntl.LOCK_SH)
-        yield snapshot
-
-
-def _make(root: Path, key: str, run: str, make: Callable[[Path], None], snapshot: Snapshot) -> None:
-    failed = root / f"{key}.failed"
-    if failed.is_file():
-        last_run, _, reason = failed.read_text().partition("\n")
-        if last_run == run:
-            raise SnapshotUnavailable(reason)
-    for leftover in root.glob(f".partial-{key}-*"):  # from a maker that was killed
-        shutil.rmtree(leftover, ignore_errors=True)
-    partial = root / f".partial-{key}-{os.getpid()}"
-    partial.mkdir()
-    try:
-        make(partial)
-    except SnapshotUnavailable as e:
-        console = root / f"{key}.console.log"
-        with contextlib.suppress(FileNotFoundError):
-            shutil.copyfile(partial / "console.log", console)
-        reason = f"{e}; its console log: {console}"
-        failed.write_text(f"{run}\n{reason}")
-        shutil.rmtree(partial, ignore_errors=True)
-        raise SnapshotUnavailable(reason) from None
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    partial.rename(snapshot.dir)
-    failed.unlink(missing_ok=True)
-    (root / f"{key}.console.log").unlink(missing_ok=True)  # of an earlier run's failed boot
-    remove_stale(root, keep=key)
-
-
-def remove_stale(root: Path, keep: str) -> list[str]:
-    """Remove the snapshots of `keep`'s shape and other keys that nobody holds (those of
-    other shapes are other machines' and stay); returns the keys removed."""
-    removed = []
-    for lock_path in root.glob("*.lock"):
-        key = lock_path.name[: -len(".lock")]
-        if key == keep or key_shape(key) != key_shape(keep):
-            continue
-        with open(lock_path, "a+") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # in use by a test right now; the next maker removes it
-            shutil.rmtree(root / key, ignore_errors=True)
-            for leftover in root.glob(f".partial-{key}-*"):
-                shutil.rmtree(leftover, ignore_errors=True)
-            for suffix in (".failed", ".console.log"):
-                (root / f"{key}{suffix}").unlink(missing_ok=True)
-            lock_path.unlink(missing_ok=True)
-            removed.append(key)
-    return removed
+    yet; held until the context ends (harness.boot.store). A snapshot whose boot failed
+    is not tried again in the same `meson test` run: its other tests boot cold at once."""
+    with contextlib.ExitStack() as stack:
+        try:
+            made = stack.enter_context(shared_directory(root, key, run, make, lambda d: Snapshot(d).complete))
+        except MakeFailed as e:
+            raise SnapshotUnavailable(str(e)) from None
+        yield Snapshot(made)
