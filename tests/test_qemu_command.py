@@ -1,10 +1,20 @@
 import uuid
 from pathlib import Path
 
+import attrs
 import pytest
 
-from harness.backends.qemu.command import RunFiles, VmConfig, kernel_cmdline, qemu_command
-from harness.backends.qemu.firmware import Ovmf
+from harness.backends.qemu.command import (
+    RunFiles,
+    VmConfig,
+    has_uefi,
+    kernel_cmdline,
+    machine_args,
+    qemu_command,
+    smbios_supported,
+)
+from harness.backends.qemu.firmware import SNAKEOIL_VARS, Ovmf, secure_boot_vars
+from harness.backends.qemu.guest import guest_args
 from harness.backends.qemu.snapshot import plan_snapshot_config, resumed_config, snapshot_config
 from harness.backends.qemu.snapshot_store import Snapshot, snapshot_machine_id
 from harness.boot.accel import Acceleration
@@ -12,6 +22,7 @@ from harness.boot.plan import BootPlan, harness_cmdline, machine_shape, resume_b
 from harness.boot.store import SHAPE
 from harness.declaration.credential import Credential
 from harness.declaration.keys import Firmware, Storage
+from harness.errors import HarnessError
 from harness.image.disk import ESP_TYPE, DiskPartition
 from harness.image.parts import Image
 from harness.settings import Settings
@@ -211,3 +222,50 @@ def test_extra_disks_are_sparse_files_with_serials():
         len([a for a in qemu_command(plan("linux"), FILES, None, None, None, None, []) if a == "-drive"]) == 1
     )
     assert resume_blocker(declaration("--disks=1G"), UNSET) is None
+
+
+# Other architectures ------------------------------------------------------------------
+
+
+def on_aarch64(cfg: VmConfig) -> VmConfig:
+    return attrs.evolve(cfg, image=attrs.evolve(cfg.image, architecture="aarch64"))
+
+
+AAVMF = Ovmf(Path("/aavmf/CODE.fd"), Path("/aavmf/VARS.fd"), "test")
+
+
+def test_an_aarch64_direct_kernel_boot_is_started_by_its_uefi_firmware():
+    """The kernel of an arm64 machine finds SMBIOS only through UEFI: the firmware starts
+    the kernel QEMU hands it, and the credentials go by SMBIOS as on x86."""
+    cmd = qemu_command(on_aarch64(plan("linux")), FILES, AAVMF, Path("/tmp/h/vars.fd"), None, None, [])
+    assert cmd[0] == "qemu-system-aarch64" and cmd[cmd.index("-machine") + 1] == "virt"
+    assert "if=pflash,format=raw,readonly=on,file=/aavmf/CODE.fd" in cmd
+    assert "if=pflash,format=raw,file=/tmp/h/vars.fd" in cmd
+    assert cmd[cmd.index("-kernel") + 1] == "/img/image.vmlinuz" and "-initrd" in cmd
+    assert "console=hvc0" in cmd[cmd.index("-append") + 1].split() and "VGA" not in devices(cmd)
+    assert has_uefi("aarch64", Firmware.LINUX) and not has_uefi("x86_64", Firmware.LINUX)
+    assert smbios_supported("aarch64", Firmware.LINUX) and smbios_supported("riscv64", Firmware.UEFI)
+
+
+def test_an_aarch64_guest_gets_its_long_credential_names_by_smbios(tmp_path):
+    files = RunFiles(tmp_path, tmp_path, tmp_path / "overlay.qcow2")
+    unit = Credential("systemd.extra-unit.harness-agent.service", b"[Unit]\n")  # too long for fw_cfg
+    args = guest_args(on_aarch64(plan("linux")), files, [unit])
+    assert args[0] == "-smbios" and "-fw_cfg" not in args
+
+
+def test_no_vmgenid_nor_smm_on_a_machine_without_them():
+    agent = attrs.evolve(plan("linux"), agent=True)
+    assert "vmgenid,guid=auto" in devices(qemu_command(agent, FILES, None, None, None, None, []))
+    arm = qemu_command(on_aarch64(agent), FILES, AAVMF, Path("/tmp/h/vars.fd"), None, None, [])
+    assert "vmgenid,guid=auto" not in devices(arm)  # an ACPI device of q35's
+    secure = " ".join(machine_args("aarch64", Acceleration("tcg", "test"), UNSET, secure_boot=True))
+    assert "smm" not in secure and "cfi.pflash01" not in secure
+    assert "smm=on" in " ".join(machine_args("x86_64", Acceleration("tcg", "test"), UNSET, secure_boot=True))
+
+
+def test_the_secure_boot_variable_store_is_the_architectures():
+    assert secure_boot_vars.__defaults__ == ("x86_64",)
+    assert SNAKEOIL_VARS["aarch64"].name == "AAVMF_VARS.snakeoil.fd"
+    with pytest.raises(HarnessError, match="Debian ships none for riscv64"):
+        secure_boot_vars(UNSET, "riscv64")

@@ -39,6 +39,7 @@ MACHINES = {"x86_64": "q35", "i386": "q35", "aarch64": "virt", "riscv64": "virt"
 # per character, which under TCG is seconds of a boot.
 CONSOLES = {"x86_64": "ttyS0", "i386": "ttyS0", "aarch64": "ttyAMA0", "riscv64": "ttyS0"}
 VIRTIO_CONSOLE = "hvc0"
+VMGENID_MACHINES = ("x86_64", "i386")  # QEMU's vmgenid device is an ACPI one of q35's
 
 
 @attrs.frozen
@@ -131,9 +132,25 @@ class VmConfig:
         )
 
 
+SMBIOS_WITHOUT_UEFI = ("x86_64", "i386")  # SeaBIOS publishes it too; elsewhere only UEFI does
+
+
+def loads_kernel_through_uefi(arch: str, firmware: Firmware) -> bool:
+    """A direct kernel boot where the kernel finds SMBIOS only through UEFI (aarch64,
+    riscv64): the UEFI firmware starts the kernel QEMU hands it (-kernel, -initrd,
+    -append: the same boot), and the guest gets its credentials by SMBIOS as on x86.
+    Without it they would go through fw_cfg, whose names stop at 55 bytes, too short for
+    `systemd.extra-unit.NAME.service`."""
+    return firmware.is_linux() and arch not in SMBIOS_WITHOUT_UEFI
+
+
+def has_uefi(arch: str, firmware: Firmware) -> bool:
+    """Whether the VM runs UEFI firmware: to boot the disk, or to start the kernel."""
+    return firmware.is_uefi() or loads_kernel_through_uefi(arch, firmware)
+
+
 def smbios_supported(arch: str, firmware: Firmware) -> bool:
-    # On x86 SeaBIOS and OVMF both publish SMBIOS; on other machines only UEFI does.
-    return arch in ("x86_64", "i386") or firmware.is_uefi()
+    return arch in SMBIOS_WITHOUT_UEFI or has_uefi(arch, firmware)
 
 
 def qemu_binary(arch: str, settings: Settings) -> str:
@@ -178,19 +195,21 @@ def machine_args(
 ) -> list[str]:
     """QEMU and the machine every VM of the harness is: the same for a test's VM and the
     virtual worker's board. `secure_boot`: OVMF's Secure Boot build keeps its variables
-    where only its SMM code may write them, so the machine has SMM and secure flash."""
+    where only its SMM code may write them, so an x86 machine has SMM and secure flash."""
     machine = MACHINES[arch]
     if machine == "q35":
         machine += ",hpet=off"  # the HPET costs time under emulation and nothing needs it
-    smm = ["-global", "driver=cfi.pflash01,property=secure,value=on"] if secure_boot else []
-    if secure_boot:
+    # On x86 only: an ARM machine's firmware keeps its variables without SMM.
+    smm = secure_boot and machine.startswith("q35")
+    if smm:
         machine += ",smm=on"
+    secure_flash = ["-global", "driver=cfi.pflash01,property=secure,value=on"] if smm else []
     binary = qemu_binary(arch, settings)
     return [
         binary,
         "-machine",
         machine,
-        *smm,
+        *secure_flash,
         "-accel",
         accel.kind,
         *accel.cpu_args(qemu_major(binary), vcpus),
@@ -298,10 +317,11 @@ def qemu_command(
             f"socket,id=agent,path={files.agent},server=on,wait=off",
             "-device",
             f"virtserialport,chardev=agent,name={AGENT_PORT}",
-            # A resumed VM gets a new generation ID, and the guest kernel reseeds its RNG.
-            "-device",
-            "vmgenid,guid=auto",
         ]
+        if cfg.image.architecture in VMGENID_MACHINES:
+            # A resumed VM gets a new generation ID, and the guest kernel reseeds its RNG
+            # (elsewhere it mixes in virtio-rng's bytes as it goes).
+            cmd += ["-device", "vmgenid,guid=auto"]
     if cfg.control or cfg.agent:  # a snapshot has the port, for the host-driven tests resumed from it
         cmd += [
             "-chardev",
@@ -329,6 +349,9 @@ def qemu_command(
         assert ovmf and nvram
         cmd += [*uefi_args(ovmf, nvram), "-device", "VGA"]  # a screen, for the report's screenshot
     else:
+        if loads_kernel_through_uefi(cfg.image.architecture, cfg.firmware):
+            assert ovmf and nvram
+            cmd += uefi_args(ovmf, nvram)
         assert cfg.image.kernel
         cmd += ["-kernel", str(cfg.image.kernel), "-append", " ".join(kernel_cmdline(cfg))]
         if cfg.firmware == Firmware.LINUX:

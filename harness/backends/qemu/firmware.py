@@ -132,24 +132,28 @@ def find_ovmf(arch: str, machine: str, settings: Settings, secure_boot: bool = F
             "install OVMF (Debian: apt-get install ovmf), or use firmware 'linux'",
         )
     if secure_boot:
-        ovmf = attrs.evolve(ovmf, vars_template=secure_boot_vars(settings))
+        ovmf = attrs.evolve(ovmf, vars_template=secure_boot_vars(settings, arch))
     return ovmf
 
 
-# Debian's ovmf package: a variable store with its test key ("snakeoil") enrolled as PK, KEK
-# and db, the key meson signs the image with (-Dsecure-boot).
-SNAKEOIL_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd")
+# Debian's ovmf and qemu-efi-aarch64 packages: a variable store with their test key
+# ("snakeoil") enrolled as PK, KEK and db, the key meson signs the image with (-Dsecure-boot).
+SNAKEOIL_VARS = {
+    "x86_64": Path("/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd"),
+    "aarch64": Path("/usr/share/AAVMF/AAVMF_VARS.snakeoil.fd"),
+}
 
 
-def secure_boot_vars(settings: Settings) -> Path:
+def secure_boot_vars(settings: Settings, arch: str = "x86_64") -> Path:
     """The variable store a Secure Boot VM starts from: HARNESS_SECURE_BOOT_VARS, or
     Debian's with its test key enrolled."""
-    path = settings.secure_boot_vars or SNAKEOIL_VARS
-    if not path.is_file():
+    path = settings.secure_boot_vars or SNAKEOIL_VARS.get(arch)
+    if path is None or not path.is_file():
+        missing = f"{path} is not there" if path else f"Debian ships none for {arch}"
         raise HarnessError(
             f"firmware 'uefi-secure-boot' needs a UEFI variable store with the image's signing key "
-            f"enrolled, and {path} is not there",
-            "install Debian's ovmf package (tools/setup does), or set HARNESS_SECURE_BOOT_VARS to "
+            f"enrolled, and {missing}",
+            "install Debian's ovmf or qemu-efi-aarch64 package (tools/setup does), or set HARNESS_SECURE_BOOT_VARS to "
             "a variable store with your certificate enrolled (virt-fw-vars --enroll-cert)",
         )
     return path

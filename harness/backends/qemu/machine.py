@@ -25,6 +25,7 @@ from harness.backends.qemu.command import (
     QEMU_BINARIES,
     RunFiles,
     VmConfig,
+    has_uefi,
     machine_alias,
     qemu_binary,
     qemu_command,
@@ -191,7 +192,7 @@ def running_vm(
     with contextlib.ExitStack() as stack:
         report = GuestReport()
         ovmf = nvram = None
-        if cfg.firmware.is_uefi():
+        if has_uefi(cfg.image.architecture, cfg.firmware):
             ovmf = find_ovmf(
                 cfg.image.architecture,
                 machine_alias(binary, MACHINES[cfg.image.architecture]),

@@ -51,6 +51,7 @@ from harness.backends.qemu.command import (
     MACHINES,
     RunFiles,
     VmConfig,
+    has_uefi,
     machine_alias,
     qemu_binary,
     qemu_major,
@@ -171,7 +172,7 @@ def booted_snapshot(plan: BootPlan) -> contextlib.AbstractContextManager[Snapsho
     binary = shutil.which(qemu_binary(plan.image.architecture, plan.settings)) or ""
     image = plan.image
     files = [image.path, image.kernel, image.initrd, Path(binary)]
-    if plan.firmware.is_uefi():  # new firmware, or other enrolled keys: a new snapshot
+    if has_uefi(image.architecture, plan.firmware):  # new firmware, or other enrolled keys: a new snapshot
         arch = image.architecture
         ovmf = find_ovmf(
             arch, machine_alias(binary, MACHINES[arch]), plan.settings, plan.firmware.is_secure_boot()
@@ -236,7 +237,7 @@ def make_snapshot(cfg: VmConfig, dest: Path, timeout: float, console_limit: int)
             if timeline:
                 Snapshot(dest).timeline.write_text(timeline)
             save_state(machine, Snapshot(dest).state, state_format(cfg.image, cfg.settings))
-        if cfg.firmware.is_uefi():  # QEMU has quit: the store is as the saved VM left it
+        if has_uefi(cfg.image.architecture, cfg.firmware):  # QEMU has quit: the store is as the VM left it
             shutil.copyfile(tmp / NVRAM_NAME, Snapshot(dest).nvram)
 
 
@@ -268,7 +269,7 @@ def resumed_vm(snapshot: Snapshot, plan: BootPlan, files: RunFiles) -> Iterator[
     make_overlay(snapshot.disk, files.disk, backing_format="qcow2")
     timeline = snapshot.timeline.read_text() if snapshot.timeline.is_file() else None
     cfg = resumed_config(plan, snapshot)
-    nvram = snapshot.nvram if cfg.firmware.is_uefi() else None
+    nvram = snapshot.nvram if has_uefi(cfg.image.architecture, cfg.firmware) else None
     with (
         running_vm(cfg, files, resuming=True, boot_timeline=timeline, nvram_template=nvram) as machine,
         socket.socket(socket.AF_UNIX) as agent,
