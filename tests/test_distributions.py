@@ -26,6 +26,8 @@ SUPPORTED = {
     ("centos", "9"),
     ("centos", "10"),
 }
+# Built and booted under emulation on an x86-64 runner (binfmt_misc, qemu-system-aarch64).
+ARM64 = {("debian", "bookworm"), ("debian", "trixie"), ("ubuntu", "noble"), ("fedora", "42")}
 
 
 def matrix() -> list[dict[str, str]]:
@@ -39,12 +41,15 @@ def run_steps() -> str:
 
 
 def test_the_matrix_is_what_the_readme_promises():
-    assert {(row["distribution"], row["release"]) for row in matrix()} == SUPPORTED
+    rows = {(row["distribution"], row["release"], row["architecture"]) for row in matrix()}
+    assert rows == {(*r, "x86-64") for r in SUPPORTED} | {(*r, "arm64") for r in ARM64}
     job = yaml.safe_load(WORKFLOW.read_text())["jobs"]["integration-tests"]
     assert job["strategy"]["fail-fast"] is False
     readme = (ROOT / "README.md").read_text()
     for distribution, release in SUPPORTED:
         assert f"{distribution} {release}" in readme, "the README's CI matrix section lists it"
+    for distribution, release in ARM64:
+        assert f"{distribution} {release} (arm64 too)" in readme, "the README says it runs on arm64"
 
 
 def test_the_steps_are_the_readmes_commands():
@@ -63,6 +68,7 @@ def test_the_steps_are_the_readmes_commands():
         # The matrix adds the distribution to meson setup; everything else is verbatim.
         matrix_options = (
             " -Dimage-distribution=${{ matrix.distribution }} -Dimage-release=${{ matrix.release }}"
+            " -Dimage-architecture=${{ matrix.architecture }}"
         )
         wanted = {command + matrix_options} if command.startswith("meson setup") else {command}
         assert wanted & {line.strip() for line in steps.splitlines()}, command
@@ -78,10 +84,16 @@ def test_failed_jobs_keep_their_logs():
 
 
 @pytest.mark.skipif(shutil.which("mkosi") is None, reason="mkosi is not installed (tools/setup installs it)")
-@pytest.mark.parametrize("distribution, release", sorted(SUPPORTED))
-def test_mkosi_accepts_the_configuration(distribution, release):
+@pytest.mark.parametrize(
+    "distribution, release, architecture",
+    sorted([(*r, "x86-64") for r in SUPPORTED] + [(*r, "arm64") for r in ARM64]),
+)
+def test_mkosi_accepts_the_configuration(distribution, release, architecture):
     result = subprocess.run(
-        ["mkosi", "--directory", str(ROOT), "--distribution", distribution, "--release", release, "summary"],
+        [
+            "mkosi", "--directory", str(ROOT), "--distribution", distribution, "--release", release,
+            "--architecture", architecture, "summary",
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         timeout=120,
@@ -94,6 +106,9 @@ def test_mkosi_accepts_the_configuration(distribution, release):
     image, initrd = images["default"], images["initrd"]
     assert re.search(rf"Distribution: {distribution}\b", image)
     assert re.search(rf"Release: {release}\b", image)
+    assert re.search(rf"Architecture: {architecture}\b", image)
+    if architecture == "arm64":  # QEMU's virt machine's UART, in a UEFI boot's UKI
+        assert "console=ttyAMA0" in image and "console=ttyS0" not in image
     packages = image[image.index("Packages:") :].split("\n\n")[0]
     assert "systemd" in packages and re.search(r"(?<![\w-])(linux|kernel)", packages), (
         "no kernel in the image"
