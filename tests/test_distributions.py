@@ -89,11 +89,9 @@ def test_failed_jobs_keep_their_logs():
     sorted([(*r, "x86-64") for r in SUPPORTED] + [(*r, "arm64") for r in ARM64]),
 )
 def test_mkosi_accepts_the_configuration(distribution, release, architecture):
+    options = ["--distribution", distribution, "--release", release, "--architecture", architecture]
     result = subprocess.run(
-        [
-            "mkosi", "--directory", str(ROOT), "--distribution", distribution, "--release", release,
-            "--architecture", architecture, "summary",
-        ],  # fmt: skip
+        ["mkosi", "--directory", str(ROOT), *options, "summary"],
         capture_output=True,
         text=True,
         timeout=120,

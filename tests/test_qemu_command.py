@@ -4,15 +4,8 @@ from pathlib import Path
 import attrs
 import pytest
 
-from harness.backends.qemu.command import (
-    RunFiles,
-    VmConfig,
-    has_uefi,
-    kernel_cmdline,
-    machine_args,
-    qemu_command,
-    smbios_supported,
-)
+from harness.backends.qemu.architectures import has_uefi, require_qemu, smbios_supported
+from harness.backends.qemu.command import RunFiles, VmConfig, kernel_cmdline, machine_args, qemu_command
 from harness.backends.qemu.firmware import SNAKEOIL_VARS, Ovmf, secure_boot_vars
 from harness.backends.qemu.guest import guest_args
 from harness.backends.qemu.snapshot import plan_snapshot_config, resumed_config, snapshot_config
@@ -269,3 +262,13 @@ def test_the_secure_boot_variable_store_is_the_architectures():
     assert SNAKEOIL_VARS["aarch64"].name == "AAVMF_VARS.snakeoil.fd"
     with pytest.raises(HarnessError, match="Debian ships none for riscv64"):
         secure_boot_vars(UNSET, "riscv64")
+
+
+def test_an_architecture_qemu_cannot_run_here_is_refused_naming_what_to_install():
+    missing = Settings.from_environment({"HARNESS_QEMU": "qemu-system-nowhere"})
+    with pytest.raises(HarnessError) as e:
+        require_qemu("aarch64", missing)
+    assert "the image is aarch64 and qemu-system-nowhere is not installed" in e.value.what
+    assert "qemu-system-arm and qemu-efi-aarch64" in e.value.fix
+    with pytest.raises(HarnessError, match="no QEMU machine for"):
+        require_qemu("s390x", UNSET)

@@ -20,14 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from harness import process
-from harness.backends.qemu.command import (
-    MACHINES,
-    disk_args,
-    machine_alias,
-    machine_args,
-    qemu_binary,
-    uefi_args,
-)
+from harness.backends.qemu.architectures import MACHINES, qemu_binary
+from harness.backends.qemu.command import disk_args, machine_alias, machine_args, uefi_args
 from harness.backends.qemu.controls import connect
 from harness.backends.qemu.firmware import copy_nvram, find_ovmf
 from harness.boot.accel import detect, vcpus_now

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+from harness.backends.qemu.architectures import require_qemu
 from harness.backends.qemu.command import RunFiles, VmConfig
 from harness.backends.qemu.firmware import resolve_firmware
 from harness.backends.qemu.machine import QemuMachine, make_overlay, private_tmp, running_vm
@@ -102,6 +103,7 @@ class QemuBackend:
     def boot(self, plan: BootPlan, log_dir: Path) -> Iterator[QemuMachine]:
         """The test's VM: resumed from the booted snapshot where the plan asks for it and
         the snapshot can be had, else booted cold."""
+        require_qemu(plan.image.architecture, plan.settings)  # before a snapshot is made for it
         with contextlib.ExitStack() as stack:
             snapshot = None
             if plan.boot_path is BootPath.SNAPSHOT:

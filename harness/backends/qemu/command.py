@@ -15,6 +15,13 @@ from pathlib import Path
 
 import attrs
 
+from harness.backends.qemu.architectures import (
+    CONSOLES,
+    MACHINES,
+    VMGENID_MACHINES,
+    loads_kernel_through_uefi,
+    qemu_binary,
+)
 from harness.backends.qemu.firmware import Ovmf
 from harness.boot.accel import FULL_VCPUS, Acceleration
 from harness.boot.plan import BootPlan
@@ -25,21 +32,8 @@ from harness.guest.units import CONTROL_PORT
 from harness.image.parts import Image
 from harness.settings import Settings
 
-AGENT_PORT = "io.harness.agent"  # the fast path's agent reads its test here (guest/agent.sh)
-
-QEMU_BINARIES = {
-    "x86_64": "qemu-system-x86_64",
-    "aarch64": "qemu-system-aarch64",
-    "riscv64": "qemu-system-riscv64",
-    "i386": "qemu-system-i386",
-}
-MACHINES = {"x86_64": "q35", "i386": "q35", "aarch64": "virt", "riscv64": "virt"}
-# The UART each machine's firmware and boot loader print to (UEFI boots log it); a direct
-# kernel boot logs the virtio console hvc0 instead: an emulated UART costs an exit to QEMU
-# per character, which under TCG is seconds of a boot.
-CONSOLES = {"x86_64": "ttyS0", "i386": "ttyS0", "aarch64": "ttyAMA0", "riscv64": "ttyS0"}
 VIRTIO_CONSOLE = "hvc0"
-VMGENID_MACHINES = ("x86_64", "i386")  # QEMU's vmgenid device is an ACPI one of q35's
+AGENT_PORT = "io.harness.agent"  # the fast path's agent reads its test here (guest/agent.sh)
 
 
 @attrs.frozen
@@ -130,32 +124,6 @@ class VmConfig:
             disks=plan.decl.disks,
             settings=plan.settings,
         )
-
-
-SMBIOS_WITHOUT_UEFI = ("x86_64", "i386")  # SeaBIOS publishes it too; elsewhere only UEFI does
-
-
-def loads_kernel_through_uefi(arch: str, firmware: Firmware) -> bool:
-    """A direct kernel boot where the kernel finds SMBIOS only through UEFI (aarch64,
-    riscv64): the UEFI firmware starts the kernel QEMU hands it (-kernel, -initrd,
-    -append: the same boot), and the guest gets its credentials by SMBIOS as on x86.
-    Without it they would go through fw_cfg, whose names stop at 55 bytes, too short for
-    `systemd.extra-unit.NAME.service`."""
-    return firmware.is_linux() and arch not in SMBIOS_WITHOUT_UEFI
-
-
-def has_uefi(arch: str, firmware: Firmware) -> bool:
-    """Whether the VM runs UEFI firmware: to boot the disk, or to start the kernel."""
-    return firmware.is_uefi() or loads_kernel_through_uefi(arch, firmware)
-
-
-def smbios_supported(arch: str, firmware: Firmware) -> bool:
-    return arch in SMBIOS_WITHOUT_UEFI or has_uefi(arch, firmware)
-
-
-def qemu_binary(arch: str, settings: Settings) -> str:
-    """QEMU for the image's architecture: HARNESS_QEMU when set, else the one on PATH."""
-    return settings.qemu or QEMU_BINARIES[arch]
 
 
 def qemu_major(binary: str) -> int:

@@ -5,7 +5,8 @@ its own carrying it."""
 
 from __future__ import annotations
 
-from harness.backends.qemu.command import CONSOLES, RunFiles, VmConfig, smbios_supported
+from harness.backends.qemu.architectures import CONSOLES, smbios_supported
+from harness.backends.qemu.command import RunFiles, VmConfig
 from harness.backends.qemu.credentials import (
     cmdline_extra_strings,
     fw_cfg_args,

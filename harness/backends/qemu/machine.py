@@ -20,16 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from harness import process
-from harness.backends.qemu.command import (
-    MACHINES,
-    QEMU_BINARIES,
-    RunFiles,
-    VmConfig,
-    has_uefi,
-    machine_alias,
-    qemu_binary,
-    qemu_command,
-)
+from harness.backends.qemu.architectures import MACHINES, has_uefi, require_qemu
+from harness.backends.qemu.command import RunFiles, VmConfig, machine_alias, qemu_command
 from harness.backends.qemu.controls import VmControls
 from harness.backends.qemu.firmware import copy_nvram, find_ovmf
 from harness.backends.qemu.guest import guest_args
@@ -181,14 +173,7 @@ def running_vm(
     """Start QEMU for `cfg` on `files` (booting, or `resuming` a saved VM, whose boot's
     timeline is `boot_timeline` and whose UEFI variables are `nvram_template`); on leaving
     the context QEMU is gone."""
-    arch = cfg.image.architecture
-    binary = qemu_binary(arch, cfg.settings) if arch in QEMU_BINARIES else None
-    if binary is None or shutil.which(binary) is None:
-        raise HarnessError(
-            f"the image is {cfg.image.architecture} and {binary or 'no QEMU binary'} is not installed",
-            "install QEMU for that architecture (Debian: qemu-system-x86, qemu-system-arm, ...; a checkout: tools/setup)"
-            " (HARNESS_QEMU names another binary)",
-        )
+    binary = require_qemu(cfg.image.architecture, cfg.settings)
     with contextlib.ExitStack() as stack:
         report = GuestReport()
         ovmf = nvram = None

@@ -47,15 +47,8 @@ from typing import Any
 import attrs
 
 from harness.backends.qemu.agent import AGENT_UNIT, agent_credentials, handed_test
-from harness.backends.qemu.command import (
-    MACHINES,
-    RunFiles,
-    VmConfig,
-    has_uefi,
-    machine_alias,
-    qemu_binary,
-    qemu_major,
-)
+from harness.backends.qemu.architectures import MACHINES, has_uefi, qemu_binary
+from harness.backends.qemu.command import RunFiles, VmConfig, machine_alias, qemu_major
 from harness.backends.qemu.firmware import NVRAM_NAME, find_ovmf
 from harness.backends.qemu.machine import QemuMachine, make_overlay, private_tmp, running_vm
 from harness.backends.qemu.qmp import qmp_errors
