@@ -10,7 +10,9 @@ from harness.backends.qemu.credentials import (
     smbios_args,
     smbios_credential,
 )
-from harness.declaration.credential import Credential
+from harness.declaration.credential import CREDENTIAL_LIMIT, Credential
+from harness.declaration.extra_tree import ExtraTree
+from harness.errors import DeclarationError
 from harness.guest.units import guest_credentials, render_test_unit
 from tests.helpers import declaration
 
@@ -136,3 +138,39 @@ def test_the_start_wrapper_becomes_the_command_with_its_arguments(tmp_path):
     done = subprocess.run(argv, capture_output=True, text=True)
     assert (done.returncode, done.stdout) == (7, "a:b c\n")
     assert port.read_text() == "READY=1\n"
+
+
+# One bound for every source of a credential, and no traceback on a hostile name -------
+
+
+def test_every_source_of_a_credential_has_the_same_bound(tmp_path):
+    big = "x" * (CREDENTIAL_LIMIT + 1)
+    with pytest.raises(
+        DeclarationError, match=r"'c' comes from \$BIG, which holds 1048577 bytes, more than 1 MB"
+    ):
+        Credential.parse("c=env:BIG", tmp_path, "meson.build", {"BIG": big})
+    with pytest.raises(DeclarationError, match="'c' is 1048577 bytes, more than 1 MB"):
+        Credential.parse(f"c={big}", tmp_path, "meson.build")
+    (tmp_path / "big").write_text(big)
+    with pytest.raises(DeclarationError, match="larger than 1 MB"):
+        Credential.parse("c=@big", tmp_path, "meson.build")
+    fits = "x" * CREDENTIAL_LIMIT
+    assert (
+        len(Credential.parse("c=env:FITS", tmp_path, "meson.build", {"FITS": fits}).value) == CREDENTIAL_LIMIT
+    )
+
+
+def test_a_credential_file_in_a_symlink_loop_is_an_error_naming_it(tmp_path):
+    (tmp_path / "loop").symlink_to("loop")
+    for spec in ("c=@loop", "c=@loop/x"):
+        with pytest.raises(DeclarationError) as e:
+            Credential.parse(spec, tmp_path, "meson.build")
+        assert e.value.key == "credentials" and "cannot be resolved" in str(e.value), e.value
+
+
+def test_an_extra_tree_of_an_impossible_name_is_an_error_naming_the_key(tmp_path):
+    def bad(key: str, what: str, fix: str) -> DeclarationError:
+        return DeclarationError("meson.build", key, what, fix)
+
+    with pytest.raises(DeclarationError, match="cannot be looked at: File name too long"):
+        ExtraTree.parse("9" * 4300, tmp_path, bad)

@@ -52,6 +52,10 @@ CASES = [
     ("'credentials' : ['x=@big']", "credentials"),
     ("'credentials' : ['c=@a\\x00b']", "credentials"),
     ("'credentials' : ['no-equals']", "credentials"),
+    ("'credentials' : ['x=@loop']", "credentials"),
+    ("'extra-trees' : ['" + "9" * 4300 + "']", "extra-trees"),
+    ("'extra-trees' : ['a\\x00b']", "extra-trees"),
+    ("'host' : 'a\\x00b.py'", "host"),
 ]
 
 MEMORY_LIMIT_KB = 200 * 1024
@@ -70,6 +74,7 @@ def add_test(project: Path, name: str, extra: str) -> Path:
     (test / "sub").mkdir()
     os.mkfifo(test / "fifo")
     (test / "link").symlink_to("/etc/passwd")
+    (test / "loop").symlink_to("loop")
     name_line = (
         "" if extra.startswith("'name'") else "        'name' : fs.name(meson.current_source_dir()),\n"
     )

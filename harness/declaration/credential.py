@@ -2,10 +2,11 @@
 `NAME=VALUE` (the text), `NAME=@FILE` (the bytes of a file of the test's directory, or
 of an absolute path for a secret) or `NAME=env:VARIABLE` (read when the test runs).
 
-A declaration is written by people and read at `meson setup`: a credential file is a
-regular file of at most CREDENTIAL_FILE_LIMIT bytes (a FIFO would block setup for ever,
-/dev/zero would fill the memory), and a relative one stays inside the test's directory
-(`..` and symlinks do not lead out of it).
+A declaration is written by people and read at `meson setup`: a credential is at most
+CREDENTIAL_LIMIT bytes, whatever its source (a file, the environment, the text), a file
+a regular one (a FIFO would block setup for ever, /dev/zero would fill the memory), and a
+relative one stays inside the test's directory (`..` and symlinks do not lead out of it;
+a symlink loop is an error naming it).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import attrs
 from harness.declaration.small_file import NotRegularFile, read_small_file
 from harness.errors import DeclarationError
 
-CREDENTIAL_FILE_LIMIT = 1024 * 1024
+CREDENTIAL_LIMIT = 1024 * 1024  # bytes: systemd takes at most 1 MiB of credentials in all
 # systemd credential names are file names below /run/credentials.
 CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_.@:+-]{1,255}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -76,7 +77,16 @@ class Credential:
                     f"'{name}' comes from ${variable}, which is not set",
                     f"export {variable} before meson test (in CI: from the secret store)",
                 )
-            return cls(name, env[variable].encode(), secret=True)
+            value_bytes = env[variable].encode(errors="surrogateescape")
+            if len(value_bytes) > CREDENTIAL_LIMIT:
+                raise DeclarationError(
+                    source,
+                    "credentials",
+                    f"'{name}' comes from ${variable}, which holds {len(value_bytes)} bytes, more than "
+                    f"{CREDENTIAL_LIMIT // 2**20} MB",
+                    "a credential is small: put a file's path in the variable and read it in the test",
+                )
+            return cls(name, value_bytes, secret=True)
         if value.startswith("@"):
             if "\0" in value:
                 raise DeclarationError(
@@ -88,7 +98,15 @@ class Credential:
             return cls(
                 name, _credential_file(test_dir, value[1:], source), secret=secret, own_file=not secret
             )
-        return cls(name, value.encode())
+        text = value.encode(errors="surrogateescape")
+        if len(text) > CREDENTIAL_LIMIT:
+            raise DeclarationError(
+                source,
+                "credentials",
+                f"'{name}' is {len(text)} bytes, more than {CREDENTIAL_LIMIT // 2**20} MB",
+                "a credential is small: ship the rest in the image or in extra-trees",
+            )
+        return cls(name, text)
 
 
 def _credential_file(test_dir: Path, name: str, source: str) -> bytes:
@@ -100,21 +118,23 @@ def _credential_file(test_dir: Path, name: str, source: str) -> bytes:
     ) -> DeclarationError:
         return DeclarationError(source, "credentials", problem, fix)
 
-    if not Path(name).is_absolute() and not path.resolve().is_relative_to(test_dir.resolve()):
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop: RuntimeError before Python 3.13
+        raise bad(f"{path} cannot be resolved: {getattr(e, 'strerror', None) or 'a symlink loop'}") from None
+    if not Path(name).is_absolute() and not resolved.is_relative_to(test_dir.resolve()):
         raise bad(
             f"{path} is outside the test's directory",
             "give a file of the test's directory, or an absolute path",
         )
     try:
-        data = read_small_file(path, CREDENTIAL_FILE_LIMIT)
+        data = read_small_file(path, CREDENTIAL_LIMIT)
     except NotRegularFile:
         raise bad(f"{path} is not a regular file") from None
     except OSError as e:
         raise bad(f"cannot read {path}: {e.strerror}") from None
     if data is None:
-        raise bad(
-            f"{path} is larger than {CREDENTIAL_FILE_LIMIT // 2**20} MB", "a credential is a small file"
-        )
+        raise bad(f"{path} is larger than {CREDENTIAL_LIMIT // 2**20} MB", "a credential is a small file")
     return data
 
 

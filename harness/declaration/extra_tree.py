@@ -51,7 +51,15 @@ class ExtraTree:
                 "write the target as '/usr/lib/something' (no '..', no '//')",
             )
         path = test_dir / source
-        if not path.is_dir():
+        try:
+            is_dir = path.is_dir()
+        except (OSError, ValueError) as e:  # a name too long, a NUL byte
+            raise bad(
+                "extra-trees",
+                f"'{str(path)[:120]}' cannot be looked at: {getattr(e, 'strerror', None) or e}",
+                "name a directory of the test's (or an absolute one)",
+            ) from None
+        if not is_dir:
             raise bad("extra-trees", f"{path} is not a directory", "create it, or fix the name")
         return cls(path, target.rstrip("/") or "/")
 
