@@ -38,7 +38,7 @@ from harness.backends.qemu.command import RunFiles
 from harness.backends.qemu.machine import QemuMachine, sweep_orphans
 from harness.boot.machine import Ending, EndingKind
 from harness.boot.plan import console_limit
-from harness.boot.watch import watch
+from harness.boot.watch import power_off_after, watch
 from harness.declaration.keys import Firmware
 from harness.errors import HarnessError, LogDirBusy
 from harness.image.parts import Image, ImageParts
@@ -126,6 +126,59 @@ def test_a_flooding_console_is_the_tests_failure(tmp_path):
     assert (
         outcome.reason == "the guest wrote more than 64 MB to its console; ..., before the test unit started"
     )
+
+
+# --- a boot that falls into rescue or emergency mode -------------------------------------
+
+RESCUE_CONSOLE = (
+    "Failed to isolate default target: Unit TEST-98-NONE.service not found.\n"
+    "You are in rescue mode. After logging in, type journalctl -xb to view\n"
+    "Enter root password for system maintenance\n"
+)
+
+
+@pytest.mark.parametrize(
+    "console, mode",
+    [
+        (RESCUE_CONSOLE, "rescue mode"),
+        ("You are in emergency mode. After logging in\n", "emergency mode"),
+        (
+            "Cannot open access to console, the root account is locked.\n",
+            "rescue or emergency mode ('Cannot open access to console, the root account is locked.')",
+        ),
+    ],
+)
+def test_a_boot_at_a_maintenance_prompt_fails_at_once_naming_it(tmp_path, console, mode):
+    files = RunFiles(tmp_path / "tmp", tmp_path / "logs", tmp_path / "tmp" / "disk")
+    files.tmp.mkdir()
+    files.logs.mkdir()
+    # The guest prints its prompt, in two pieces, then waits for a password that never comes.
+    half = len(console) // 2
+    script = (
+        f"printf '%s' \"$1\" > {files.console}; sleep 0.2; printf '%s' \"$2\" >> {files.console}; sleep 60"
+    )
+    stuck = subprocess.Popen(["sh", "-c", script, "sh", console[:half], console[half:]])
+    machine = QemuMachine(OwnedProcess(stuck), files, files.tmp / "stderr", GuestReport())
+    try:
+        ending = watch(machine, 60, 2 * MB)
+        power_off_after(machine, ending)
+    finally:
+        stuck.kill()
+        stuck.wait()
+    assert ending == Ending(EndingKind.MAINTENANCE, detail=mode)
+    outcome = classify("TEST-98-NONE", 123, 60, ending, GuestReport())
+    assert outcome.status == Status.FAIL
+    assert outcome.reason == f"boot failed: the guest fell into {mode} before the test unit started"
+
+
+def test_a_maintenance_prompt_is_left_to_a_person_at_the_console(tmp_path):
+    files = RunFiles(tmp_path / "tmp", tmp_path / "logs", tmp_path / "tmp" / "disk")
+    files.tmp.mkdir()
+    files.logs.mkdir()
+    files.console.write_text(RESCUE_CONSOLE)
+    done = subprocess.Popen(["sh", "-c", "sleep 0.5"])  # the person leaves the shell: the VM ends
+    machine = QemuMachine(OwnedProcess(done), files, files.tmp / "stderr", GuestReport())
+    assert watch(machine, None, 2 * MB).kind == EndingKind.EXITED  # interactive: no timeout
 
 
 def test_the_console_limit_is_a_number_of_megabytes():

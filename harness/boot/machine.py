@@ -29,6 +29,7 @@ class EndingKind(enum.StrEnum):
     EXITED = "exited"  # the machine stopped by itself, or the guest said all it will say
     TIMEOUT = "timeout"
     PANIC = "panic"
+    MAINTENANCE = "maintenance"  # the boot fell into rescue or emergency mode: the test never starts
     CONSOLE_FLOOD = "console flood"  # stopped: the guest wrote more than the console limit
     INFRASTRUCTURE = "infrastructure"  # what runs the machine failed (a lab's job, not the test)
 

@@ -5,7 +5,8 @@ it stops by itself (QEMU exits, a lab finishes the job); its console passes the 
 (it is stopped and console.log cut there: a guest stuck printing must not fill the disk);
 the guest says its last word (a throw-away VM is ended there, without waiting for its
 shutdown); the test unit ends and the machine's grace for winding up passes; the kernel
-panics; the deadline passes. A backend supplies only how to look at its machine
+panics; the boot falls into rescue or emergency mode before the test started (its shell
+or sulogin's prompt on the console); the deadline passes. A backend supplies only how to look at its machine
 (`Machine.look`), how to stop it, and its `WatchRules`; the flow calls `watch`.
 
 Its limits are `Deadline`s (harness/deadline.py).
@@ -22,22 +23,38 @@ from harness.boot.machine import Ending, EndingKind, Machine
 from harness.deadline import Deadline
 
 PANIC_MARKERS = (b"Kernel panic - not syncing", b"---[ end Kernel panic")
+# What a boot stuck before its test prints: systemd's rescue and emergency shells, and
+# sulogin's prompt (util-linux, older and newer wording; a locked root account). The test
+# unit will never start: waiting for the timeout would only cost its whole length.
+MAINTENANCE_MARKERS = (
+    b"You are in rescue mode",
+    b"You are in emergency mode",
+    b"Enter root password for system maintenance",
+    b"Give root password for maintenance",
+    b"Cannot open access to console, the root account is locked",
+)
 
 
-def panic_line(console: bytes) -> str | None:
-    """The kernel's panic line, if the console text shows one."""
-    for marker in PANIC_MARKERS:
+def marked_line(console: bytes, markers: tuple[bytes, ...]) -> str | None:
+    """The console's first line from one of `markers` on, if the text shows one."""
+    for marker in markers:
         at = console.find(marker)
         if at >= 0:
             return console[at:].split(b"\n")[0].decode(errors="replace").strip()
     return None
 
 
-@attrs.define
-class PanicScan:
-    """Finds a panic line in a console read in pieces; a marker cut between two pieces
-    is found too (the end of the last piece is kept)."""
+def panic_line(console: bytes) -> str | None:
+    """The kernel's panic line, if the console text shows one."""
+    return marked_line(console, PANIC_MARKERS)
 
+
+@attrs.define
+class ConsoleScan:
+    """Finds a line of `markers` in a console read in pieces; a marker cut between two
+    pieces is found too (the end of the last piece is kept)."""
+
+    markers: tuple[bytes, ...]
     tail: bytes = b""
     found: str | None = None
 
@@ -45,8 +62,16 @@ class PanicScan:
         if self.found is None and new:
             text = self.tail + new
             self.tail = text[-256:]
-            self.found = panic_line(text)
+            self.found = marked_line(text, self.markers)
         return self.found
+
+
+def maintenance_mode(line: str) -> str:
+    """What a maintenance line says the boot fell into."""
+    for mode in ("rescue mode", "emergency mode"):
+        if mode in line:
+            return mode
+    return f"rescue or emergency mode ({line!r})"
 
 
 def cut_log(path: Path, limit: int) -> None:
@@ -61,7 +86,9 @@ def watch(machine: Machine, timeout: float | None, console_limit: int) -> Ending
     """Follow `machine` until it ends (see the module's docstring); `timeout` s counted
     from the first look at which the test's time runs (None: no limit)."""
     rules = machine.watch_rules
-    scan = PanicScan()
+    scan = ConsoleScan(PANIC_MARKERS)
+    # A person at the console (no timeout: meson test -i) may want the rescue shell.
+    stuck = ConsoleScan(MAINTENANCE_MARKERS if timeout is not None else ())
     deadline: Deadline | None = None
     winding_up: Deadline | None = None  # from the test unit's end
     while True:
@@ -71,6 +98,7 @@ def watch(machine: Machine, timeout: float | None, console_limit: int) -> Ending
         if look.written > console_limit:
             return stop_flood(machine, console_limit)
         panic = scan.feed(look.console)
+        maintenance = stuck.feed(look.console)
         if rules.end_at_last_word and look.report.last_word_came:
             return Ending(
                 EndingKind.EXITED, detail=f"the guest reported everything; {machine.display_name} was ended"
@@ -84,6 +112,8 @@ def watch(machine: Machine, timeout: float | None, console_limit: int) -> Ending
                 return Ending(EndingKind.EXITED, 0)
         elif panic:
             return Ending(EndingKind.PANIC, detail=panic)
+        elif maintenance and not look.report.test_started:
+            return Ending(EndingKind.MAINTENANCE, detail=maintenance_mode(maintenance))
         elif deadline is not None and deadline.passed():
             return Ending(EndingKind.TIMEOUT)
         time.sleep(rules.poll)

@@ -59,6 +59,8 @@ def classify(
         return Outcome(Status.FAIL, f"timed out after {timeout:.0f} s {started}")
     if ending.kind == EndingKind.PANIC:
         return Outcome(Status.FAIL, f"kernel panic {started}: {ending.detail}")
+    if ending.kind == EndingKind.MAINTENANCE:
+        return Outcome(Status.FAIL, f"boot failed: the guest fell into {ending.detail} {started}")
     if ending.kind == EndingKind.CONSOLE_FLOOD:
         return Outcome(Status.FAIL, f"{ending.detail} {started}")
     if ending.kind == EndingKind.INFRASTRUCTURE:
