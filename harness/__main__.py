@@ -148,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if build_dir is not None:
         try:
             summary, report = update_run_report(
-                build_dir, tests_dir, ctx.run, f"integration-tests on {backend.name}"
+                build_dir, tests_dir, ctx.run, f"integration-tests on {backend.name}", settings.compare_with
             )
             log.info(f"report: {report}\nsummary: {summary}")
         except OSError as e:  # the verdict stands without a report
@@ -313,6 +313,15 @@ def cmd_accel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Prints the comparison; exit status 1 when the later run has new failures."""
+    from harness.report.compare import compare, comparison_lines, load_results
+
+    result = compare(load_results(args.old), load_results(args.new))
+    print("\n".join(comparison_lines(result)))
+    return 1 if result.new_failures else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="os-harness", allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -363,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         "-C", dest="build_dir", default="build", help="meson's build directory (default: build)"
     )
     lava_job.set_defaults(func=cmd_lava_job)
+    compare = sub.add_parser("compare", help="what changed from one run to another", allow_abbrev=False)
+    compare.add_argument("old", type=Path, help="the earlier run: a build directory, or a JSON summary")
+    compare.add_argument("new", type=Path, help="the later run, alike")
+    compare.set_defaults(func=cmd_compare)
 
     args, leftover = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     args.declaration_options = leftover

@@ -11,13 +11,27 @@ behind its back, and a bad value is the same error whichever variable holds it.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from harness.errors import HarnessError
+from harness.switches import (
+    DIRECTORY,
+    FILE,
+    FLAG,
+    PROGRAM,
+    REGEX,
+    TOKEN,
+    URL,
+    Accepts,
+    Switch,
+    number,
+    one_of,
+    text_of,
+)
 
 
 class SaveJournal(enum.StrEnum):
@@ -26,81 +40,6 @@ class SaveJournal(enum.StrEnum):
     FAIL = "fail"  # failed tests' (and errors')
     ALWAYS = "1"
     NEVER = "0"
-
-
-@attrs.frozen
-class Accepts:
-    """What a switch takes: `what` completes "'x' is not ...", `hint` says what to set
-    (the reference table's column), `parse` raises ValueError for anything else. `empty` is the value
-    of a switch unset that has no default."""
-
-    what: str
-    hint: str
-    parse: Callable[[str], Any]
-    empty: Any = None
-
-
-def _number(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        if not (text.isascii() and text.isdigit()) or int(text) < minimum:
-            raise ValueError(text)
-        return int(text)
-
-    return parse
-
-
-def _one_of(values: Mapping[str, Any], also: Mapping[str, Any] | None = None) -> Accepts:
-    """One of the keys of `values` (or, quietly, of `also`: spellings taken before), for its value."""
-    accepted = {**values, **(also or {})}
-
-    def parse(text: str) -> Any:
-        if text not in accepted:
-            raise ValueError(text)
-        return accepted[text]
-
-    return Accepts(_either(list(values)), _either([f"`{v}`" for v in values]), parse)
-
-
-def _either(values: Sequence[str]) -> str:
-    return f"{', '.join(values[:-1])} or {values[-1]}"
-
-
-def _text(what: str) -> Accepts:
-    return Accepts(what, what, str, "")
-
-
-FLAG = _one_of({"0": False, "1": True})
-REGEX = _text("a regular expression (bash's `=~`)")
-URL = _text("a URL")
-FILE = Accepts("a file", "a file", Path)
-DIRECTORY = Accepts("a directory", "a directory", Path)
-TOKEN = _text("the token")
-PROGRAM = _text("a program, by path or by name on `PATH`")
-
-
-@attrs.frozen
-class Switch:
-    """One HARNESS_* variable: it sets the Settings field of its name (HARNESS_COLD_BOOT:
-    `cold_boot`). `default` is spelled as the variable would be ("" for none);
-    `shown_default` is the reference table's column where that says too little. `aliases` are
-    systemd's names for the same, read where ours is unset; with `option`, the variable
-    says otherwise than the command-line option of the same name (an `Options` field)."""
-
-    name: str
-    accepts: Accepts
-    meaning: str
-    default: str = ""
-    shown_default: str = ""
-    aliases: tuple[str, ...] = ()
-    option: bool = False
-
-    @property
-    def field(self) -> str:
-        return self.name.removeprefix("HARNESS_").lower()
-
-    def read(self, env: Mapping[str, str]) -> tuple[str, str]:
-        """The variable that is set (ours first, then systemd's names) and its value."""
-        return next(((n, env[n]) for n in (self.name, *self.aliases) if env.get(n)), (self.name, ""))
 
 
 SWITCHES = (
@@ -157,7 +96,7 @@ SWITCHES = (
     ),
     Switch(
         "HARNESS_SAVE_JOURNAL",
-        _one_of(
+        one_of(
             {"fail": SaveJournal.FAIL, "1": SaveJournal.ALWAYS, "0": SaveJournal.NEVER},
             {
                 "always": SaveJournal.ALWAYS,
@@ -171,7 +110,7 @@ SWITCHES = (
     ),
     Switch(
         "HARNESS_ACCEL",
-        _one_of({"kvm": "kvm", "tcg": "tcg"}),
+        one_of({"kvm": "kvm", "tcg": "tcg"}),
         "override the acceleration check",
         shown_default="KVM where it works, else TCG",
     ),
@@ -183,7 +122,7 @@ SWITCHES = (
     ),
     Switch(
         "HARNESS_BACKEND",
-        _one_of({"qemu": "qemu", "autokit": "autokit", "lava": "lava", "nspawn": "nspawn"}),
+        one_of({"qemu": "qemu", "autokit": "autokit", "lava": "lava", "nspawn": "nspawn"}),
         "what runs the tests: `qemu`, `autokit`, `lava` or `nspawn`",
         "qemu",
         "`-Dtest-backend` (`qemu`)",
@@ -207,7 +146,7 @@ SWITCHES = (
     ),
     Switch(
         "HARNESS_AUTOKIT_TOKEN_FILE",
-        _text("a file"),
+        text_of("a file"),
         "the file holding the worker's bearer token (see Tokens)",
     ),
     Switch(
@@ -224,13 +163,13 @@ SWITCHES = (
     ),
     Switch(
         "HARNESS_LAVA_TOKEN_FILE",
-        _text("a file"),
+        text_of("a file"),
         "the file holding the LAVA server's API token (see Tokens)",
     ),
     Switch("HARNESS_LAVA_TOKEN", TOKEN, "the LAVA server's API token itself (the file is safer)"),
     Switch(
         "HARNESS_LAVA_DEVICE_TYPE",
-        _text("a device type"),
+        text_of("a device type"),
         "the device type LAVA jobs ask for",
         "qemu",
         "`-Dlava-device-type` (`qemu`)",
@@ -238,7 +177,7 @@ SWITCHES = (
     ),
     Switch(
         "HARNESS_LAVA_IMAGE_DIR",
-        _text("a directory"),
+        text_of("a directory"),
         "for a lab whose dispatchers run elsewhere: the web server's directory the test images go into",
         shown_default="`-Dlava-image-dir`",
         option=True,
@@ -252,14 +191,14 @@ SWITCHES = (
     ),
     Switch(
         "HARNESS_LAVA_QUEUE_TIMEOUT",
-        Accepts("a number of seconds", "a whole number of seconds", _number(0)),
+        Accepts("a number of seconds", "a whole number of seconds", number(0)),
         "how long a LAVA job may wait for a device before the test is an ERROR",
         "600",
     ),
     Switch("HARNESS_COLD_BOOT", FLAG, "`1`: every test boots cold (no fast path)", "0"),
     Switch(
         "HARNESS_VCPUS",
-        Accepts("a number of vCPUs", "a whole number above 0", _number(1)),
+        Accepts("a number of vCPUs", "a whole number above 0", number(1)),
         "vCPUs of a cold-booted VM",
         shown_default="2 while the host has two cores for every QEMU running, else 1",
     ),
@@ -277,6 +216,12 @@ SWITCHES = (
         "that signed the image enrolled",
         shown_default="Debian's, with its test key",
     ),
+    Switch(
+        "HARNESS_COMPARE_WITH",
+        DIRECTORY,
+        "an earlier run (its build directory or JSON summary): the HTML report says what changed "
+        "since (`os-harness compare OLD NEW` prints it)",
+    ),
     Switch("HARNESS_QEMU", PROGRAM, "the QEMU binary to run", shown_default="`qemu-system-ARCH` on `PATH`"),
     Switch(
         "HARNESS_NSPAWN",
@@ -286,13 +231,13 @@ SWITCHES = (
     ),
     Switch(
         "HARNESS_CONSOLE_LIMIT_MB",
-        Accepts("a number of megabytes", "a whole number of megabytes above 0", _number(1)),
+        Accepts("a number of megabytes", "a whole number of megabytes above 0", number(1)),
         "how much console output a test may write before its machine is stopped and the test FAILs",
         "64",
     ),
     Switch(
         "HARNESS_RETRY_QEMU_CRASH",
-        Accepts("a number of retries", "a whole number (`0`: never)", _number(0)),
+        Accepts("a number of retries", "a whole number (`0`: never)", number(0)),
         "how often a machine that crashes before the guest says anything (QEMU killed by a signal or "
         "exiting with an error) is booted again; the verdict line, result.json (`retried`) and the "
         "report say so, and the crashed boot's console is kept as `console.crash-1.log`",
@@ -353,6 +298,7 @@ class Settings:
     vcpus: int | None  # None: by the host's cores
     snapshot_dir: Path | None  # None: beside the log directory
     secure_boot_vars: Path | None  # None: Debian's
+    compare_with: Path | None  # an earlier run, for the report
     qemu: str  # "": qemu-system-ARCH
     nspawn: str  # "": the tools tree's, else systemd-nspawn on PATH
     console_limit_mb: int

@@ -27,7 +27,7 @@ from harness.verdict.gates import gate
 from harness.verdict.journal import keep_journal, unit_excerpt
 from harness.verdict.log_dir import CONSOLE_FILE, JOURNAL_EXPORT, check_log_space, clear_logs
 from harness.verdict.notify import GuestReport, Notify
-from harness.verdict.record import NOTHING_FOUND, TIMELINE_FILE, Found, TestRecord
+from harness.verdict.record import NOTHING_FOUND, TIMELINE_FILE, Found, TestRecord, run_inputs
 from harness.verdict.results import Outcome, Status, classify
 from harness.verdict.secrets import Secrets
 from harness.verdict.subtests import Subtest, subtests_from
@@ -56,6 +56,7 @@ class RunContext:
         self.run = run
         self.interactive_rerun = interactive_rerun
         self.started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        self.inputs = ""  # what the run is made of (record.run_inputs), once the image is open
         self._t0 = time.monotonic()
 
     def record(
@@ -85,6 +86,7 @@ class RunContext:
             retried=found.retried,
             os=found.os,
             job_url=found.job_url,
+            inputs=self.inputs,
         )
 
     def rerun_commands(
@@ -128,6 +130,7 @@ def run_test(
     if skipped:
         return ctx.record(decl, backend.name, "", skipped)
     image = Image.open(image_parts)
+    ctx.inputs = run_inputs((image.path, image.kernel, image.initrd, image.uki), repr(decl), decl.test_dir)
     check_systemd(image)
     for blocker in boot_blockers(image):
         raise blocker

@@ -22,8 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from harness.errors import HarnessError
+from harness.report.compare import compare, comparison_lines, load_results, results_of
 from harness.report.timeline_chart import timeline_svg
-from harness.verdict.record import RESULT_FILE, TIMELINE_FILE, TestRecord
+from harness.verdict.record import RESULT_FILE, SUMMARY_STATUS, TIMELINE_FILE, TestRecord
 from harness.verdict.timeline import parse_systemctl_show
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,6 @@ log = logging.getLogger(__name__)
 SUMMARY_FILE = "integration-tests-summary.json"
 REPORT_FILE = "integration-tests-report.html"
 CONSOLE_TAIL = 256 * 1024  # bytes of each console log the report embeds
-SUMMARY_STATUS = {"pass": "passed", "fail": "failed", "skip": "skipped", "error": "error"}
 
 
 def current_run() -> str:
@@ -90,8 +91,11 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
-def update_run_report(build_dir: Path, tests_dir: Path, run: str, suite: str) -> tuple[Path, Path]:
-    """Redraw the summary and the report of `run` from the records written so far."""
+def update_run_report(
+    build_dir: Path, tests_dir: Path, run: str, suite: str, compare_with: Path | None = None
+) -> tuple[Path, Path]:
+    """Redraw the summary and the report of `run` from the records written so far; the
+    report compares them with the run `compare_with` left, if given (HARNESS_COMPARE_WITH)."""
     logs = build_dir / "meson-logs"
     logs.mkdir(parents=True, exist_ok=True)
     with _locked(logs / ".integration-tests.lock"):
@@ -99,9 +103,8 @@ def update_run_report(build_dir: Path, tests_dir: Path, run: str, suite: str) ->
         now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         data = summary(records, suite, now)
         paths = (logs / SUMMARY_FILE, logs / REPORT_FILE)
-        for path, text in zip(
-            paths, (json.dumps(data, indent=1) + "\n", render_html(records, data)), strict=True
-        ):
+        page = render_html(records, data, compared(records, compare_with) if compare_with else [])
+        for path, text in zip(paths, (json.dumps(data, indent=1) + "\n", page), strict=True):
             partial = path.with_suffix(".partial")
             partial.write_text(text)
             partial.replace(path)
@@ -209,8 +212,17 @@ def _read(path: Path) -> str:
         return ""
 
 
-def render_html(records: list[TestRecord], data: dict[str, Any]) -> str:
-    """One self-contained page: no scripts, no network, images inline."""
+def compared(records: list[TestRecord], earlier: Path) -> list[str]:
+    """The comparison's lines for the report: the run so far against the `earlier` one."""
+    try:
+        return comparison_lines(compare(load_results(earlier), results_of(records, "this run")))
+    except HarnessError as e:  # the report stands without it
+        return [f"not compared with {earlier}: {e.what}"]
+
+
+def render_html(records: list[TestRecord], data: dict[str, Any], comparison: list[str] | None = None) -> str:
+    """One self-contained page: no scripts, no network, images inline; `comparison`: the
+    lines comparing the run with an earlier one."""
     e = html.escape
     stats = data["stats"]
     by_status = {s: sum(1 for r in records if r.status == s) for s in ("pass", "fail", "skip", "error")}
@@ -231,6 +243,7 @@ def render_html(records: list[TestRecord], data: dict[str, Any]) -> str:
 Cases (as in the JUnit file): <span id="cases-total">{stats["tests"]}</span>, <span id="cases-passed">{stats["passed"]}</span> passed,
 <span id="cases-failed">{stats["failed"]}</span> failed, <span id="cases-skipped">{stats["skipped"]}</span> skipped,
 <span id="cases-errors">{stats["errors"]}</span> errors. Updated {e(data["dateTime"])}.</p>
+{f'<pre class="comparison">{e(chr(10).join(comparison))}</pre>' if comparison else ""}
 <table class="tests"><tr><th></th><th>test</th><th>took</th><th>firmware</th><th>boot</th><th>backend</th><th>cases</th><th>reason</th></tr>{rows}</table>
 {"".join(_test_section(r) for r in records)}
 </body></html>

@@ -9,7 +9,11 @@ found besides its verdict reaches the record as one typed value, `Found`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 import attrs
@@ -18,6 +22,8 @@ from harness.verdict.results import EXIT_CODES, Status
 from harness.verdict.subtests import Subtest
 
 RESULT_FILE = "result.json"
+# A case's status as the suite's JSON summary (and a comparison of runs) spells it.
+SUMMARY_STATUS = {"pass": "passed", "fail": "failed", "skip": "skipped", "error": "error"}
 TIMELINE_FILE = "boot-timeline.txt"  # `systemctl show` of the boot's units, for the report's chart
 
 
@@ -68,6 +74,9 @@ class TestRecord:
     retried: int = 0  # boots that crashed (the machine, not the guest) before this verdict
     os: str = ""  # the image's operating system (os-release PRETTY_NAME); empty when it did not boot
     job_url: str = ""  # the lab's page of this run (a LAVA job); empty when it ran elsewhere
+    # A digest of what the run was made of (the image's files, the declaration, the test's
+    # directory): two runs of the same inputs with different verdicts show a flake.
+    inputs: str = ""
 
     @property
     def exit_code(self) -> int:
@@ -115,3 +124,33 @@ class TestRecord:
             partial.unlink(missing_ok=True)  # half a file would be read as a record
             raise
         return path
+
+
+INPUTS_FILE_LIMIT = 16 * 2**20  # bytes of a test's file that count; past it, its size and time
+
+
+def run_inputs(files: Iterable[Path | None], declared: str, test_dir: Path) -> str:
+    """The `inputs` digest of a run: the identity of the image's `files` (a rebuild makes
+    new ones), the declaration as read (`declared`), and the content of the test's
+    directory (its payload, its data, its host test)."""
+    h = hashlib.sha256(declared.encode())
+    for path in files:
+        if path is not None:
+            with_stat = path.stat()
+            h.update(f"{path}:{with_stat.st_size}:{with_stat.st_mtime_ns}:{with_stat.st_ino}\0".encode())
+    for directory, dirs, names in os.walk(test_dir):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(names):
+            path = Path(directory) / name
+            try:
+                st = path.stat()
+                if not stat.S_ISREG(st.st_mode):
+                    continue  # a FIFO, a device: not part of what the test is
+                content = (
+                    path.read_bytes() if st.st_size <= INPUTS_FILE_LIMIT else f"{st.st_size}:{st.st_mtime_ns}"
+                )
+            except OSError:
+                continue  # a dangling link, a file gone meanwhile
+            h.update(str(path.relative_to(test_dir)).encode() + b"\0")
+            h.update(content if isinstance(content, bytes) else content.encode())
+    return h.hexdigest()[:16]
