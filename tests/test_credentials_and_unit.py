@@ -10,10 +10,13 @@ from harness.backends.qemu.credentials import (
     smbios_args,
     smbios_credential,
 )
+from harness.boot.machine import Ending, EndingKind
 from harness.declaration.credential import CREDENTIAL_LIMIT, Credential
 from harness.declaration.extra_tree import ExtraTree
 from harness.errors import DeclarationError
 from harness.guest.units import guest_credentials, render_test_unit
+from harness.verdict.notify import GuestReport
+from harness.verdict.results import Status, classify
 from tests.helpers import declaration
 
 
@@ -174,3 +177,38 @@ def test_an_extra_tree_of_an_impossible_name_is_an_error_naming_the_key(tmp_path
 
     with pytest.raises(DeclarationError, match="cannot be looked at: File name too long"):
         ExtraTree.parse("9" * 4300, tmp_path, bad)
+
+
+def test_the_emergency_guard_says_which_mode_and_how_the_test_unit_stood():
+    d = declaration()
+    creds = {
+        c.name: c.value.decode() for c in guest_credentials(d, render_test_unit(d, False), interactive=False)
+    }
+    guard = creds["systemd.extra-unit.harness-emergency-exit@.service"]
+    assert "ExecStart=false" in guard and "FailureAction=exit" in guard
+    # %% and $$ reach printf and the shell as % and $; %i is systemd's: the mode.
+    assert "X_HARNESS_EMERGENCY=%%s" in guard and '"%i"' in guard
+    assert "$$(systemctl show -p LoadState --value TEST-99-UNIT.service 2>/dev/null)" in guard
+    assert (
+        creds["systemd.unit-dropin.rescue.target~harness"]
+        == "[Unit]\nWants=harness-emergency-exit@rescue.service\n"
+    )
+    assert "harness-emergency-exit@emergency.service" in creds["systemd.unit-dropin.emergency.target~harness"]
+
+
+@pytest.mark.parametrize(
+    "said, reason",
+    [
+        (
+            "X_HARNESS_EMERGENCY=rescue\nX_HARNESS_TEST_UNIT_STATE=not-found\n",
+            "rescue mode: its test unit was not-found",
+        ),
+        ("X_HARNESS_EMERGENCY=emergency\nX_HARNESS_TEST_UNIT_STATE=loaded\n", "emergency mode"),
+        ("X_HARNESS_EMERGENCY=1\n", "emergency mode"),  # an image's older harness
+    ],
+)
+def test_a_boot_in_maintenance_mode_is_a_fail_naming_it(said, reason):
+    report = GuestReport()
+    report.add(said.encode())
+    outcome = classify("TEST-98-NONE", 123, 60, Ending(EndingKind.EXITED, 0), report)
+    assert outcome.status == Status.FAIL and outcome.reason == f"boot failed: the guest fell into {reason}"

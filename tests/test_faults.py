@@ -148,7 +148,8 @@ RESCUE_CONSOLE = (
         ),
     ],
 )
-def test_a_boot_at_a_maintenance_prompt_fails_at_once_naming_it(tmp_path, console, mode):
+def test_a_boot_at_a_maintenance_prompt_fails_at_once_naming_it(tmp_path, monkeypatch, console, mode):
+    monkeypatch.setattr("harness.boot.watch.MAINTENANCE_GRACE", 0.3)  # no guard unit here to wait for
     files = RunFiles(tmp_path / "tmp", tmp_path / "logs", tmp_path / "tmp" / "disk")
     files.tmp.mkdir()
     files.logs.mkdir()

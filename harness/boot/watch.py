@@ -35,6 +35,11 @@ MAINTENANCE_MARKERS = (
 )
 
 
+# Seconds a boot at a maintenance prompt is given for the harness's guard unit to report
+# it (which mode, and how the test unit stood) before the console's word is taken.
+MAINTENANCE_GRACE = 5.0
+
+
 def marked_line(console: bytes, markers: tuple[bytes, ...]) -> str | None:
     """The console's first line from one of `markers` on, if the text shows one."""
     for marker in markers:
@@ -91,6 +96,7 @@ def watch(machine: Machine, timeout: float | None, console_limit: int) -> Ending
     stuck = ConsoleScan(MAINTENANCE_MARKERS if timeout is not None else ())
     deadline: Deadline | None = None
     winding_up: Deadline | None = None  # from the test unit's end
+    at_prompt: Deadline | None = None  # from a maintenance prompt: the guest's guard may say more
     while True:
         look = machine.look()
         if look.stopped is not None:
@@ -113,7 +119,9 @@ def watch(machine: Machine, timeout: float | None, console_limit: int) -> Ending
         elif panic:
             return Ending(EndingKind.PANIC, detail=panic)
         elif maintenance and not look.report.test_started:
-            return Ending(EndingKind.MAINTENANCE, detail=maintenance_mode(maintenance))
+            at_prompt = at_prompt or Deadline.after(MAINTENANCE_GRACE)
+            if at_prompt.passed():
+                return Ending(EndingKind.MAINTENANCE, detail=maintenance_mode(maintenance))
         elif deadline is not None and deadline.passed():
             return Ending(EndingKind.TIMEOUT)
         time.sleep(rules.poll)

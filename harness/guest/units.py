@@ -44,7 +44,7 @@ CONTROL_SCRIPT = Path(__file__).parent / "control.sh"
 # serial console, which it then shares with the kernel and systemd.
 VIRTIO_CONTROL = f"/dev/virtio-ports/{CONTROL_PORT}"
 CONSOLE_CONTROL = "/dev/console"
-EMERGENCY_UNIT = "harness-emergency-exit.service"
+EMERGENCY_UNIT = "harness-emergency-exit@.service"  # instances: emergency, rescue
 DEBUG_SHELL_UNIT = "harness-debug-shell.service"
 TESTCASES_CREDENTIAL = RESERVED_CREDENTIAL
 TESTCASES_LIBRARY = Path(__file__).parent / "testcases.sh"
@@ -130,12 +130,19 @@ def render_test_unit(
     return "\n".join(lines) + "\n"
 
 
-def _emergency_exit(ch: ReportChannel) -> str:
-    """Ends the VM as soon as the boot falls into emergency or rescue mode, instead of
-    leaving it to sit at a root prompt until the timeout."""
+def _emergency_exit(ch: ReportChannel, test_unit: str) -> str:
+    """Ends the VM as soon as the boot falls into emergency or rescue mode (the instance:
+    %i), instead of leaving it to sit at a root prompt until the timeout; says which, and
+    the test unit's load state (not-found: the boot fell back to rescue for want of it)."""
+    # %% and $$: systemd's escapes of printf's % and the shell's $.
+    state = f"$$(systemctl show -p LoadState --value {test_unit} 2>/dev/null)" if test_unit else ""
+    report = (
+        f'test -c {ch.device} && printf "{ch.prefix}{Notify.EMERGENCY}=%%s\\n'
+        f'{ch.prefix}{Notify.TEST_UNIT_STATE}=%%s\\n" "%i" "{state}" >{ch.device}'
+    )
     return f"""\
 [Unit]
-Description=End the test VM: the boot failed
+Description=End the test VM: the boot fell into %i mode
 DefaultDependencies=no
 Conflicts=shutdown.target
 Before=shutdown.target
@@ -143,15 +150,13 @@ FailureAction=exit
 
 [Service]
 Type=oneshot
-ExecStartPre=-/bin/sh -c '{ch.write([f"{Notify.EMERGENCY}=1"])} || :'
+ExecStartPre=-/bin/sh -c '{report} || :'
 ExecStart=false
 """
 
 
-_EMERGENCY_DROPIN = f"""\
-[Unit]
-Wants={EMERGENCY_UNIT}
-"""
+def _emergency_dropin(mode: str) -> str:
+    return f"[Unit]\nWants={EMERGENCY_UNIT.replace('@', f'@{mode}')}\n"
 
 
 # Interactive runs only: the test failed, and the person at the console gets a root
@@ -259,18 +264,19 @@ def guest_credentials(
     if interactive:
         creds.append(Credential(f"systemd.extra-unit.{DEBUG_SHELL_UNIT}", _DEBUG_SHELL.encode()))
     else:
-        creds += emergency_guard(channel)
+        creds += emergency_guard(channel, decl.unit_name)
     if shell:
         creds += shell_credentials(decl)
     return creds
 
 
-def emergency_guard(channel: ReportChannel) -> list[Credential]:
-    """A unit that ends the VM as soon as the boot falls into emergency or rescue mode."""
+def emergency_guard(channel: ReportChannel, test_unit: str = "") -> list[Credential]:
+    """A unit that ends the VM as soon as the boot falls into emergency or rescue mode,
+    saying which and how `test_unit` (if any) stands."""
     return [
-        Credential(f"systemd.extra-unit.{EMERGENCY_UNIT}", _emergency_exit(channel).encode()),
-        Credential("systemd.unit-dropin.emergency.target~harness", _EMERGENCY_DROPIN.encode()),
-        Credential("systemd.unit-dropin.rescue.target~harness", _EMERGENCY_DROPIN.encode()),
+        Credential(f"systemd.extra-unit.{EMERGENCY_UNIT}", _emergency_exit(channel, test_unit).encode()),
+        Credential("systemd.unit-dropin.emergency.target~harness", _emergency_dropin("emergency").encode()),
+        Credential("systemd.unit-dropin.rescue.target~harness", _emergency_dropin("rescue").encode()),
     ]
 
 

@@ -30,7 +30,8 @@ class Notify(enum.StrEnum):
     SERVICE_RESULT = "X_HARNESS_SERVICE_RESULT"  # the test unit ended: systemd's $SERVICE_RESULT
     EXIT_CODE = "X_HARNESS_EXIT_CODE"  # ... its $EXIT_CODE (exited, killed, dumped)
     UNIT_EXIT_STATUS = "X_HARNESS_EXIT_STATUS"  # ... its $EXIT_STATUS
-    EMERGENCY = "X_HARNESS_EMERGENCY"  # the boot fell into emergency or rescue mode
+    EMERGENCY = "X_HARNESS_EMERGENCY"  # the boot fell into emergency or rescue mode: which
+    TEST_UNIT_STATE = "X_HARNESS_TEST_UNIT_STATE"  # ... and the test unit's LoadState then
     TIMELINE = "X_HARNESS_TIMELINE"  # the boot's timeline, gzipped and base64-encoded
     TEST = "X_HARNESS_TEST"  # "pass|fail|skip 0 NAME": the guest's view of its verdict, for labs
     TESTCASE_START = "X_HARNESS_TESTCASE_START"  # NAME: a subtest begins
@@ -117,7 +118,13 @@ class GuestReport:
 
     @property
     def entered_emergency(self) -> bool:
-        return self.last(Notify.EMERGENCY) == "1"
+        return self.last(Notify.EMERGENCY) not in (None, "0")
+
+    @property
+    def maintenance_mode(self) -> str:
+        """What the boot fell into, as the guest said ("1": an older harness's emergency)."""
+        mode = self.last(Notify.EMERGENCY)
+        return "rescue mode" if mode == "rescue" else "emergency mode"
 
     @property
     def test_ended(self) -> bool:

@@ -8,7 +8,7 @@ import attrs
 
 from harness.boot.machine import Ending, EndingKind
 from harness.declaration.declaration import SKIP_EXIT
-from harness.verdict.notify import GuestReport
+from harness.verdict.notify import GuestReport, Notify
 
 
 class Status(enum.StrEnum):
@@ -77,7 +77,9 @@ def classify(
                 Status.ERROR, f"the VM {how} {started}" + (f": {machine_detail}" if machine_detail else "")
             )
         if report.entered_emergency:
-            return Outcome(Status.FAIL, "boot failed: the guest fell into emergency mode")
+            state = report.last(Notify.TEST_UNIT_STATE)
+            why = f": its test unit was {state}" if state and state != "loaded" else ""
+            return Outcome(Status.FAIL, f"boot failed: the guest fell into {report.maintenance_mode}{why}")
         return Outcome(Status.FAIL, f"the VM powered off without reporting an exit status ({started})")
     if status == expected:
         return Outcome(Status.PASS, f"{name} exited with the expected status {expected}")
