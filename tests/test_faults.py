@@ -17,6 +17,7 @@ as QEMU would, a tmpfs that fills up, the fake backend); the others boot the rea
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -516,6 +517,37 @@ def test_broken_boot_ends_at_once_instead_of_at_the_timeout(image, tmp_path):
     assert r.returncode == 1
     assert "TEST-97-EMERGENCY: FAIL: boot failed: the guest fell into emergency mode" in r.stdout
     assert harness_leftovers("TEST-97-EMERGENCY") == ([], [])
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize(
+    "cmdline, said",
+    [
+        ("systemd.unit=rescue.target", "rescue mode"),
+        # A test unit that is nowhere: PID 1 falls back to rescue.target.
+        ("systemd.unit=TEST-96-NO-SUCH-UNIT.service", "rescue mode"),
+    ],
+)
+def test_a_boot_that_never_reaches_its_test_fails_at_once_naming_why(image, tmp_path, cmdline, said):
+    r = run_wrapper(
+        image, tmp_path, "TEST-96-RESCUE", f"--cmdline={cmdline}", "--timeout=1000", "--timeout-factor=1"
+    )
+    assert r.returncode == 1
+    assert f"TEST-96-RESCUE: FAIL: boot failed: the guest fell into {said}" in r.stdout, r.stdout
+    took = json.loads((tmp_path / "logs" / "result.json").read_text())["duration_s"]
+    print(f"{cmdline}: FAIL after {took} s (the timeout was 1000 s)")
+    assert harness_leftovers("TEST-96-RESCUE") == ([], [])
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize("unit_path", ["/etc/harness-units:"])
+def test_a_test_finds_its_unit_whatever_unit_path_it_declares(image, tmp_path, unit_path):
+    """systemd's own wrapper sets SYSTEMD_UNIT_PATH for its tests' units; the harness's
+    units (from credentials, by the generators) must still be found."""
+    r = run_wrapper(
+        image, tmp_path, "TEST-96-UNIT-PATH", f"--cmdline=SYSTEMD_UNIT_PATH={unit_path}", "--boot=cold"
+    )
+    assert r.returncode == 0, r.stdout
 
 
 @pytest.mark.vm
