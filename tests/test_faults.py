@@ -545,7 +545,12 @@ def test_a_test_finds_its_unit_whatever_unit_path_it_declares(image, tmp_path, u
     """systemd's own wrapper sets SYSTEMD_UNIT_PATH for its tests' units; the harness's
     units (from credentials, by the generators) must still be found."""
     r = run_wrapper(
-        image, tmp_path, "TEST-96-UNIT-PATH", f"--cmdline=SYSTEMD_UNIT_PATH={unit_path}", "--boot=cold"
+        image,
+        tmp_path,
+        "TEST-96-UNIT-PATH",
+        f"--cmdline=SYSTEMD_UNIT_PATH={unit_path}",
+        "--command=/bin/sh -c 'echo unit-path-is-$SYSTEMD_UNIT_PATH; exit 123'",
+        "--boot=cold",
     )
     assert r.returncode == 0, r.stdout
 

@@ -71,7 +71,13 @@ def test_direct_kernel_boot():
     append = cmd[cmd.index("-append") + 1].split()
     assert append[0] == f"root=PARTUUID={ROOT}" and "rw" in append and "console=hvc0" in append
     assert any(a.startswith("systemd.machine_id=") for a in append)
-    assert "virtconsole,chardev=console" in cmd and "-serial" not in cmd
+    assert "virtconsole,chardev=console" in cmd
+    # The UART too, for the kernel's lines before hvc0 is backed; /dev/console stays hvc0.
+    assert (
+        cmd[cmd.index("-serial") + 1] == "chardev:early"
+        and "file,id=early,path=/tmp/h/early-console.log" in cmd
+    )
+    assert append.index("console=ttyS0,115200") < append.index("console=hvc0")
     assert "systemd.unit=TEST-99-UNIT.service" in append and append[-1] == "quiet"
     assert "systemd.volatile=overlay" in append
     assert "file=/tmp/h/overlay.qcow2" in " ".join(cmd)  # never the shared image itself

@@ -80,3 +80,37 @@ def test_interactive_run_shows_the_console_and_a_shell_after_failure(image, tmp_
         child.close(force=True)
     assert child.exitstatus == 1
     assert harness_leftovers("TEST-96-INTERACTIVE") == ([], [])
+
+
+# The whole console of every boot: the kernel's first line is in console.log on a direct
+# kernel boot too (its virtio console comes up seconds into the boot), cold or resumed
+# (the snapshot's boot in front), and after a reboot a host test asks for.
+@pytest.mark.parametrize("firmware, boot", [("linux", "cold"), ("linux", "auto"), ("uefi", "cold")])
+def test_console_log_begins_with_the_kernels_first_line(image, tmp_path, firmware, boot):
+    r = run_wrapper(
+        image,
+        tmp_path,
+        "TEST-89-CONSOLE",
+        f"--firmware={firmware}",
+        "--command=/bin/sh -c 'exit 123'",
+        boot=boot,
+    )
+    assert r.returncode == 0, r.stdout
+    console = (tmp_path / "logs" / "console.log").read_text(errors="replace")
+    assert console.count("Linux version ") == 1, console[:2000]
+    assert console.index("Linux version ") < console.index("Welcome to")
+
+
+REBOOTS = """
+def test_every_boot_shows_its_first_line(machine):
+    machine.console.expect("Linux version ")
+    machine.reboot()
+    machine.console.expect("Linux version ")
+"""
+
+
+def test_every_reboots_console_shows_the_kernels_first_line(image, tmp_path):
+    (tmp_path / "test_host.py").write_text(REBOOTS)
+    r = run_wrapper(image, tmp_path, "TEST-89-REBOOTS", "--host=test_host.py", "--timeout=300")
+    assert r.returncode == 0, r.stdout
+    assert (tmp_path / "logs" / "console.log").read_text(errors="replace").count("Linux version ") == 2

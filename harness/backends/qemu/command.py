@@ -22,6 +22,7 @@ from harness.backends.qemu.architectures import (
     loads_kernel_through_uefi,
     qemu_binary,
 )
+from harness.backends.qemu.early_console import EARLY_FILE
 from harness.backends.qemu.firmware import Ovmf
 from harness.boot.accel import FULL_VCPUS, Acceleration
 from harness.boot.plan import BootPlan
@@ -68,6 +69,11 @@ class RunFiles:
     @property
     def console_input(self) -> Path:
         return self.tmp / "console.sock"
+
+    @property
+    def early_console(self) -> Path:
+        """The UART's output on a boot whose console is hvc0 (early_console.py)."""
+        return self.tmp / EARLY_FILE
 
     @property
     def notify(self) -> Path:
@@ -151,8 +157,9 @@ def serial_console(cfg: VmConfig) -> bool:
 
 def kernel_cmdline(cfg: VmConfig) -> list[str]:
     """The whole command line of a direct kernel boot."""
-    console = f"{CONSOLES[cfg.image.architecture]},115200" if serial_console(cfg) else VIRTIO_CONSOLE
-    base = [f"console={console}"]
+    uart = f"console={CONSOLES[cfg.image.architecture]},115200"
+    # On hvc0, the UART too, first: the kernel's lines before hvc0 is backed (early_console.py).
+    base = [uart] if serial_console(cfg) else [uart, f"console={VIRTIO_CONSOLE}"]
     if cfg.image.root:
         base = [f"root={cfg.image.root}", *base]
     return [*base, *cfg.cmdline]
@@ -255,20 +262,23 @@ def qemu_command(
         "-qmp",
         f"unix:{files.qmp},server=on,wait=off",
     ]
+    # A resumed VM's console.log begins with its snapshot's boot (snapshot.resumed_vm).
+    logappend = ",logappend=on" if resuming else ""
     if cfg.interactive:
-        cmd += ["-chardev", f"stdio,id=console,mux=on,signal=off,logfile={files.console}"]
+        cmd += ["-chardev", f"stdio,id=console,mux=on,signal=off,logfile={files.console}{logappend}"]
     elif cfg.control:  # logged as always, and a socket to type on
         cmd += [
             "-chardev",
-            f"socket,id=console,path={files.console_input},server=on,wait=off,logfile={files.console}",
+            f"socket,id=console,path={files.console_input},server=on,wait=off,logfile={files.console}{logappend}",
         ]
     else:
-        cmd += ["-chardev", f"file,id=console,path={files.console}"]
+        cmd += ["-chardev", f"file,id=console,path={files.console}{',append=on' if resuming else ''}"]
     cmd += ["-device", "virtio-serial-pci,id=vser0"]
     if serial_console(cfg):
         cmd += ["-serial", "chardev:console"]
     else:
         cmd += ["-device", "virtconsole,chardev=console"]
+        cmd += ["-chardev", f"file,id=early,path={files.early_console}", "-serial", "chardev:early"]
     cmd += [
         "-chardev",
         f"file,id=notify,path={files.notify}",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends.qemu.command import RunFiles
+from harness.backends.qemu.early_console import merged
 from harness.backends.qemu.qmp import Qmp, qmp_errors
 from harness.deadline import Deadline
 from harness.host.driven_machine import MachineError
@@ -53,6 +54,15 @@ class VmControls:
         self._alive = proc.alive
         self._control = connect(files.control, self._alive)
         self._console: socket.socket | None = None
+
+    def console_text(self) -> bytes:
+        """The console so far, each boot's kernel lines from its first on (the UART's
+        that hvc0 missed, as console.log will hold them once the VM is gone)."""
+        console = self.files.console.read_bytes()
+        try:
+            return merged(console, self.files.early_console.read_bytes(), note=False)
+        except FileNotFoundError:
+            return console
 
     def close(self) -> None:
         self._control.close()

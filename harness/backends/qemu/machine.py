@@ -23,6 +23,7 @@ from harness import process
 from harness.backends.qemu.architectures import MACHINES, has_uefi, require_qemu
 from harness.backends.qemu.command import RunFiles, VmConfig, machine_alias, qemu_command
 from harness.backends.qemu.controls import VmControls
+from harness.backends.qemu.early_console import merge_early_console
 from harness.backends.qemu.firmware import copy_nvram, find_ovmf
 from harness.backends.qemu.guest import guest_args
 from harness.backends.qemu.qmp import Qmp
@@ -221,6 +222,7 @@ def running_vm(
             boot_path=BootPath.SNAPSHOT if resuming else BootPath.COLD,
             boot_timeline=boot_timeline,
         )
+        stack.callback(merge_early_console, files.console, files.early_console)  # once QEMU is gone
         stack.callback(machine.kill)
         if listener is not None:
             listener.start()

@@ -49,6 +49,7 @@ import attrs
 from harness.backends.qemu.agent import AGENT_UNIT, agent_credentials, handed_test
 from harness.backends.qemu.architectures import MACHINES, has_uefi, qemu_binary
 from harness.backends.qemu.command import RunFiles, VmConfig, machine_alias, qemu_major
+from harness.backends.qemu.early_console import RESUMED_MARK
 from harness.backends.qemu.firmware import NVRAM_NAME, find_ovmf
 from harness.backends.qemu.machine import QemuMachine, make_overlay, private_tmp, running_vm
 from harness.backends.qemu.qmp import qmp_errors
@@ -260,6 +261,11 @@ def resumed_vm(snapshot: Snapshot, plan: BootPlan, files: RunFiles) -> Iterator[
     """A VM of `plan`'s test resumed from `snapshot` on its own overlay, its agent handed
     the test; on leaving, QEMU and the agent's connection are gone."""
     make_overlay(snapshot.disk, files.disk, backing_format="qcow2")
+    # The test's console.log begins with the boot it resumes; QEMU appends to it.
+    if snapshot.console.is_file():
+        shutil.copyfile(snapshot.console, files.console)
+        with files.console.open("ab") as f:
+            f.write(b"\n" + RESUMED_MARK + b"; the test resumes it]\n")
     timeline = snapshot.timeline.read_text() if snapshot.timeline.is_file() else None
     cfg = resumed_config(plan, snapshot)
     nvram = snapshot.nvram if has_uefi(cfg.image.architecture, cfg.firmware) else None
