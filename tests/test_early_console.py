@@ -73,3 +73,12 @@ def test_a_resumed_vms_reboot_is_not_mistaken_for_the_snapshots_boot():
     assert lines.count("[    0.000000] Linux version 6.12.1 (debian-kernel@lists.debian.org)") == 2
     reboot = lines.index("test.sh: + reboot")
     assert lines[reboot + 1].endswith("Linux version 6.12.1 (debian-kernel@lists.debian.org)")
+
+
+def test_a_log_cut_for_a_flood_stays_as_it_was_cut(tmp_path):
+    console, uart = tmp_path / "console.log", tmp_path / "early-console.log"
+    cut = HVC_BOOT_1 + b"x" * 1000 + b"\n[harness: the log is cut here, at 4 MB; the guest wrote more]\n"
+    console.write_bytes(cut)
+    uart.write_bytes(UART_BOOT_1)
+    merge_early_console(console, uart)
+    assert console.read_bytes() == cut

@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+UART_LIMIT = 8 * 2**20  # bytes of the UART's file read, at most
+CUT_MARK = b"[harness: the log is cut here"  # boot/watch.py's note at the end of a cut log
 EARLY_FILE = "early-console.log"  # in the VM's private directory: the UART's whole output
 FIRST_LINE = b"Linux version "  # the kernel's first line: a boot begins there
 RESUMED_MARK = b"[harness: the booted snapshot was saved here"  # snapshot.resumed_vm writes it
@@ -80,9 +82,12 @@ def merged(console: bytes, uart: bytes, note: bool = True) -> bytes:
 
 
 def merge_early_console(console_log: Path, uart_log: Path) -> None:
-    """Rewrite console.log with the early lines of `uart_log`, if it has any."""
+    """Rewrite console.log with the early lines of `uart_log`, if it has any. A log cut
+    for a flood stays as it was cut (its size is the limit's), and of a UART flooded by
+    the kernel before hvc0 came up only the first UART_LIMIT bytes are read."""
     try:
-        uart = uart_log.read_bytes()
+        with uart_log.open("rb") as f:
+            uart = f.read(UART_LIMIT)
     except FileNotFoundError:
         return
     if FIRST_LINE not in uart:
@@ -91,6 +96,8 @@ def merge_early_console(console_log: Path, uart_log: Path) -> None:
         console = console_log.read_bytes()
     except FileNotFoundError:
         console = b""
+    if CUT_MARK in console[-512:]:
+        return
     partial = console_log.with_suffix(".partial")
     partial.write_bytes(merged(console, uart))
     partial.replace(console_log)
