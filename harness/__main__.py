@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
-from harness.boot.accel import detect
+from harness.boot.timeouts import accel_line
 from harness.declaration import file as declaration_file
 from harness.declaration.declaration import TestDeclaration
 from harness.declaration.keys import key_table
@@ -167,7 +167,7 @@ def run_and_record(
     backend: Backend,
     settings: Settings,
     interactive: bool,
-    timeout_factor: int | None,
+    timeout_factor: float | None,
 ) -> TestRecord:
     """Run the test and write its result.json; an infrastructure fault is its verdict."""
     import attrs
@@ -255,7 +255,7 @@ def cmd_lava_job(args: argparse.Namespace) -> int:
     decl = declaration_of(run, os.environ)
     settings = settings_of(run)
     out_dir = build_dir / "integration-tests" / decl.name
-    factor = int(run.timeout_factor) if run.timeout_factor else None
+    factor = float(run.timeout_factor) if run.timeout_factor else None
     definition, image = write_job(decl, image_parts_of(run), factor, out_dir, settings)
     print(definition, end="")
     print(
@@ -308,8 +308,7 @@ def boot_contract(args: argparse.Namespace) -> int:
 
 
 def cmd_accel(args: argparse.Namespace) -> int:
-    accel = detect(None, settings_of(args))
-    print(accel.kind, accel.timeout_factor, accel.reason)
+    print(accel_line(settings_of(args)))
     return 0
 
 
@@ -333,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         "--log-dir", help="where console log and journal go (default BUILD/integration-tests/NAME)"
     )
     run.add_argument(
-        "--timeout-factor", type=int, help="multiply the timeout (default: 1 with KVM, more with TCG)"
+        "--timeout-factor",
+        type=float,
+        help="multiply the timeout (default: 1 with KVM, 5 with TCG, more on a busy host)",
     )
     add_switch_options(run)
     run.add_argument(
@@ -346,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     add_declaration_option(validate)
     validate.set_defaults(func=cmd_validate)
     sub.add_parser(
-        "accel", help="print the acceleration this host gives, and the timeout factor"
+        "accel", help="print the acceleration this host gives, its timeout factor and that factor's bound"
     ).set_defaults(func=cmd_accel)
     systemd_tests = sub.add_parser(
         "systemd-tests",

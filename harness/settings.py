@@ -30,6 +30,7 @@ from harness.switches import (
     Switch,
     number,
     one_of,
+    positive,
     text_of,
 )
 
@@ -203,6 +204,12 @@ SWITCHES = (
         shown_default="2 while the host has two cores for every QEMU running, else 1",
     ),
     Switch(
+        "HARNESS_TIMEOUT_FACTOR",
+        Accepts("a factor", "a number above 0 (`2.5`)", positive),
+        "multiply every declared timeout by it, as measured or not",
+        shown_default="5 under TCG, 1 with KVM or in a container; up to 3 times more on a busy host",
+    ),
+    Switch(
         "HARNESS_SNAPSHOT_DIR",
         DIRECTORY,
         "where booted snapshots and containers' root trees are kept",
@@ -296,6 +303,7 @@ class Settings:
     lava_queue_timeout: int
     cold_boot: bool
     vcpus: int | None  # None: by the host's cores
+    timeout_factor: float | None  # None: as measured
     snapshot_dir: Path | None  # None: beside the log directory
     secure_boot_vars: Path | None  # None: Debian's
     compare_with: Path | None  # an earlier run, for the report

@@ -32,6 +32,14 @@ def number(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def positive(text: str) -> float:
+    """A number above 0, whole or not (`2`, `2.5`)."""
+    value = float(text)  # ValueError for what is not a number
+    if not value > 0 or value == float("inf"):
+        raise ValueError(text)
+    return value
+
+
 def one_of(values: Mapping[str, Any], also: Mapping[str, Any] | None = None) -> Accepts:
     """One of the keys of `values` (or, quietly, of `also`: spellings taken before), for its value."""
     accepted = {**values, **(also or {})}

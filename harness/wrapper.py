@@ -57,6 +57,7 @@ class RunContext:
         self.interactive_rerun = interactive_rerun
         self.started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         self.inputs = ""  # what the run is made of (record.run_inputs), once the image is open
+        self.plan: BootPlan | None = None  # once planned: its timeout goes in the record
         self._t0 = time.monotonic()
 
     def record(
@@ -87,6 +88,9 @@ class RunContext:
             os=found.os,
             job_url=found.job_url,
             inputs=self.inputs,
+            timeout_s=self.plan.timeout if self.plan else None,
+            timeout_factor=self.plan.timeout_factor if self.plan else None,
+            timeout_why=self.plan.timeout_why if self.plan else "",
         )
 
     def rerun_commands(
@@ -121,7 +125,7 @@ def run_test(
     backend: Backend,
     settings: Settings,
     interactive: bool = False,
-    timeout_factor: int | None = None,
+    timeout_factor: float | None = None,
 ) -> TestRecord:
     """Run one test; the record says how it went and where its logs are."""
     clear_logs(ctx.log_dir, backend.log_files)
@@ -138,6 +142,7 @@ def run_test(
     if unbootable:  # not the test's fault, nor the harness's: the image was built without it
         return ctx.record(decl, backend.name, "", Outcome(Status.SKIP, unbootable))
     plan = plan_boot(decl, image, backend, interactive, timeout_factor, settings, ctx.snapshot_dir, ctx.run)
+    ctx.plan = plan
     announce(decl, image, plan, backend)
     secrets = Secrets.of(decl)
     run: BootedRun
@@ -242,13 +247,19 @@ def skip_before_boot(decl: TestDeclaration, backend: Backend, settings: Settings
     return None
 
 
+def timeout_text(plan: BootPlan) -> str:
+    if plan.timeout is None:
+        return "none"
+    return f"{plan.timeout:g} s = {plan.decl.timeout} s x{plan.timeout_factor:g}, {plan.timeout_why}"
+
+
 def announce(decl: TestDeclaration, image: Image, plan: BootPlan, backend: Backend) -> None:
     """The wrapper's first line: what boots, how, where, and for how long."""
     how = "resuming the booted snapshot of" if plan.boot_path is BootPath.SNAPSHOT else "booting"
     log.info(
         f"{decl.name}: {how} {image.path.name} ({image.os_name or 'unknown OS'}, {plan.firmware}, "
         f"{plan.accel.kind}: {plan.accel.reason}; "
-        f"timeout {plan.timeout or 'none'}{' s' if plan.timeout else ''}) on {backend.name}"
+        f"timeout {timeout_text(plan)}) on {backend.name}"
         + (
             f"; cold boot: {plan.cold_reason}"
             if plan.boot_path is BootPath.COLD and backend.can_resume

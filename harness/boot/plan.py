@@ -17,7 +17,8 @@ from typing import Protocol
 
 import attrs
 
-from harness.boot.accel import HOST_CPU, Acceleration, detect
+from harness.boot.accel import HOST_CPU, Acceleration, detect, vcpus_now
+from harness.boot.timeouts import TimeoutFactor, measured
 from harness.declaration.credential import Credential
 from harness.declaration.declaration import TestDeclaration
 from harness.declaration.keys import BootMode, Firmware, Storage
@@ -76,7 +77,8 @@ class BootPlan:
     accel: Acceleration
     timeout: float | None  # None: wait for as long as the person at the console likes
     interactive: bool
-    timeout_factor: float = 1  # what the declared timeout was multiplied by (TCG)
+    timeout_factor: float = 1  # what the declared timeout was multiplied by (TCG, a busy host)
+    timeout_why: str = ""  # how that factor came about
     boot_path: BootPath = BootPath.COLD  # what the plan asks for; the machine says what it did
     cold_reason: str = ""  # why the test cannot resume the booted snapshot
     snapshot_dir: Path | None = None  # where booted snapshots (and containers' root trees) are kept
@@ -165,16 +167,14 @@ def plan_boot(
     image: Image,
     backend: PlanningBackend,
     interactive: bool,
-    timeout_factor: int | None,
+    timeout_factor: float | None,
     settings: Settings,
     snapshot_dir: Path | None = None,
     run: str = "",
 ) -> BootPlan:
-    # A backend whose tests run on the host's CPU (containers) has nothing to accelerate:
-    # its timeouts are the declared ones, whatever factor meson passes for the VMs.
     on_host_cpu = getattr(backend, "runs_on_host_cpu", False)
     accel = HOST_CPU if on_host_cpu else detect(image.architecture, settings)
-    factor = accel.timeout_factor if timeout_factor is None or on_host_cpu else timeout_factor
+    factor = timeout_factor_of(accel, timeout_factor, settings)
     firmware = backend.firmware(decl.firmware, image)
     boot, cold_reason = choose_boot_path(decl, image, firmware, backend, interactive, settings)
     # A sanitizer build (HARNESS_SANITIZERS=1): every process's reports reach the gate.
@@ -210,9 +210,10 @@ def plan_boot(
         test_credentials=test_credentials,
         credentials=(*boot_credentials, *decl.credentials),
         accel=accel,
-        timeout=None if interactive else decl.timeout * factor,
+        timeout=None if interactive else round(decl.timeout * factor.value, 1),
         interactive=interactive,
-        timeout_factor=factor,
+        timeout_factor=factor.value,
+        timeout_why=factor.why,
         boot_path=boot,
         cold_reason=cold_reason,
         snapshot_dir=snapshot_dir,
@@ -222,6 +223,19 @@ def plan_boot(
         shell=shell,
         settings=settings,
     )
+
+
+def timeout_factor_of(accel: Acceleration, given: float | None, settings: Settings) -> TimeoutFactor:
+    """HARNESS_TIMEOUT_FACTOR's, else --timeout-factor's, else as measured (timeouts.py). A
+    container has nothing to accelerate: its timeouts are the declared ones, whatever
+    factor meson passes for the VMs."""
+    if settings.timeout_factor is not None:
+        return TimeoutFactor.forced(settings.timeout_factor, "HARNESS_TIMEOUT_FACTOR")
+    if accel is HOST_CPU:
+        return TimeoutFactor(1, "a container, on the host's CPU")
+    if given is not None:
+        return TimeoutFactor.forced(given, "--timeout-factor")
+    return measured(accel.timeout_factor, vcpus_now(settings), accel.kind)
 
 
 def console_limit(settings: Settings) -> int:

@@ -67,7 +67,9 @@ def _choices(vocabulary: type[enum.StrEnum]) -> str:
 KEYS = (
     Key("name", "", "(required) `fs.name(meson.current_source_dir())`: the directory name, `TEST-NN-NAME`"),
     Key(
-        "timeout", 300, "seconds with KVM; multiplied by 5 under TCG (`python3 -m harness accel` says which)"
+        "timeout",
+        300,
+        "seconds with KVM on an idle host; x5 under TCG, up to x3 more on a busy host (`python3 -m harness accel`)",
     ),
     Key(
         "priority",

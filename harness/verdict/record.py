@@ -77,6 +77,9 @@ class TestRecord:
     # A digest of what the run was made of (the image's files, the declaration, the test's
     # directory): two runs of the same inputs with different verdicts show a flake.
     inputs: str = ""
+    timeout_s: float | None = None  # the declared timeout times the factor; None: none, or no boot
+    timeout_factor: float | None = None  # what it was multiplied by here (TCG, a busy host)
+    timeout_why: str = ""  # how that factor came about
 
     @property
     def exit_code(self) -> int:

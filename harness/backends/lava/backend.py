@@ -284,7 +284,7 @@ def offered(image: Path, server: ImageServer | None) -> Iterator[str]:
 def write_job(
     decl: TestDeclaration,
     image_parts: ImageParts,
-    timeout_factor: int | None,
+    timeout_factor: float | None,
     out_dir: Path,
     settings: Settings,
 ) -> tuple[str, Path]:

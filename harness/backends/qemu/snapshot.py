@@ -187,8 +187,9 @@ def booted_snapshot(plan: BootPlan) -> contextlib.AbstractContextManager[Snapsho
         ],
         [p for p in files if p is not None],
     )
-    # The boot is the agent's: the test's own timeout does not apply to it.
-    timeout = SNAPSHOT_BOOT_TIMEOUT * plan.accel.timeout_factor
+    # The boot is the agent's: the test's own timeout does not apply to it, but a busy
+    # host's slowdown does (and TCG's, even where a test's factor was forced lower).
+    timeout = SNAPSHOT_BOOT_TIMEOUT * max(plan.accel.timeout_factor, plan.timeout_factor)
 
     def make(dest: Path) -> None:
         log.info(
