@@ -133,6 +133,12 @@ def run_test(
     skipped = skip_before_boot(decl, backend, settings)
     if skipped:
         return ctx.record(decl, backend.name, "", skipped)
+    if decl.host is not None:  # a typo in the file costs a second, not a boot
+        from harness.host.precheck import problems, summary
+
+        found = problems(decl.host)
+        if found:
+            return ctx.record(decl, backend.name, "", Outcome(Status.ERROR, summary(decl.host, found)))
     image = Image.open(image_parts)
     ctx.inputs = run_inputs((image.path, image.kernel, image.initrd, image.uki), repr(decl), decl.test_dir)
     check_systemd(image)

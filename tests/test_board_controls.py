@@ -14,7 +14,8 @@ from harness.backends.autokit.virtual_worker import VirtualWorker
 from harness.backends.autokit.worker_api import make_handler
 from harness.backends.fake import FakeGuest
 from harness.guest.units import CONSOLE_CONTROL, CONTROL_UNIT, VIRTIO_CONTROL, control_credentials
-from harness.host.driven_machine import DrivenMachine, MachineError
+from harness.host.controls import MachineError
+from harness.host.driven_machine import DrivenMachine
 from harness.settings import Settings
 from tests.stub_worker import StubWorker
 

@@ -14,7 +14,8 @@ import pytest
 import harness.host.pytest_run
 from harness.backends.fake import FakeBackend, FakeGuest, Script
 from harness.errors import DeclarationError
-from harness.host.driven_machine import DrivenMachine, MachineError
+from harness.host.controls import MachineError
+from harness.host.driven_machine import DrivenMachine
 from harness.image.parts import ImageParts
 from harness.report.tap import tap_lines
 from harness.settings import Settings
@@ -224,8 +225,12 @@ def test_a_machine_that_never_comes_up_is_an_error(tmp_path, fake_image):
 
 
 def test_a_file_pytest_cannot_load_is_an_error(tmp_path, fake_image):
-    record, _ = host_test(tmp_path, fake_image, "def test_x(machine):\n    return (\n")
-    assert record.status == Status.ERROR and "pytest could not load test_host.py: " in record.reason
+    # It compiles, and its import fails: found before the boot, as pytest finds it.
+    record, backend = host_test(
+        tmp_path, fake_image, "import no_such_module\ndef test_x(machine):\n    pass\n"
+    )
+    assert record.status == Status.ERROR and "No module named 'no_such_module'" in record.reason
+    assert not backend.plans, "it booted"
 
 
 def test_the_timeout_bounds_the_whole_file(tmp_path, fake_image):

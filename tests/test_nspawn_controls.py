@@ -10,7 +10,7 @@ import pytest
 
 from harness import process
 from harness.backends.nspawn.controls import REBOOT_STATUS, NspawnControls
-from harness.host.driven_machine import MachineError
+from harness.host.controls import MachineError
 
 
 class StandIn:

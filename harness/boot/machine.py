@@ -19,7 +19,7 @@ from harness.boot.plan import BootPath, BootPlan
 from harness.declaration.declaration import TestDeclaration
 from harness.declaration.keys import Firmware
 from harness.guest.reporting import ReportChannel
-from harness.host.driven_machine import Controls
+from harness.host.controls import Controls
 from harness.image.parts import Image
 from harness.settings import Settings
 from harness.verdict.notify import GuestReport

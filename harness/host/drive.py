@@ -19,7 +19,8 @@ from pathlib import Path
 from harness.boot.machine import Backend
 from harness.boot.plan import BootPlan
 from harness.guest.reporting import CORE_DUMPS_EXPORT
-from harness.host.driven_machine import DrivenMachine, MachineError
+from harness.host.controls import MachineError
+from harness.host.driven_machine import DrivenMachine
 from harness.host.pytest_run import host_outcome, run_host_test
 from harness.image.parts import Image
 from harness.settings import SaveJournal

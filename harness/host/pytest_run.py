@@ -23,7 +23,8 @@ from typing import Any
 import attrs
 import pytest
 
-from harness.host.driven_machine import DrivenMachine, MachineError
+from harness.host.controls import MachineError
+from harness.host.driven_machine import DrivenMachine
 from harness.verdict.log_dir import HOST_TEST_LOG
 from harness.verdict.results import Outcome, Status
 from harness.verdict.subtests import Subtest
@@ -113,8 +114,10 @@ def run_host_test(file: Path, machine: DrivenMachine, log_dir: Path, timeout: fl
     return HostRun(tuple(plugin.steps.values()))
 
 
-def _pytest(file: Path, plugin: _Steps, log: Any) -> None:
+def _pytest(file: Path, plugin: object, log: Any, *extra: str) -> None:
+    """pytest over `file` in this process, with `plugin`, its output into `log`."""
     args = [
+        *extra,
         str(file),
         "-p",
         "no:cacheprovider",  # nothing written into the test's source directory

@@ -24,7 +24,7 @@ from harness.declaration.declaration import TestDeclaration
 from harness.declaration.keys import Firmware
 from harness.guest.reporting import CONSOLE_CHANNEL
 from harness.guest.units import CONSOLE_CONTROL
-from harness.host.driven_machine import Controls
+from harness.host.controls import Controls
 from harness.image.parts import Image
 from harness.settings import Settings
 from harness.verdict.notify import GuestReport

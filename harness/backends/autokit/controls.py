@@ -15,7 +15,7 @@ from typing import Any
 
 from harness.backends.autokit.client import WorkerClient, WorkerError
 from harness.deadline import Deadline
-from harness.host.driven_machine import MachineError
+from harness.host.controls import MachineError
 
 SERIAL_POLL = 0.2  # s between reads of the serial log while a call waits for an answer
 

@@ -25,7 +25,7 @@ from harness.backends.qemu.command import disk_args, machine_alias, machine_args
 from harness.backends.qemu.controls import connect
 from harness.backends.qemu.firmware import copy_nvram, find_ovmf
 from harness.boot.accel import detect, vcpus_now
-from harness.host.driven_machine import MachineError
+from harness.host.controls import MachineError
 from harness.process import OwnedProcess
 from harness.settings import Settings
 

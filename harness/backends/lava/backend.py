@@ -35,7 +35,7 @@ from harness.declaration.keys import Firmware
 from harness.errors import HarnessError
 from harness.guest.reporting import CONSOLE_CHANNEL
 from harness.guest.units import CONSOLE_CONTROL
-from harness.host.driven_machine import Controls
+from harness.host.controls import Controls
 from harness.image.parts import Image, ImageParts
 from harness.settings import Settings
 from harness.verdict.notify import GuestReport

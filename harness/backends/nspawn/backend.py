@@ -39,7 +39,7 @@ from harness.declaration.keys import Firmware
 from harness.errors import HarnessError
 from harness.guest.reporting import CONSOLE_CHANNEL
 from harness.guest.units import VIRTIO_CONTROL
-from harness.host.driven_machine import Controls
+from harness.host.controls import Controls
 from harness.image.parts import Image
 from harness.process import OwnedProcess
 from harness.settings import Settings

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from harness.deadline import Deadline
-from harness.host.driven_machine import MachineError
+from harness.host.controls import MachineError
 from harness.process import OwnedProcess
 
 

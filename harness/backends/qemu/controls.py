@@ -18,7 +18,7 @@ from harness.backends.qemu.command import RunFiles
 from harness.backends.qemu.early_console import merged
 from harness.backends.qemu.qmp import Qmp, qmp_errors
 from harness.deadline import Deadline
-from harness.host.driven_machine import MachineError
+from harness.host.controls import MachineError
 from harness.process import OwnedProcess
 
 CONNECT_TIMEOUT = 10.0  # s QEMU may take to create its sockets
