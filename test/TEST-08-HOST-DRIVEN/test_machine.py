@@ -1,6 +1,6 @@
 """The machine driven from the host, step by step: commands, files, a reboot from inside,
-a power cut from outside, the console of every boot, and QMP. Storage is volatile: what
-a boot writes is gone in the next."""
+a power cut from outside, the console of every boot, QMP, and the NixOS driver's verbs.
+Storage is volatile: what a boot writes is gone in the next."""
 
 import hashlib
 import os
@@ -47,3 +47,19 @@ def test_qmp_reaches_qemu(machine):
     if machine.backend != "qemu":
         pytest.skip(f"QMP is a VM's; the {machine.backend} machine has none")
     assert machine.qmp("query-status")["status"] == "running"
+
+
+def test_the_drivers_verbs_wait_for_what_they_say(machine):
+    machine.wait_for_unit("systemd-journald.service")
+    assert machine.succeed("echo ok") == "ok"
+    assert machine.fail("echo no; false") == "no"
+    machine.succeed("(sleep 2; touch /run/later) >/dev/null 2>&1 &")
+    machine.wait_for_file("/run/later", timeout=60)
+    machine.wait_until_fails("test ! -e /run/later", timeout=10)
+    # A socket systemd listens on: the port is open as soon as the unit starts.
+    machine.succeed("systemd-run --unit=harness-verbs-port --socket-property=ListenStream=8765 cat")
+    machine.wait_for_open_port(8765, timeout=60)
+    # A unit that failed fails the wait at once, with its status.
+    machine.run("systemd-run --unit=harness-verbs-fails --property=Type=oneshot false")
+    with pytest.raises(AssertionError, match="the unit failed"):
+        machine.wait_for_unit("harness-verbs-fails.service", timeout=600)
