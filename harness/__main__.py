@@ -130,6 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         interactive_rerun=backend.name == BackendName.QEMU,
         snapshot_dir=snapshot_dir,
         command=("os-harness", *sys.argv[1:]),
+        timeout_bound=args.timeout_bound,
     )
     try:
         with owning_log_dir(log_dir, decl.name):
@@ -336,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="multiply the timeout (default: 1 with KVM, 5 with TCG, more on a busy host)",
     )
+    run.add_argument("--timeout-bound", type=float, help="never multiply it by more (meson's own timeout)")
     add_switch_options(run)
     run.add_argument(
         "--tap",

@@ -48,8 +48,10 @@ class RunContext:
         interactive_rerun: bool = True,
         snapshot_dir: Path | None = None,
         command: tuple[str, ...] = (),
+        timeout_bound: float | None = None,
     ) -> None:
         self.log_dir = log_dir
+        self.timeout_bound = timeout_bound  # the most meson's own timeout allows (the glue's)
         self.command = command  # how the wrapper was started, for a rerun outside meson
         self.build_dir = build_dir
         self.snapshot_dir = snapshot_dir
@@ -147,7 +149,17 @@ def run_test(
     unbootable = secure_boot_refusal(image) if decl.firmware.is_secure_boot() else None
     if unbootable:  # not the test's fault, nor the harness's: the image was built without it
         return ctx.record(decl, backend.name, "", Outcome(Status.SKIP, unbootable))
-    plan = plan_boot(decl, image, backend, interactive, timeout_factor, settings, ctx.snapshot_dir, ctx.run)
+    plan = plan_boot(
+        decl,
+        image,
+        backend,
+        interactive,
+        timeout_factor,
+        settings,
+        ctx.snapshot_dir,
+        ctx.run,
+        ctx.timeout_bound,
+    )
     ctx.plan = plan
     announce(decl, image, plan, backend)
     secrets = Secrets.of(decl)

@@ -49,6 +49,36 @@ def test_a_good_file_has_no_problems(tmp_path):
     assert problems(write(tmp_path, GOOD)) == []
 
 
+def test_what_is_not_the_fixture_is_not_checked(tmp_path):
+    code = """
+        import platform
+
+        def helper():
+            machine = platform.uname()
+            return machine.system
+
+        def test_state(machine, request):
+            machine.step_done = True
+            assert machine._controls is not None and machine.__class__
+            upper = lambda machine: machine.upper()
+            assert upper("a")
+
+        def test_reads_state(machine):
+            assert machine.step_done
+
+        def test_reassigned(machine):
+            machine = "x"
+            assert machine.upper()
+    """
+    assert problems(write(tmp_path, code)) == []
+
+
+def test_a_conftest_redefining_the_machine_turns_the_verb_check_off(tmp_path):
+    path = write(tmp_path, "def test_x(machine):\n    machine.frobnicate()\n")
+    (path.parent / "conftest.py").write_text("import pytest\n@pytest.fixture\ndef machine():\n    return 1\n")
+    assert problems(path) == []
+
+
 def test_a_fixture_from_conftest_is_known(tmp_path):
     path = write(tmp_path, "def test_x(machine, server):\n    pass\n")
     (path.parent / "conftest.py").write_text("import pytest\n@pytest.fixture\ndef server():\n    return 1\n")

@@ -87,9 +87,27 @@ def test_unforced_it_is_measured(monkeypatch):
 def test_accel_tells_meson_the_bound(monkeypatch):
     kind, factor, bound, *reason = accel_line(Settings.from_environment({"HARNESS_ACCEL": "tcg"})).split()
     assert (kind, factor, bound, reason) == ("tcg", "5", str(5 * MAX_SLOWDOWN), ["HARNESS_ACCEL=tcg"])
-    # A factor forced above the bound at setup: meson waits for it.
-    forced = Settings.from_environment({"HARNESS_ACCEL": "kvm", "HARNESS_TIMEOUT_FACTOR": "7.5"})
-    assert accel_line(forced).split()[:3] == ["kvm", "1", "8"]
+    # With KVM too: an image of another architecture runs under TCG.
+    assert accel_line(Settings.from_environment({"HARNESS_ACCEL": "kvm"})).split()[:3] == ["kvm", "1", "15"]
+    # A factor forced above it at setup: meson waits for it.
+    forced = Settings.from_environment({"HARNESS_ACCEL": "kvm", "HARNESS_TIMEOUT_FACTOR": "17.5"})
+    assert accel_line(forced).split()[:3] == ["kvm", "1", "18"]
+
+
+def test_the_factor_never_passes_mesons_bound():
+    factor = timeouts.TimeoutFactor(20, "HARNESS_TIMEOUT_FACTOR=20").capped(15)
+    assert factor == timeouts.TimeoutFactor(
+        15, "HARNESS_TIMEOUT_FACTOR=20; capped at x15, the most meson's own timeout allows"
+    )
+    assert timeouts.TimeoutFactor(5, "tcg x5").capped(15).value == 5
+    assert timeouts.TimeoutFactor(5, "tcg x5").capped(None).value == 5
+
+
+def test_a_board_gets_this_hosts_base_unmeasured(monkeypatch):
+    monkeypatch.setattr(timeouts, "other_runnable", lambda: pytest.fail("a board's timeout measured here"))
+    tcg_host = Settings.from_environment({"HARNESS_ACCEL": "tcg"})
+    factor = timeout_factor_of(TCG, None, tcg_host, boards=True)
+    assert factor.value == 5 and "a board's load is not measured here" in factor.why
 
 
 def test_a_record_without_the_timeout_fields_still_reads():

@@ -14,11 +14,12 @@ from harness.host.driven_machine import DrivenMachine
 from tests.test_host_driven import guest
 
 FAKE_SYSTEMCTL = """#!/bin/sh
-# show --property=ActiveState --value -- UNIT | list-jobs ... -- UNIT | status ... -- UNIT
+# show --property=ActiveState --property=Job -- UNIT | status ... -- UNIT: from files
 for unit; do :; done
 case "$1" in
-show) cat "state/$unit" 2>/dev/null || echo inactive ;;
-list-jobs) cat "jobs/$unit" 2>/dev/null ;;
+show)
+    echo "ActiveState=$(cat "state/$unit" 2>/dev/null || echo inactive)"
+    if [ -e "jobs/$unit" ]; then echo "Job=$(cat "jobs/$unit")"; fi ;;
 status) echo "status of $unit: $(cat "state/$unit")" ;;
 *) echo "systemctl $*" ;;
 esac
@@ -72,6 +73,12 @@ def test_wait_until_succeeds_times_out_naming_the_last_try(machine):
     assert time.monotonic() - start < 5
 
 
+def test_a_try_that_hangs_is_a_failed_try_not_the_end(machine, tmp_path):
+    # The first try outlives its timeout and is killed; the next one succeeds.
+    command = "if [ -e tried ]; then echo ok; else touch tried; sleep 30; fi"
+    assert machine.wait_until_succeeds(command, timeout=200) == "ok"  # x0.05: 10 s, a try 1 s at least
+
+
 def test_wait_until_fails(machine):
     assert machine.wait_until_fails("echo gone; false") == "gone"
     with pytest.raises(MachineError, match="not within 1 s"):
@@ -105,7 +112,7 @@ def test_wait_for_unit_fails_when_nothing_will_start_it(machine, tmp_path):
     with pytest.raises(MachineError, match="inactive and no job will start it"):
         machine.wait_for_unit("never.service", timeout=1000)
     # With a job queued it waits, and times out when the job never runs.
-    (tmp_path / "root" / "jobs" / "later.service").write_text("1 later.service start waiting\n")
+    (tmp_path / "root" / "jobs" / "later.service").write_text("42\n")
     with pytest.raises(MachineError, match=r"wait_for_unit\('later.service'\): not within 1 s"):
         machine.wait_for_unit("later.service", timeout=20)
 

@@ -171,10 +171,12 @@ def plan_boot(
     settings: Settings,
     snapshot_dir: Path | None = None,
     run: str = "",
+    timeout_bound: float | None = None,
 ) -> BootPlan:
     on_host_cpu = getattr(backend, "runs_on_host_cpu", False)
     accel = HOST_CPU if on_host_cpu else detect(image.architecture, settings)
-    factor = timeout_factor_of(accel, timeout_factor, settings)
+    factor = timeout_factor_of(accel, timeout_factor, settings, getattr(backend, "runs_on_boards", False))
+    factor = factor.capped(timeout_bound)
     firmware = backend.firmware(decl.firmware, image)
     boot, cold_reason = choose_boot_path(decl, image, firmware, backend, interactive, settings)
     # A sanitizer build (HARNESS_SANITIZERS=1): every process's reports reach the gate.
@@ -225,16 +227,24 @@ def plan_boot(
     )
 
 
-def timeout_factor_of(accel: Acceleration, given: float | None, settings: Settings) -> TimeoutFactor:
+def timeout_factor_of(
+    accel: Acceleration, given: float | None, settings: Settings, boards: bool = False
+) -> TimeoutFactor:
     """HARNESS_TIMEOUT_FACTOR's, else --timeout-factor's, else as measured (timeouts.py). A
-    container has nothing to accelerate: its timeouts are the declared ones, whatever
-    factor meson passes for the VMs."""
+    container has nothing to accelerate: its timeouts are the declared ones. A board runs
+    at its own speed, which this host's load says nothing of: it gets this host's base,
+    as before measuring."""
     if settings.timeout_factor is not None:
         return TimeoutFactor.forced(settings.timeout_factor, "HARNESS_TIMEOUT_FACTOR")
     if accel is HOST_CPU:
         return TimeoutFactor(1, "a container, on the host's CPU")
     if given is not None:
         return TimeoutFactor.forced(given, "--timeout-factor")
+    if boards:
+        base = detect(None, settings)
+        return TimeoutFactor(
+            base.timeout_factor, f"this host's ({base.kind}): a board's load is not measured here"
+        )
     return measured(accel.timeout_factor, vcpus_now(settings), accel.kind)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import attrs
 
-from harness.boot.accel import detect
+from harness.boot.accel import TCG_TIMEOUT_FACTOR, detect
 from harness.settings import Settings
 
 MAX_SLOWDOWN = 3  # the most a busy host stretches a timeout: a hang still ends
@@ -38,6 +38,12 @@ class TimeoutFactor:
     @classmethod
     def forced(cls, value: float, source: str) -> TimeoutFactor:
         return cls(value, f"{source}={value:g}")
+
+    def capped(self, bound: float | None) -> TimeoutFactor:
+        """At most `bound`, meson's own timeout's (`harness accel` at meson setup)."""
+        if bound is None or self.value <= bound:
+            return self
+        return TimeoutFactor(bound, f"{self.why}; capped at x{bound:g}, the most meson's own timeout allows")
 
     def __str__(self) -> str:
         return f"x{self.value:g} ({self.why})"
@@ -85,7 +91,9 @@ def measured(base: int, threads: int, kind: str) -> TimeoutFactor:
 
 def accel_line(settings: Settings) -> str:
     """`harness accel`: KIND FACTOR BOUND REASON. The glue gives meson's own timeouts the
-    BOUND, the most a test's timeout can be stretched by here."""
+    BOUND, the most a test's timeout can be stretched by: TCG's on a busy host even where
+    this host has KVM (an image of another architecture runs under TCG), or more where
+    HARNESS_TIMEOUT_FACTOR asks for it at meson setup."""
     accel = detect(None, settings)
-    bound = max(accel.timeout_factor * MAX_SLOWDOWN, math.ceil(settings.timeout_factor or 0))
+    bound = max(TCG_TIMEOUT_FACTOR * MAX_SLOWDOWN, math.ceil(settings.timeout_factor or 0))
     return f"{accel.kind} {accel.timeout_factor} {bound} {accel.reason}"

@@ -24,6 +24,10 @@ class MachineError(AssertionError):
     AssertionError, so that pytest shows it as a failed step."""
 
 
+class CommandTimedOut(MachineError):
+    """A command still ran at its timeout: the guest killed it (status 124)."""
+
+
 class Controls(Protocol):
     """What a backend's machine offers a host-driven test, in primitives."""
 

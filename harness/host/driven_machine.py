@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from harness.deadline import Deadline
-from harness.host.controls import BOOT_TIMEOUT, RUN_TIMEOUT, CommandResult, Console, Controls, MachineError
+from harness.host.controls import (
+    BOOT_TIMEOUT,
+    RUN_TIMEOUT,
+    CommandResult,
+    CommandTimedOut,
+    Console,
+    Controls,
+    MachineError,
+)
 from harness.host.verbs import Verbs
 
 # s, with KVM: how long a boot may stay silent before the host asks the agent for its boot
@@ -151,7 +159,7 @@ class DrivenMachine(Verbs):
             return None
         status, out, err = self._replies.pop(request_id)
         if status == 124:
-            raise MachineError(f"run({command!r}): still running after {seconds} s; it was killed")
+            raise CommandTimedOut(f"run({command!r}): still running after {seconds} s; it was killed")
         return CommandResult(command, status, out, err)
 
     def check(self, command: str, timeout: float = RUN_TIMEOUT) -> CommandResult:

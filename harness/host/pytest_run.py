@@ -114,8 +114,8 @@ def run_host_test(file: Path, machine: DrivenMachine, log_dir: Path, timeout: fl
     return HostRun(tuple(plugin.steps.values()))
 
 
-def _pytest(file: Path, plugin: object, log: Any, *extra: str) -> None:
-    """pytest over `file` in this process, with `plugin`, its output into `log`."""
+def _pytest(file: Path, plugin: object, log: Any, *extra: str) -> int | pytest.ExitCode:
+    """pytest over `file` in this process, with `plugin`, its output into `log`; its exit code."""
     args = [
         *extra,
         str(file),
@@ -136,7 +136,7 @@ def _pytest(file: Path, plugin: object, log: Any, *extra: str) -> None:
     bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            pytest.main(args, plugins=[plugin])
+            return pytest.main(args, plugins=[plugin])
     finally:
         sys.dont_write_bytecode = bytecode
         for name, module in list(sys.modules.items()):  # the test's modules go with its run

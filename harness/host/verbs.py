@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.deadline import Deadline
-from harness.host.controls import RUN_TIMEOUT, CommandResult, Console, MachineError
+from harness.host.controls import RUN_TIMEOUT, CommandResult, CommandTimedOut, Console, MachineError
 
 WAIT_TIMEOUT = 120.0  # s, with KVM: how long a wait_* verb waits by default
 POLL_INTERVAL = 1.0  # s between two tries of a wait_* verb
@@ -87,21 +87,24 @@ class Verbs:
         """Return once `unit` is active; fail at once when it failed, or when it is inactive
         and no job is queued for it."""
         call = f"wait_for_unit({unit!r})"
-        state = f"systemctl show --property=ActiveState --value -- {shlex.quote(unit)}"
-        queued = f"systemctl list-jobs --no-legend --plain -- {shlex.quote(unit)} | grep -q ."
+        # One question, names and aliases resolved: the state, and the job queued, if any
+        # ("Job=" names it by number).
+        show = f"systemctl show --property=ActiveState --property=Job -- {shlex.quote(unit)}"
 
         def settled(result: CommandResult) -> bool:
-            if result.text == "active":
+            values = dict(line.partition("=")[::2] for line in result.text.splitlines())
+            state, queued = values.get("ActiveState", ""), values.get("Job", "").strip().isdigit()
+            if state == "active":
                 return True
-            if result.text == "failed":
+            if state == "failed":
                 raise MachineError(f"{call}: the unit failed:\n{self._status(unit)}")
-            if result.text == "inactive" and self.run(queued).status != 0:
+            if state == "inactive" and not queued:
                 raise MachineError(
                     f"{call}: the unit is inactive and no job will start it:\n{self._status(unit)}"
                 )
             return False
 
-        self._retry(call, state, timeout, settled)
+        self._retry(call, show, timeout, settled)
 
     def wait_for_console_text(self, pattern: str, timeout: float = WAIT_TIMEOUT) -> str:
         """Return the first text the console printed after the previous match that matches
@@ -137,7 +140,10 @@ class Verbs:
         seconds = timeout * self._factor
         deadline = Deadline.after(seconds)
         while True:
-            result = self.run(command, max(1.0, min(RUN_TIMEOUT, deadline.remaining() / self._factor)))
+            try:
+                result = self.run(command, max(1.0, min(RUN_TIMEOUT, deadline.remaining() / self._factor)))
+            except CommandTimedOut as e:  # a try that hung is a try that failed
+                result = CommandResult(command, 124, b"", str(e).encode())
             if done(result):
                 return result
             if deadline.passed():

@@ -78,6 +78,7 @@ class AutokitMachine:
 
 
 class AutokitBackend:
+    runs_on_boards = True  # its timeouts are not stretched by this host's load (boot/plan.py)
     name = "autokit"
     report_channel = CONSOLE_CHANNEL
     can_resume = False

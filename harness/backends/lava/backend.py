@@ -163,6 +163,7 @@ class LavaMachine:
 
 
 class LavaBackend:
+    runs_on_boards = True  # its timeouts are not stretched by this host's load (boot/plan.py)
     name = "lava"
     report_channel = CONSOLE_CHANNEL
     can_resume = False
