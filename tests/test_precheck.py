@@ -66,6 +66,9 @@ def test_what_is_not_the_fixture_is_not_checked(tmp_path):
         def test_reads_state(machine):
             assert machine.step_done
 
+        def test_hinted(machine: "DrivenMachine") -> "None":
+            machine.succeed("true")
+
         def test_reassigned(machine):
             machine = "x"
             assert machine.upper()

@@ -51,7 +51,7 @@ def test_the_slowdown_is_the_threads_per_core(others, threads, cores, expected):
 
 def test_a_busy_host_stretches_tcgs_factor_and_says_why(monkeypatch):
     monkeypatch.setattr(timeouts, "other_runnable", lambda: 2.0)
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
     factor = timeouts.measured(5, 2, "tcg")
     assert factor.value == 10
     assert factor.why == "tcg x5, busy host x2: 2.0 other runnable threads on 2 cores"
@@ -59,7 +59,7 @@ def test_a_busy_host_stretches_tcgs_factor_and_says_why(monkeypatch):
 
 def test_an_idle_host_keeps_the_base(monkeypatch):
     monkeypatch.setattr(timeouts, "other_runnable", lambda: 0.2)
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
     assert timeouts.measured(5, 2, "tcg") == timeouts.TimeoutFactor(5, "tcg x5")
     assert timeouts.measured(1, 2, "kvm") == timeouts.TimeoutFactor(1, "kvm")
 

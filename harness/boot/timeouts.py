@@ -80,7 +80,7 @@ def slowdown(others: float, threads: int, cores: int) -> float:
 def measured(base: int, threads: int, kind: str) -> TimeoutFactor:
     """The factor for a machine of `threads` vCPU threads starting now, `base` its
     acceleration's (`kind`)."""
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) or 1  # the cores this process may use, not the host's
     others = other_runnable()
     busy = slowdown(others, threads, cores)
     why = f"{kind} x{base}" if base != 1 else kind

@@ -61,16 +61,42 @@ def line_of(problem: str) -> int:
 
 
 def undefined_names(file: Path, tree: ast.Module) -> list[str]:
-    """Names used and defined nowhere (pyflakes), where pyflakes is installed."""
+    """Names used and defined nowhere (pyflakes), where pyflakes is installed; not those
+    of string annotations (`machine: "DrivenMachine"`), which Python never looks up."""
     try:
         from pyflakes import checker, messages  # type: ignore[import-untyped]
     except ImportError:
         return []
     undefined = (messages.UndefinedName, messages.UndefinedLocal)
+    hinted = names_in_string_annotations(tree)
     found = checker.Checker(tree, filename=str(file)).messages
     return [
-        f"{file.name}:{m.lineno}: {m.message % m.message_args}" for m in found if isinstance(m, undefined)
+        f"{file.name}:{m.lineno}: {m.message % m.message_args}"
+        for m in found
+        if isinstance(m, undefined) and m.message_args[0] not in hinted
     ]
+
+
+def names_in_string_annotations(tree: ast.Module) -> set[str]:
+    annotations: list[ast.expr | None] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg):
+            annotations.append(node.annotation)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            annotations.append(node.returns)
+        elif isinstance(node, ast.AnnAssign):
+            annotations.append(node.annotation)
+    names = set()
+    for annotation in annotations:
+        for part in ast.walk(annotation) if annotation is not None else ():
+            if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                try:
+                    names |= {
+                        n.id for n in ast.walk(ast.parse(part.value, mode="eval")) if isinstance(n, ast.Name)
+                    }
+                except SyntaxError:
+                    continue
+    return names
 
 
 def unknown_verbs(file: Path, tree: ast.Module) -> list[str]:
