@@ -238,33 +238,33 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def meson_run_options(run_args: list[str]) -> argparse.Namespace:
+    """`run`'s options as meson gives them for a test; the rest are the declaration's."""
+    parser = argparse.ArgumentParser(allow_abbrev=False)
+    add_declaration_option(parser)
+    add_switch_options(parser)
+    add_image_options(parser)
+    for option in ("--timeout-factor", "--timeout-bound", "--tap", "--build-dir"):
+        parser.add_argument(option, action="store_true" if option == "--tap" else "store")
+    run, leftover = parser.parse_known_args(run_args)
+    run.declaration_options = leftover
+    return run
+
+
 def cmd_lava_job(args: argparse.Namespace) -> int:
     """Prints the LAVA job meson test would submit for one test, and writes its board image."""
     from harness.backends.lava.backend import write_job
     from harness.project.repository import meson_test_args
 
     build_dir = Path(args.build_dir)
-    run_args = meson_test_args(build_dir, args.name)
-    parser = argparse.ArgumentParser(allow_abbrev=False)
-    add_declaration_option(parser)
-    add_switch_options(parser)
-    add_image_options(parser)
-    for option in ("--timeout-factor", "--tap", "--build-dir"):
-        parser.add_argument(option, action="store_true" if option == "--tap" else "store")
-    run, leftover = parser.parse_known_args(run_args)
-    run.declaration_options = leftover
+    run = meson_run_options(meson_test_args(build_dir, args.name))
     decl = declaration_of(run, os.environ)
-    settings = settings_of(run)
-    out_dir = build_dir / "integration-tests" / decl.name
     factor = float(run.timeout_factor) if run.timeout_factor else None
-    definition, image = write_job(decl, image_parts_of(run), factor, out_dir, settings)
+    out_dir = build_dir / "integration-tests" / decl.name
+    definition, image = write_job(decl, image_parts_of(run), factor, out_dir, settings_of(run))
     print(definition, end="")
-    print(
-        f"board image: {image} (it holds the test's credentials; the job fetches it by file://, which "
-        "works where the lab's dispatcher runs on this machine: elsewhere, put it where the dispatcher "
-        "can fetch it and change the url)",
-        file=sys.stderr,
-    )
+    where = "where the lab's dispatcher runs on this machine: elsewhere, put it where it can fetch it"
+    print(f"board image: {image} (its credentials; fetched by file://, which works {where})", file=sys.stderr)
     return 0
 
 

@@ -444,3 +444,17 @@ def test_lava_job_names_what_is_wrong_with_its_build_directory(tmp_path, capsys)
     (tmp_path / "meson-info" / "intro-tests.json").write_text(json.dumps(tests))
     assert main(["lava-job", "-C", str(tmp_path), "TEST-01-BASIC"]) == 99
     assert "has no test TEST-01-BASIC\n  fix: use one of: TEST-02-X" in capsys.readouterr().err
+
+
+def test_lava_job_reads_every_option_the_glue_gives_a_run():
+    """What the glue's test() passes to `run` (each '--NAME=' of its args), lava-job must
+    read too: an option it did not know would be taken for a declaration key."""
+    from harness.__main__ import meson_run_options
+
+    glue = (
+        Path(__file__).parent.parent / "harness" / "project" / "glue" / "test" / "meson.build"
+    ).read_text()
+    passed = sorted(set(re.findall(r"'(--[a-z-]+)=", glue[glue.index("test(name, python") :])))
+    assert "--timeout-bound" in passed and "--glue-version" in passed
+    run = meson_run_options(["--tap", "--image=/x.raw", *(f"{option}=1" for option in passed)])
+    assert run.declaration_options == []
