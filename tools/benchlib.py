@@ -9,6 +9,7 @@ not whichever one pip installed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import subprocess
@@ -22,6 +23,7 @@ if str(ROOT) not in sys.path:
 
 if TYPE_CHECKING:  # imported when used: the scripts that only run `python -m harness` need none of it
     from harness.declaration.declaration import TestDeclaration
+    from harness.verdict.record import TestRecord
 
 IMAGE = ROOT / "build" / "mkosi.output" / "image.raw"  # what `meson compile -C build mkosi` builds
 
@@ -35,6 +37,18 @@ def children_cpu() -> float:
     """User + system seconds of every finished process this one waited for, and theirs."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def test_records(build: Path) -> list[TestRecord]:
+    """The records (result.json) of BUILD's tests, each as its last run left it; one that
+    cannot be read is left out."""
+    from harness.verdict.record import RESULT_FILE, TestRecord
+
+    records = []
+    for path in sorted((build / "integration-tests").glob(f"*/{RESULT_FILE}")):
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            records.append(TestRecord.from_json(path.read_text()))
+    return records
 
 
 def version(cmd: list[str]) -> str:

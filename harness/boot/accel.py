@@ -57,10 +57,15 @@ def vcpus_for(cores: int, other_vms: int, settings: Settings) -> int:
 def running_vms(proc: Path = Path("/proc")) -> int:
     """The QEMU processes running on this host now: other tests', a virtual worker's board,
     a LAVA lab's devices."""
+    return running_processes(("qemu-system",), proc)
+
+
+def running_processes(prefixes: tuple[str, ...], proc: Path = Path("/proc")) -> int:
+    """The processes running on this host whose name begins with one of `prefixes`."""
     count = 0
     for comm in proc.glob("[0-9]*/comm"):
         try:
-            count += comm.read_text().startswith("qemu-system")
+            count += comm.read_text().startswith(prefixes)
         except OSError:  # gone meanwhile
             continue
     return count

@@ -45,9 +45,6 @@ class TimeoutFactor:
             return self
         return TimeoutFactor(bound, f"{self.why}; capped at x{bound:g}, the most meson's own timeout allows")
 
-    def __str__(self) -> str:
-        return f"x{self.value:g} ({self.why})"
-
 
 def other_runnable(
     samples: int = SAMPLES, interval: float = SAMPLE_INTERVAL, stat: Path = PROC_STAT
